@@ -1,0 +1,1 @@
+//! End-to-end test fixtures: start the real binaries, upstreams and Redis.

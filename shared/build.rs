@@ -1,0 +1,22 @@
+//! Generates the gRPC code from `../proto` with a vendored `protoc`, so a fresh
+//! machine builds without a system protobuf compiler.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    std::env::set_var("PROTOC", protoc);
+    let proto_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    let files = [
+        "tollgate_config.proto",
+        "tollgate_admin.proto",
+        "tollgate_stream.proto",
+    ];
+    let paths: Vec<_> = files.iter().map(|f| proto_dir.join(f)).collect();
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_build::configure()
+        .file_descriptor_set_path(out_dir.join("tollgate_descriptor.bin"))
+        .compile_protos(&paths, &[proto_dir.clone()])?;
+    for path in &paths {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,400 @@
+//! The configuration model: what an operator writes in `gateway.yaml`, what the
+//! control plane stores, and what a data plane compiles.
+//!
+//! Every entity has a unique `name` within its kind. Plugin configurations are
+//! kept as JSON objects here and parsed into their typed schema
+//! ([`crate::plugins::PluginConfig`]) by validation and by the data plane's
+//! compiler, so the model itself stays plugin-agnostic.
+//!
+//! Secrets: an API key is only ever held as `api_key_hash` once stored; JWT HMAC
+//! secrets and certificate private keys are held as given and replaced by their
+//! fingerprints in every read ([`GatewayConfig::redacted`]).
+
+use serde::{Deserialize, Serialize};
+
+/// The whole desired state of a gateway; the unit of `Apply`, `Export` and of
+/// the snapshots streamed to data planes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<Consumer>,
+    /// Plugins that run on every route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<GlobalPlugin>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<Certificate>,
+}
+
+/// An upstream service: where matched requests are forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    pub upstream: Upstream,
+    #[serde(default, skip_serializing_if = "Timeouts::is_default")]
+    pub timeouts: Timeouts,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub protocol: Protocol,
+    /// Host header sent upstream; `None` passes the client's Host through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_header: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginInstance>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub targets: Vec<Target>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub load_balancing: LoadBalancing,
+}
+
+/// One upstream instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// `host:port`.
+    pub address: String,
+    /// Relative share of traffic (default 1); 0 takes the target out of rotation.
+    #[serde(default = "default_weight", skip_serializing_if = "is_default_weight")]
+    pub weight: u32,
+}
+
+pub const DEFAULT_WEIGHT: u32 = 1;
+pub const MAX_WEIGHT: u32 = 10_000;
+
+fn default_weight() -> u32 {
+    DEFAULT_WEIGHT
+}
+fn is_default_weight(weight: &u32) -> bool {
+    *weight == DEFAULT_WEIGHT
+}
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancing {
+    #[default]
+    RoundRobin,
+    LeastRequest,
+    ConsistentHash,
+}
+
+impl LoadBalancing {
+    pub const ALL: [(&'static str, LoadBalancing); 3] = [
+        ("round_robin", LoadBalancing::RoundRobin),
+        ("least_request", LoadBalancing::LeastRequest),
+        ("consistent_hash", LoadBalancing::ConsistentHash),
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadBalancing::RoundRobin => "round_robin",
+            LoadBalancing::LeastRequest => "least_request",
+            LoadBalancing::ConsistentHash => "consistent_hash",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Http,
+    Https,
+    H2c,
+}
+
+impl Protocol {
+    pub const ALL: [(&'static str, Protocol); 3] = [
+        ("http", Protocol::Http),
+        ("https", Protocol::Https),
+        ("h2c", Protocol::H2c),
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+            Protocol::H2c => "h2c",
+        }
+    }
+}
+
+/// Upstream timeouts in milliseconds; `None` means the documented default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_ms: Option<u64>,
+}
+
+pub const DEFAULT_CONNECT_MS: u64 = 5_000;
+pub const DEFAULT_REQUEST_MS: u64 = 60_000;
+
+impl Timeouts {
+    fn is_default(&self) -> bool {
+        *self == Timeouts::default()
+    }
+    pub fn connect_ms(&self) -> u64 {
+        self.connect_ms.unwrap_or(DEFAULT_CONNECT_MS)
+    }
+    pub fn request_ms(&self) -> u64 {
+        self.request_ms.unwrap_or(DEFAULT_REQUEST_MS)
+    }
+}
+
+/// A route: which requests go to which service, through which plugins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub name: String,
+    pub service: String,
+    /// Exact (`api.example.com`) or leading wildcard (`*.example.com`); empty = any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// `/prefix` (segment-boundary prefix), `=/exact`, or templates `/users/{id}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Upper-case methods; empty = any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+    /// Remove the matched path prefix before forwarding.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub strip_path: bool,
+    /// Higher wins among routes with equally specific matches.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub priority: i32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginInstance>,
+    /// Largest request body accepted, in bytes (413 above it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+}
+
+/// A header condition on a route: `value` exact (case-sensitive), or mere
+/// presence when `value` is absent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// A plugin attached to a route or service. `config` is the plugin's typed
+/// configuration as a JSON object; see [`crate::plugins`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginInstance {
+    pub name: String,
+    #[serde(default = "empty_object", skip_serializing_if = "is_empty_object")]
+    pub config: serde_json::Value,
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub enabled: bool,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+fn is_empty_object(value: &serde_json::Value) -> bool {
+    matches!(value, serde_json::Value::Object(map) if map.is_empty()) || value.is_null()
+}
+fn default_true() -> bool {
+    true
+}
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+impl PluginInstance {
+    pub fn new(name: impl Into<String>, config: serde_json::Value) -> Self {
+        PluginInstance {
+            name: name.into(),
+            config,
+            enabled: true,
+        }
+    }
+}
+
+/// A plugin that runs on every route. `instance` names it (defaults to the
+/// plugin name), so two global rate limits can coexist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalPlugin {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    pub name: String,
+    #[serde(default = "empty_object", skip_serializing_if = "is_empty_object")]
+    pub config: serde_json::Value,
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub enabled: bool,
+}
+
+impl GlobalPlugin {
+    /// The unique name of this global instance.
+    pub fn instance_name(&self) -> &str {
+        self.instance.as_deref().unwrap_or(&self.name)
+    }
+    pub fn as_instance(&self) -> PluginInstance {
+        PluginInstance {
+            name: self.name.clone(),
+            config: self.config.clone(),
+            enabled: self.enabled,
+        }
+    }
+}
+
+/// Someone who calls the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consumer {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<Credential>,
+}
+
+/// One credential; exactly one of the fields is set.
+///
+/// `api_key` is accepted on write only: the control plane replaces it with
+/// `api_key_hash` (`sha256:<hex>`) before anything is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credential {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtCredential>,
+}
+
+impl Credential {
+    /// A short, non-secret label for errors: `api_key`, `jwt "issuer"`.
+    pub fn kind_label(&self) -> String {
+        match (&self.api_key, &self.api_key_hash, &self.jwt) {
+            (_, _, Some(jwt)) => format!("jwt {:?}", jwt.key),
+            (Some(_), _, _) | (_, Some(_), _) => "api_key".to_string(),
+            _ => "empty credential".to_string(),
+        }
+    }
+}
+
+/// A JWT verification key for one issuer (or key id).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtCredential {
+    /// Matched against the token's `iss` claim, or its `kid` header with `key_claim: kid`.
+    pub key: String,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub key_claim: JwtKeyClaim,
+    /// `HS256|HS384|HS512|RS256|RS384|RS512|ES256|ES384|EdDSA`.
+    pub algorithm: String,
+    /// HMAC secret (HS* only); never returned by reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// `sha256:<hex>` of `secret`; shown by reads, and accepted on write as
+    /// "keep the stored secret with this fingerprint".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_fingerprint: Option<String>,
+    /// PEM public key for RS*/ES*/EdDSA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JwtKeyClaim {
+    #[default]
+    Iss,
+    Kid,
+}
+
+/// JWT algorithms Tollgate verifies.
+pub const JWT_ALGORITHMS: [&str; 9] = [
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA",
+];
+
+/// A TLS certificate for the SNI names listed (served by a later release).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    pub name: String,
+    pub cert_pem: String,
+    /// Private key PEM; never returned by reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snis: Vec<String>,
+}
+
+impl GatewayConfig {
+    /// Parses a YAML (or JSON) document.
+    pub fn from_yaml(text: &str) -> Result<GatewayConfig, serde_yaml::Error> {
+        serde_yaml::from_str(text)
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).unwrap_or_default()
+    }
+
+    /// Sorts every list of entities by name, so exports and diffs are deterministic.
+    pub fn sort(&mut self) {
+        self.services.sort_by(|a, b| a.name.cmp(&b.name));
+        self.routes.sort_by(|a, b| a.name.cmp(&b.name));
+        self.consumers.sort_by(|a, b| a.name.cmp(&b.name));
+        self.plugins
+            .sort_by(|a, b| a.instance_name().cmp(b.instance_name()));
+        self.certificates.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+
+    /// The config as reads and exports show it: secrets replaced by their
+    /// fingerprints, API keys by their hashes. The result re-applies as is.
+    pub fn redacted(&self) -> GatewayConfig {
+        let mut out = self.clone();
+        for consumer in &mut out.consumers {
+            consumer.redact();
+        }
+        for certificate in &mut out.certificates {
+            certificate.redact();
+        }
+        out
+    }
+}
+
+impl Consumer {
+    pub fn redact(&mut self) {
+        for credential in &mut self.credentials {
+            if let Some(key) = credential.api_key.take() {
+                credential.api_key_hash = Some(crate::secrets::hash_api_key(&key));
+            }
+            if let Some(jwt) = &mut credential.jwt {
+                if let Some(secret) = jwt.secret.take() {
+                    jwt.secret_fingerprint = Some(crate::secrets::fingerprint(&secret));
+                }
+            }
+        }
+    }
+}
+
+impl Certificate {
+    pub fn redact(&mut self) {
+        if let Some(key) = self.key_pem.take() {
+            self.key_fingerprint = Some(crate::secrets::fingerprint(&key));
+        }
+    }
+}
