@@ -1,1 +1,12 @@
-//! End-to-end test fixtures: start the real binaries, upstreams and Redis.
+//! End-to-end test fixtures for Tollgate.
+//!
+//! Tests start the real binaries (`tollgate-cp`, `tollgatectl`, `tollgate-dp`),
+//! real upstream HTTP servers and a real `redis-server`, all on 127.0.0.1, and
+//! drive them through the real gRPC API and real HTTP clients.
+//!
+//! - [`process`]: child processes killed by PID on drop, free ports, bounded polls.
+//!
+//! Binaries are found in the cargo target directory; run `cargo build --bins`
+//! first (the README's test command does).
+
+pub mod process;
