@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Tollgate as a target of ../shared/bench/compare.sh.
+#
+#   bench/tollgate-target.sh PORT [VARIANT]
+#
+# Starts tollgate-cp on a temp dir, applies a one-route config that proxies
+# everything to $UPSTREAM_ADDR (exported by compare.sh), starts tollgate-dp on
+# 127.0.0.1:PORT, and on TERM stops both (by PID). VARIANT picks the plugins on
+# the route: plain (default), transformer. Release binaries must be built first
+# (`cargo build --release --bins`).
+#
+# Example (from the repo root):
+#   TARGET_NAME=tollgate TARGET_URL=http://127.0.0.1:18090/ \
+#   TARGET_CMD="$PWD/bench/tollgate-target.sh 18090" ../shared/bench/compare.sh
+set -euo pipefail
+PORT="${1:?usage: tollgate-target.sh PORT [VARIANT]}"
+VARIANT="${2:-plain}"
+UPSTREAM_ADDR="${UPSTREAM_ADDR:-127.0.0.1:18080}"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BIN="${TOLLGATE_BIN_DIR:-$ROOT/target/release}"
+WORKERS="${PROXY_WORKERS:-1}"
+WORK="$(mktemp -d -t tollgate-bench.XXXXXX)"
+ADMIN_PORT=$((PORT + 1000))
+STATUS_PORT=$((PORT + 2000))
+CP_PID=""; DP_PID=""
+stop() {
+  [ -n "$DP_PID" ] && kill -TERM "$DP_PID" 2>/dev/null
+  [ -n "$CP_PID" ] && kill -TERM "$CP_PID" 2>/dev/null
+  wait 2>/dev/null
+  rm -rf "$WORK"
+  exit 0
+}
+trap stop TERM INT
+
+case "$VARIANT" in
+  plain) PLUGINS="[]" ;;
+  transformer) PLUGINS='[{ name: request-transformer, config: { add: { headers: { x-bench: "1" } } } }]' ;;
+  *) echo "unknown variant $VARIANT" >&2; exit 2 ;;
+esac
+
+cat >"$WORK/gateway.yaml" <<YAML
+services:
+  - name: bench
+    upstream: { targets: [{ address: "$UPSTREAM_ADDR" }] }
+routes:
+  - name: all
+    service: bench
+    paths: ["/"]
+    plugins: $PLUGINS
+YAML
+
+"$BIN/tollgate-cp" --admin-listen "127.0.0.1:$ADMIN_PORT" --data-dir "$WORK/cp" >"$WORK/cp.log" 2>&1 &
+CP_PID=$!
+for _ in $(seq 1 100); do
+  "$BIN/tollgatectl" --server "http://127.0.0.1:$ADMIN_PORT" apply -f "$WORK/gateway.yaml" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+RUST_LOG=warn "$BIN/tollgate-dp" --control-plane "http://127.0.0.1:$ADMIN_PORT" --listen "127.0.0.1:$PORT" \
+  --status-listen "127.0.0.1:$STATUS_PORT" --worker-threads "$WORKERS" >"$WORK/dp.log" 2>&1 &
+DP_PID=$!
+wait "$DP_PID"
