@@ -10,3 +10,5 @@
 //! first (the README's test command does).
 
 pub mod process;
+pub mod upstream;
+pub mod dp;
