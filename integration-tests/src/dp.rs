@@ -109,7 +109,12 @@ impl DataPlane {
     }
 
     /// A request to the proxy port with the `Host` header set to `host`.
-    pub fn request(&self, method: reqwest::Method, host: &str, path: &str) -> reqwest::RequestBuilder {
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        host: &str,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
         self.client
             .request(method, self.url(path))
             .header(reqwest::header::HOST, host)
@@ -139,7 +144,12 @@ impl DataPlane {
 
     /// `/status` as JSON, if the status port answers.
     pub async fn status_json(&self) -> Option<serde_json::Value> {
-        let response = self.client.get(self.status_url("/status")).send().await.ok()?;
+        let response = self
+            .client
+            .get(self.status_url("/status"))
+            .send()
+            .await
+            .ok()?;
         response.json().await.ok()
     }
 
@@ -283,7 +293,10 @@ impl RawResponse {
 /// came back.
 pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> Option<RawResponse> {
     let mut stream = TcpStream::connect(addr).await.ok()?;
-    stream.write_all(request).await.ok()?;
+    // A server may answer (431, 400) and close before reading everything we
+    // send; what it answered is still worth reading, so a failed write is not
+    // the end.
+    let _ = stream.write_all(request).await;
     let mut data = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -329,7 +342,9 @@ fn parse_response(data: &[u8], at_eof: bool) -> Option<RawResponse> {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
     };
-    let body = if find("transfer-encoding").is_some_and(|te| te.to_ascii_lowercase().contains("chunked")) {
+    let body = if find("transfer-encoding")
+        .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"))
+    {
         decode_chunked(rest)?
     } else if let Some(length) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
         if rest.len() < length {

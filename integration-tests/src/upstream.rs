@@ -51,6 +51,11 @@ type Body = BoxBody<Bytes, Infallible>;
 pub const CHUNK_SIZE: usize = 64 * 1024;
 static CHUNK: [u8; CHUNK_SIZE] = [b'x'; CHUNK_SIZE];
 
+/// `n` (at most [`CHUNK_SIZE`]) filler bytes without allocating, for streamed bodies.
+pub fn filler(n: usize) -> Bytes {
+    Bytes::from_static(&CHUNK[..n.min(CHUNK_SIZE)])
+}
+
 #[derive(Default)]
 struct Stats {
     requests: AtomicU64,

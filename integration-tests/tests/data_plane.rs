@@ -1,0 +1,1199 @@
+//! End-to-end tests of the data plane (issue 3, "Must show"): the real
+//! `tollgate-cp`, `tollgatectl` and `tollgate-dp` binaries, real upstream HTTP
+//! servers, everything on 127.0.0.1.
+//!
+//! Each test starts its own control plane, data planes and upstreams on free
+//! ports and temp dirs, so tests run in parallel. Every wait is a bounded poll
+//! of several seconds and every load loop is bounded in count and time; the
+//! assertions are about behaviour (which upstream got what, which status), never
+//! about how fast something happened.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cp_shim::ControlPlane;
+use serde_json::{json, Value};
+use tollgate_integration_tests::dp::{raw_get, raw_http, response_json, DataPlane, WAIT};
+use tollgate_integration_tests::process::{free_port, wait_until};
+use tollgate_integration_tests::upstream::{filler, RawBehaviour, RawUpstream, Upstream};
+use tollgate_shared::model::GatewayConfig;
+use tollgate_shared::proto::admin as admin_pb;
+
+// ------------------------------------------------------------------ helpers
+
+/// A config from JSON (the same shape as `gateway.yaml`).
+fn config(value: Value) -> GatewayConfig {
+    serde_json::from_value(value).expect("test config matches the model")
+}
+
+/// A service JSON with one target per `(address, weight)`.
+fn service(name: &str, targets: &[(String, u32)]) -> Value {
+    let targets: Vec<Value> = targets
+        .iter()
+        .map(|(address, weight)| json!({"address": address, "weight": weight}))
+        .collect();
+    json!({"name": name, "upstream": {"targets": targets}})
+}
+
+/// A service with a single target of weight 1.
+fn service_to(name: &str, upstream: &Upstream) -> Value {
+    service(name, &[(upstream.address(), 1)])
+}
+
+/// Starts one named upstream per name.
+async fn upstreams(names: &[&str]) -> HashMap<String, Upstream> {
+    let mut map = HashMap::new();
+    for name in names {
+        map.insert(name.to_string(), Upstream::start(name).await);
+    }
+    map
+}
+
+/// Applies `config` through the admin gRPC API; returns the committed revision.
+async fn apply(cp: &ControlPlane, config: &GatewayConfig) -> u64 {
+    let mut admin = cp.admin().await;
+    let response = admin
+        .apply(admin_pb::ApplyRequest {
+            config: Some(config.into()),
+            dry_run: false,
+        })
+        .await
+        .unwrap_or_else(|status| panic!("Apply rejected: {status}"))
+        .into_inner();
+    response.version.expect("Apply returns a version").revision
+}
+
+/// Applies `config` with `tollgatectl apply -f`; returns the committed revision.
+async fn apply_with_ctl(cp: &ControlPlane, dir: &std::path::Path, config: &GatewayConfig) -> u64 {
+    let path = dir.join(format!("gateway-{}.yaml", rand::random::<u32>()));
+    std::fs::write(&path, config.to_yaml()).expect("write gateway.yaml");
+    let output = cp.ctl(&["apply", "-f", path.to_str().expect("utf-8 temp path")]);
+    assert!(
+        output.status.success(),
+        "tollgatectl apply failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    current_revision(cp).await
+}
+
+/// The control plane's current revision (from Export).
+async fn current_revision(cp: &ControlPlane) -> u64 {
+    let mut admin = cp.admin().await;
+    let response = admin
+        .export(admin_pb::ExportRequest {})
+        .await
+        .unwrap_or_else(|status| panic!("Export failed: {status}"))
+        .into_inner();
+    response.version.map(|v| v.revision).unwrap_or(0)
+}
+
+/// This data plane as the control plane tracks it, if it does.
+async fn tracked(cp: &ControlPlane, node_id: &str) -> Option<admin_pb::DataPlane> {
+    let mut admin = cp.admin().await;
+    let response = admin
+        .list_data_planes(admin_pb::ListDataPlanesRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    response
+        .data_planes
+        .into_iter()
+        .find(|dp| dp.node_id == node_id)
+}
+
+/// Waits (bounded) until the control plane records that `dp` ACKed `revision`
+/// (or later) and the data plane's `/status` reports it.
+async fn wait_acked(cp: &ControlPlane, dp: &DataPlane, revision: u64) {
+    wait_until(
+        &format!(
+            "control plane to record {} ACKing revision {revision}",
+            dp.node_id()
+        ),
+        WAIT,
+        || async {
+            let plane = tracked(cp, dp.node_id()).await?;
+            let applied = plane.applied_version?.revision;
+            (applied >= revision).then_some(())
+        },
+    )
+    .await;
+    dp.wait_version(revision).await;
+}
+
+/// A control plane with `config` applied and a data plane serving it.
+async fn gateway(node_id: &str, value: Value, dp_args: &[String]) -> (ControlPlane, DataPlane) {
+    let cp = ControlPlane::start().await;
+    let revision = apply(&cp, &config(value)).await;
+    let dp = DataPlane::start(cp.port(), node_id, dp_args);
+    dp.wait_ready().await;
+    wait_acked(&cp, &dp, revision).await;
+    (cp, dp)
+}
+
+/// The upstream name an echo body names.
+fn served_by(body: &Value) -> &str {
+    body["name"].as_str().unwrap_or("<not an echo>")
+}
+
+/// An error body reduced to what identifies the error (ids removed).
+fn error_identity(body: &Value) -> Value {
+    let mut body = body.clone();
+    if let Value::Object(map) = &mut body {
+        map.retain(|key, _| {
+            let key = key.to_ascii_lowercase();
+            !(key.contains("request") || key == "id" || key.contains("trace"))
+        });
+    }
+    body
+}
+
+fn assert_json_error(what: &str, status: u16, body: &Value, expected: u16) {
+    assert_eq!(status, expected, "{what}: status (body {body})");
+    assert!(
+        body.is_object() && !body.as_object().is_some_and(|m| m.is_empty()),
+        "{what}: expected a JSON error object, got {body}"
+    );
+}
+
+// ------------------------------------------------------------------ routing
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_host_path_method_and_header_with_fall_through() {
+    let ups = upstreams(&[
+        "exact-host",
+        "wild-host",
+        "any-host",
+        "prefix",
+        "exact-path",
+        "template",
+        "post",
+        "v2",
+        "items",
+        "deep-delete",
+        "flag",
+    ])
+    .await;
+    let svc = |name: &str| service_to(name, &ups[name]);
+    let value = json!({
+        "services": ups.keys().map(|name| svc(name)).collect::<Vec<_>>(),
+        "routes": [
+            // Host kinds.
+            {"name": "r-exact-host", "service": "exact-host", "hosts": ["api.example.com"], "paths": ["/h"]},
+            {"name": "r-wild-host", "service": "wild-host", "hosts": ["*.example.com"], "paths": ["/h", "/h/deeper"]},
+            {"name": "r-any-host", "service": "any-host", "paths": ["/h"]},
+            // Path kinds.
+            {"name": "r-prefix", "service": "prefix", "hosts": ["paths.test"], "paths": ["/v1/orders"]},
+            {"name": "r-exact-path", "service": "exact-path", "hosts": ["paths.test"], "paths": ["=/v1/orders/special"]},
+            {"name": "r-template", "service": "template", "hosts": ["paths.test"], "paths": ["/users/{id}/profile"]},
+            // Method, header, priority and fall-through.
+            {"name": "r-post", "service": "post", "hosts": ["mh.test"], "paths": ["/items"], "methods": ["POST"], "priority": 10},
+            {"name": "r-v2", "service": "v2", "hosts": ["mh.test"], "paths": ["/items"],
+             "headers": [{"name": "x-version", "value": "2"}], "priority": 5},
+            {"name": "r-items", "service": "items", "hosts": ["mh.test"], "paths": ["/items"]},
+            {"name": "r-deep-delete", "service": "deep-delete", "hosts": ["mh.test"], "paths": ["/items/special"], "methods": ["DELETE"]},
+            {"name": "r-flag", "service": "flag", "hosts": ["mh.test"], "paths": ["/flag"], "headers": [{"name": "x-flag"}]},
+        ]
+    });
+    let (_cp, dp) = gateway("dp-routing", value, &[]).await;
+
+    let cases: &[(&str, &str, &str, &[(&str, &str)], Option<&str>)] = &[
+        // (method, host, path, headers, expected upstream; None = 404)
+        ("GET", "api.example.com", "/h", &[], Some("exact-host")),
+        ("GET", "api.example.com:8000", "/h", &[], Some("exact-host")),
+        ("GET", "API.Example.COM", "/h", &[], Some("exact-host")),
+        // Exact host wins over a wildcard route with a longer path.
+        (
+            "GET",
+            "api.example.com",
+            "/h/deeper",
+            &[],
+            Some("exact-host"),
+        ),
+        ("GET", "shop.example.com", "/h", &[], Some("wild-host")),
+        (
+            "GET",
+            "shop.example.com",
+            "/h/deeper/x",
+            &[],
+            Some("wild-host"),
+        ),
+        ("GET", "a.b.example.com", "/h", &[], Some("wild-host")),
+        ("GET", "example.com", "/h", &[], Some("any-host")),
+        ("GET", "other.org", "/h", &[], Some("any-host")),
+        ("GET", "other.org", "/h/x", &[], Some("any-host")),
+        ("GET", "other.org", "/hx", &[], None),
+        // Prefix on a segment boundary, exact, template.
+        ("GET", "paths.test", "/v1/orders", &[], Some("prefix")),
+        ("GET", "paths.test", "/v1/orders/", &[], Some("prefix")),
+        ("GET", "paths.test", "/v1/orders/42", &[], Some("prefix")),
+        ("GET", "paths.test", "/v1/orders?x=1", &[], Some("prefix")),
+        ("GET", "paths.test", "/v1/ordersx", &[], None),
+        ("GET", "paths.test", "/v1", &[], None),
+        (
+            "GET",
+            "paths.test",
+            "/v1/orders/special",
+            &[],
+            Some("exact-path"),
+        ),
+        (
+            "GET",
+            "paths.test",
+            "/v1/orders/special?q=1",
+            &[],
+            Some("exact-path"),
+        ),
+        (
+            "GET",
+            "paths.test",
+            "/v1/orders/special/x",
+            &[],
+            Some("prefix"),
+        ),
+        (
+            "GET",
+            "paths.test",
+            "/users/7/profile",
+            &[],
+            Some("template"),
+        ),
+        (
+            "GET",
+            "paths.test",
+            "/users/abc-9/profile",
+            &[],
+            Some("template"),
+        ),
+        ("GET", "paths.test", "/users/7", &[], None),
+        ("GET", "paths.test", "/users//profile", &[], None),
+        // Method and header conditions, by priority, with fall-through.
+        ("POST", "mh.test", "/items", &[], Some("post")),
+        (
+            "POST",
+            "mh.test",
+            "/items",
+            &[("x-version", "2")],
+            Some("post"),
+        ),
+        (
+            "GET",
+            "mh.test",
+            "/items",
+            &[("x-version", "2")],
+            Some("v2"),
+        ),
+        (
+            "GET",
+            "mh.test",
+            "/items",
+            &[("x-version", "3")],
+            Some("items"),
+        ),
+        ("GET", "mh.test", "/items", &[], Some("items")),
+        ("PUT", "mh.test", "/items/1", &[], Some("items")),
+        // The longest path match fails its method check: the next candidate serves.
+        (
+            "DELETE",
+            "mh.test",
+            "/items/special",
+            &[],
+            Some("deep-delete"),
+        ),
+        ("GET", "mh.test", "/items/special", &[], Some("items")),
+        (
+            "GET",
+            "mh.test",
+            "/items/special",
+            &[("x-version", "2")],
+            Some("v2"),
+        ),
+        // Header presence.
+        (
+            "GET",
+            "mh.test",
+            "/flag",
+            &[("x-flag", "anything")],
+            Some("flag"),
+        ),
+        ("GET", "mh.test", "/flag", &[], None),
+    ];
+    for (method, host, path, headers, expected) in cases {
+        let mut request = dp.request(method.parse().expect("method"), host, path);
+        for (name, value) in *headers {
+            request = request.header(*name, *value);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("{method} {host}{path}: {err}"));
+        let (status, body) = response_json(response).await;
+        let what = format!("{method} {host}{path} {headers:?}");
+        match expected {
+            Some(upstream) => {
+                assert_eq!(status, 200, "{what}: body {body}");
+                assert_eq!(served_by(&body), *upstream, "{what}: body {body}");
+                assert_eq!(body["method"], *method, "{what}");
+            }
+            None => assert_json_error(&what, status, &body, 404),
+        }
+    }
+    // Nothing reached an upstream for the 404s: every request is accounted for.
+    let served: u64 = ups.values().map(Upstream::requests).sum();
+    let expected_served = cases.iter().filter(|c| c.4.is_some()).count() as u64;
+    assert_eq!(served, expected_served, "upstream request count");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_round_robin_is_exact_over_600_requests() {
+    let one = Upstream::start("weight-1").await;
+    let two = Upstream::start("weight-2").await;
+    let drained = Upstream::start("weight-0").await;
+    let value = json!({
+        "services": [service("wrr", &[(one.address(), 1), (two.address(), 2), (drained.address(), 0)])],
+        "routes": [{"name": "wrr", "service": "wrr", "paths": ["/"]}],
+    });
+    let (_cp, dp) = gateway("dp-wrr", value, &[]).await;
+    for i in 0..600 {
+        let (status, body) = dp.get_json("wrr.test", &format!("/r/{i}")).await;
+        assert_eq!(status, 200, "request {i}: {body}");
+    }
+    assert_eq!(one.requests(), 200, "weight 1 target");
+    assert_eq!(two.requests(), 400, "weight 2 target");
+    assert_eq!(drained.requests(), 0, "weight 0 target");
+}
+
+// ------------------------------------------------------------------ paths
+
+/// The documented rule: unreserved escapes (`%2e`, `%61`, ...) are decoded,
+/// then dot-segments are removed (`..` above the root is 400), duplicate
+/// slashes are merged, `%2F` stays encoded as data (never a separator), a
+/// backslash is 400; routing and the upstream both see the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_tricks_route_and_forward_by_the_documented_rule() {
+    let ups = upstreams(&["v1", "admin"]).await;
+    let value = json!({
+        "services": [service_to("v1", &ups["v1"]), service_to("admin", &ups["admin"])],
+        "routes": [
+            {"name": "v1", "service": "v1", "hosts": ["tricks.test"], "paths": ["/v1"]},
+            {"name": "admin", "service": "admin", "hosts": ["tricks.test"], "paths": ["/admin"]},
+        ]
+    });
+    let (_cp, dp) = gateway("dp-paths", value, &[]).await;
+
+    // (request-target, expected upstream and forwarded target, or expected status)
+    let routed: &[(&str, &str, &str)] = &[
+        ("/v1/../admin", "admin", "/admin"),
+        ("/v1/../admin?x=1", "admin", "/admin?x=1"),
+        ("/v1/%2e%2e/admin", "admin", "/admin"),
+        ("/v1/%2E%2E/admin", "admin", "/admin"),
+        ("/v1/.%2e/admin/x", "admin", "/admin/x"),
+        ("/%61dmin", "admin", "/admin"),
+        ("/v1/./x", "v1", "/v1/x"),
+        ("/v1/%2e/x", "v1", "/v1/x"),
+        ("/v1//x", "v1", "/v1/x"),
+        ("//v1///x//", "v1", "/v1/x/"),
+        ("//admin", "admin", "/admin"),
+        ("/v1/a/b/../c", "v1", "/v1/a/c"),
+        ("/v1/a%2Fb", "v1", "/v1/a%2Fb"),
+        ("/v1/a%2fb", "v1", "/v1/a%2fb"),
+        ("/v1/x?next=/../admin", "v1", "/v1/x?next=/../admin"),
+    ];
+    for (target, upstream, forwarded) in routed {
+        let response = raw_get(dp.addr(), "tricks.test", target)
+            .await
+            .unwrap_or_else(|| panic!("GET {target}: no response"));
+        let body = response.json();
+        assert_eq!(response.status, 200, "GET {target}: {body}");
+        assert_eq!(served_by(&body), *upstream, "GET {target}: routed to");
+        let got = body["path"].as_str().unwrap_or("");
+        // Escapes of `/` are data: compare case-insensitively only inside them.
+        assert!(
+            got == *forwarded || got.eq_ignore_ascii_case(forwarded) && forwarded.contains('%'),
+            "GET {target}: upstream received {got:?}, expected {forwarded:?}"
+        );
+    }
+
+    // An encoded slash is never a separator: these name no route.
+    for target in ["/v1%2F..%2Fadmin", "/admin%2Fx", "/%2Fadmin"] {
+        let response = raw_get(dp.addr(), "tricks.test", target)
+            .await
+            .unwrap_or_else(|| panic!("GET {target}: no response"));
+        assert_json_error(
+            &format!("GET {target}"),
+            response.status,
+            &response.json(),
+            404,
+        );
+    }
+
+    // Climbing above the root, and backslashes, are rejected.
+    for target in [
+        "/..",
+        "/../admin",
+        "/v1/../../admin",
+        "/%2e%2e/admin",
+        "/v1\\..\\admin",
+        "/admin\\x",
+    ] {
+        let response = raw_get(dp.addr(), "tricks.test", target)
+            .await
+            .unwrap_or_else(|| panic!("GET {target}: no response"));
+        assert_eq!(
+            response.status,
+            400,
+            "GET {target}: {:?}",
+            String::from_utf8_lossy(&response.body)
+        );
+    }
+    assert_eq!(
+        ups["admin"].requests() + ups["v1"].requests(),
+        routed.len() as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strip_path_removes_the_matched_prefix() {
+    let up = Upstream::start("stripped").await;
+    let kept = Upstream::start("kept").await;
+    let value = json!({
+        "services": [service_to("stripped", &up), service_to("kept", &kept)],
+        "routes": [
+            {"name": "strip", "service": "stripped", "paths": ["/api/v1"], "strip_path": true},
+            {"name": "keep", "service": "kept", "paths": ["/keep"]},
+        ]
+    });
+    let (_cp, dp) = gateway("dp-strip", value, &[]).await;
+    for (path, forwarded, upstream) in [
+        ("/api/v1/orders/42?x=1", "/orders/42?x=1", "stripped"),
+        ("/api/v1", "/", "stripped"),
+        ("/api/v1/", "/", "stripped"),
+        ("/api/v1?q=2", "/?q=2", "stripped"),
+        ("/keep/a", "/keep/a", "kept"),
+    ] {
+        let (status, body) = dp.get_json("strip.test", path).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        assert_eq!(served_by(&body), upstream, "GET {path}");
+        assert_eq!(body["path"], forwarded, "GET {path}: forwarded path");
+    }
+}
+
+// ------------------------------------------------------------------ headers
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_transformer_edits_headers_and_query_seen_by_the_upstream() {
+    let up = Upstream::start("transformed").await;
+    let value = json!({
+        "services": [service_to("transformed", &up)],
+        "routes": [{
+            "name": "rt", "service": "transformed", "paths": ["/rt"],
+            "plugins": [{"name": "request-transformer", "config": {
+                "remove": {"headers": ["x-remove-me"], "querystring": ["secret"]},
+                "rename": {"headers": {"x-old": "x-new"}, "querystring": {"old": "new"}},
+                "add": {"headers": {"x-added": "yes", "x-replaced": "by-gateway"}, "querystring": {"added": "1"}},
+            }}]
+        }]
+    });
+    let (_cp, dp) = gateway("dp-transform", value, &[]).await;
+    let response = dp
+        .get("rt.test", "/rt/x?secret=s3&old=v&keep=k")
+        .header("x-remove-me", "1")
+        .header("x-old", "o")
+        .header("x-replaced", "by-client")
+        .header("x-untouched", "u")
+        .send()
+        .await
+        .expect("request");
+    let (status, body) = response_json(response).await;
+    assert_eq!(status, 200, "{body}");
+    let headers = &body["headers"];
+    assert_eq!(headers["x-added"], "yes", "added header: {body}");
+    assert_eq!(
+        headers["x-replaced"], "by-gateway",
+        "added header replaces: {body}"
+    );
+    assert_eq!(headers["x-new"], "o", "renamed header: {body}");
+    assert!(
+        headers.get("x-old").is_none(),
+        "renamed header's old name: {body}"
+    );
+    assert!(
+        headers.get("x-remove-me").is_none(),
+        "removed header: {body}"
+    );
+    assert_eq!(headers["x-untouched"], "u", "{body}");
+
+    let path = body["path"].as_str().expect("path");
+    let (route_path, query) = path.split_once('?').expect("query forwarded");
+    assert_eq!(route_path, "/rt/x");
+    let mut params: Vec<&str> = query.split('&').collect();
+    params.sort_unstable();
+    assert_eq!(
+        params,
+        ["added=1", "keep=k", "new=v"],
+        "query seen upstream: {path}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_set_and_hop_by_hop_removed() {
+    let up = Upstream::start("fwd").await;
+    let value = json!({
+        "services": [service_to("fwd", &up)],
+        "routes": [{"name": "fwd", "service": "fwd", "paths": ["/"]}],
+    });
+    let (cp, dp) = gateway("dp-forwarded", value, &[]).await;
+
+    // Raw, so the hop-by-hop headers are sent exactly as written.
+    let request = "GET /f?x=1 HTTP/1.1\r\n\
+        Host: shop.example.com:8443\r\n\
+        Connection: close, X-Hop-Custom\r\n\
+        X-Hop-Custom: must-go\r\n\
+        Keep-Alive: timeout=5\r\n\
+        Proxy-Connection: keep-alive\r\n\
+        Upgrade: h2c\r\n\
+        TE: gzip\r\n\
+        X-Forwarded-For: 6.6.6.6\r\n\
+        X-Forwarded-Proto: https\r\n\
+        X-Forwarded-Host: evil.test\r\n\
+        X-End-To-End: kept\r\n\r\n";
+    let response = raw_http(dp.addr(), request.as_bytes())
+        .await
+        .expect("response");
+    let body = response.json();
+    assert_eq!(response.status, 200, "{body}");
+    let headers = body["headers"].as_object().expect("headers").clone();
+    for hop in [
+        "x-hop-custom",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "te",
+    ] {
+        assert!(
+            !headers.contains_key(hop),
+            "hop-by-hop {hop} reached the upstream: {body}"
+        );
+    }
+    if let Some(connection) = headers.get("connection") {
+        let connection = connection.as_str().unwrap_or("").to_ascii_lowercase();
+        assert!(
+            !connection.contains("x-hop-custom") && !connection.contains("close"),
+            "{body}"
+        );
+    }
+    assert_eq!(headers["x-end-to-end"], "kept");
+    // The client is not a trusted proxy: its X-Forwarded-For is replaced.
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1", "{body}");
+    assert_eq!(headers["x-forwarded-proto"], "http", "{body}");
+    let forwarded_host = headers["x-forwarded-host"].as_str().unwrap_or("");
+    assert!(
+        forwarded_host.starts_with("shop.example.com"),
+        "x-forwarded-host: {body}"
+    );
+    assert!(
+        headers["host"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("shop.example.com"),
+        "Host passed through: {body}"
+    );
+    let generated = headers["x-request-id"].as_str().unwrap_or("");
+    assert!(generated.len() >= 8, "x-request-id generated: {body}");
+
+    // A client's X-Request-Id is kept; a second request gets a fresh id.
+    let (_, body) = response_json(
+        dp.get("shop.example.com", "/f")
+            .header("x-request-id", "req-abc-123")
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(body["headers"]["x-request-id"], "req-abc-123", "{body}");
+    let (_, body) = dp.get_json("shop.example.com", "/f").await;
+    let other = body["headers"]["x-request-id"].as_str().unwrap_or("");
+    assert!(
+        !other.is_empty() && other != generated,
+        "request ids differ: {generated} {other}"
+    );
+
+    // Behind a trusted proxy (127.0.0.1), the chain is appended to.
+    let trusted = DataPlane::start(
+        cp.port(),
+        "dp-forwarded-trusted",
+        &["--trusted-proxies".to_string(), "127.0.0.1/32".to_string()],
+    );
+    trusted.wait_ready().await;
+    let (_, body) = response_json(
+        trusted
+            .get("shop.example.com", "/f")
+            .header("x-forwarded-for", "6.6.6.6")
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(
+        body["headers"]["x-forwarded-for"], "6.6.6.6, 127.0.0.1",
+        "{body}"
+    );
+}
+
+// ------------------------------------------------------------------ config changes
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_config_changes_under_continuous_load_fail_no_request() {
+    const CHANGES: usize = 20;
+    let mut ups = Vec::new();
+    for i in 0..=CHANGES {
+        ups.push(Upstream::start(&format!("gen-{i}")).await);
+    }
+    let version = |i: usize| {
+        config(json!({
+            "services": [service_to("live", &ups[i])],
+            "routes": [{"name": "live", "service": "live", "paths": ["/live"]}],
+        }))
+    };
+    let cp = ControlPlane::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = apply(&cp, &version(0)).await;
+    let dp = Arc::new(DataPlane::start(cp.port(), "dp-changes", &[]));
+    dp.wait_ready().await;
+    wait_acked(&cp, &dp, first).await;
+
+    // A client sending requests one after another until told to stop (bounded).
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let load = {
+        let (dp, stop, sent) = (dp.clone(), stop.clone(), sent.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut failures = Vec::new();
+            let mut highest = 0usize;
+            while !stop.load(Ordering::SeqCst)
+                && sent.load(Ordering::SeqCst) < 200_000
+                && started.elapsed() < Duration::from_secs(240)
+            {
+                let n = sent.fetch_add(1, Ordering::SeqCst);
+                match dp.get("live.test", &format!("/live/{n}")).send().await {
+                    Ok(response) => {
+                        let (status, body) = response_json(response).await;
+                        let generation = served_by(&body)
+                            .strip_prefix("gen-")
+                            .and_then(|g| g.parse::<usize>().ok());
+                        match (status, generation) {
+                            (200, Some(generation)) => {
+                                if generation < highest {
+                                    failures.push(format!(
+                                        "request {n}: served by gen-{generation} after gen-{highest}"
+                                    ));
+                                }
+                                highest = highest.max(generation);
+                            }
+                            _ => failures.push(format!("request {n}: {status} {body}")),
+                        }
+                    }
+                    Err(err) => failures.push(format!("request {n}: {err}")),
+                }
+            }
+            failures
+        })
+    };
+
+    for i in 1..=CHANGES {
+        // Both ways an operator changes config: tollgatectl and the admin API.
+        let revision = if i % 2 == 0 {
+            apply_with_ctl(&cp, dir.path(), &version(i)).await
+        } else {
+            apply(&cp, &version(i)).await
+        };
+        wait_acked(&cp, &dp, revision).await;
+        // Once ACKed, the change is what serves.
+        let (status, body) = dp.get_json("live.test", "/live/check").await;
+        assert_eq!(status, 200, "after change {i}: {body}");
+        assert_eq!(
+            served_by(&body),
+            format!("gen-{i}"),
+            "after change {i} was ACKed"
+        );
+        // Let the client run a few requests on each version.
+        let before = sent.load(Ordering::SeqCst);
+        wait_until("the load client to make progress", WAIT, || async {
+            (sent.load(Ordering::SeqCst) >= before + 5).then_some(())
+        })
+        .await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let failures = load.await.expect("load task");
+    let total = sent.load(Ordering::SeqCst);
+    assert!(total >= 100, "the client sent only {total} requests");
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    assert!(ups[CHANGES].requests() > 0);
+}
+
+// ------------------------------------------------------------------ control-plane outages
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_killed_data_plane_serves_on_and_reconnects() {
+    let before = Upstream::start("before").await;
+    let after = Upstream::start("after").await;
+    let to = |up: &Upstream| {
+        config(json!({
+            "services": [service_to("svc", up)],
+            "routes": [{"name": "r", "service": "svc", "paths": ["/"]}],
+        }))
+    };
+    let mut cp = ControlPlane::start().await;
+    let first = apply(&cp, &to(&before)).await;
+    let dp = DataPlane::start(cp.port(), "dp-outage", &[]);
+    dp.wait_ready().await;
+    wait_acked(&cp, &dp, first).await;
+
+    cp.kill_9();
+    // Serves on, unchanged, for a while (bounded count).
+    for i in 0..50 {
+        let (status, body) = dp.get_json("outage.test", &format!("/x/{i}")).await;
+        assert_eq!(
+            status, 200,
+            "request {i} with the control plane down: {body}"
+        );
+        assert_eq!(served_by(&body), "before");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert_eq!(
+        dp.status_code("/readyz").await,
+        Some(200),
+        "still ready without a control plane"
+    );
+    assert_eq!(dp.revision().await, Some(first));
+
+    // Back on the same data dir and port; a change made meanwhile is picked up.
+    cp.restart().await;
+    let second = apply(&cp, &to(&after)).await;
+    assert!(second > first);
+    wait_acked(&cp, &dp, second).await;
+    let (status, body) = dp.get_json("outage.test", "/y").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(served_by(&body), "after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_cache_serves_when_started_during_an_outage() {
+    let up = Upstream::start("cached").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = dir.path().join("dp-cache.pb");
+    let value = json!({
+        "services": [service_to("svc", &up)],
+        "routes": [{"name": "r", "service": "svc", "hosts": ["cache.test"], "paths": ["/c"]}],
+    });
+    let cache_arg =
+        |path: &std::path::Path| vec!["--config-cache".to_string(), path.display().to_string()];
+    let (mut cp, first_dp) = gateway("dp-cache-writer", value, &cache_arg(&cache)).await;
+    let revision = first_dp.revision().await.expect("revision");
+    wait_until("the config cache file to be written", WAIT, || async {
+        std::fs::metadata(&cache)
+            .ok()
+            .filter(|m| m.len() > 0)
+            .map(|_| ())
+    })
+    .await;
+    cp.kill_9();
+
+    // A second data plane, started with the control plane down, serves the cache.
+    let copy = dir.path().join("copy.pb");
+    std::fs::copy(&cache, &copy).expect("copy cache");
+    let second = DataPlane::start(cp.port(), "dp-cache-reader", &cache_arg(&copy));
+    second.wait_ready().await;
+    assert_eq!(
+        second.revision().await,
+        Some(revision),
+        "{:?}",
+        second.status_json().await
+    );
+    let (status, body) = second.get_json("cache.test", "/c/1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(served_by(&body), "cached");
+    let (status, body) = second.get_json("cache.test", "/nope").await;
+    assert_json_error("no route from the cached config", status, &body, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_cache_or_control_plane_the_data_plane_is_not_ready() {
+    // Nothing listens on this port: the control plane is down from the start.
+    let dp = DataPlane::start(free_port(), "dp-no-config", &[]);
+    dp.wait_alive().await;
+    for i in 0..5 {
+        let (status, body) = dp.get_json("any.test", &format!("/anything/{i}")).await;
+        assert_json_error("proxied request without a config", status, &body, 503);
+        assert_eq!(
+            dp.status_code("/readyz").await,
+            Some(503),
+            "/readyz without a config"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(dp.status_code("/healthz").await, Some(200));
+}
+
+// ------------------------------------------------------------------ NACK
+
+/// A snapshot this data plane cannot apply: a route with a plugin it does not
+/// implement yet. It must be rejected whole, never served without the check.
+fn unapplicable_route(service: &str) -> Value {
+    json!({
+        "name": "guarded", "service": service, "paths": ["/guarded"],
+        "plugins": [{"name": "key-auth"}, {"name": "rate-limit", "config": {"limit": 5, "window": "1m"}}],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unapplicable_snapshot_is_nacked_and_old_config_keeps_serving() {
+    let up = Upstream::start("old").await;
+    let good = json!({
+        "services": [service_to("svc", &up)],
+        "routes": [{"name": "open", "service": "svc", "paths": ["/open"]}],
+    });
+    let (cp, dp) = gateway("dp-nack", good, &[]).await;
+    let good_revision = dp.revision().await.expect("revision");
+
+    let bad = config(json!({
+        "services": [service_to("svc", &up)],
+        "routes": [
+            {"name": "open", "service": "svc", "paths": ["/open"], "strip_path": true},
+            unapplicable_route("svc"),
+        ],
+    }));
+    let bad_revision = apply(&cp, &bad).await;
+    assert!(bad_revision > good_revision);
+    let plane = wait_until("the control plane to record the NACK", WAIT, || async {
+        let plane = tracked(&cp, dp.node_id()).await?;
+        (plane.rejected_version.as_ref()?.revision == bad_revision).then_some(plane)
+    })
+    .await;
+    assert!(!plane.last_rejection.is_empty(), "{plane:?}");
+    assert_eq!(
+        plane.applied_version.map(|v| v.revision),
+        Some(good_revision)
+    );
+
+    let output = cp.ctl(&["dataplanes"]);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "tollgatectl dataplanes: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains(dp.node_id()), "{stdout}");
+    let reason_start: String = plane.last_rejection.chars().take(24).collect();
+    assert!(
+        stdout.contains(&reason_start) || stdout.contains("key-auth"),
+        "the rejection shows in tollgatectl dataplanes: {stdout}"
+    );
+
+    // The old config serves, whole: no strip_path, and no unguarded route.
+    assert_eq!(dp.revision().await, Some(good_revision));
+    for _ in 0..10 {
+        let (status, body) = dp.get_json("nack.test", "/open/1").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["path"], "/open/1", "old config's route still in force");
+        let (status, body) = dp.get_json("nack.test", "/guarded").await;
+        assert_json_error("route of the rejected snapshot", status, &body, 404);
+    }
+    assert_eq!(dp.status_code("/readyz").await, Some(200));
+}
+
+// ------------------------------------------------------------------ lifecycle
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_in_flight_request_finish_then_exits_zero() {
+    let up = Upstream::start("slow").await;
+    let value = json!({
+        "services": [service_to("svc", &up)],
+        "routes": [{"name": "r", "service": "svc", "paths": ["/"]}],
+    });
+    let (_cp, mut dp) = gateway("dp-sigterm", value, &[]).await;
+    let in_flight = {
+        let request = dp.get("term.test", "/slow?ms=2500");
+        tokio::spawn(async move { request.send().await })
+    };
+    wait_until("the slow request to reach the upstream", WAIT, || async {
+        (up.requests() >= 1).then_some(())
+    })
+    .await;
+    dp.sigterm();
+    let response = in_flight
+        .await
+        .expect("task")
+        .expect("in-flight request completes");
+    let (status, body) = response_json(response).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(served_by(&body), "slow");
+    let exit = tokio::task::block_in_place(|| dp.wait_exit(Duration::from_secs(20)));
+    let exit = exit.expect("data plane exits after SIGTERM");
+    assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
+}
+
+// ------------------------------------------------------------------ streaming
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_megabytes_stream_each_way_with_flat_memory() {
+    const SIZE: u64 = 50 * 1024 * 1024;
+    const CHUNK: u64 = 64 * 1024;
+    const MAX_GROWTH_KIB: u64 = 30 * 1024;
+    let up = Upstream::start("bulk").await;
+    let value = json!({
+        "services": [service_to("svc", &up)],
+        "routes": [{"name": "r", "service": "svc", "paths": ["/"]}],
+    });
+    let (_cp, dp) = gateway("dp-stream", value, &[]).await;
+    let dp = &dp;
+
+    let upload = |size: u64| {
+        let chunks = futures::stream::iter((0..size.div_ceil(CHUNK)).map(move |i| {
+            let n = (size - i * CHUNK).min(CHUNK) as usize;
+            Ok::<_, std::io::Error>(filler(n))
+        }));
+        dp.request(reqwest::Method::POST, "bulk.test", "/sink")
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+    };
+    let download = |size: u64| async move {
+        let response = dp
+            .get("bulk.test", &format!("/bytes?n={size}"))
+            .send()
+            .await
+            .expect("download");
+        assert_eq!(response.status(), 200);
+        let mut stream = response.bytes_stream();
+        let mut received = 0u64;
+        while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+            received += chunk.expect("download chunk").len() as u64;
+        }
+        received
+    };
+
+    // Warm up (pools, buffers), then take the baseline.
+    let (status, body) = response_json(upload(1024 * 1024).await.expect("warm-up upload")).await;
+    assert_eq!(
+        (status, body["received"].as_u64()),
+        (200, Some(1024 * 1024)),
+        "{body}"
+    );
+    assert_eq!(download(1024 * 1024).await, 1024 * 1024);
+    let baseline = dp.rss_kib().expect("VmRSS of the data plane");
+
+    let peak = Arc::new(AtomicU64::new(baseline));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop, pid) = (peak.clone(), stop.clone(), dp.pid());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                if let Some(rss) = tollgate_integration_tests::dp::rss_kib(pid) {
+                    peak.fetch_max(rss, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    let (status, body) = response_json(upload(SIZE).await.expect("50 MB upload")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["received"].as_u64(),
+        Some(SIZE),
+        "upstream received every byte: {body}"
+    );
+    assert_eq!(download(SIZE).await, SIZE, "client received every byte");
+
+    stop.store(true, Ordering::SeqCst);
+    sampler.await.expect("sampler");
+    let growth = peak.load(Ordering::SeqCst).saturating_sub(baseline);
+    assert!(
+        growth < MAX_GROWTH_KIB,
+        "data plane RSS grew by {growth} KiB (baseline {baseline} KiB) while streaming 50 MB each way"
+    );
+}
+
+// ------------------------------------------------------------------ errors
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_distinct_json_with_the_right_status() {
+    let ok = Upstream::start("ok").await;
+    let slow = Upstream::start("slow").await;
+    let malformed = RawUpstream::start(RawBehaviour::ConflictingLength).await;
+    let closing = RawUpstream::start(RawBehaviour::CloseImmediately).await;
+    let refused = format!("127.0.0.1:{}", free_port());
+    let value = json!({
+        "services": [
+            service_to("ok", &ok),
+            {"name": "slow", "upstream": {"targets": [{"address": slow.address()}]},
+             "timeouts": {"connect_ms": 1000, "request_ms": 400}},
+            service("refused", &[(refused, 1)]),
+            service("malformed", &[(malformed.address(), 1)]),
+            service("closing", &[(closing.address(), 1)]),
+            service("drained", &[(ok.address(), 0)]),
+        ],
+        "routes": [
+            {"name": "ok", "service": "ok", "paths": ["/ok"]},
+            {"name": "slow", "service": "slow", "paths": ["/timeout"]},
+            {"name": "refused", "service": "refused", "paths": ["/refused"]},
+            {"name": "malformed", "service": "malformed", "paths": ["/malformed"]},
+            {"name": "closing", "service": "closing", "paths": ["/closing"]},
+            {"name": "drained", "service": "drained", "paths": ["/drained"]},
+        ]
+    });
+    let (_cp, dp) = gateway("dp-errors", value, &[]).await;
+    let host = "errors.test";
+
+    let (status, not_found) = dp.get_json(host, "/nowhere").await;
+    assert_json_error("no route", status, &not_found, 404);
+    let (status, timeout) = dp.get_json(host, "/timeout/slow?ms=5000").await;
+    assert_json_error("upstream timeout", status, &timeout, 504);
+    let (status, refused) = dp.get_json(host, "/refused").await;
+    assert_json_error("upstream refused", status, &refused, 502);
+    let (status, drained) = dp.get_json(host, "/drained").await;
+    assert_json_error("no healthy target", status, &drained, 503);
+    assert_eq!(ok.requests(), 0, "a weight-0 target got traffic");
+    let (status, closed) = dp.get_json(host, "/closing").await;
+    assert_json_error("upstream closed the connection", status, &closed, 502);
+
+    // A response with both Content-Length and Transfer-Encoding is never
+    // forwarded, and its connection is never reused.
+    for i in 0..3 {
+        let response = dp.get(host, "/malformed").send().await.expect("request");
+        let (status, body) = response_json(response).await;
+        assert_json_error(
+            &format!("malformed upstream response #{i}"),
+            status,
+            &body,
+            502,
+        );
+        assert!(!body.to_string().contains("hello world"), "{body}");
+    }
+    assert_eq!(
+        malformed.connections(),
+        3,
+        "a connection that carried a malformed response was reused"
+    );
+
+    let identities = [
+        ("404 no route", error_identity(&not_found)),
+        ("504 timeout", error_identity(&timeout)),
+        ("502 refused", error_identity(&refused)),
+        ("503 no healthy target", error_identity(&drained)),
+    ];
+    for (i, (a, body_a)) in identities.iter().enumerate() {
+        for (b, body_b) in &identities[i + 1..] {
+            assert_ne!(body_a, body_b, "{a} and {b} have the same error body");
+        }
+    }
+
+    // Bad requests from clients get a 4xx, never a crash.
+    let big = format!(
+        "GET /ok HTTP/1.1\r\nHost: {host}\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let response = raw_http(dp.addr(), big.as_bytes())
+        .await
+        .expect("a response to oversized headers");
+    assert_eq!(response.status, 431, "oversized header block");
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many = format!("GET /ok HTTP/1.1\r\nHost: {host}\r\n{many}Connection: close\r\n\r\n");
+    let response = raw_http(dp.addr(), many.as_bytes())
+        .await
+        .expect("a response to too many headers");
+    assert_eq!(response.status, 431, "too many headers");
+    for malformed_request in [
+        "BLAH\r\n\r\n".to_string(),
+        format!("GET /ok HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"),
+        format!("GET /ok HTTP/1.1\r\nHost: {host}\r\nContent-Length: abc\r\nConnection: close\r\n\r\n"),
+        format!("GET /ok HTTP/1.1\r\nHost: {host}\r\nBad Header: x\r\nConnection: close\r\n\r\n"),
+    ] {
+        let response = raw_http(dp.addr(), malformed_request.as_bytes()).await;
+        let status = response.as_ref().map(|r| r.status);
+        assert!(
+            status.is_some_and(|s| s == 400),
+            "malformed request {malformed_request:?}: got {status:?}"
+        );
+    }
+    // Still alive and serving.
+    assert_eq!(dp.status_code("/healthz").await, Some(200));
+    let (status, body) = dp.get_json(host, "/ok").await;
+    assert_eq!(status, 200, "{body}");
+}
+
+mod cp_shim {
+    use std::path::PathBuf;
+    use tollgate_integration_tests::process::{bin_path, free_port, ChildProcess};
+    use tollgate_shared::proto::admin::admin_client::AdminClient;
+    pub struct ControlPlane {
+        port: u16,
+        dir: tempfile::TempDir,
+        process: Option<ChildProcess>,
+    }
+    impl ControlPlane {
+        pub async fn start() -> ControlPlane {
+            let mut cp = ControlPlane {
+                port: free_port(),
+                dir: tempfile::tempdir().unwrap(),
+                process: None,
+            };
+            cp.restart().await;
+            cp
+        }
+        pub fn port(&self) -> u16 {
+            self.port
+        }
+        pub async fn admin(&self) -> AdminClient<tonic::transport::Channel> {
+            AdminClient::connect(format!("http://127.0.0.1:{}", self.port))
+                .await
+                .unwrap()
+        }
+        pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+            std::process::Command::new(bin_path("tollgatectl"))
+                .arg("--server")
+                .arg(format!("http://127.0.0.1:{}", self.port))
+                .args(args)
+                .output()
+                .unwrap()
+        }
+        pub fn kill_9(&mut self) {
+            if let Some(p) = self.process.as_mut() {
+                p.kill_9();
+            }
+        }
+        pub async fn restart(&mut self) {
+            let data: PathBuf = self.dir.path().join("data");
+            self.process = Some(ChildProcess::spawn(
+                "tollgate-cp",
+                &bin_path("tollgate-cp"),
+                &[
+                    "--admin-listen".into(),
+                    format!("127.0.0.1:{}", self.port),
+                    "--data-dir".into(),
+                    data.display().to_string(),
+                ],
+                &[],
+            ));
+            tollgate_integration_tests::process::wait_until(
+                "cp",
+                std::time::Duration::from_secs(10),
+                || async {
+                    tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                        .await
+                        .ok()
+                        .map(|_| ())
+                },
+            )
+            .await;
+        }
+    }
+}
