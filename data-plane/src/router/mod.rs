@@ -86,6 +86,10 @@ pub struct Router {
     exact_hosts: HashMap<Box<str>, Node>,
     /// Keyed by the suffix after `*.`.
     wildcard_hosts: HashMap<Box<str>, Node>,
+    /// Longest key of `wildcard_hosts`: longer suffixes are not even hashed,
+    /// so a hostile `Host` of thousands of labels costs one pass, not one
+    /// hash per label.
+    longest_wildcard: usize,
     any_host: Node,
     /// Entry id (rank) to route index.
     entries: Vec<usize>,
@@ -219,6 +223,7 @@ impl Router {
         let mut router = Router {
             exact_hosts: HashMap::new(),
             wildcard_hosts: HashMap::new(),
+            longest_wildcard: 0,
             any_host: Node::default(),
             entries: Vec::with_capacity(candidates.len()),
             checks,
@@ -236,7 +241,10 @@ impl Router {
                     continue;
                 }
                 let bucket = match host.strip_prefix("*.") {
-                    Some(suffix) => router.wildcard_hosts.entry(suffix.into()),
+                    Some(suffix) => {
+                        router.longest_wildcard = router.longest_wildcard.max(suffix.len());
+                        router.wildcard_hosts.entry(suffix.into())
+                    }
                     None => router.exact_hosts.entry(host.into()),
                 };
                 bucket.or_default().insert(&candidate.pattern, id);
@@ -269,12 +277,13 @@ impl Router {
             // Every suffix after a dot, longest first; the label(s) before it
             // must be non-empty.
             for (dot, _) in host.match_indices('.') {
-                if dot == 0 {
+                let suffix = &host[dot + 1..];
+                if dot == 0 || suffix.len() > self.longest_wildcard {
                     continue;
                 }
                 if let Some(found) = self
                     .wildcard_hosts
-                    .get(&host[dot + 1..])
+                    .get(suffix)
                     .and_then(|bucket| self.find_in(bucket, path, method, headers))
                 {
                     return Some(found);

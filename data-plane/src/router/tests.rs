@@ -251,6 +251,18 @@ fn host_precedence() {
 }
 
 #[test]
+fn hostile_hosts_are_cheap() {
+    let table = Table::new(vec![
+        with_hosts("wild", &["*.example.com"], &["/"]),
+        with_hosts("any", &[], &["/"]),
+    ]);
+    let many_labels = "a.".repeat(30_000);
+    assert_eq!(table.name(&many_labels, "/"), Some("any"));
+    let deep = format!("{many_labels}example.com");
+    assert_eq!(table.name(&deep, "/"), Some("wild"));
+}
+
+#[test]
 fn host_bucket_beats_path_specificity() {
     let table = Table::new(vec![
         with_hosts("any-long", &[], &["=/v1/orders/42"]),
