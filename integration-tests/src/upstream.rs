@@ -353,3 +353,47 @@ impl Drop for RawUpstream {
         self.accept.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dp::{raw_get, raw_http};
+
+    #[tokio::test]
+    async fn echo_behaviours_and_raw_upstreams() {
+        let up = Upstream::start("u").await;
+        let response = raw_get(up.addr(), "h.test", "/a/%2Fb?x=1")
+            .await
+            .expect("echo");
+        assert_eq!(response.status, 200);
+        let body = response.json();
+        assert_eq!(body["name"], "u");
+        assert_eq!(body["path"], "/a/%2Fb?x=1");
+        assert_eq!(body["headers"]["host"], "h.test");
+
+        let response = raw_get(up.addr(), "h", "/x/status/418")
+            .await
+            .expect("status");
+        assert_eq!(response.status, 418);
+        let response = raw_get(up.addr(), "h", "/bytes?n=200000")
+            .await
+            .expect("bytes");
+        assert_eq!(response.body.len(), 200_000);
+        let response = raw_get(up.addr(), "h", "/slow?ms=10").await.expect("slow");
+        assert_eq!(response.status, 200);
+
+        let mut upload = b"POST /sink HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n".to_vec();
+        upload.extend(std::iter::repeat_n(b'y', 100_000));
+        let response = raw_http(up.addr(), &upload).await.expect("sink");
+        assert_eq!(response.json()["received"], 100_000);
+        assert_eq!(up.sink_bytes(), 100_000);
+        assert_eq!(up.requests(), 5);
+
+        let bad = RawUpstream::start(RawBehaviour::ConflictingLength).await;
+        let response = raw_get(bad.addr, "h", "/").await.expect("malformed answer");
+        assert_eq!(response.header("content-length"), Some("5"));
+        let closing = RawUpstream::start(RawBehaviour::CloseImmediately).await;
+        assert!(raw_get(closing.addr, "h", "/").await.is_none());
+        assert_eq!(closing.connections(), 1);
+    }
+}

@@ -160,6 +160,15 @@ fn assert_json_error(what: &str, status: u16, body: &Value, expected: u16) {
 
 // ------------------------------------------------------------------ routing
 
+/// (method, host, path, extra headers, expected upstream; `None` = 404).
+type Case = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    Option<&'static str>,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_host_path_method_and_header_with_fall_through() {
     let ups = upstreams(&[
@@ -199,8 +208,7 @@ async fn routes_by_host_path_method_and_header_with_fall_through() {
     });
     let (_cp, dp) = gateway("dp-routing", value, &[]).await;
 
-    let cases: &[(&str, &str, &str, &[(&str, &str)], Option<&str>)] = &[
-        // (method, host, path, headers, expected upstream; None = 404)
+    let cases: &[Case] = &[
         ("GET", "api.example.com", "/h", &[], Some("exact-host")),
         ("GET", "api.example.com:8000", "/h", &[], Some("exact-host")),
         ("GET", "API.Example.COM", "/h", &[], Some("exact-host")),
