@@ -1,1 +1,40 @@
-//! Tollgate control plane.
+//! Tollgate's control plane: the source of truth for the gateway's
+//! configuration, its admin API, and the stream that feeds data planes.
+//!
+//! The binaries are thin (`src/bin/tollgate-cp.rs` parses flags and calls
+//! [`run`]; `src/bin/tollgatectl.rs` calls [`ctl::main`]), so tests and
+//! embedders can start the whole server from this library.
+//!
+//! A write travels down this list, a read only touches [`model`]:
+//!
+//! - [`admin`]: the gRPC admin API (CRUD, Apply with dry-run diff, Export,
+//!   ListDataPlanes), behind [`auth`]'s admin token.
+//! - [`model`]: the current state in a `watch` channel, and the single,
+//!   serialized write path (change, [`secrets`], validate, [`diff`], commit,
+//!   publish).
+//! - [`store`]: sled, the durable truth; versioned on-disk format.
+//! - [`stream`]: the config stream to data planes, and the registry of who is
+//!   connected.
+//!
+//! Around them: [`entity`] and [`kind`] (the five entity kinds and their
+//! names), [`config`] (flags and exposure checks), [`server`] (listeners and
+//! graceful shutdown), [`error`] (one error type, one mapping to gRPC status),
+//! and [`ctl`] (the `tollgatectl` operator CLI).
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod ctl;
+pub mod diff;
+pub mod entity;
+pub mod error;
+pub mod kind;
+pub mod model;
+pub mod secrets;
+pub mod server;
+pub mod store;
+pub mod stream;
+
+pub use config::{CpArgs, CpConfig};
+pub use error::CpError;
+pub use server::{bind, run, Bound};

@@ -1,0 +1,195 @@
+//! The operator-facing admin API (`tollgate.admin.v1.Admin`).
+//!
+//! Every write goes through [`Model::write`] (validated, committed, fsynced,
+//! then published); every read, and every write's response, shows entities in
+//! their redacted form, so API keys, HMAC secrets and private keys never leave
+//! the control plane here. Errors are [`CpError`]s, mapped to a status in
+//! `crate::error`.
+
+use std::sync::Arc;
+
+use tollgate_shared::model::GatewayConfig;
+use tollgate_shared::proto::admin::admin_server::Admin;
+use tollgate_shared::proto::admin::{
+    ApplyRequest, ApplyResponse, EntityRef, EntityRequest, EntityResponse, ExportRequest,
+    ExportResponse, ListDataPlanesRequest, ListDataPlanesResponse, ListRequest, ListResponse,
+};
+use tollgate_shared::proto::config as pb_config;
+use tonic::{Request, Response, Status};
+
+use crate::entity::{self, Entity};
+use crate::error::CpError;
+use crate::kind::EntityKind;
+use crate::model::{Model, WriteOutcome};
+use crate::stream::registry::Registry;
+
+pub struct AdminService {
+    model: Arc<Model>,
+    registry: Arc<Registry>,
+}
+
+impl AdminService {
+    pub fn new(model: Arc<Model>, registry: Arc<Registry>) -> AdminService {
+        AdminService { model, registry }
+    }
+
+    /// The response to a single-entity write: the new version, and the entity
+    /// as stored (redacted), if it still exists.
+    fn entity_response(outcome: &WriteOutcome, kind: EntityKind, name: &str) -> EntityResponse {
+        EntityResponse {
+            version: Some(outcome.version.to_pb()),
+            entity: entity::find(&outcome.config, kind, name).map(|e| e.redacted().to_pb()),
+        }
+    }
+}
+
+fn kind_of(raw: i32) -> Result<EntityKind, CpError> {
+    EntityKind::from_pb(raw).ok_or_else(|| {
+        CpError::BadRequest(
+            "kind: must be one of KIND_SERVICE, KIND_ROUTE, KIND_CONSUMER, KIND_PLUGIN, \
+             KIND_CERTIFICATE"
+                .into(),
+        )
+    })
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create(
+        &self,
+        request: Request<EntityRequest>,
+    ) -> Result<Response<EntityResponse>, Status> {
+        let new = Entity::from_pb(request.into_inner().entity)?;
+        let (kind, name) = (new.kind(), new.name().to_string());
+        let outcome = self
+            .model
+            .write(false, |config| {
+                if entity::find(config, kind, &name).is_some() {
+                    return Err(CpError::AlreadyExists {
+                        kind,
+                        name: name.clone(),
+                    });
+                }
+                entity::insert(config, new);
+                Ok(())
+            })
+            .await?;
+        Ok(Response::new(Self::entity_response(&outcome, kind, &name)))
+    }
+
+    async fn update(
+        &self,
+        request: Request<EntityRequest>,
+    ) -> Result<Response<EntityResponse>, Status> {
+        let new = Entity::from_pb(request.into_inner().entity)?;
+        let (kind, name) = (new.kind(), new.name().to_string());
+        let outcome = self
+            .model
+            .write(false, |config| {
+                if entity::replace(config, new) {
+                    Ok(())
+                } else {
+                    Err(CpError::NotFound {
+                        kind,
+                        name: name.clone(),
+                    })
+                }
+            })
+            .await?;
+        Ok(Response::new(Self::entity_response(&outcome, kind, &name)))
+    }
+
+    async fn get(
+        &self,
+        request: Request<EntityRef>,
+    ) -> Result<Response<tollgate_shared::proto::admin::Entity>, Status> {
+        let reference = request.into_inner();
+        let kind = kind_of(reference.kind)?;
+        let current = self.model.current();
+        let found =
+            entity::find(&current.config, kind, &reference.name).ok_or(CpError::NotFound {
+                kind,
+                name: reference.name,
+            })?;
+        Ok(Response::new(found.redacted().to_pb()))
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let kind = kind_of(request.into_inner().kind)?;
+        let current = self.model.current();
+        let entities = entity::list(&current.config, kind)
+            .into_iter()
+            .map(|e| e.redacted().to_pb())
+            .collect();
+        Ok(Response::new(ListResponse { entities }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<EntityRef>,
+    ) -> Result<Response<EntityResponse>, Status> {
+        let reference = request.into_inner();
+        let kind = kind_of(reference.kind)?;
+        let name = reference.name;
+        let outcome = self
+            .model
+            .write(false, |config| {
+                if entity::remove(config, kind, &name) {
+                    Ok(())
+                } else {
+                    Err(CpError::NotFound {
+                        kind,
+                        name: name.clone(),
+                    })
+                }
+            })
+            .await?;
+        Ok(Response::new(EntityResponse {
+            version: Some(outcome.version.to_pb()),
+            entity: None,
+        }))
+    }
+
+    async fn apply(
+        &self,
+        request: Request<ApplyRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        let request = request.into_inner();
+        let desired =
+            GatewayConfig::try_from(&request.config.unwrap_or_default()).map_err(CpError::from)?;
+        let outcome = self
+            .model
+            .write(request.dry_run, move |config| {
+                *config = desired;
+                Ok(())
+            })
+            .await?;
+        Ok(Response::new(ApplyResponse {
+            changes: outcome.changes.iter().map(|c| c.to_pb()).collect(),
+            version: Some(outcome.version.to_pb()),
+            dry_run: request.dry_run,
+        }))
+    }
+
+    async fn export(
+        &self,
+        _request: Request<ExportRequest>,
+    ) -> Result<Response<ExportResponse>, Status> {
+        let current = self.model.current();
+        let mut config = current.config.redacted();
+        config.sort();
+        Ok(Response::new(ExportResponse {
+            config: Some(pb_config::GatewayConfig::from(&config)),
+            version: Some(current.version.to_pb()),
+        }))
+    }
+
+    async fn list_data_planes(
+        &self,
+        _request: Request<ListDataPlanesRequest>,
+    ) -> Result<Response<ListDataPlanesResponse>, Status> {
+        Ok(Response::new(ListDataPlanesResponse {
+            data_planes: self.registry.list(),
+        }))
+    }
+}

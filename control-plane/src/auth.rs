@@ -1,0 +1,110 @@
+//! Bearer-token checks for the admin API (`--admin-token`) and the config
+//! stream (`--cluster-token`).
+//!
+//! A call carries `authorization: Bearer <token>` metadata. The comparison is
+//! on SHA-256 digests, byte by byte without early exit, so neither the token's
+//! content nor its length leaks through timing. The token itself is never
+//! logged or echoed in an error.
+
+use tollgate_shared::secrets::api_key_digest;
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+
+use crate::error::CpError;
+
+/// An interceptor that lets a call through only with the right token; with no
+/// token configured it lets everything through.
+#[derive(Clone)]
+pub struct BearerAuth {
+    expected: Option<[u8; 32]>,
+}
+
+impl BearerAuth {
+    pub fn new(token: Option<&str>) -> BearerAuth {
+        BearerAuth {
+            expected: token.map(|t| api_key_digest(t.as_bytes())),
+        }
+    }
+
+    /// Checks the `authorization` metadata of a call.
+    pub fn check<T>(&self, request: &Request<T>) -> Result<(), CpError> {
+        let Some(expected) = &self.expected else {
+            return Ok(());
+        };
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .ok_or(CpError::Unauthenticated(
+                "missing authorization metadata (Bearer token)",
+            ))?;
+        let token = presented
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or(CpError::Unauthenticated(
+                "authorization metadata must be \"Bearer <token>\"",
+            ))?;
+        if constant_time_eq(&api_key_digest(token.trim().as_bytes()), expected) {
+            Ok(())
+        } else {
+            Err(CpError::Unauthenticated("invalid token"))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let difference = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(difference) == 0
+}
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        self.check(&request)?;
+        Ok(request)
+    }
+}
+
+/// Checks a configured token: it must fit in a header value.
+pub fn check_token_text(flag: &str, token: &str) -> Result<(), CpError> {
+    if token.is_empty() || !token.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return Err(CpError::Startup(format!(
+            "{flag}: the token must be printable ASCII without spaces"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(value: Option<&str>) -> Request<()> {
+        let mut request = Request::new(());
+        if let Some(value) = value {
+            request
+                .metadata_mut()
+                .insert("authorization", value.parse().expect("ascii"));
+        }
+        request
+    }
+
+    #[test]
+    fn checks_the_bearer_token() {
+        let auth = BearerAuth::new(Some("s3cret-token"));
+        assert!(auth.check(&request(Some("Bearer s3cret-token"))).is_ok());
+        for bad in [
+            None,
+            Some("Bearer nope"),
+            Some("s3cret-token"),
+            Some("Basic x"),
+        ] {
+            let err = auth.check(&request(bad)).expect_err("must fail");
+            assert!(matches!(err, CpError::Unauthenticated(_)));
+            assert!(!err.to_string().contains("s3cret"));
+        }
+        assert!(BearerAuth::new(None).check(&request(None)).is_ok());
+    }
+}

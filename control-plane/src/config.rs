@@ -1,0 +1,152 @@
+//! `tollgate-cp`'s settings: command-line flags (each also an environment
+//! variable) and the policy checks made before anything listens.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::auth::check_token_text;
+use crate::error::CpError;
+
+/// Command-line flags of `tollgate-cp`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "tollgate-cp",
+    version,
+    about = "Tollgate control plane: stores the gateway config and streams it to data planes"
+)]
+pub struct CpArgs {
+    /// Address of the admin gRPC API (and of the config stream unless
+    /// --stream-listen is given). A non-loopback address requires --admin-token.
+    #[arg(long, env = "TOLLGATE_ADMIN_LISTEN", default_value = "127.0.0.1:7070")]
+    pub admin_listen: SocketAddr,
+
+    /// Directory of the config store (created with mode 0700).
+    #[arg(long, env = "TOLLGATE_DATA_DIR", default_value = "./tollgate-data")]
+    pub data_dir: PathBuf,
+
+    /// Serve the config stream on its own address instead of the admin one.
+    #[arg(long, env = "TOLLGATE_STREAM_LISTEN")]
+    pub stream_listen: Option<SocketAddr>,
+
+    /// Bearer token every admin call must carry.
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Bearer token data planes must present on the config stream; required
+    /// when the stream listens beyond loopback.
+    #[arg(long, env = "TOLLGATE_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
+
+    /// Log JSON lines instead of text.
+    #[arg(long, env = "TOLLGATE_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// What [`crate::run`] needs.
+#[derive(Debug, Clone)]
+pub struct CpConfig {
+    pub admin_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub stream_listen: Option<SocketAddr>,
+    pub admin_token: Option<String>,
+    pub cluster_token: Option<String>,
+}
+
+impl From<CpArgs> for CpConfig {
+    fn from(args: CpArgs) -> CpConfig {
+        // An empty variable (TOLLGATE_ADMIN_TOKEN=) means "no token".
+        let non_empty = |token: Option<String>| token.filter(|t| !t.is_empty());
+        CpConfig {
+            admin_listen: args.admin_listen,
+            data_dir: args.data_dir,
+            stream_listen: args.stream_listen,
+            admin_token: non_empty(args.admin_token),
+            cluster_token: non_empty(args.cluster_token),
+        }
+    }
+}
+
+impl CpConfig {
+    /// A config for tests and embedding: loopback admin API, no tokens.
+    pub fn local(admin_listen: SocketAddr, data_dir: PathBuf) -> CpConfig {
+        CpConfig {
+            admin_listen,
+            data_dir,
+            stream_listen: None,
+            admin_token: None,
+            cluster_token: None,
+        }
+    }
+
+    /// Where the config stream is served.
+    pub fn stream_address(&self) -> SocketAddr {
+        self.stream_listen.unwrap_or(self.admin_listen)
+    }
+
+    /// Refuses settings that would expose the admin API or the secrets on the
+    /// stream to the network unauthenticated.
+    pub fn check(&self) -> Result<(), CpError> {
+        if let Some(token) = &self.admin_token {
+            check_token_text("--admin-token", token)?;
+        }
+        if let Some(token) = &self.cluster_token {
+            check_token_text("--cluster-token", token)?;
+        }
+        if !self.admin_listen.ip().is_loopback() && self.admin_token.is_none() {
+            return Err(CpError::Startup(format!(
+                "refusing to serve the admin API on non-loopback address {} without \
+                 --admin-token (TOLLGATE_ADMIN_TOKEN): anyone who can reach it could rewrite \
+                 the gateway",
+                self.admin_listen
+            )));
+        }
+        let stream = self.stream_address();
+        if !stream.ip().is_loopback() && self.cluster_token.is_none() {
+            return Err(CpError::Startup(format!(
+                "refusing to serve the config stream on non-loopback address {stream} without \
+                 --cluster-token (TOLLGATE_CLUSTER_TOKEN): snapshots carry secrets"
+            )));
+        }
+        if self.stream_listen == Some(self.admin_listen) {
+            return Err(CpError::Startup(
+                "--stream-listen is the same address as --admin-listen; omit it to share the \
+                 admin listener"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(admin: &str, stream: Option<&str>) -> CpConfig {
+        let mut config = CpConfig::local(admin.parse().expect("address"), PathBuf::from("unused"));
+        config.stream_listen = stream.map(|s| s.parse().expect("address"));
+        config
+    }
+
+    #[test]
+    fn exposure_needs_tokens() {
+        assert!(config("127.0.0.1:7070", None).check().is_ok());
+        let err = config("0.0.0.0:7070", None).check().expect_err("must fail");
+        assert!(err.to_string().contains("--admin-token"), "{err}");
+
+        let mut with_admin = config("0.0.0.0:7070", None);
+        with_admin.admin_token = Some("admin-token".into());
+        let err = with_admin.check().expect_err("must fail");
+        assert!(err.to_string().contains("--cluster-token"), "{err}");
+        with_admin.cluster_token = Some("cluster-token".into());
+        assert!(with_admin.check().is_ok());
+
+        let err = config("127.0.0.1:7070", Some("0.0.0.0:7071"))
+            .check()
+            .expect_err("must fail");
+        assert!(err.to_string().contains("--cluster-token"), "{err}");
+        let mut bad_token = config("127.0.0.1:7070", None);
+        bad_token.admin_token = Some("has space".into());
+        assert!(bad_token.check().is_err());
+    }
+}

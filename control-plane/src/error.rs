@@ -1,0 +1,123 @@
+//! The control plane's one error type, and its one mapping to a gRPC status.
+//!
+//! Every fallible path in the crate ends in a [`CpError`]; the admin and stream
+//! services turn it into a [`tonic::Status`] in exactly one place
+//! ([`From<CpError> for Status`]), so the code an operator sees for a given
+//! failure never depends on which handler hit it. Storage failures are logged
+//! here with their detail and reported to the caller as a bare `INTERNAL`:
+//! the caller cannot act on sled internals, and they may name paths.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tollgate_shared::ConfigError;
+
+use crate::kind::EntityKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CpError {
+    /// The desired state failed validation; the text names entity and field.
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+
+    /// The request itself is malformed (missing entity, unknown kind...).
+    #[error("{0}")]
+    BadRequest(String),
+
+    #[error("{kind} {name:?} does not exist")]
+    NotFound { kind: EntityKind, name: String },
+
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists { kind: EntityKind, name: String },
+
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+
+    /// sled failed; the detail is logged, never returned to a caller.
+    #[error("storage error: {0}")]
+    Storage(#[from] sled::Error),
+
+    /// The data directory holds something this build cannot read.
+    #[error("data directory {path}: {message}")]
+    StoreFormat { path: PathBuf, message: String },
+
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A configuration the server refuses to start with.
+    #[error("{0}")]
+    Startup(String),
+
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+
+    /// An internal invariant failed (a task panicked, encoding failed).
+    #[error("internal error: {0}")]
+    Internal(String),
+
+    // ----- tollgatectl -----
+    /// The CLI could not reach the control plane.
+    #[error("cannot connect to {server}: {message}")]
+    Connect { server: String, message: String },
+
+    /// The control plane answered a CLI call with an error status.
+    #[error("{}", describe_status(.0))]
+    Rpc(Box<tonic::Status>),
+
+    /// A file the CLI was asked to read.
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+
+    /// Writing the CLI's output failed (closed pipe...).
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// How the CLI shows an error status: validation and lookup errors as the
+/// server's message alone (it already names the entity), others with the code.
+fn describe_status(status: &tonic::Status) -> String {
+    use tonic::Code;
+    match status.code() {
+        Code::InvalidArgument | Code::NotFound | Code::AlreadyExists => {
+            status.message().to_string()
+        }
+        Code::Unauthenticated => format!("unauthenticated: {}", status.message()),
+        Code::Unavailable => format!("control plane unavailable: {}", status.message()),
+        code => format!("{}: {}", code.description(), status.message()),
+    }
+}
+
+impl From<tonic::Status> for CpError {
+    fn from(status: tonic::Status) -> Self {
+        CpError::Rpc(Box::new(status))
+    }
+}
+
+impl From<CpError> for tonic::Status {
+    fn from(error: CpError) -> Self {
+        use tonic::Status;
+        match error {
+            CpError::Invalid(err) => Status::invalid_argument(err.to_string()),
+            CpError::BadRequest(message) => Status::invalid_argument(message),
+            err @ CpError::NotFound { .. } => Status::not_found(err.to_string()),
+            err @ CpError::AlreadyExists { .. } => Status::already_exists(err.to_string()),
+            CpError::Unauthenticated(message) => Status::unauthenticated(message),
+            CpError::Rpc(status) => *status,
+            other => {
+                tracing::error!(error = %other, "request failed");
+                Status::internal("internal error; see the control plane log")
+            }
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The in-memory view of the store, and the one path every write takes.
+//!
+//! The current desired state is an `Arc<GatewayConfig>` plus its
+//! [`ConfigVersion`], published through a `tokio::sync::watch` channel: reads
+//! and stream sessions borrow it without locks, and sessions wake on each new
+//! version.
+//!
+//! All writes are serialized by one async mutex and follow the same steps
+//! ([`Model::write`]): clone the state, apply the change, restore secrets kept
+//! by fingerprint, validate the *whole* new state, hash API keys, diff against
+//! the current state, commit the changed entities and the revision bump to sled
+//! (fsynced), and only then publish. An error at any step writes nothing, and a
+//! write that changes nothing does not move the version.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::{watch, Mutex};
+use tollgate_shared::model::GatewayConfig;
+use tollgate_shared::proto::config as pb;
+
+use crate::diff::{self, Action, Change};
+use crate::entity;
+use crate::error::CpError;
+use crate::secrets;
+use crate::store::{EntityWrite, Store};
+
+/// The identity of one committed state: which store, which revision.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConfigVersion {
+    pub store_id: String,
+    pub revision: u64,
+}
+
+impl ConfigVersion {
+    pub fn to_pb(&self) -> pb::ConfigVersion {
+        pb::ConfigVersion {
+            store_id: self.store_id.clone(),
+            revision: self.revision,
+        }
+    }
+
+    pub fn from_pb(version: &pb::ConfigVersion) -> ConfigVersion {
+        ConfigVersion {
+            store_id: version.store_id.clone(),
+            revision: version.revision,
+        }
+    }
+}
+
+/// One published state. Secrets are in clear (`api_key`s only as hashes):
+/// redact before showing it to an operator.
+#[derive(Debug)]
+pub struct Published {
+    pub config: Arc<GatewayConfig>,
+    pub version: ConfigVersion,
+}
+
+/// What a write did.
+#[derive(Debug)]
+pub struct WriteOutcome {
+    /// Per-entity changes, sorted; empty for a no-op.
+    pub changes: Vec<Change>,
+    /// The version in force after the call.
+    pub version: ConfigVersion,
+    /// The resulting state (on a dry run: the state it would produce).
+    pub config: Arc<GatewayConfig>,
+}
+
+pub struct Model {
+    store: Store,
+    write_lock: Mutex<()>,
+    current: watch::Sender<Arc<Published>>,
+}
+
+impl Model {
+    /// Opens the store in `data_dir` and loads it. Blocking.
+    pub fn open(data_dir: &Path) -> Result<Model, CpError> {
+        let (store, loaded) = Store::open(data_dir)?;
+        tracing::info!(
+            store_id = %loaded.store_id,
+            revision = loaded.revision,
+            services = loaded.config.services.len(),
+            routes = loaded.config.routes.len(),
+            consumers = loaded.config.consumers.len(),
+            "config store loaded"
+        );
+        let published = Published {
+            config: Arc::new(loaded.config),
+            version: ConfigVersion {
+                store_id: loaded.store_id,
+                revision: loaded.revision,
+            },
+        };
+        let (current, _) = watch::channel(Arc::new(published));
+        Ok(Model {
+            store,
+            write_lock: Mutex::new(()),
+            current,
+        })
+    }
+
+    /// The current state.
+    pub fn current(&self) -> Arc<Published> {
+        self.current.borrow().clone()
+    }
+
+    /// A receiver that wakes on every new version.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Published>> {
+        self.current.subscribe()
+    }
+
+    /// Applies `change` to a copy of the current state and, unless `dry_run`
+    /// or nothing changed, commits and publishes the result.
+    pub async fn write(
+        &self,
+        dry_run: bool,
+        change: impl FnOnce(&mut GatewayConfig) -> Result<(), CpError>,
+    ) -> Result<WriteOutcome, CpError> {
+        let _serialized = self.write_lock.lock().await;
+        let current = self.current();
+        let mut next = (*current.config).clone();
+        change(&mut next)?;
+        secrets::restore_kept_secrets(&mut next, &current.config)?;
+        tollgate_shared::validate::validate(&next)?;
+        secrets::hash_api_keys(&mut next);
+        next.sort();
+
+        let changes = diff::diff(&current.config, &next);
+        if dry_run || changes.is_empty() {
+            return Ok(WriteOutcome {
+                changes,
+                version: current.version.clone(),
+                config: if dry_run {
+                    Arc::new(next)
+                } else {
+                    current.config.clone()
+                },
+            });
+        }
+
+        let mut writes = Vec::with_capacity(changes.len());
+        for change in &changes {
+            match change.action {
+                Action::Delete => writes.push(EntityWrite::delete(change.kind, &change.name)),
+                Action::Create | Action::Update => {
+                    let stored =
+                        entity::find(&next, change.kind, &change.name).ok_or_else(|| {
+                            CpError::Internal(format!("{} {:?} vanished", change.kind, change.name))
+                        })?;
+                    writes.push(EntityWrite::put(&stored)?);
+                }
+            }
+        }
+        let version = ConfigVersion {
+            store_id: current.version.store_id.clone(),
+            revision: current.version.revision + 1,
+        };
+        self.store.commit(writes, version.revision).await?;
+        tracing::info!(
+            revision = version.revision,
+            changes = changes.len(),
+            "config committed"
+        );
+        let config = Arc::new(next);
+        self.current.send_replace(Arc::new(Published {
+            config: config.clone(),
+            version: version.clone(),
+        }));
+        Ok(WriteOutcome {
+            changes,
+            version,
+            config,
+        })
+    }
+
+    /// Flushes the store (at shutdown).
+    pub async fn flush(&self) -> Result<(), CpError> {
+        self.store.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kind::EntityKind;
+
+    const EXAMPLE: &str = r#"
+services:
+  - name: orders
+    upstream: { targets: [{ address: "127.0.0.1:9001" }] }
+routes:
+  - { name: orders-api, service: orders, paths: ["/v1/orders"] }
+consumers:
+  - name: alice
+    credentials: [{ api_key: "alice-secret-key" }]
+"#;
+
+    fn apply(yaml: &str) -> impl FnOnce(&mut GatewayConfig) -> Result<(), CpError> {
+        let parsed = GatewayConfig::from_yaml(yaml).expect("parses");
+        move |config| {
+            *config = parsed;
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_bump_the_version_only_on_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let model = Model::open(dir.path()).expect("opens");
+        let mut updates = model.subscribe();
+        let start = model.current().version.clone();
+
+        let outcome = model.write(false, apply(EXAMPLE)).await.expect("applies");
+        assert_eq!(outcome.version.revision, start.revision + 1);
+        assert_eq!(outcome.changes.len(), 3);
+        assert!(updates.has_changed().expect("open"));
+        updates.borrow_and_update();
+        let stored = model.current();
+        let key = &stored.config.consumers[0].credentials[0];
+        assert_eq!(key.api_key, None);
+        assert!(key.api_key_hash.is_some());
+
+        // The same file again, and the export form: no change, no new version.
+        let again = model.write(false, apply(EXAMPLE)).await.expect("no-op");
+        assert!(again.changes.is_empty());
+        assert_eq!(again.version, outcome.version);
+        let export = stored.config.redacted().to_yaml();
+        let reapplied = model.write(false, apply(&export)).await.expect("no-op");
+        assert!(reapplied.changes.is_empty());
+        assert!(!updates.has_changed().expect("open"));
+
+        // Dry run: diff only.
+        let dry = model
+            .write(true, |config| {
+                config.routes.clear();
+                Ok(())
+            })
+            .await
+            .expect("dry run");
+        assert_eq!(dry.changes.len(), 1);
+        assert_eq!(dry.changes[0].kind, EntityKind::Route);
+        assert_eq!(model.current().version, outcome.version);
+    }
+
+    #[tokio::test]
+    async fn invalid_writes_change_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let model = Model::open(dir.path()).expect("opens");
+        model.write(false, apply(EXAMPLE)).await.expect("applies");
+        let before = model.current();
+        let err = model
+            .write(false, |config| {
+                config.routes[0].service = "ordrs".into();
+                Ok(())
+            })
+            .await
+            .expect_err("must fail");
+        assert_eq!(
+            err.to_string(),
+            r#"route "orders-api": service "ordrs" does not exist"#
+        );
+        let after = model.current();
+        assert_eq!(after.version, before.version);
+        assert_eq!(after.config, before.config);
+        drop(model);
+        let reopened = Model::open(dir.path()).expect("reopens");
+        assert_eq!(reopened.current().version, before.version);
+        assert_eq!(reopened.current().config, before.config);
+    }
+}

@@ -1,0 +1,220 @@
+//! Wiring: the model, the services and the gRPC listeners, started and
+//! stopped together.
+//!
+//! [`bind`] opens the store and binds the listeners (so a caller learns the
+//! real addresses, port 0 included, before serving); [`Bound::serve`] runs
+//! until the shutdown future resolves, then stops accepting, ends every config
+//! stream, drains in-flight calls (bounded by [`SHUTDOWN_GRACE`]) and flushes
+//! the store.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tollgate_shared::proto::admin::admin_server::AdminServer;
+use tollgate_shared::proto::stream::config_stream_server::ConfigStreamServer;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+
+use crate::admin::AdminService;
+use crate::auth::BearerAuth;
+use crate::config::CpConfig;
+use crate::error::CpError;
+use crate::model::Model;
+use crate::stream::registry::Registry;
+use crate::stream::StreamService;
+
+/// Largest gRPC message either way: a 10,000-route Apply or snapshot is a
+/// few MiB; this leaves room without letting one call take unbounded memory.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// HTTP/2 pings find dead data planes (and operators) behind silent networks.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// How long shutdown waits for in-flight calls.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A control plane with its store open and its listeners bound.
+pub struct Bound {
+    model: Arc<Model>,
+    registry: Arc<Registry>,
+    config: CpConfig,
+    admin_listener: TcpListener,
+    stream_listener: Option<TcpListener>,
+}
+
+/// Checks `config`, opens the store and binds the listeners.
+pub async fn bind(config: CpConfig) -> Result<Bound, CpError> {
+    config.check()?;
+    let data_dir = config.data_dir.clone();
+    let model = tokio::task::spawn_blocking(move || Model::open(&data_dir))
+        .await
+        .map_err(|e| CpError::Internal(format!("opening the store failed: {e}")))??;
+    let admin_listener = listen(config.admin_listen).await?;
+    let stream_listener = match config.stream_listen {
+        Some(addr) => Some(listen(addr).await?),
+        None => None,
+    };
+    Ok(Bound {
+        model: Arc::new(model),
+        registry: Arc::new(Registry::default()),
+        config,
+        admin_listener,
+        stream_listener,
+    })
+}
+
+async fn listen(addr: SocketAddr) -> Result<TcpListener, CpError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| CpError::Listen { addr, source })
+}
+
+fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
+    listener.local_addr().unwrap_or(fallback)
+}
+
+impl Bound {
+    /// The admin API's bound address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        local_addr(&self.admin_listener, self.config.admin_listen)
+    }
+
+    /// The config stream's bound address (the admin one unless separate).
+    pub fn stream_addr(&self) -> SocketAddr {
+        match &self.stream_listener {
+            Some(listener) => local_addr(listener, self.config.stream_address()),
+            None => self.admin_addr(),
+        }
+    }
+
+    pub fn model(&self) -> Arc<Model> {
+        self.model.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops gracefully.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), CpError> {
+        let admin_addr = self.admin_addr();
+        let stream_addr = self.stream_addr();
+        let (stop, stopped) = watch::channel(false);
+
+        let (mut health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<AdminServer<AdminService>>().await;
+        health
+            .set_serving::<ConfigStreamServer<StreamService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tollgate_shared::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| CpError::Internal(format!("gRPC reflection: {e}")))?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tollgate_shared::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| CpError::Internal(format!("gRPC reflection: {e}")))?;
+
+        let admin = InterceptedService::new(
+            AdminServer::new(AdminService::new(self.model.clone(), self.registry.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            BearerAuth::new(self.config.admin_token.as_deref()),
+        );
+        let stream = InterceptedService::new(
+            ConfigStreamServer::new(StreamService::new(
+                self.model.clone(),
+                self.registry.clone(),
+                stopped.clone(),
+            ))
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            BearerAuth::new(self.config.cluster_token.as_deref()),
+        );
+        let (stream_on_admin, stream_apart) = match self.stream_listener {
+            None => (Some(stream), None),
+            Some(listener) => (None, Some((listener, stream))),
+        };
+
+        let admin_server = builder()
+            .add_service(health_service.clone())
+            .add_service(reflection)
+            .add_service(reflection_alpha)
+            .add_service(admin)
+            .add_optional_service(stream_on_admin)
+            .serve_with_incoming_shutdown(
+                incoming(self.admin_listener)?,
+                stop_signal(stopped.clone()),
+            );
+        tracing::info!(address = %admin_addr, "admin API listening on {admin_addr}");
+
+        let stream_server = async {
+            match stream_apart {
+                Some((listener, stream)) => {
+                    let server = builder()
+                        .add_service(health_service)
+                        .add_service(stream)
+                        .serve_with_incoming_shutdown(
+                            incoming(listener)?,
+                            stop_signal(stopped.clone()),
+                        );
+                    tracing::info!(address = %stream_addr, "config stream listening on {stream_addr}");
+                    server.await.map_err(CpError::from)
+                }
+                None => {
+                    tracing::info!(address = %stream_addr, "config stream served on the admin listener");
+                    Ok(())
+                }
+            }
+        };
+        let servers = async {
+            let admin = async { admin_server.await.map_err(CpError::from) };
+            tokio::try_join!(admin, stream_server).map(|_| ())
+        };
+        tokio::pin!(servers);
+
+        let result = tokio::select! {
+            result = &mut servers => result,
+            () = shutdown => {
+                tracing::info!("shutting down");
+                health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                let _ = stop.send(true);
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut servers).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!("in-flight calls did not finish within {SHUTDOWN_GRACE:?}");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        let _ = stop.send(true);
+        self.model.flush().await?;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+fn builder() -> Server {
+    Server::builder()
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+}
+
+fn incoming(listener: TcpListener) -> Result<TcpIncoming, CpError> {
+    TcpIncoming::from_listener(listener, true, Some(TCP_KEEPALIVE))
+        .map_err(|e| CpError::Internal(format!("listener: {e}")))
+}
+
+async fn stop_signal(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// Binds and serves `config` until `shutdown` resolves.
+pub async fn run(config: CpConfig, shutdown: impl Future<Output = ()>) -> Result<(), CpError> {
+    bind(config).await?.serve(shutdown).await
+}

@@ -1,0 +1,249 @@
+//! The durable truth: a sled database in the data directory.
+//!
+//! One tree per entity kind, keyed by name (see [`format`] for the values),
+//! plus a `meta` tree with the format version, the store id and the revision.
+//! [`Store::commit`] writes every changed entity and the revision bump in one
+//! sled transaction, then waits for `flush_async` (fsync) before returning:
+//! the admin API acknowledges a write only after that, so a `kill -9` right
+//! after an acknowledgement loses nothing, and a crash before it leaves either
+//! the whole change or none of it.
+//!
+//! The data directory holds secrets that data planes need in clear (JWT HMAC
+//! secrets, private keys), so it is created, or tightened, to mode 0700.
+
+pub mod format;
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use tollgate_shared::model::GatewayConfig;
+
+use crate::entity::{self, Entity};
+use crate::error::CpError;
+use crate::kind::EntityKind;
+use format::{FORMAT_VERSION, META_FORMAT, META_REVISION, META_STORE_ID, META_TREE};
+
+/// Name of the sled database inside the data directory.
+const DB_DIR: &str = "config.sled";
+
+/// What [`Store::open`] found on disk.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: GatewayConfig,
+    pub store_id: String,
+    pub revision: u64,
+}
+
+/// One entity write of a commit: the new envelope, or `None` to delete.
+#[derive(Debug, Clone)]
+pub struct EntityWrite {
+    pub kind: EntityKind,
+    pub name: String,
+    pub value: Option<Vec<u8>>,
+}
+
+impl EntityWrite {
+    pub fn put(entity: &Entity) -> Result<EntityWrite, CpError> {
+        let value = format::encode(entity)
+            .map_err(|e| CpError::Internal(format!("cannot encode {}: {e}", entity.kind())))?;
+        Ok(EntityWrite {
+            kind: entity.kind(),
+            name: entity.name().to_string(),
+            value: Some(value),
+        })
+    }
+
+    pub fn delete(kind: EntityKind, name: &str) -> EntityWrite {
+        EntityWrite {
+            kind,
+            name: name.to_string(),
+            value: None,
+        }
+    }
+}
+
+/// The sled database and its trees.
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    /// The entity trees in [`EntityKind::ALL`] order, then `meta` last, so a
+    /// commit can open one transaction over all of them.
+    trees: Vec<sled::Tree>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `data_dir`, and loads its content.
+    /// Blocking: call it from `spawn_blocking` or before serving.
+    pub fn open(data_dir: &Path) -> Result<(Store, Loaded), CpError> {
+        prepare_data_dir(data_dir)?;
+        let path = data_dir.join(DB_DIR);
+        let db = sled::Config::new()
+            .path(&path)
+            .open()
+            .map_err(|err| CpError::StoreFormat {
+                path: path.clone(),
+                message: format!("cannot open: {err}"),
+            })?;
+        let mut trees = Vec::with_capacity(EntityKind::ALL.len() + 1);
+        for kind in EntityKind::ALL {
+            trees.push(db.open_tree(kind.tree_name())?);
+        }
+        trees.push(db.open_tree(META_TREE)?);
+        let store = Store { path, db, trees };
+        let loaded = store.load()?;
+        Ok((store, loaded))
+    }
+
+    fn meta(&self) -> &sled::Tree {
+        &self.trees[EntityKind::ALL.len()]
+    }
+
+    fn corrupt(&self, message: impl Into<String>) -> CpError {
+        CpError::StoreFormat {
+            path: self.path.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn load(&self) -> Result<Loaded, CpError> {
+        let meta = self.meta();
+        let format = match meta.get(META_FORMAT)? {
+            Some(bytes) => format::decode_format(&bytes)
+                .ok_or_else(|| self.corrupt("the format marker is unreadable"))?,
+            None => return self.initialize(),
+        };
+        if format > FORMAT_VERSION {
+            return Err(self.corrupt(format!(
+                "written in on-disk format {format} by a newer tollgate-cp; this build reads \
+                 formats up to {FORMAT_VERSION}: upgrade tollgate-cp or restore an export"
+            )));
+        }
+        if format == 0 {
+            return Err(self.corrupt("on-disk format 0 does not exist"));
+        }
+        let store_id = meta
+            .get(META_STORE_ID)?
+            .and_then(|bytes| String::from_utf8(bytes.to_vec()).ok())
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| self.corrupt("the store id is missing"))?;
+        let revision = meta
+            .get(META_REVISION)?
+            .and_then(|bytes| format::decode_revision(&bytes))
+            .ok_or_else(|| self.corrupt("the revision counter is missing"))?;
+
+        let mut config = GatewayConfig::default();
+        for kind in EntityKind::ALL {
+            for item in self.trees[kind.index()].iter() {
+                let (key, value) = item?;
+                let name = String::from_utf8_lossy(&key).into_owned();
+                let decoded = format::decode(kind, &value)
+                    .map_err(|m| self.corrupt(format!("{kind} {name:?}: {m}")))?;
+                if decoded.kind() != kind || decoded.name() != name {
+                    return Err(
+                        self.corrupt(format!("{kind} {name:?} is stored under the wrong key"))
+                    );
+                }
+                entity::insert(&mut config, decoded);
+            }
+        }
+        config.sort();
+        Ok(Loaded {
+            config,
+            store_id,
+            revision,
+        })
+    }
+
+    /// A new store: writes the format marker, a fresh store id and revision 0.
+    fn initialize(&self) -> Result<Loaded, CpError> {
+        if self.trees[..EntityKind::ALL.len()]
+            .iter()
+            .any(|tree| !tree.is_empty())
+        {
+            return Err(self.corrupt("entities are stored but the format marker is missing"));
+        }
+        let store_id = uuid::Uuid::new_v4().to_string();
+        let meta = self.meta();
+        meta.transaction(|tx| {
+            tx.insert(META_FORMAT, format::encode_format(FORMAT_VERSION))?;
+            tx.insert(META_STORE_ID, store_id.as_bytes())?;
+            tx.insert(META_REVISION, &0u64.to_be_bytes())?;
+            Ok::<(), ConflictableTransactionError<()>>(())
+        })
+        .map_err(tx_error)?;
+        self.db.flush()?;
+        tracing::info!(path = %self.path.display(), %store_id, "created a new config store");
+        Ok(Loaded {
+            config: GatewayConfig::default(),
+            store_id,
+            revision: 0,
+        })
+    }
+
+    /// Writes `writes` and sets the revision to `revision`, atomically and
+    /// durably: returns only once the data is fsynced.
+    pub async fn commit(&self, writes: Vec<EntityWrite>, revision: u64) -> Result<(), CpError> {
+        let trees = self.trees.clone();
+        let meta_index = EntityKind::ALL.len();
+        tokio::task::spawn_blocking(move || {
+            trees
+                .as_slice()
+                .transaction(|tx| {
+                    for write in &writes {
+                        let tree = &tx[write.kind.index()];
+                        match &write.value {
+                            Some(value) => {
+                                tree.insert(write.name.as_bytes(), value.as_slice())?;
+                            }
+                            None => {
+                                tree.remove(write.name.as_bytes())?;
+                            }
+                        }
+                    }
+                    tx[meta_index].insert(META_REVISION, &revision.to_be_bytes())?;
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                })
+                .map_err(tx_error)
+        })
+        .await
+        .map_err(|e| CpError::Internal(format!("store commit task failed: {e}")))??;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Flushes everything (used at shutdown).
+    pub async fn flush(&self) -> Result<(), CpError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+fn tx_error(error: TransactionError<()>) -> CpError {
+    match error {
+        TransactionError::Storage(err) => CpError::Storage(err),
+        TransactionError::Abort(()) => CpError::Internal("store transaction aborted".into()),
+    }
+}
+
+/// Creates the data directory with mode 0700, or tightens an existing one.
+fn prepare_data_dir(dir: &Path) -> Result<(), CpError> {
+    let io = |source| CpError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
+    let metadata = std::fs::metadata(dir).map_err(io)?;
+    if metadata.permissions().mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

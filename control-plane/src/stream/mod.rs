@@ -1,0 +1,66 @@
+//! The config stream (`tollgate.stream.v1.ConfigStream/Subscribe`): how data
+//! planes learn the desired state.
+//!
+//! - [`session`]: one data plane's stream (hello, snapshots, ACK/NACK,
+//!   coalescing of write bursts).
+//! - [`registry`]: every data plane seen, for `ListDataPlanes`.
+//!
+//! Snapshots carry secrets (JWT HMAC secrets, private keys, API-key hashes), so
+//! the stream is guarded by the cluster token when one is configured (see
+//! [`crate::auth`]), and required to be when it listens beyond loopback.
+
+pub mod registry;
+pub mod session;
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tollgate_shared::proto::stream::config_stream_server::ConfigStream;
+use tollgate_shared::proto::stream::{ControlPlaneMessage, DataPlaneMessage};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::model::Model;
+use registry::Registry;
+use session::Session;
+
+pub struct StreamService {
+    model: Arc<Model>,
+    registry: Arc<Registry>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl StreamService {
+    pub fn new(
+        model: Arc<Model>,
+        registry: Arc<Registry>,
+        shutdown: watch::Receiver<bool>,
+    ) -> StreamService {
+        StreamService {
+            model,
+            registry,
+            shutdown,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ConfigStream for StreamService {
+    type SubscribeStream = ReceiverStream<Result<ControlPlaneMessage, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<DataPlaneMessage>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let session = Session {
+            model: self.model.clone(),
+            registry: self.registry.clone(),
+            shutdown: self.shutdown.clone(),
+            peer: request.remote_addr(),
+        };
+        // Small: a slow data plane holds back only its own session.
+        let (outbound, receiver) = mpsc::channel(2);
+        tokio::spawn(session.run(request.into_inner(), outbound));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}

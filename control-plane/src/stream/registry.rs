@@ -1,0 +1,215 @@
+//! Who is subscribed: one entry per data plane node id, read by
+//! `ListDataPlanes`.
+//!
+//! Entries outlive their stream (shown as `connected: false`) so an operator
+//! sees a data plane that went away and what it last applied. Each stream
+//! session gets a session number; a disconnect only marks an entry
+//! disconnected if it still belongs to that session, so a data plane that
+//! reconnected before its old stream was noticed dead stays `connected`.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tollgate_shared::proto::admin as pb;
+use tollgate_shared::proto::config::ConfigVersion;
+
+/// At most this many entries are kept; beyond it, the disconnected entry
+/// seen longest ago is forgotten first.
+const MAX_ENTRIES: usize = 10_000;
+/// Longest rejection text kept from a NACK.
+const MAX_REJECTION_BYTES: usize = 4096;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    session: u64,
+    plane: pb::DataPlane,
+}
+
+/// The identity a data plane gave in its hello.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub node_id: String,
+    pub hostname: String,
+    pub build_version: String,
+    pub address: String,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_session: u64,
+    planes: BTreeMap<String, Entry>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind: keep going.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records a new stream session; returns its session number.
+    pub fn connect(&self, identity: Identity) -> u64 {
+        let mut inner = self.lock();
+        inner.next_session += 1;
+        let session = inner.next_session;
+        let now = now_ms();
+        let previous = inner.planes.remove(&identity.node_id);
+        let (applied_version, rejected_version, last_rejection) = match previous {
+            Some(entry) => (
+                entry.plane.applied_version,
+                entry.plane.rejected_version,
+                entry.plane.last_rejection,
+            ),
+            None => (None, None, String::new()),
+        };
+        if inner.planes.len() >= MAX_ENTRIES {
+            let oldest = inner
+                .planes
+                .iter()
+                .filter(|(_, e)| !e.plane.connected)
+                .min_by_key(|(_, e)| e.plane.last_seen_ms)
+                .map(|(id, _)| id.clone());
+            if let Some(id) = oldest {
+                inner.planes.remove(&id);
+            }
+        }
+        inner.planes.insert(
+            identity.node_id.clone(),
+            Entry {
+                session,
+                plane: pb::DataPlane {
+                    node_id: identity.node_id,
+                    hostname: identity.hostname,
+                    address: identity.address,
+                    build_version: identity.build_version,
+                    connected: true,
+                    connected_since_ms: now,
+                    last_seen_ms: now,
+                    applied_version,
+                    rejected_version,
+                    last_rejection,
+                },
+            },
+        );
+        session
+    }
+
+    fn update(&self, node_id: &str, session: u64, apply: impl FnOnce(&mut pb::DataPlane)) {
+        let mut inner = self.lock();
+        if let Some(entry) = inner.planes.get_mut(node_id) {
+            if entry.session == session {
+                entry.plane.last_seen_ms = now_ms();
+                apply(&mut entry.plane);
+            }
+        }
+    }
+
+    /// Any message from the data plane: it is alive.
+    pub fn seen(&self, node_id: &str, session: u64) {
+        self.update(node_id, session, |_| {});
+    }
+
+    /// ACK: `version` is in service on that data plane.
+    pub fn ack(&self, node_id: &str, session: u64, version: ConfigVersion) {
+        self.update(node_id, session, |plane| {
+            plane.applied_version = Some(version);
+        });
+    }
+
+    /// NACK: the data plane rejected `version` and kept its old config.
+    pub fn nack(&self, node_id: &str, session: u64, version: ConfigVersion, error: &str) {
+        let text = truncate(error, MAX_REJECTION_BYTES);
+        self.update(node_id, session, |plane| {
+            plane.rejected_version = Some(version);
+            plane.last_rejection = text;
+        });
+    }
+
+    /// The stream of `session` ended.
+    pub fn disconnect(&self, node_id: &str, session: u64) {
+        self.update(node_id, session, |plane| {
+            plane.connected = false;
+        });
+    }
+
+    /// Every known data plane, sorted by node id.
+    pub fn list(&self) -> Vec<pb::DataPlane> {
+        self.lock()
+            .planes
+            .values()
+            .map(|e| e.plane.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(node: &str) -> Identity {
+        Identity {
+            node_id: node.into(),
+            hostname: "host".into(),
+            build_version: "0.1.0".into(),
+            address: "127.0.0.1:5000".into(),
+        }
+    }
+
+    fn version(revision: u64) -> ConfigVersion {
+        ConfigVersion {
+            store_id: "s".into(),
+            revision,
+        }
+    }
+
+    #[test]
+    fn tracks_acks_nacks_and_reconnects() {
+        let registry = Registry::default();
+        let first = registry.connect(identity("dp-1"));
+        registry.ack("dp-1", first, version(3));
+        registry.nack("dp-1", first, version(4), "route \"x\": bad");
+        let second = registry.connect(identity("dp-1"));
+        // The old session ending late does not mark the new one disconnected.
+        registry.disconnect("dp-1", first);
+        let planes = registry.list();
+        assert_eq!(planes.len(), 1);
+        assert!(planes[0].connected);
+        assert_eq!(planes[0].applied_version, Some(version(3)));
+        assert_eq!(planes[0].rejected_version, Some(version(4)));
+        assert_eq!(planes[0].last_rejection, "route \"x\": bad");
+        registry.disconnect("dp-1", second);
+        assert!(!registry.list()[0].connected);
+    }
+
+    #[test]
+    fn truncates_on_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h…");
+        assert_eq!(truncate("short", 10), "short");
+    }
+}

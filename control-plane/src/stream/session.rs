@@ -1,0 +1,230 @@
+//! One data plane's stream, from hello to disconnect.
+//!
+//! 1. Wait (bounded) for the `Hello`; register the data plane.
+//! 2. If the version it holds is not the current one (another revision, or
+//!    another store altogether), send the full snapshot at once.
+//! 3. Then loop: read ACK/NACK into the registry; on each new version, wait
+//!    until writes pause for [`QUIET`] but never more than [`MAX_DELAY`] after
+//!    the first unsent change, and send the latest snapshot. A burst of writes
+//!    thus costs one snapshot, and no change waits longer than 100 ms.
+//! 4. The stream ends when the data plane goes away (HTTP/2 keepalive notices
+//!    a dead peer), when the server shuts down, or on a protocol error; the
+//!    registry entry stays, marked disconnected.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tollgate_shared::proto::config as pb_config;
+use tollgate_shared::proto::stream::{
+    control_plane_message, data_plane_message, ControlPlaneMessage, DataPlaneMessage, Hello,
+    Snapshot,
+};
+use tonic::{Status, Streaming};
+
+use super::registry::{truncate, Identity, Registry};
+use crate::model::{ConfigVersion, Model, Published};
+
+/// How long a new stream may take to say hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A burst is over once no write came for this long...
+pub const QUIET: Duration = Duration::from_millis(20);
+/// ...or at the latest this long after its first write.
+pub const MAX_DELAY: Duration = Duration::from_millis(100);
+
+const MAX_ID_BYTES: usize = 256;
+
+pub type Outbound = mpsc::Sender<Result<ControlPlaneMessage, Status>>;
+
+pub struct Session {
+    pub model: Arc<Model>,
+    pub registry: Arc<Registry>,
+    pub shutdown: watch::Receiver<bool>,
+    pub peer: Option<SocketAddr>,
+}
+
+impl Session {
+    pub async fn run(self, mut inbound: Streaming<DataPlaneMessage>, outbound: Outbound) {
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(DataPlaneMessage {
+                kind: Some(data_plane_message::Kind::Hello(hello)),
+            }))) => hello,
+            Ok(Ok(Some(_))) => {
+                let _ = outbound
+                    .send(Err(Status::invalid_argument(
+                        "the first message on the stream must be a Hello",
+                    )))
+                    .await;
+                return;
+            }
+            Ok(Ok(None)) => return,
+            Ok(Err(status)) => {
+                tracing::debug!(peer = ?self.peer, %status, "stream ended before hello");
+                return;
+            }
+            Err(_) => {
+                let _ = outbound
+                    .send(Err(Status::deadline_exceeded("no Hello within 10 s")))
+                    .await;
+                return;
+            }
+        };
+        let identity = match self.identity(&hello) {
+            Ok(identity) => identity,
+            Err(message) => {
+                let _ = outbound.send(Err(Status::invalid_argument(message))).await;
+                return;
+            }
+        };
+        let node_id = identity.node_id.clone();
+        let session = self.registry.connect(identity.clone());
+        tracing::info!(
+            node_id = %identity.node_id,
+            hostname = %identity.hostname,
+            address = %identity.address,
+            build_version = %identity.build_version,
+            held_revision = hello.held_version.as_ref().map(|v| v.revision),
+            "data plane connected"
+        );
+        let _mark_disconnected = DisconnectGuard {
+            registry: self.registry.clone(),
+            node_id: node_id.clone(),
+            session,
+        };
+        let held = hello.held_version.as_ref().map(ConfigVersion::from_pb);
+        self.serve(&node_id, session, held, inbound, outbound).await;
+        tracing::info!(node_id = %node_id, "data plane disconnected");
+    }
+
+    fn identity(&self, hello: &Hello) -> Result<Identity, &'static str> {
+        let node_id = hello.node_id.trim();
+        if node_id.is_empty()
+            || node_id.len() > MAX_ID_BYTES
+            || node_id.chars().any(char::is_control)
+        {
+            return Err("hello.node_id: must be 1 to 256 printable characters");
+        }
+        let clean = |text: &str| truncate(&text.replace(char::is_control, " "), MAX_ID_BYTES);
+        Ok(Identity {
+            node_id: node_id.to_string(),
+            hostname: clean(&hello.hostname),
+            build_version: clean(&hello.build_version),
+            address: self.peer.map(|p| p.to_string()).unwrap_or_default(),
+        })
+    }
+
+    async fn serve(
+        self,
+        node_id: &str,
+        session: u64,
+        held: Option<ConfigVersion>,
+        mut inbound: Streaming<DataPlaneMessage>,
+        outbound: Outbound,
+    ) {
+        let mut updates = self.model.subscribe();
+        let current = updates.borrow_and_update().clone();
+        let mut sent = held;
+        if sent.as_ref() != Some(&current.version) {
+            if send_snapshot(&outbound, &current).await.is_err() {
+                return;
+            }
+            sent = Some(current.version.clone());
+        }
+
+        let mut shutdown = self.shutdown.clone();
+        // (first unsent change, latest unsent change) while a burst is open.
+        let mut pending: Option<(Instant, Instant)> = None;
+        loop {
+            let flush_at = pending.map(|(first, last)| (first + MAX_DELAY).min(last + QUIET));
+            tokio::select! {
+                () = stopped(&mut shutdown) => {
+                    let _ = outbound.send(Err(Status::unavailable("control plane shutting down"))).await;
+                    return;
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => self.handle(node_id, session, message),
+                    Ok(None) => return,
+                    Err(status) => {
+                        tracing::debug!(node_id, %status, "stream from data plane failed");
+                        return;
+                    }
+                },
+                changed = updates.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let now = Instant::now();
+                    pending = Some(match pending {
+                        Some((first, _)) => (first, now),
+                        None => (now, now),
+                    });
+                }
+                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
+                    pending = None;
+                    let latest = updates.borrow_and_update().clone();
+                    if sent.as_ref() != Some(&latest.version) {
+                        if send_snapshot(&outbound, &latest).await.is_err() {
+                            return;
+                        }
+                        sent = Some(latest.version.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&self, node_id: &str, session: u64, message: DataPlaneMessage) {
+        match message.kind {
+            Some(data_plane_message::Kind::Ack(ack)) => {
+                let version = ack.version.unwrap_or_default();
+                tracing::debug!(node_id, revision = version.revision, "data plane acked");
+                self.registry.ack(node_id, session, version);
+            }
+            Some(data_plane_message::Kind::Nack(nack)) => {
+                let version = nack.version.unwrap_or_default();
+                tracing::warn!(
+                    node_id,
+                    revision = version.revision,
+                    error = %truncate(&nack.error, 1024),
+                    "data plane rejected a snapshot"
+                );
+                self.registry.nack(node_id, session, version, &nack.error);
+            }
+            Some(data_plane_message::Kind::Hello(_)) | None => {
+                self.registry.seen(node_id, session);
+            }
+        }
+    }
+}
+
+/// Sends the full snapshot of `published`. Secrets are in clear: data planes
+/// need them (and only API-key hashes exist).
+async fn send_snapshot(outbound: &Outbound, published: &Published) -> Result<(), ()> {
+    let message = ControlPlaneMessage {
+        kind: Some(control_plane_message::Kind::Snapshot(Snapshot {
+            version: Some(published.version.to_pb()),
+            config: Some(pb_config::GatewayConfig::from(&*published.config)),
+        })),
+    };
+    outbound.send(Ok(message)).await.map_err(|_| ())
+}
+
+/// Resolves once the server shuts down (or is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Marks the session's entry disconnected however the session task ends.
+struct DisconnectGuard {
+    registry: Arc<Registry>,
+    node_id: String,
+    session: u64,
+}
+
+impl Drop for DisconnectGuard {
+    fn drop(&mut self) {
+        self.registry.disconnect(&self.node_id, self.session);
+    }
+}
