@@ -7,7 +7,7 @@
 //!   and field.
 //! - [`secrets`]: API-key hashing and secret fingerprints.
 //! - [`convert`]: model <-> protobuf conversion (the wire types live in [`proto`]).
-//! - [`telemetry`]: logging setup shared by the binaries.
+//! - [`telemetry`]: logging and OpenTelemetry trace setup shared by the binaries.
 //!
 //! The protobuf definitions live in `proto/` at the workspace root; the code is
 //! generated at build time with a vendored `protoc`.
