@@ -1,0 +1,362 @@
+//! The fleet-wide counters in Redis (`policy: redis`, `sync: strict`).
+//!
+//! One check is one round trip: `EVALSHA` of `check.lua`, which reads the
+//! counter, decides, counts an admitted request and sets the key's expiry
+//! atomically, on Redis's clock. The script is loaded once per connection
+//! (`SCRIPT LOAD` when the connection is made) and called by its SHA; a Redis
+//! that lost its script cache (restart, `SCRIPT FLUSH`) answers `NOSCRIPT`,
+//! and the call loads it again and retries once.
+//!
+//! The connection is a [`ConnectionManager`]: one multiplexed connection
+//! shared by every request, which reconnects by itself. Every call has a
+//! timeout; failures feed a [`Breaker`]. While the breaker is open no request
+//! calls Redis (the caller applies `on_redis_failure` at once) and a single
+//! background probe pings Redis, reloads the script and closes the breaker
+//! when Redis answers. A data plane whose Redis URL is wrong or unreachable at
+//! start-up still starts: the breaker starts open, the log says why, and the
+//! probe keeps trying.
+//!
+//! Passwords in the URL never reach the log: only [`redact_url`]'s form does.
+
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, ErrorKind, Script};
+use tollgate_shared::plugins::RateLimitAlgorithm;
+
+use super::algorithm::{
+    gcra_decision, sliding_decision, Decision, GcraOutcome, Params, SlidingOutcome,
+};
+use super::breaker::{Breaker, DEFAULT_THRESHOLD};
+
+/// The check script, loaded into Redis once and called by SHA.
+pub const CHECK_SCRIPT: &str = include_str!("check.lua");
+
+/// How long start-up waits for the first connection before serving without it.
+const INITIAL_CONNECT: Duration = Duration::from_secs(2);
+/// Timeout of one connection attempt.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Timeout of the probe's PING and SCRIPT LOAD.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Probe back-off while Redis stays down.
+const PROBE_MIN: Duration = Duration::from_millis(200);
+const PROBE_MAX: Duration = Duration::from_secs(1);
+/// How often a continuing outage is logged again.
+const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// A shared handle on the Redis that holds the fleet's counters.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The URL with any password masked, for logs.
+    target: String,
+    client: Option<Client>,
+    connection: OnceLock<ConnectionManager>,
+    breaker: Arc<Breaker>,
+    script: Script,
+}
+
+/// Why a call did not get an answer from Redis.
+#[derive(Debug)]
+enum CallError {
+    Timeout(Duration),
+    Redis(redis::RedisError),
+    Reply(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Timeout(after) => write!(f, "no answer within {} ms", after.as_millis()),
+            CallError::Redis(err) => write!(f, "{err}"),
+            CallError::Reply(what) => write!(f, "unexpected reply: {what}"),
+        }
+    }
+}
+
+impl From<redis::RedisError> for CallError {
+    fn from(err: redis::RedisError) -> Self {
+        CallError::Redis(err)
+    }
+}
+
+/// `redis://user:secret@host:6379/0` -> `redis://user:***@host:6379/0`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<not a redis:// URL>".to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+impl RedisStore {
+    /// Connects to `url` (waiting at most a couple of seconds) and starts the
+    /// background probe. Never fails: a store that cannot reach Redis starts
+    /// with its breaker open, logs why, and keeps trying in the background
+    /// (unless the URL itself is invalid, which no retry can fix).
+    pub async fn start(url: &str) -> RedisStore {
+        let target = redact_url(url);
+        let client = match Client::open(url) {
+            Ok(client) => Some(client),
+            Err(err) => {
+                tracing::error!(
+                    redis = %target,
+                    error = %err,
+                    "invalid --redis-url; rate limits with policy redis run under their on_redis_failure policy"
+                );
+                None
+            }
+        };
+        let store = RedisStore {
+            inner: Arc::new(Inner {
+                target,
+                client,
+                connection: OnceLock::new(),
+                breaker: Arc::new(Breaker::new(DEFAULT_THRESHOLD, true)),
+                script: Script::new(CHECK_SCRIPT),
+            }),
+        };
+        if store.inner.client.is_some() {
+            match tokio::time::timeout(INITIAL_CONNECT, store.inner.reconnect()).await {
+                Ok(Ok(())) => {
+                    store.inner.breaker.close();
+                    tracing::info!(redis = %store.inner.target, "connected to redis");
+                }
+                Ok(Err(err)) => tracing::error!(
+                    redis = %store.inner.target,
+                    error = %err,
+                    "cannot reach redis; rate limits with policy redis run under their on_redis_failure policy until it answers"
+                ),
+                Err(_) => tracing::error!(
+                    redis = %store.inner.target,
+                    "redis did not answer within {} s; rate limits with policy redis run under their on_redis_failure policy until it answers",
+                    INITIAL_CONNECT.as_secs()
+                ),
+            }
+            tokio::spawn(probe(
+                Arc::downgrade(&store.inner),
+                store.inner.breaker.clone(),
+            ));
+        }
+        store
+    }
+
+    /// The Redis URL with any password masked.
+    pub fn target(&self) -> &str {
+        &self.inner.target
+    }
+
+    /// Whether requests currently call Redis (the breaker is closed).
+    pub fn is_available(&self) -> bool {
+        !self.inner.breaker.is_open()
+    }
+
+    /// Checks and counts one request against counter `key`, in one round trip
+    /// bounded by `timeout`. `None` means Redis could not answer (breaker
+    /// open, timeout, error): the caller applies `on_redis_failure`.
+    pub async fn check(&self, key: &str, params: &Params, timeout: Duration) -> Option<Decision> {
+        let inner = &self.inner;
+        if inner.breaker.is_open() {
+            return None;
+        }
+        let mut connection = inner.connection.get()?.clone();
+        let result =
+            match tokio::time::timeout(timeout, inner.eval(&mut connection, key, params)).await {
+                Ok(result) => result,
+                Err(_) => Err(CallError::Timeout(timeout)),
+            };
+        match result {
+            Ok(decision) => {
+                inner.breaker.record_success();
+                Some(decision)
+            }
+            Err(err) => {
+                if inner.breaker.record_failure() {
+                    tracing::warn!(
+                        redis = %inner.target,
+                        error = %err,
+                        failures = inner.breaker.threshold(),
+                        "redis failing; rate limits fall back to on_redis_failure until it answers again"
+                    );
+                } else {
+                    tracing::debug!(redis = %inner.target, error = %err, "redis rate-limit call failed");
+                }
+                None
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Makes the connection if there is none yet, then checks it with PING
+    /// and (re)loads the script.
+    async fn reconnect(&self) -> Result<(), CallError> {
+        let mut connection = match self.connection.get() {
+            Some(connection) => connection.clone(),
+            None => {
+                let Some(client) = &self.client else {
+                    return Err(CallError::Reply("no valid redis URL".into()));
+                };
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_number_of_retries(1)
+                    .set_factor(100)
+                    .set_max_delay(1_000);
+                let connection = ConnectionManager::new_with_config(client.clone(), config).await?;
+                // Two probes never race here (one probe task, and start-up runs
+                // before it), but if one did, keeping the first is still right.
+                let _ = self.connection.set(connection);
+                match self.connection.get() {
+                    Some(connection) => connection.clone(),
+                    None => return Err(CallError::Reply("connection not kept".into())),
+                }
+            }
+        };
+        let pong: String = redis::cmd("PING").query_async(&mut connection).await?;
+        if pong != "PONG" {
+            return Err(CallError::Reply(format!("PING answered {pong:?}")));
+        }
+        self.load_script(&mut connection).await
+    }
+
+    async fn load_script(&self, connection: &mut ConnectionManager) -> Result<(), CallError> {
+        let sha: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(CHECK_SCRIPT)
+            .query_async(connection)
+            .await?;
+        if sha != self.script.get_hash() {
+            return Err(CallError::Reply(format!(
+                "SCRIPT LOAD returned SHA {sha}, expected {}",
+                self.script.get_hash()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn eval(
+        &self,
+        connection: &mut ConnectionManager,
+        key: &str,
+        params: &Params,
+    ) -> Result<Decision, CallError> {
+        let algorithm: u8 = match params.algorithm {
+            RateLimitAlgorithm::SlidingWindow => 1,
+            RateLimitAlgorithm::Gcra => 2,
+        };
+        let mut command = redis::cmd("EVALSHA");
+        command
+            .arg(self.script.get_hash())
+            .arg(1)
+            .arg(key)
+            .arg(algorithm)
+            .arg(params.limit)
+            .arg(params.window_us)
+            .arg(params.burst);
+        let reply: Vec<i64> = match command.query_async(connection).await {
+            Ok(reply) => reply,
+            Err(err) if err.kind() == ErrorKind::NoScriptError => {
+                self.load_script(connection).await?;
+                command.query_async(connection).await?
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let [allowed, a, b, c] = reply[..] else {
+            return Err(CallError::Reply(format!(
+                "{} values, expected 4",
+                reply.len()
+            )));
+        };
+        let number = |value: i64| u64::try_from(value).unwrap_or(0);
+        Ok(match params.algorithm {
+            RateLimitAlgorithm::SlidingWindow => sliding_decision(
+                params,
+                &SlidingOutcome {
+                    allowed: allowed == 1,
+                    previous: number(a),
+                    current: number(b),
+                    elapsed_us: number(c).min(params.window_us),
+                },
+            ),
+            RateLimitAlgorithm::Gcra => gcra_decision(
+                params,
+                &GcraOutcome {
+                    allowed: allowed == 1,
+                    tat_us: number(a),
+                    now_us: number(b),
+                },
+            ),
+        })
+    }
+}
+
+/// The background probe: sleeps until the breaker opens, then tries Redis
+/// with back-off until it answers, and closes the breaker. Ends when the
+/// store is dropped.
+async fn probe(inner: Weak<Inner>, breaker: Arc<Breaker>) {
+    loop {
+        breaker.wait_open().await;
+        let mut delay = PROBE_MIN;
+        let mut last_logged: Option<tokio::time::Instant> = None;
+        loop {
+            let Some(store) = inner.upgrade() else {
+                return;
+            };
+            match tokio::time::timeout(PROBE_TIMEOUT * 3, store.reconnect()).await {
+                Ok(Ok(())) => {
+                    breaker.close();
+                    tracing::info!(redis = %store.target, "redis answers again; rate limits are shared again");
+                    break;
+                }
+                Ok(Err(err)) => {
+                    if last_logged.map_or(true, |at| at.elapsed() >= OUTAGE_LOG_EVERY) {
+                        tracing::warn!(redis = %store.target, error = %err, "redis still unreachable");
+                        last_logged = Some(tokio::time::Instant::now());
+                    }
+                }
+                Err(_) => {
+                    if last_logged.map_or(true, |at| at.elapsed() >= OUTAGE_LOG_EVERY) {
+                        tracing::warn!(redis = %store.target, "redis still not answering");
+                        last_logged = Some(tokio::time::Instant::now());
+                    }
+                }
+            }
+            drop(store);
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(PROBE_MAX);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("redis://:hunter2@127.0.0.1:6379/0"),
+            "redis://:***@127.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redact_url("redis://app:hunter2@cache:6379"),
+            "redis://app:***@cache:6379"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379/2"),
+            "redis://127.0.0.1:6379/2"
+        );
+        assert_eq!(redact_url("hunter2"), "<not a redis:// URL>");
+    }
+}
