@@ -1,1 +1,125 @@
-fn main() {}
+//! `tollgate-dp`: flags, logging, runtime; everything else is in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tollgate_data_plane::proxy::forward::TrustedProxies;
+use tollgate_data_plane::DpConfig;
+
+/// Tollgate data plane: proxies traffic with the config streamed by tollgate-cp.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate-dp", version)]
+struct Args {
+    /// Control plane config-stream endpoint.
+    #[arg(
+        long,
+        env = "TOLLGATE_CONTROL_PLANE",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    control_plane: String,
+    /// Proxy listen address.
+    #[arg(long, env = "TOLLGATE_LISTEN", default_value = "0.0.0.0:8000")]
+    listen: SocketAddr,
+    /// Status listen address (/healthz, /readyz, /status).
+    #[arg(long, env = "TOLLGATE_STATUS_LISTEN", default_value = "127.0.0.1:8100")]
+    status_listen: SocketAddr,
+    /// Node id reported to the control plane [default: hostname plus a random suffix].
+    #[arg(long, env = "TOLLGATE_NODE_ID")]
+    node_id: Option<String>,
+    /// File holding the last applied config, loaded at boot (written atomically, mode 0600).
+    #[arg(long, env = "TOLLGATE_CONFIG_CACHE")]
+    config_cache: Option<PathBuf>,
+    /// Comma-separated CIDRs/IPs whose X-Forwarded-For is believed.
+    #[arg(long, env = "TOLLGATE_TRUSTED_PROXIES", default_value = "")]
+    trusted_proxies: String,
+    /// Tokio worker threads [default: one per CPU].
+    #[arg(long, env = "TOLLGATE_WORKER_THREADS")]
+    worker_threads: Option<usize>,
+    /// Token sent to the control plane as `authorization: Bearer <token>`.
+    #[arg(long, env = "TOLLGATE_CLUSTER_TOKEN", hide_env_values = true)]
+    cluster_token: Option<String>,
+    /// Largest request header section in bytes (431 beyond it).
+    #[arg(long, env = "TOLLGATE_MAX_HEADER_BYTES", default_value_t = 60 * 1024)]
+    max_header_bytes: usize,
+    /// Most request header fields (431 beyond it).
+    #[arg(long, env = "TOLLGATE_MAX_HEADERS", default_value_t = 100)]
+    max_headers: usize,
+    /// Longest request target in bytes (414 beyond it).
+    #[arg(long, env = "TOLLGATE_MAX_URI_BYTES", default_value_t = 8 * 1024)]
+    max_uri_bytes: usize,
+    /// Time a client has to send a request head, in milliseconds.
+    #[arg(
+        long,
+        env = "TOLLGATE_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    header_read_timeout_ms: u64,
+    /// Longest pause while a request body streams in, in milliseconds (408).
+    #[arg(long, env = "TOLLGATE_BODY_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
+    body_idle_timeout_ms: u64,
+    /// Deadline for in-flight requests after SIGTERM, in seconds.
+    #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT_S", default_value_t = 30)]
+    drain_timeout_s: u64,
+    /// Open client connections beyond which new ones get a 503.
+    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Log JSON lines instead of text.
+    #[arg(long, env = "TOLLGATE_LOG_JSON")]
+    log_json: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tollgate_shared::telemetry::init_logging(args.log_json);
+
+    let trusted_proxies = match TrustedProxies::parse(&args.trusted_proxies) {
+        Ok(list) => list,
+        Err(err) => {
+            tracing::error!("invalid --trusted-proxies: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.header_read_timeout_ms == 0 || args.body_idle_timeout_ms == 0 {
+        tracing::error!("--header-read-timeout-ms and --body-idle-timeout-ms must be at least 1");
+        return ExitCode::from(2);
+    }
+    let config = DpConfig {
+        control_plane: args.control_plane,
+        listen: args.listen,
+        status_listen: args.status_listen,
+        node_id: args.node_id.filter(|id| !id.is_empty()),
+        config_cache: args.config_cache,
+        trusted_proxies,
+        cluster_token: args.cluster_token.filter(|t| !t.is_empty()),
+        max_header_bytes: args.max_header_bytes,
+        max_headers: args.max_headers,
+        max_uri_bytes: args.max_uri_bytes,
+        header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
+        body_idle_timeout: Duration::from_millis(args.body_idle_timeout_ms),
+        drain_timeout: Duration::from_secs(args.drain_timeout_s),
+        max_connections: args.max_connections,
+    };
+
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().thread_name("tollgate-dp");
+    if let Some(threads) = args.worker_threads.filter(|n| *n > 0) {
+        runtime.worker_threads(threads);
+    }
+    let runtime = match runtime.build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!("cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tollgate_data_plane::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! The data plane's settings (from flags or `TOLLGATE_*` environment
+//! variables; see `main.rs`), with the documented defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::proxy::forward::TrustedProxies;
+
+#[derive(Debug, Clone)]
+pub struct DpConfig {
+    /// Control plane stream endpoint, e.g. `http://127.0.0.1:7070`.
+    pub control_plane: String,
+    /// Proxy listener.
+    pub listen: SocketAddr,
+    /// Status listener (`/healthz`, `/readyz`, `/status`).
+    pub status_listen: SocketAddr,
+    /// Node id reported to the control plane; `None`: hostname + random suffix.
+    pub node_id: Option<String>,
+    /// Where the last applied snapshot is kept for restarts without a CP.
+    pub config_cache: Option<PathBuf>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: TrustedProxies,
+    /// Sent as `authorization: Bearer <token>` on the config stream.
+    pub cluster_token: Option<String>,
+    /// Request header limits (431 beyond them).
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// Request-target length limit (414 beyond it).
+    pub max_uri_bytes: usize,
+    /// Time for a client to send a complete request head (HTTP/1).
+    pub header_read_timeout: Duration,
+    /// Longest pause allowed while a request body streams in (408).
+    pub body_idle_timeout: Duration,
+    /// Deadline for in-flight requests after SIGTERM.
+    pub drain_timeout: Duration,
+    /// Open client connections beyond which new ones get a 503.
+    pub max_connections: usize,
+}
+
+impl Default for DpConfig {
+    fn default() -> Self {
+        DpConfig {
+            control_plane: "http://127.0.0.1:7070".into(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            status_listen: SocketAddr::from(([127, 0, 0, 1], 8100)),
+            node_id: None,
+            config_cache: None,
+            trusted_proxies: TrustedProxies::default(),
+            cluster_token: None,
+            max_header_bytes: 60 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_idle_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// `hostname-xxxxxx`: unique per process so restarts are told apart.
+pub fn default_node_id() -> String {
+    use rand::Rng;
+    let suffix: u32 = rand::thread_rng().gen_range(0..0x100_0000);
+    format!("{}-{suffix:06x}", crate::snapshot::subscribe::hostname())
+}

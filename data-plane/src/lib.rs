@@ -1,0 +1,176 @@
+//! `tollgate-dp`: Tollgate's data plane, a reverse proxy fed by the control
+//! plane's config stream.
+//!
+//! The tree reads as the path a request (and a config) takes:
+//!
+//! - [`snapshot`]: configs arrive on the stream ([`snapshot::subscribe`]), are
+//!   validated and compiled once ([`snapshot::compile`]) into one
+//!   [`snapshot::CompiledSnapshot`] behind one pointer ([`snapshot::store`]),
+//!   and are written to the optional disk cache ([`snapshot::cache`]).
+//! - [`proxy`]: the listener ([`proxy::server`]) hands each request to
+//!   [`proxy::handler`], which routes it, runs the plugin chain, forwards it
+//!   ([`proxy::forward`], [`proxy::upstream`]) and streams bodies
+//!   ([`proxy::body`]).
+//! - [`router`]: the compiled route table and path normalization.
+//! - [`plugins`]: the per-request phases and the plugin implementations.
+//! - [`lb`]: load-balancing algorithms.
+//! - [`status`]: `/healthz`, `/readyz`, `/status` on the status port.
+//! - [`shutdown`]: signals and draining.
+//! - [`error`]: [`DpError`] and the one table from proxy failure to response.
+//!
+//! `main.rs` only parses flags and builds the runtime; [`run`] (or
+//! [`DataPlane::bind`] + [`DataPlane::serve`], which tests use to learn the
+//! bound ports) does the rest.
+
+pub mod config;
+pub mod error;
+pub mod lb;
+pub mod plugins;
+pub mod proxy;
+pub mod router;
+pub mod shutdown;
+pub mod snapshot;
+pub mod status;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::DpConfig;
+pub use error::DpError;
+
+use proxy::handler::{ProxyState, RequestLimits};
+use proxy::server::ServerSettings;
+use snapshot::subscribe::{ConnectionState, Subscriber};
+use snapshot::{Applier, ConfigCache, SnapshotStore};
+use status::NodeStatus;
+
+/// A data plane with its listeners bound, not yet serving.
+#[derive(Debug)]
+pub struct DataPlane {
+    config: DpConfig,
+    proxy_listener: TcpListener,
+    status_listener: TcpListener,
+    proxy_addr: SocketAddr,
+    status_addr: SocketAddr,
+}
+
+impl DataPlane {
+    /// Binds the proxy and status listeners (port 0 picks a free port).
+    pub async fn bind(config: DpConfig) -> Result<DataPlane, DpError> {
+        let proxy_listener = proxy::server::bind("proxy", config.listen).await?;
+        let status_listener = proxy::server::bind("status", config.status_listen).await?;
+        let proxy_addr = proxy_listener.local_addr().unwrap_or(config.listen);
+        let status_addr = status_listener.local_addr().unwrap_or(config.status_listen);
+        Ok(DataPlane {
+            config,
+            proxy_listener,
+            status_listener,
+            proxy_addr,
+            status_addr,
+        })
+    }
+
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    pub fn status_addr(&self) -> SocketAddr {
+        self.status_addr
+    }
+
+    /// Loads the config cache, subscribes to the control plane and serves
+    /// until `shutdown` resolves; then drains and returns.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), DpError> {
+        let DataPlane {
+            config,
+            proxy_listener,
+            status_listener,
+            proxy_addr,
+            status_addr,
+        } = self;
+        let node_id = config
+            .node_id
+            .clone()
+            .unwrap_or_else(config::default_node_id);
+        let store = Arc::new(SnapshotStore::default());
+        let connection = Arc::new(ConnectionState::default());
+        let applier = Arc::new(Applier::new(
+            store.clone(),
+            config.config_cache.clone().map(ConfigCache::new),
+        ));
+        // Serve the cached config (if any) before the control plane answers.
+        let cache_applier = applier.clone();
+        let _ = tokio::task::spawn_blocking(move || cache_applier.load_cache()).await;
+
+        let subscriber = Subscriber::new(
+            &config.control_plane,
+            node_id.clone(),
+            config.cluster_token.as_deref(),
+            applier,
+            connection.clone(),
+        )?;
+        let status = Arc::new(NodeStatus {
+            node_id: node_id.clone(),
+            store: store.clone(),
+            control_plane: connection,
+            draining: Default::default(),
+        });
+        let state = Arc::new(ProxyState {
+            store,
+            trusted_proxies: config.trusted_proxies.clone(),
+            limits: RequestLimits {
+                max_header_bytes: config.max_header_bytes,
+                max_headers: config.max_headers,
+                max_uri_bytes: config.max_uri_bytes,
+                body_idle_timeout: config.body_idle_timeout,
+            },
+        });
+        let settings = ServerSettings {
+            header_read_timeout: config.header_read_timeout,
+            max_connections: config.max_connections,
+            drain_timeout: config.drain_timeout,
+        };
+
+        let (stop_accepting, stop_rx) = watch::channel(false);
+        tracing::info!(%node_id, control_plane = %config.control_plane, "tollgate-dp starting");
+        tracing::info!("proxy listening on {proxy_addr}");
+        tracing::info!("status listening on {status_addr}");
+
+        let subscriber_task = tokio::spawn(subscriber.run(stop_rx.clone()));
+        let (stop_status, status_rx) = watch::channel(false);
+        let status_task = tokio::spawn(status::serve(status_listener, status.clone(), status_rx));
+        let proxy_task = tokio::spawn(proxy::server::serve(
+            proxy_listener,
+            state,
+            settings,
+            stop_rx,
+        ));
+
+        shutdown.await;
+        status.draining.store(true, Ordering::Relaxed);
+        tracing::info!(deadline = ?config.drain_timeout, "shutting down: not ready, draining in-flight requests");
+        let _ = stop_accepting.send(true);
+        let _ = proxy_task.await;
+        let _ = subscriber_task.await;
+        let _ = stop_status.send(true);
+        let _ = status_task.await;
+        tracing::info!("tollgate-dp stopped");
+        Ok(())
+    }
+}
+
+/// Runs a data plane until SIGTERM or SIGINT, then drains and returns.
+pub async fn run(config: DpConfig) -> Result<(), DpError> {
+    let data_plane = DataPlane::bind(config).await?;
+    let signals = shutdown::Signals::install()?;
+    let signal = async move {
+        let name = signals.recv().await;
+        tracing::info!(signal = name, "received signal");
+    };
+    data_plane.serve(signal).await
+}

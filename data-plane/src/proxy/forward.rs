@@ -1,0 +1,354 @@
+//! The headers a proxy owes its upstream, and the ones it must not pass on.
+//!
+//! - Hop-by-hop headers (RFC 9110 §7.6.1: `Connection` and every header it
+//!   names, `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`,
+//!   `Proxy-*`, and `HTTP2-Settings`) describe one connection and are removed
+//!   in both directions. Removing `Upgrade` also means a client's `Upgrade:
+//!   h2c` is never forwarded.
+//! - `X-Forwarded-For` is believed only from a peer inside `--trusted-proxies`:
+//!   then the peer is appended to the chain it sent; otherwise the chain is
+//!   replaced by the peer address alone, so a client cannot forge its IP.
+//!   `X-Forwarded-Proto` / `X-Forwarded-Host` likewise pass through only from
+//!   a trusted peer and are set by the gateway otherwise.
+//! - `X-Request-Id` is kept when the client sent a sane one (visible ASCII, at
+//!   most 200 bytes) and generated otherwise.
+//!
+//! The client IP that plugins see is the right-most address of the chain that
+//! is not itself a trusted proxy.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+use ipnet::IpNet;
+use rand::RngCore;
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+const PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
+
+/// Longest client-supplied request id kept as is.
+pub const MAX_REQUEST_ID_LEN: usize = 200;
+
+/// Headers that only describe one hop.
+const HOP_BY_HOP: [HeaderName; 10] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
+];
+
+/// The `--trusted-proxies` list.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies {
+    networks: Box<[IpNet]>,
+}
+
+impl TrustedProxies {
+    pub fn new(networks: Vec<IpNet>) -> Self {
+        TrustedProxies {
+            networks: networks.into_boxed_slice(),
+        }
+    }
+
+    /// Parses `10.0.0.0/8,192.168.1.7` (a bare address is a /32 or /128).
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let mut networks = Vec::new();
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let network = match item.parse::<IpNet>() {
+                Ok(net) => net,
+                Err(_) => item
+                    .parse::<IpAddr>()
+                    .map(IpNet::from)
+                    .map_err(|_| format!("{item:?} is not a CIDR or an IP address"))?,
+            };
+            networks.push(network);
+        }
+        Ok(TrustedProxies::new(networks))
+    }
+
+    #[inline]
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        !self.networks.is_empty() && self.networks.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) compared as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// Per-connection facts computed once when the connection is accepted.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub ip: IpAddr,
+    /// `ip` as a header value, ready for `X-Forwarded-For`.
+    pub ip_value: HeaderValue,
+    pub trusted: bool,
+}
+
+impl Peer {
+    pub fn new(ip: IpAddr, trusted_proxies: &TrustedProxies) -> Peer {
+        let ip = canonical(ip);
+        let ip_value = HeaderValue::from_str(&ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Peer {
+            ip,
+            ip_value,
+            trusted: trusted_proxies.contains(ip),
+        }
+    }
+}
+
+/// Removes hop-by-hop headers, including any named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP.iter() {
+        headers.remove(name);
+    }
+}
+
+/// The client IP: the peer, or when the peer is a trusted proxy, the
+/// right-most `X-Forwarded-For` entry that is not a trusted proxy.
+pub fn client_ip(peer: &Peer, headers: &HeaderMap, trusted_proxies: &TrustedProxies) -> IpAddr {
+    if !peer.trusted {
+        return peer.ip;
+    }
+    let mut client = peer.ip;
+    let values: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+            // Garbage in the chain: trust nothing to the left of it.
+            return client;
+        };
+        client = canonical(ip);
+        if !trusted_proxies.contains(client) {
+            return client;
+        }
+    }
+    client
+}
+
+/// Sets `X-Forwarded-For`, `-Proto` and `-Host`. `host` is the client's Host
+/// (or `:authority`).
+pub fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<&HeaderValue>) {
+    let existing_chain = if peer.trusted {
+        let mut values = headers.get_all(X_FORWARDED_FOR).iter();
+        match (values.next(), values.next()) {
+            (None, _) => None,
+            (Some(single), None) => Some(single.as_bytes().to_vec()),
+            (Some(first), Some(second)) => {
+                let mut joined = first.as_bytes().to_vec();
+                for value in std::iter::once(second).chain(values) {
+                    joined.extend_from_slice(b", ");
+                    joined.extend_from_slice(value.as_bytes());
+                }
+                Some(joined)
+            }
+        }
+    } else {
+        None
+    };
+    let chain = match existing_chain {
+        Some(mut chain) => {
+            chain.extend_from_slice(b", ");
+            chain.extend_from_slice(peer.ip_value.as_bytes());
+            HeaderValue::from_bytes(&chain).unwrap_or_else(|_| peer.ip_value.clone())
+        }
+        None => peer.ip_value.clone(),
+    };
+    headers.insert(X_FORWARDED_FOR, chain);
+
+    if !peer.trusted || !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, PROTO_HTTP);
+    }
+    if !peer.trusted || !headers.contains_key(X_FORWARDED_HOST) {
+        match host {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST, host.clone());
+            }
+            None => {
+                headers.remove(X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+/// Keeps a sane client `X-Request-Id`, or generates a UUIDv4 one; the value
+/// is set on `headers` and returned.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(existing) = headers.get(X_REQUEST_ID) {
+        let bytes = existing.as_bytes();
+        if !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID_LEN
+            && bytes
+                .iter()
+                .all(|b| (0x21..0x7f).contains(b) && *b != b'"' && *b != b'\\')
+        {
+            return existing.clone();
+        }
+    }
+    let id = generate_request_id();
+    headers.insert(X_REQUEST_ID, id.clone());
+    id
+}
+
+/// A random UUIDv4 from the thread-local RNG (no syscall per request).
+pub fn generate_request_id() -> HeaderValue {
+    let mut random = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut random);
+    let uuid = uuid::Builder::from_random_bytes(random).into_uuid();
+    let mut buffer = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid.hyphenated().encode_lower(&mut buffer);
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trusted() -> TrustedProxies {
+        TrustedProxies::parse("10.0.0.0/8, 192.168.1.7").expect("parses")
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, x-custom-hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-custom-hop", "1"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAAQAoAAAAAIAAAAA"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic abc"),
+            ("x-end-to-end", "kept"),
+        ]);
+        remove_hop_by_hop(&mut map);
+        assert_eq!(map.len(), 1, "{map:?}");
+        assert_eq!(map["x-end-to-end"], "kept");
+    }
+
+    #[test]
+    fn untrusted_peer_has_forwarded_headers_replaced() {
+        let peer = Peer::new("203.0.113.9".parse().expect("ip"), &trusted());
+        assert!(!peer.trusted);
+        let mut map = headers(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+        ]);
+        assert_eq!(client_ip(&peer, &map, &trusted()), peer.ip);
+        let host = HeaderValue::from_static("api.example.com");
+        set_forwarded(&mut map, &peer, Some(&host));
+        assert_eq!(map["x-forwarded-for"], "203.0.113.9");
+        assert_eq!(map["x-forwarded-proto"], "http");
+        assert_eq!(map["x-forwarded-host"], "api.example.com");
+    }
+
+    #[test]
+    fn trusted_peer_has_its_chain_appended_to() {
+        let peer = Peer::new("10.1.2.3".parse().expect("ip"), &trusted());
+        assert!(peer.trusted);
+        let mut map = headers(&[
+            ("x-forwarded-for", "198.51.100.1, 192.168.1.7"),
+            ("x-forwarded-for", "10.9.9.9"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        assert_eq!(
+            client_ip(&peer, &map, &trusted()),
+            "198.51.100.1".parse::<IpAddr>().expect("ip")
+        );
+        set_forwarded(&mut map, &peer, Some(&HeaderValue::from_static("h")));
+        assert_eq!(
+            map["x-forwarded-for"],
+            "198.51.100.1, 192.168.1.7, 10.9.9.9, 10.1.2.3"
+        );
+        assert_eq!(map["x-forwarded-proto"], "https");
+        assert_eq!(map["x-forwarded-host"], "h");
+    }
+
+    #[test]
+    fn trusted_peer_without_chain_and_garbage_chains() {
+        let peer = Peer::new("10.1.2.3".parse().expect("ip"), &trusted());
+        let mut map = HeaderMap::new();
+        assert_eq!(client_ip(&peer, &map, &trusted()), peer.ip);
+        set_forwarded(&mut map, &peer, None);
+        assert_eq!(map["x-forwarded-for"], "10.1.2.3");
+        assert!(map.get("x-forwarded-host").is_none());
+
+        let map = headers(&[("x-forwarded-for", "1.1.1.1, garbage, 10.0.0.5")]);
+        assert_eq!(
+            client_ip(&peer, &map, &trusted()),
+            "10.0.0.5".parse::<IpAddr>().expect("ip")
+        );
+    }
+
+    #[test]
+    fn mapped_ipv6_peers_match_ipv4_networks() {
+        let peer = Peer::new("::ffff:10.0.0.1".parse().expect("ip"), &trusted());
+        assert!(peer.trusted);
+        assert_eq!(peer.ip_value, "10.0.0.1");
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_sane_and_generated_otherwise() {
+        let mut map = headers(&[("x-request-id", "abc-123")]);
+        assert_eq!(ensure_request_id(&mut map), "abc-123");
+        let mut map = headers(&[("x-request-id", "has space")]);
+        let generated = ensure_request_id(&mut map);
+        assert_eq!(generated.len(), 36);
+        assert_eq!(map["x-request-id"], generated);
+        let mut map = HeaderMap::new();
+        let a = ensure_request_id(&mut map);
+        let b = ensure_request_id(&mut HeaderMap::new());
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn trusted_proxy_list_rejects_garbage() {
+        assert!(TrustedProxies::parse("10.0.0.0/8,nope").is_err());
+        assert!(TrustedProxies::parse("")
+            .expect("empty")
+            .networks
+            .is_empty());
+    }
+}

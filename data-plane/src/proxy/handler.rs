@@ -1,0 +1,300 @@
+//! One request through the gateway, start to end:
+//!
+//! 1. bounds: URI length (414), header count and bytes (431);
+//! 2. `X-Request-Id` kept or generated;
+//! 3. the snapshot in service is loaded once (503 `not_ready` without one);
+//! 4. the path is normalized (400 when it cannot be) and routed on host,
+//!    normalized path, method and headers (404 `no_route`);
+//! 5. the upstream path is that normalized path (minus the matched prefix
+//!    with `strip_path`) plus the original query;
+//! 6. hop-by-hop headers are dropped and `X-Forwarded-*` set;
+//! 7. the route's plugin chain runs its request phases (any may answer now);
+//! 8. a target is picked (503 when none has weight), the request is sent with
+//!    its body streamed, bounded by `max_body_bytes` (413) and the body-idle
+//!    timeout (408), and the response head awaited within the service's
+//!    request timeout (504);
+//! 9. the response is relayed with its body streamed, after the response and
+//!    log phases.
+
+use std::borrow::Cow;
+use std::time::{Duration, Instant};
+
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
+use http::uri::{PathAndQuery, Scheme};
+use http::{request, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::error::ProxyError;
+use crate::plugins::{Outcome, RequestContext};
+use crate::proxy::body::{ResponseBody, UpstreamBody};
+use crate::proxy::forward::{self, Peer, TrustedProxies};
+use crate::router::{normalize_path, strip_prefix};
+use crate::snapshot::SnapshotStore;
+
+/// Bounds on what a client may send, from the command line.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    /// Sum over header fields of name + value + 4 bytes (`: ` and CRLF).
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// Length of the request target as received.
+    pub max_uri_bytes: usize,
+    pub body_idle_timeout: Duration,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_header_bytes: 60 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            body_idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every request of the proxy listener shares.
+#[derive(Debug)]
+pub struct ProxyState {
+    pub store: std::sync::Arc<SnapshotStore>,
+    pub trusted_proxies: TrustedProxies,
+    pub limits: RequestLimits,
+}
+
+/// Handles one request; never fails (errors become responses).
+pub async fn handle(
+    state: &ProxyState,
+    peer: &Peer,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let (mut parts, body) = request.into_parts();
+    if let Err(kind) = check_head(&parts, &state.limits) {
+        let request_id = forward::generate_request_id();
+        return kind.into_response(Some(&request_id));
+    }
+    let request_id = forward::ensure_request_id(&mut parts.headers);
+
+    let Some(snapshot) = state.store.load() else {
+        return ProxyError::NotReady.into_response(Some(&request_id));
+    };
+
+    // Route on the normalized path; compute the upstream path+query from it.
+    let (route_index, upstream_path_and_query) = {
+        let normalized = match normalize_path(parts.uri.path()) {
+            Ok(path) => path,
+            Err(err) => {
+                tracing::debug!(error = %err, "rejecting a path that cannot be normalized");
+                return ProxyError::BadPath.into_response(Some(&request_id));
+            }
+        };
+        let host = routing_host(&parts);
+        let Some(matched) = snapshot
+            .router
+            .find(host, &normalized, &parts.method, &parts.headers)
+        else {
+            return ProxyError::NoRoute.into_response(Some(&request_id));
+        };
+        let Some(route) = snapshot.routes.get(matched.route_index) else {
+            return ProxyError::NoRoute.into_response(Some(&request_id));
+        };
+        let upstream_path: Cow<'_, str> = if route.strip_path {
+            Cow::Owned(strip_prefix(&normalized, matched.matched_len).into_owned())
+        } else {
+            normalized
+        };
+        let path_and_query = match upstream_path {
+            // Unchanged path: reuse the received path+query, no allocation.
+            Cow::Borrowed(_) => parts.uri.path_and_query().cloned(),
+            Cow::Owned(path) => {
+                let text = match parts.uri.query() {
+                    Some(query) => format!("{path}?{query}"),
+                    None => path,
+                };
+                PathAndQuery::from_maybe_shared(bytes::Bytes::from(text)).ok()
+            }
+        };
+        let Some(path_and_query) = path_and_query else {
+            return ProxyError::BadPath.into_response(Some(&request_id));
+        };
+        (matched.route_index, path_and_query)
+    };
+    let Some(route) = snapshot.routes.get(route_index) else {
+        return ProxyError::NoRoute.into_response(Some(&request_id));
+    };
+    let service = &route.service;
+
+    if let Some(limit) = route.max_body_bytes {
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit) {
+            return ProxyError::BodyTooLarge.into_response(Some(&request_id));
+        }
+    }
+
+    let client_host = client_host(&parts);
+    parts.uri = Uri::from(upstream_path_and_query);
+    forward::remove_hop_by_hop(&mut parts.headers);
+    let client_ip = forward::client_ip(peer, &parts.headers, &state.trusted_proxies);
+    forward::set_forwarded(&mut parts.headers, peer, client_host.as_ref());
+
+    let mut ctx = RequestContext {
+        client_ip,
+        request_id: &request_id,
+        route_name: &route.name,
+        service_name: &service.name,
+        consumer: None,
+        started,
+    };
+    if !route.plugins.is_empty() {
+        if let Outcome::Respond(response) = route.plugins.run_request(&mut ctx, &mut parts).await {
+            route.plugins.run_log(&ctx, response.status());
+            return response;
+        }
+    }
+
+    let Some(target) = service.upstream.pick() else {
+        return ProxyError::NoHealthyTarget.into_response(Some(&request_id));
+    };
+    let upstream_uri = {
+        let mut uri_parts = std::mem::take(&mut parts.uri).into_parts();
+        uri_parts.scheme = Some(Scheme::HTTP);
+        uri_parts.authority = Some(target.authority.clone());
+        match Uri::from_parts(uri_parts) {
+            Ok(uri) => uri,
+            Err(_) => return ProxyError::BadPath.into_response(Some(&request_id)),
+        }
+    };
+    parts.uri = upstream_uri;
+    parts.version = Version::HTTP_11;
+    match (&service.host_header, client_host) {
+        (Some(host), _) => {
+            parts.headers.insert(HOST, host.clone());
+        }
+        (None, Some(host)) => {
+            parts.headers.insert(HOST, host);
+        }
+        (None, None) => {}
+    }
+
+    let body = UpstreamBody::new(body, route.max_body_bytes, state.limits.body_idle_timeout);
+    let upstream_request = Request::from_parts(parts, body);
+    let response = match service
+        .upstream
+        .send(upstream_request, service.request_timeout)
+        .await
+    {
+        Ok(response) => response,
+        Err(kind) => {
+            if kind.status().is_server_error() {
+                tracing::warn!(
+                    route = %route.name,
+                    upstream = %target.address,
+                    error = kind.code(),
+                    request_id = ?request_id,
+                    "upstream request failed"
+                );
+            }
+            route.plugins.run_log(&ctx, kind.status());
+            return kind.into_response(Some(&request_id));
+        }
+    };
+    let (mut response_parts, response_body) = response.into_parts();
+    forward::remove_hop_by_hop(&mut response_parts.headers);
+    route.plugins.run_response(&ctx, &mut response_parts);
+    route.plugins.run_log(&ctx, response_parts.status);
+    Response::from_parts(response_parts, ResponseBody::Upstream(response_body))
+}
+
+/// URI length, header count and header bytes.
+fn check_head(parts: &request::Parts, limits: &RequestLimits) -> Result<(), ProxyError> {
+    let uri_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len())
+        + parts.uri.authority().map_or(0, |a| a.as_str().len());
+    if uri_len > limits.max_uri_bytes {
+        return Err(ProxyError::UriTooLong);
+    }
+    if parts.headers.len() > limits.max_headers {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    let header_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+/// The Host the client addressed: the `:authority` / absolute-form authority
+/// when present (HTTP/2, proxies), else the `Host` header.
+fn client_host(parts: &request::Parts) -> Option<HeaderValue> {
+    match parts.uri.authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => parts.headers.get(HOST).cloned(),
+    }
+}
+
+/// The raw host to route on (the router strips the port and lower-cases).
+fn routing_host(parts: &request::Parts) -> &str {
+    match parts.uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => parts
+            .headers
+            .get(HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_limits() {
+        let limits = RequestLimits {
+            max_header_bytes: 100,
+            max_headers: 2,
+            max_uri_bytes: 20,
+            body_idle_timeout: Duration::from_secs(1),
+        };
+        let ok = Request::builder()
+            .uri("/short")
+            .header("a", "b")
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0;
+        assert_eq!(check_head(&ok, &limits), Ok(()));
+        let long_uri = Request::builder()
+            .uri("/a-very-long-path-indeed")
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0;
+        assert_eq!(check_head(&long_uri, &limits), Err(ProxyError::UriTooLong));
+        let many = Request::builder()
+            .uri("/")
+            .header("a", "1")
+            .header("b", "2")
+            .header("c", "3")
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0;
+        assert_eq!(check_head(&many, &limits), Err(ProxyError::HeadersTooLarge));
+        let big = Request::builder()
+            .uri("/")
+            .header("a", "x".repeat(200))
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0;
+        assert_eq!(check_head(&big, &limits), Err(ProxyError::HeadersTooLarge));
+    }
+}

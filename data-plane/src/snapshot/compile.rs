@@ -1,0 +1,229 @@
+//! Compiling a validated config into what the request path reads.
+//!
+//! Everything a request needs is resolved here, once per snapshot: the route
+//! table, each route's service (with its upstream pool and prebuilt header
+//! values) and its plugin chain. A request then does no lookup by name, no
+//! parsing of config, and no allocation for any of it.
+//!
+//! Compiling is all-or-nothing: any route, service or plugin the data plane
+//! cannot serve faithfully fails the whole snapshot (NACK), so the config in
+//! service is always replaced whole or not at all.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use tollgate_shared::model::GatewayConfig;
+use tollgate_shared::proto::config::ConfigVersion;
+
+use crate::plugins::{compile_globals, compile_instances, CompiledInstance, PluginChain};
+use crate::proxy::upstream::{ClientCache, PoolKey, SharedPool, UpstreamPool};
+use crate::router::Router;
+
+/// One configuration, ready to serve.
+pub struct CompiledSnapshot {
+    pub version: ConfigVersion,
+    pub router: Router,
+    /// Indexed by the router's `route_index` (the order of `config.routes`).
+    pub routes: Box<[CompiledRoute]>,
+    /// By service name, so the next compile can carry pools over.
+    pub services: HashMap<String, Arc<CompiledService>>,
+}
+
+#[derive(Debug)]
+pub struct CompiledRoute {
+    pub name: Arc<str>,
+    pub service: Arc<CompiledService>,
+    pub strip_path: bool,
+    pub max_body_bytes: Option<u64>,
+    pub plugins: PluginChain,
+}
+
+#[derive(Debug)]
+pub struct CompiledService {
+    pub name: Arc<str>,
+    pub upstream: SharedPool,
+    /// Host header sent upstream instead of the client's.
+    pub host_header: Option<HeaderValue>,
+    /// Time allowed from sending the request to the upstream's response head.
+    pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for CompiledSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledSnapshot")
+            .field("version", &self.version)
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Compiles `config` (already validated). `previous` is the snapshot in
+/// service, whose upstream pools are reused where the targets did not change.
+pub fn compile(
+    config: &GatewayConfig,
+    version: ConfigVersion,
+    previous: Option<&CompiledSnapshot>,
+    clients: &ClientCache,
+) -> Result<CompiledSnapshot, String> {
+    let globals = compile_globals(&config.plugins)?;
+
+    let mut services: HashMap<String, Arc<CompiledService>> = HashMap::new();
+    let mut service_plugins: HashMap<&str, Vec<CompiledInstance>> = HashMap::new();
+    for service in &config.services {
+        let label = format!("service {:?}", service.name);
+        let reused = previous
+            .and_then(|p| p.services.get(&service.name))
+            .filter(|old| old.upstream.key == PoolKey::of(service))
+            .map(|old| old.upstream.clone());
+        let upstream = match reused {
+            Some(pool) => pool,
+            None => Arc::new(
+                UpstreamPool::build(service, clients).map_err(|m| format!("{label}: {m}"))?,
+            ),
+        };
+        let host_header = service
+            .host_header
+            .as_deref()
+            .map(|h| {
+                HeaderValue::from_str(h)
+                    .map_err(|_| format!("{label}: host_header: not a valid header value"))
+            })
+            .transpose()?;
+        service_plugins.insert(
+            service.name.as_str(),
+            compile_instances(&label, &service.plugins)?,
+        );
+        services.insert(
+            service.name.clone(),
+            Arc::new(CompiledService {
+                name: Arc::from(service.name.as_str()),
+                upstream,
+                host_header,
+                request_timeout: Duration::from_millis(service.timeouts.request_ms()),
+            }),
+        );
+    }
+
+    let mut routes = Vec::with_capacity(config.routes.len());
+    for route in &config.routes {
+        let label = format!("route {:?}", route.name);
+        let service = services
+            .get(&route.service)
+            .ok_or_else(|| format!("{label}: service {:?} does not exist", route.service))?
+            .clone();
+        let route_plugins = compile_instances(&label, &route.plugins)?;
+        let plugins = PluginChain::assemble(
+            &globals,
+            service_plugins
+                .get(route.service.as_str())
+                .map_or(&[][..], Vec::as_slice),
+            &route_plugins,
+        );
+        routes.push(CompiledRoute {
+            name: Arc::from(route.name.as_str()),
+            service,
+            strip_path: route.strip_path,
+            max_body_bytes: route.max_body_bytes,
+            plugins,
+        });
+    }
+
+    let router = Router::build(&config.routes).map_err(|m| format!("routes: {m}"))?;
+    Ok(CompiledSnapshot {
+        version,
+        router,
+        routes: routes.into_boxed_slice(),
+        services,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> GatewayConfig {
+        let config = GatewayConfig::from_yaml(yaml).expect("yaml");
+        tollgate_shared::validate::validate(&config).expect("valid");
+        config
+    }
+
+    fn version(revision: u64) -> ConfigVersion {
+        ConfigVersion {
+            store_id: "s".into(),
+            revision,
+        }
+    }
+
+    const BASE: &str = r#"
+services:
+  - name: orders
+    upstream: { targets: [{ address: "127.0.0.1:9001" }, { address: "127.0.0.1:9002", weight: 2 }] }
+  - name: users
+    upstream: { targets: [{ address: "127.0.0.1:9003" }] }
+routes:
+  - name: orders-api
+    service: orders
+    paths: ["/orders"]
+    plugins:
+      - name: request-transformer
+        config: { add: { headers: { x-a: "1" } } }
+  - name: users-api
+    service: users
+    paths: ["/users"]
+"#;
+
+    #[test]
+    fn compiles_routes_services_and_chains() {
+        let clients = ClientCache::default();
+        let snapshot = compile(&config(BASE), version(1), None, &clients).expect("compiles");
+        assert_eq!(snapshot.routes.len(), 2);
+        assert_eq!(&*snapshot.routes[0].service.name, "orders");
+        assert!(!snapshot.routes[0].plugins.is_empty());
+        assert!(snapshot.routes[1].plugins.is_empty());
+        assert_eq!(snapshot.routes[0].service.upstream.targets.len(), 2);
+    }
+
+    #[test]
+    fn unimplemented_plugins_fail_the_whole_snapshot() {
+        let clients = ClientCache::default();
+        let yaml = format!("{BASE}consumers: [{{name: alice}}]\n")
+            .replace("request-transformer", "key-auth")
+            .replace("config: { add: { headers: { x-a: \"1\" } } }", "config: {}");
+        let err = compile(&config(&yaml), version(2), None, &clients).unwrap_err();
+        assert!(
+            err.contains("plugin \"key-auth\" is not implemented by this data plane"),
+            "{err}"
+        );
+        assert!(err.starts_with("route \"orders-api\""), "{err}");
+    }
+
+    #[test]
+    fn unimplemented_global_plugins_fail_too_but_disabled_ones_do_not() {
+        let clients = ClientCache::default();
+        let yaml =
+            format!("{BASE}plugins:\n  - name: rate-limit\n    config: {{limit: 5, window: 1m}}\n");
+        let err = compile(&config(&yaml), version(2), None, &clients).unwrap_err();
+        assert!(err.contains("\"rate-limit\" is not implemented"), "{err}");
+        let yaml = format!("{yaml}    enabled: false\n");
+        compile(&config(&yaml), version(3), None, &clients).expect("disabled plugin skipped");
+    }
+
+    #[test]
+    fn pools_are_carried_over_only_when_targets_are_unchanged() {
+        let clients = ClientCache::default();
+        let first = compile(&config(BASE), version(1), None, &clients).expect("first");
+        let changed = BASE.replace("127.0.0.1:9003", "127.0.0.1:9004");
+        let second =
+            compile(&config(&changed), version(2), Some(&first), &clients).expect("second");
+        assert!(Arc::ptr_eq(
+            &first.services["orders"].upstream,
+            &second.services["orders"].upstream
+        ));
+        assert!(!Arc::ptr_eq(
+            &first.services["users"].upstream,
+            &second.services["users"].upstream
+        ));
+    }
+}
