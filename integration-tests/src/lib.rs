@@ -12,3 +12,4 @@
 pub mod process;
 pub mod upstream;
 pub mod dp;
+pub mod cp;
