@@ -156,7 +156,13 @@ impl Model {
             store_id: current.version.store_id.clone(),
             revision: current.version.revision + 1,
         };
-        self.store.commit(writes, version.revision).await?;
+        if let Err(err) = self.store.commit(writes, version.revision).await {
+            // The outcome is unknown (the transaction may have applied without
+            // the fsync succeeding): follow what the store now holds, so the
+            // next diff starts from the truth rather than from a guess.
+            self.resync(&current);
+            return Err(err);
+        }
         tracing::info!(
             revision = version.revision,
             changes = changes.len(),
@@ -172,6 +178,30 @@ impl Model {
             version,
             config,
         })
+    }
+
+    /// Republishes the store's content after a failed commit, if it differs
+    /// from `before`.
+    fn resync(&self, before: &Published) {
+        match self.store.load() {
+            Ok(loaded) if loaded.revision != before.version.revision => {
+                tracing::warn!(
+                    revision = loaded.revision,
+                    "a failed commit reached the store; publishing what it holds"
+                );
+                self.current.send_replace(Arc::new(Published {
+                    config: Arc::new(loaded.config),
+                    version: ConfigVersion {
+                        store_id: loaded.store_id,
+                        revision: loaded.revision,
+                    },
+                }));
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::error!(error = %err, "cannot re-read the store after a failed commit")
+            }
+        }
     }
 
     /// Flushes the store (at shutdown).

@@ -604,6 +604,15 @@ async fn invalid_configs_are_rejected_naming_the_field_and_change_nothing() {
         .await
         .expect_err("empty entity");
     assert_eq!(status.code(), Code::InvalidArgument);
+    let status = admin
+        .apply(ApplyRequest {
+            config: None,
+            dry_run: false,
+        })
+        .await
+        .expect_err("an Apply without a config is not a wipe");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(status.message(), "config: required");
 
     // The CLI shows the same readable line on stderr and fails.
     let bad = EXAMPLE.replace("service: orders", "service: ordrs");
@@ -636,7 +645,7 @@ async fn invalid_configs_are_rejected_naming_the_field_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_subscriber_gets_each_version_and_its_nack_shows_in_dataplanes() {
-    let cp = ControlPlane::start().await;
+    let mut cp = ControlPlane::start().await;
     let mut admin = cp.admin().await;
     apply(&mut admin, &example(), false).await;
     let (_, v1) = export(&mut admin).await;
@@ -727,6 +736,12 @@ async fn stream_subscriber_gets_each_version_and_its_nack_shows_in_dataplanes() 
     assert_eq!(json[0]["node_id"], "dp-test-1");
     assert_eq!(json[0]["connected"], true);
     assert_eq!(json[0]["hostname"], "test-host");
+    assert!(
+        json[0]["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{json}"
+    );
     assert_eq!(
         json[0]["rejected_version"]["revision"],
         last_version.revision
@@ -793,6 +808,20 @@ async fn stream_subscriber_gets_each_version_and_its_nack_shows_in_dataplanes() 
         snapshot.version.map(|v| v.revision),
         Some(current.revision + 1)
     );
+
+    // SIGTERM with streams open: they are ended, and the server exits promptly.
+    let started = Instant::now();
+    let status = cp.stop().expect("was running");
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    match up_to_date.next_raw(Duration::from_secs(5)).await {
+        Some(Err(_)) | Some(Ok(None)) => {}
+        other => panic!("stream still open after shutdown: {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

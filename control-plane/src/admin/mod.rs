@@ -155,8 +155,12 @@ impl Admin for AdminService {
         request: Request<ApplyRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
         let request = request.into_inner();
-        let desired =
-            GatewayConfig::try_from(&request.config.unwrap_or_default()).map_err(CpError::from)?;
+        // A missing config is a broken request, not "delete everything"; an
+        // empty one is an explicit wipe.
+        let wire = request
+            .config
+            .ok_or_else(|| CpError::BadRequest("config: required".into()))?;
+        let desired = GatewayConfig::try_from(&wire).map_err(CpError::from)?;
         let outcome = self
             .model
             .write(request.dry_run, move |config| {

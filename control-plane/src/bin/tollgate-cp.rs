@@ -24,7 +24,6 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err}");
-            eprintln!("error: {err}");
             ExitCode::FAILURE
         }
     }

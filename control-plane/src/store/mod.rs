@@ -107,7 +107,8 @@ impl Store {
         }
     }
 
-    fn load(&self) -> Result<Loaded, CpError> {
+    /// Reads the whole store (what a restart would see).
+    pub fn load(&self) -> Result<Loaded, CpError> {
         let meta = self.meta();
         let format = match meta.get(META_FORMAT)? {
             Some(bytes) => format::decode_format(&bytes)
