@@ -158,6 +158,13 @@ impl DataPlane {
         status_revision(&self.status_json().await?)
     }
 
+    /// The control-plane connection state `/status` reports
+    /// (`connected`, `connecting`, `disconnected`).
+    pub async fn control_plane_state(&self) -> Option<String> {
+        let status = self.status_json().await?;
+        status["control_plane"].as_str().map(str::to_string)
+    }
+
     /// Waits (bounded) for the status port to answer `/healthz`.
     pub async fn wait_alive(&self) {
         wait_until(
@@ -233,18 +240,10 @@ pub async fn response_json(response: reqwest::Response) -> (u16, serde_json::Val
     (status, body)
 }
 
-/// Finds the config revision in a `/status` document: `version.revision`,
-/// `config_version.revision` or any nested `revision` number.
+/// The config revision in a `/status` document
+/// (`{node_id, config_version: {store_id, revision} | null, control_plane, ready, draining}`).
 pub fn status_revision(status: &serde_json::Value) -> Option<u64> {
-    match status {
-        serde_json::Value::Object(map) => {
-            if let Some(revision) = map.get("revision").and_then(|r| r.as_u64()) {
-                return Some(revision);
-            }
-            map.values().find_map(status_revision)
-        }
-        _ => None,
-    }
+    status["config_version"]["revision"].as_u64()
 }
 
 /// `VmRSS` of a process in KiB.

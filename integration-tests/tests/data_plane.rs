@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cp_shim::ControlPlane;
 use serde_json::{json, Value};
+use tollgate_integration_tests::cp::ControlPlane;
 use tollgate_integration_tests::dp::{raw_get, raw_http, response_json, DataPlane, WAIT};
 use tollgate_integration_tests::process::{free_port, wait_until};
 use tollgate_integration_tests::upstream::{filler, RawBehaviour, RawUpstream, Upstream};
@@ -797,6 +797,12 @@ async fn control_plane_killed_data_plane_serves_on_and_reconnects() {
         "still ready without a control plane"
     );
     assert_eq!(dp.revision().await, Some(first));
+    wait_until("/status to report the control plane gone", WAIT, || async {
+        dp.control_plane_state()
+            .await
+            .filter(|state| state != "connected")
+    })
+    .await;
 
     // Back on the same data dir and port; a change made meanwhile is picked up.
     cp.restart().await;
@@ -806,6 +812,7 @@ async fn control_plane_killed_data_plane_serves_on_and_reconnects() {
     let (status, body) = dp.get_json("outage.test", "/y").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(served_by(&body), "after");
+    assert_eq!(dp.control_plane_state().await.as_deref(), Some("connected"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1200,72 +1207,4 @@ async fn errors_are_distinct_json_with_the_right_status() {
     assert_eq!(dp.status_code("/healthz").await, Some(200));
     let (status, body) = dp.get_json(host, "/ok").await;
     assert_eq!(status, 200, "{body}");
-}
-
-mod cp_shim {
-    use std::path::PathBuf;
-    use tollgate_integration_tests::process::{bin_path, free_port, ChildProcess};
-    use tollgate_shared::proto::admin::admin_client::AdminClient;
-    pub struct ControlPlane {
-        port: u16,
-        dir: tempfile::TempDir,
-        process: Option<ChildProcess>,
-    }
-    impl ControlPlane {
-        pub async fn start() -> ControlPlane {
-            let mut cp = ControlPlane {
-                port: free_port(),
-                dir: tempfile::tempdir().unwrap(),
-                process: None,
-            };
-            cp.restart().await;
-            cp
-        }
-        pub fn port(&self) -> u16 {
-            self.port
-        }
-        pub async fn admin(&self) -> AdminClient<tonic::transport::Channel> {
-            AdminClient::connect(format!("http://127.0.0.1:{}", self.port))
-                .await
-                .unwrap()
-        }
-        pub fn ctl(&self, args: &[&str]) -> std::process::Output {
-            std::process::Command::new(bin_path("tollgatectl"))
-                .arg("--server")
-                .arg(format!("http://127.0.0.1:{}", self.port))
-                .args(args)
-                .output()
-                .unwrap()
-        }
-        pub fn kill_9(&mut self) {
-            if let Some(p) = self.process.as_mut() {
-                p.kill_9();
-            }
-        }
-        pub async fn restart(&mut self) {
-            let data: PathBuf = self.dir.path().join("data");
-            self.process = Some(ChildProcess::spawn(
-                "tollgate-cp",
-                &bin_path("tollgate-cp"),
-                &[
-                    "--admin-listen".into(),
-                    format!("127.0.0.1:{}", self.port),
-                    "--data-dir".into(),
-                    data.display().to_string(),
-                ],
-                &[],
-            ));
-            tollgate_integration_tests::process::wait_until(
-                "cp",
-                std::time::Duration::from_secs(10),
-                || async {
-                    tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                        .await
-                        .ok()
-                        .map(|_| ())
-                },
-            )
-            .await;
-        }
-    }
 }
