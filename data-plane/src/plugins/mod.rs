@@ -24,7 +24,12 @@
 //! compile and is NACKed: a route is never served without a check it was
 //! configured with. Disabled instances (`enabled: false`) are skipped.
 
+pub mod acl;
+pub mod auth;
+pub mod consumers;
 pub mod context;
+pub mod jwt;
+pub mod key_auth;
 pub mod request_transformer;
 
 use std::sync::Arc;
@@ -271,13 +276,13 @@ mod tests {
                 "acl" => json!({"allow": ["a"]}),
                 _ => json!({}),
             };
-            let err = Plugin::build(name, &config).unwrap_err();
+            let err = Plugin::build(name, &config).expect_err("must be refused");
             assert_eq!(
                 err,
                 format!("plugin \"{name}\" is not implemented by this data plane")
             );
         }
-        let err = Plugin::build("nope", &json!({})).unwrap_err();
+        let err = Plugin::build("nope", &json!({})).expect_err("must be refused");
         assert!(err.contains("unknown plugin"), "{err}");
     }
 
@@ -288,7 +293,7 @@ mod tests {
         let compiled = compile_instances("route \"r\"", &[instance]).expect("skipped");
         assert!(compiled.is_empty());
         let enabled = PluginInstance::new("key-auth", json!({}));
-        let err = compile_instances("route \"r\"", &[enabled]).unwrap_err();
+        let err = compile_instances("route \"r\"", &[enabled]).expect_err("must be refused");
         assert_eq!(
             err,
             "route \"r\": plugins[0]: plugin \"key-auth\" is not implemented by this data plane"

@@ -13,8 +13,9 @@
 //!    its body streamed, bounded by `max_body_bytes` (413) and the body-idle
 //!    timeout (408), and the response head awaited within the service's
 //!    request timeout (504);
-//! 9. the response is relayed with its body streamed, after the response and
-//!    log phases.
+//! 9. the response is relayed with its body streamed (hop-by-hop headers
+//!    dropped, `X-Request-Id` added when the upstream did not echo it), after
+//!    the response and log phases.
 
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
@@ -204,6 +205,11 @@ pub async fn handle(
     };
     let (mut response_parts, response_body) = response.into_parts();
     forward::remove_hop_by_hop(&mut response_parts.headers);
+    if !response_parts.headers.contains_key(forward::X_REQUEST_ID) {
+        response_parts
+            .headers
+            .insert(forward::X_REQUEST_ID, request_id.clone());
+    }
     route.plugins.run_response(&ctx, &mut response_parts);
     route.plugins.run_log(&ctx, response_parts.status);
     Response::from_parts(response_parts, ResponseBody::Upstream(response_body))

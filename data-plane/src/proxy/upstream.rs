@@ -123,10 +123,12 @@ impl UpstreamPool {
     pub fn build(service: &Service, clients: &ClientCache) -> Result<UpstreamPool, String> {
         match service.protocol {
             Protocol::Http => {}
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "protocol: {:?} upstreams are not implemented by this data plane (only \"http\")",
                 other.as_str()
-            )),
+            ))
+            }
         }
         match service.upstream.load_balancing {
             LoadBalancing::RoundRobin => {}
@@ -323,7 +325,7 @@ mod tests {
             &service("{name: s, upstream: {targets: [{address: 'a:1'}]}, protocol: h2c}"),
             &clients,
         )
-        .unwrap_err();
+        .expect_err("must be refused");
         assert!(
             err.contains("\"h2c\" upstreams are not implemented"),
             "{err}"
@@ -334,7 +336,7 @@ mod tests {
             ),
             &clients,
         )
-        .unwrap_err();
+        .expect_err("must be refused");
         assert!(
             err.contains("\"least_request\" is not implemented"),
             "{err}"

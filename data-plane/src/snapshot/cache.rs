@@ -155,12 +155,24 @@ mod tests {
         let path = dir.path().join("snapshot.bin");
         let cache = ConfigCache::new(path.clone());
         fs::write(&path, b"hello").expect("write");
-        assert!(cache.load().unwrap_err().contains("bad magic"));
+        assert!(cache
+            .load()
+            .expect_err("must be refused")
+            .contains("bad magic"));
         fs::write(&path, b"TGDPSNAP\x09rest").expect("write");
-        assert!(cache.load().unwrap_err().contains("version 9"));
+        assert!(cache
+            .load()
+            .expect_err("must be refused")
+            .contains("version 9"));
         fs::write(&path, b"TGDPSNAP\x01\xff\xff\xff").expect("write");
-        assert!(cache.load().unwrap_err().contains("corrupt"));
+        assert!(cache
+            .load()
+            .expect_err("must be refused")
+            .contains("corrupt"));
         fs::write(&path, b"TGDPSNAP").expect("write");
-        assert!(cache.load().unwrap_err().contains("truncated"));
+        assert!(cache
+            .load()
+            .expect_err("must be refused")
+            .contains("truncated"));
     }
 }

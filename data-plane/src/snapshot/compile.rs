@@ -191,7 +191,7 @@ routes:
         let yaml = format!("{BASE}consumers: [{{name: alice}}]\n")
             .replace("request-transformer", "key-auth")
             .replace("config: { add: { headers: { x-a: \"1\" } } }", "config: {}");
-        let err = compile(&config(&yaml), version(2), None, &clients).unwrap_err();
+        let err = compile(&config(&yaml), version(2), None, &clients).expect_err("must be refused");
         assert!(
             err.contains("plugin \"key-auth\" is not implemented by this data plane"),
             "{err}"
@@ -204,7 +204,7 @@ routes:
         let clients = ClientCache::default();
         let yaml =
             format!("{BASE}plugins:\n  - name: rate-limit\n    config: {{limit: 5, window: 1m}}\n");
-        let err = compile(&config(&yaml), version(2), None, &clients).unwrap_err();
+        let err = compile(&config(&yaml), version(2), None, &clients).expect_err("must be refused");
         assert!(err.contains("\"rate-limit\" is not implemented"), "{err}");
         let yaml = format!("{yaml}    enabled: false\n");
         compile(&config(&yaml), version(3), None, &clients).expect("disabled plugin skipped");

@@ -79,12 +79,15 @@ impl ConnectionState {
 #[derive(Debug)]
 pub struct Backoff {
     next: Duration,
+    /// Whether [`Backoff::reset`] ran since the last delay was taken.
+    reset: bool,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
         Backoff {
             next: BACKOFF_START,
+            reset: true,
         }
     }
 }
@@ -94,12 +97,20 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let ceiling = self.next;
         self.next = (self.next * 2).min(BACKOFF_CAP);
+        self.reset = false;
         let millis = ceiling.as_millis().max(2) as u64;
         Duration::from_millis(rand::thread_rng().gen_range(millis / 2..=millis))
     }
 
     pub fn reset(&mut self) {
         self.next = BACKOFF_START;
+        self.reset = true;
+    }
+
+    /// True when no delay was taken since the last reset (or ever): the
+    /// failure about to be retried is the first of an outage.
+    pub fn was_reset(&self) -> bool {
+        self.reset
     }
 }
 
@@ -156,6 +167,7 @@ impl Subscriber {
     /// Runs sessions until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::default();
+        let mut failures: u64 = 0;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -166,15 +178,24 @@ impl Subscriber {
                 _ = shutdown.changed() => return,
             };
             self.state.set(Connection::Disconnected);
+            let outage_began = backoff.was_reset();
             let delay = backoff.next_delay();
+            failures = if outage_began { 1 } else { failures + 1 };
             let uri = self.endpoint.uri().to_string();
-            match outcome {
-                Ok(()) => {
-                    tracing::warn!(control_plane = %uri, retry_in = ?delay, "config stream ended; serving the last good config")
-                }
-                Err(err) => {
-                    tracing::warn!(control_plane = %uri, error = %err, retry_in = ?delay, "config stream failed; serving the last good config")
-                }
+            let serving = match self.applier.store().version() {
+                Some(version) => format!("serving config {}", version_label(&version)),
+                None => "no config in service yet".to_string(),
+            };
+            let error = match outcome {
+                Ok(()) => "the control plane closed the stream".to_string(),
+                Err(err) => err,
+            };
+            // The first failure of an outage is a warning; the retries that
+            // follow are logged every 10th time so an outage does not flood logs.
+            if failures == 1 || failures.is_multiple_of(10) {
+                tracing::warn!(control_plane = %uri, %error, failures, retry_in = ?delay, "config stream down; {serving}");
+            } else {
+                tracing::debug!(control_plane = %uri, %error, failures, retry_in = ?delay, "config stream retry");
             }
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
