@@ -5,6 +5,7 @@
 //! drive them through the real gRPC API and real HTTP clients.
 //!
 //! - [`process`]: child processes killed by PID on drop, free ports, bounded polls.
+//! - [`redis`]: a `redis-server` of the test's own, killed by PID, restartable on its port.
 //!
 //! Binaries are found in the cargo target directory; run `cargo build --bins`
 //! first (the README's test command does).
@@ -13,3 +14,4 @@ pub mod process;
 pub mod upstream;
 pub mod dp;
 pub mod cp;
+pub mod redis;
