@@ -38,7 +38,12 @@ pub struct CpArgs {
     pub cluster_token: Option<String>,
 
     /// Log JSON lines instead of text.
-    #[arg(long, env = "TOLLGATE_LOG_JSON")]
+    #[arg(
+        long,
+        env = "TOLLGATE_LOG_JSON",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub log_json: bool,
 }
 

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::admin::{
-    ApplyRequest, ChangeAction, EntityRef, ExportRequest, Kind, ListDataPlanesRequest, ListRequest,
+    ApplyRequest, ChangeAction, EntityRef, ExportRequest, ListDataPlanesRequest, ListRequest,
 };
 use tollgate_shared::proto::config as pb_config;
 
@@ -324,9 +324,4 @@ fn print_structured<T: serde::Serialize>(
     };
     out.write_all(text.as_bytes())?;
     Ok(())
-}
-
-/// Kinds named on the wire; kept for callers that want the generated enum.
-pub fn wire_kind(kind: EntityKind) -> Kind {
-    kind.to_pb()
 }

@@ -79,13 +79,18 @@ impl Store {
     pub fn open(data_dir: &Path) -> Result<(Store, Loaded), CpError> {
         prepare_data_dir(data_dir)?;
         let path = data_dir.join(DB_DIR);
-        let db = sled::Config::new()
-            .path(&path)
-            .open()
-            .map_err(|err| CpError::StoreFormat {
+        let db = sled::Config::new().path(&path).open().map_err(|err| {
+            let busy = err.to_string().contains("could not acquire lock");
+            CpError::StoreFormat {
                 path: path.clone(),
-                message: format!("cannot open: {err}"),
-            })?;
+                message: if busy {
+                    "in use by another process (is another tollgate-cp running on this data dir?)"
+                        .into()
+                } else {
+                    format!("cannot open: {err}")
+                },
+            }
+        })?;
         let mut trees = Vec::with_capacity(EntityKind::ALL.len() + 1);
         for kind in EntityKind::ALL {
             trees.push(db.open_tree(kind.tree_name())?);
