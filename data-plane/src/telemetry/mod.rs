@@ -1,0 +1,16 @@
+//! What the data plane tells operators about itself: Prometheus metrics
+//! ([`metrics`], served as `GET /metrics` on the status port), per-request
+//! JSON access-log lines ([`access_log`]) and the lock-free latency histogram
+//! they rest on ([`histogram`]). Traces are set up in
+//! `tollgate_shared::telemetry`; the request path opens its spans there.
+//!
+//! Everything here is built for the request path's budget: per-route metric
+//! handles are resolved when a snapshot compiles, recording is atomic
+//! increments, and access-log lines are formatted off the request path.
+
+pub mod access_log;
+pub mod histogram;
+pub mod metrics;
+
+pub use access_log::{AccessLog, AccessLogRecord, AccessLogTarget};
+pub use metrics::{AuthFailure, Metrics, RateLimitResult, RouteMetrics};
