@@ -292,6 +292,55 @@ pub fn traceparent_trace_id(headers: &http::HeaderMap) -> Option<u128> {
     (id != 0).then_some(id)
 }
 
+/// `Content-Type` of the Prometheus text exposition format (0.0.4).
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Rewrites `prometheus-client`'s OpenMetrics text into the Prometheus text
+/// exposition format (0.0.4), which every scraper and parser reads: counter
+/// families are named with their `_total` suffix in `# HELP` / `# TYPE`, and
+/// the OpenMetrics-only `# UNIT` and `# EOF` lines are dropped. Samples are
+/// unchanged.
+pub fn prometheus_text_from_openmetrics(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let lines: Vec<&str> = openmetrics.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if *line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let counter_name = |l: &str| -> Option<String> {
+            let rest = l.strip_prefix("# TYPE ")?;
+            let name = rest.strip_suffix(" counter")?;
+            Some(name.to_owned())
+        };
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap_or_default();
+            let next_is_counter = lines
+                .get(i + 1)
+                .and_then(|next| counter_name(next))
+                .is_some_and(|counter| counter == name);
+            if next_is_counter && !name.ends_with("_total") {
+                out.push_str("# HELP ");
+                out.push_str(name);
+                out.push_str("_total");
+                out.push_str(&rest[name.len()..]);
+                out.push('\n');
+                continue;
+            }
+        }
+        if let Some(name) = counter_name(line) {
+            if !name.ends_with("_total") {
+                out.push_str("# TYPE ");
+                out.push_str(&name);
+                out.push_str("_total counter\n");
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
@@ -327,6 +376,18 @@ mod tests {
             map.insert(*name, http::HeaderValue::from_static(value));
         }
         map
+    }
+
+    #[test]
+    fn openmetrics_becomes_prometheus_text() {
+        let openmetrics = "# HELP app_requests Requests.\n# TYPE app_requests counter\n\
+app_requests_total{route=\"a\"} 3\n# HELP app_up Up.\n# TYPE app_up gauge\n# UNIT app_up seconds\n\
+app_up 1\n# EOF\n";
+        assert_eq!(
+            prometheus_text_from_openmetrics(openmetrics),
+            "# HELP app_requests_total Requests.\n# TYPE app_requests_total counter\n\
+app_requests_total{route=\"a\"} 3\n# HELP app_up Up.\n# TYPE app_up gauge\napp_up 1\n"
+        );
     }
 
     #[test]
