@@ -752,6 +752,10 @@ async fn twenty_config_changes_under_continuous_load_fail_no_request() {
     stop.store(true, Ordering::SeqCst);
     let failures = load.await.expect("load task");
     let total = sent.load(Ordering::SeqCst);
+    eprintln!(
+        "{total} requests during {CHANGES} config changes, {} failed",
+        failures.len()
+    );
     assert!(total >= 100, "the client sent only {total} requests");
     assert!(
         failures.is_empty(),
@@ -940,6 +944,7 @@ async fn unapplicable_snapshot_is_nacked_and_old_config_keeps_serving() {
     );
     assert!(stdout.contains(dp.node_id()), "{stdout}");
     let reason = &plane.last_rejection;
+    eprintln!("NACK reason: {reason}");
     assert!(
         ["key-auth", "rate-limit", "least_request"]
             .iter()
@@ -1076,6 +1081,7 @@ async fn fifty_megabytes_stream_each_way_with_flat_memory() {
     stop.store(true, Ordering::SeqCst);
     sampler.await.expect("sampler");
     let growth = peak.load(Ordering::SeqCst).saturating_sub(baseline);
+    eprintln!("data plane RSS: baseline {baseline} KiB, growth {growth} KiB while streaming");
     assert!(
         growth < MAX_GROWTH_KIB,
         "data plane RSS grew by {growth} KiB (baseline {baseline} KiB) while streaming 50 MB each way"
