@@ -218,3 +218,69 @@ async fn stop_signal(mut stopped: watch::Receiver<bool>) {
 pub async fn run(config: CpConfig, shutdown: impl Future<Output = ()>) -> Result<(), CpError> {
     bind(config).await?.serve(shutdown).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_shared::proto::admin::admin_client::AdminClient;
+    use tollgate_shared::proto::admin::{ApplyRequest, ExportRequest};
+    use tollgate_shared::proto::config as pb;
+
+    /// The whole server in-process on port 0: bind, serve, write, shut down.
+    #[tokio::test]
+    async fn serves_on_port_zero_and_stops_gracefully() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = CpConfig::local(
+            "127.0.0.1:0".parse().expect("address"),
+            dir.path().join("data"),
+        );
+        let bound = bind(config).await.expect("binds");
+        let addr = bound.admin_addr();
+        assert_ne!(addr.port(), 0);
+        assert_eq!(bound.stream_addr(), addr);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(bound.serve(async {
+            let _ = stopped.await;
+        }));
+
+        let mut admin = AdminClient::connect(format!("http://{addr}"))
+            .await
+            .expect("connects");
+        let service = pb::Service {
+            name: "orders".into(),
+            upstream: Some(pb::Upstream {
+                targets: vec![pb::Target {
+                    address: "127.0.0.1:9001".into(),
+                    weight: None,
+                }],
+                load_balancing: String::new(),
+            }),
+            ..Default::default()
+        };
+        let applied = admin
+            .apply(ApplyRequest {
+                config: Some(pb::GatewayConfig {
+                    services: vec![service],
+                    ..Default::default()
+                }),
+                dry_run: false,
+            })
+            .await
+            .expect("applies")
+            .into_inner();
+        assert_eq!(applied.version.map(|v| v.revision), Some(1));
+        let exported = admin
+            .export(ExportRequest {})
+            .await
+            .expect("exports")
+            .into_inner();
+        assert_eq!(exported.config.map(|c| c.services.len()), Some(1));
+
+        let _ = stop.send(());
+        let result = tokio::time::timeout(Duration::from_secs(15), server)
+            .await
+            .expect("stops in time")
+            .expect("server task");
+        assert!(result.is_ok(), "{result:?}");
+    }
+}
