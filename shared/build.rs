@@ -14,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_build::configure()
         .file_descriptor_set_path(out_dir.join("tollgate_descriptor.bin"))
-        .compile_protos(&paths, &[proto_dir.clone()])?;
+        .compile_protos(&paths, std::slice::from_ref(&proto_dir))?;
     for path in &paths {
         println!("cargo:rerun-if-changed={}", path.display());
     }
