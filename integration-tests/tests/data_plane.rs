@@ -563,9 +563,17 @@ async fn request_transformer_edits_headers_and_query_seen_by_the_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_set_and_hop_by_hop_removed() {
     let up = Upstream::start("fwd").await;
+    let rewritten = Upstream::start("rewritten").await;
     let value = json!({
-        "services": [service_to("fwd", &up)],
-        "routes": [{"name": "fwd", "service": "fwd", "paths": ["/"]}],
+        "services": [
+            service_to("fwd", &up),
+            {"name": "rewritten", "upstream": {"targets": [{"address": rewritten.address()}]},
+             "host_header": "internal.svc"},
+        ],
+        "routes": [
+            {"name": "fwd", "service": "fwd", "paths": ["/"]},
+            {"name": "rewritten", "service": "rewritten", "paths": ["/rewritten"]},
+        ],
     });
     let (cp, dp) = gateway("dp-forwarded", value, &[]).await;
 
@@ -641,6 +649,18 @@ async fn forwarding_headers_set_and_hop_by_hop_removed() {
     assert!(
         !other.is_empty() && other != generated,
         "request ids differ: {generated} {other}"
+    );
+
+    // A service's host_header replaces the client's Host upstream.
+    let (status, body) = dp.get_json("shop.example.com", "/rewritten").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(served_by(&body), "rewritten");
+    assert_eq!(body["headers"]["host"], "internal.svc", "{body}");
+    assert!(
+        body["headers"]["x-forwarded-host"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("shop.example.com")),
+        "{body}"
     );
 
     // Behind a trusted proxy (127.0.0.1), the chain is appended to.
@@ -994,6 +1014,16 @@ async fn sigterm_lets_the_in_flight_request_finish_then_exits_zero() {
     })
     .await;
     dp.sigterm();
+    // Draining: not ready any more, and no new request is served.
+    wait_until("/readyz to answer 503 while draining", WAIT, || async {
+        (dp.status_code("/readyz").await == Some(503)).then_some(())
+    })
+    .await;
+    let late = raw_get(dp.addr(), "term.test", "/late").await;
+    assert!(
+        !matches!(&late, Some(r) if r.status != 503),
+        "a new request after SIGTERM was served: {late:?}"
+    );
     let response = in_flight
         .await
         .expect("task")
@@ -1114,6 +1144,7 @@ async fn errors_are_distinct_json_with_the_right_status() {
             {"name": "malformed", "service": "malformed", "paths": ["/malformed"]},
             {"name": "closing", "service": "closing", "paths": ["/closing"]},
             {"name": "drained", "service": "drained", "paths": ["/drained"]},
+            {"name": "small", "service": "ok", "paths": ["/small"], "max_body_bytes": 1000},
         ]
     });
     let (_cp, dp) = gateway("dp-errors", value, &[]).await;
@@ -1181,6 +1212,66 @@ async fn errors_are_distinct_json_with_the_right_status() {
         }
     }
 
+    // A body above the route's max_body_bytes: 413, declared or streamed.
+    let response = dp
+        .request(reqwest::Method::POST, host, "/small/sink")
+        .body(vec![b'z'; 5000])
+        .send()
+        .await
+        .expect("request");
+    let (status, body) = response_json(response).await;
+    assert_json_error(
+        "declared body too large",
+        status,
+        &body,
+        413,
+        Some("request_body_too_large"),
+    );
+    let chunks = futures::stream::iter((0..10).map(|_| Ok::<_, std::io::Error>(filler(1000))));
+    let streamed = dp
+        .request(reqwest::Method::POST, host, "/small/sink")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await;
+    eprintln!(
+        "streamed oversized body: {:?}",
+        streamed.as_ref().map(|r| r.status())
+    );
+    if let Ok(response) = streamed {
+        let (status, body) = response_json(response).await;
+        assert_json_error(
+            "streamed body too large",
+            status,
+            &body,
+            413,
+            Some("request_body_too_large"),
+        );
+    }
+    assert!(
+        ok.sink_bytes() <= 1000,
+        "the upstream got more than max_body_bytes"
+    );
+    let (status, body) = response_json(
+        dp.request(reqwest::Method::POST, host, "/small/sink")
+            .body(vec![b'z'; 1000])
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["received"].as_u64()),
+        (200, Some(1000)),
+        "{body}"
+    );
+
+    // A request target above the limit (8 KiB by default): 414.
+    let long_target = format!("/ok/{}", "a".repeat(9 * 1024));
+    let response = raw_get(dp.addr(), host, &long_target)
+        .await
+        .expect("a response to a long URI");
+    assert_eq!(response.status, 414, "long request target");
+
     // Bad requests from clients get a 4xx, never a crash.
     let big = format!(
         "GET /ok HTTP/1.1\r\nHost: {host}\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
@@ -1212,5 +1303,181 @@ async fn errors_are_distinct_json_with_the_right_status() {
     // Still alive and serving.
     assert_eq!(dp.status_code("/healthz").await, Some(200));
     let (status, body) = dp.get_json(host, "/ok").await;
+    assert_eq!(status, 200, "{body}");
+}
+
+// ------------------------------------------------------------------ more proxying
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_prior_knowledge_clients_are_proxied() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let up = Upstream::start("h2-served").await;
+    let value = json!({
+        "services": [service_to("svc", &up)],
+        "routes": [{"name": "h2", "service": "svc", "hosts": ["h2.test"], "paths": ["/h2"]}],
+    });
+    let (_cp, dp) = gateway("dp-h2c", value, &[]).await;
+    let stream = tokio::net::TcpStream::connect(dp.addr())
+        .await
+        .expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c prior-knowledge handshake");
+    tokio::spawn(connection);
+    for i in 0..5 {
+        let request = hyper::Request::get(format!("http://h2.test/h2/{i}?v=2"))
+            .header("x-client", "h2")
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let response = sender.send_request(request).await.expect("h2 request");
+        assert_eq!(response.status(), 200);
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let body: Value = serde_json::from_slice(&bytes).expect("JSON echo");
+        assert_eq!(served_by(&body), "h2-served", "{body}");
+        assert_eq!(body["path"], format!("/h2/{i}?v=2"));
+        assert_eq!(body["headers"]["x-client"], "h2");
+        assert!(
+            body["headers"]["host"]
+                .as_str()
+                .is_some_and(|h| h.starts_with("h2.test")),
+            "{body}"
+        );
+    }
+    // Streams on one connection, routed by :authority.
+    let request = hyper::Request::get("http://other.test/h2/x")
+        .body(Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("h2 request");
+    assert_eq!(response.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_request_finishes_on_the_config_it_started_with() {
+    let old = Upstream::start("old").await;
+    let new = Upstream::start("new").await;
+    let to = |up: &Upstream| {
+        config(json!({
+            "services": [service_to("svc", up)],
+            "routes": [{"name": "r", "service": "svc", "paths": ["/"]}],
+        }))
+    };
+    let cp = ControlPlane::start().await;
+    let first = apply(&cp, &to(&old)).await;
+    let dp = DataPlane::start(cp.port(), "dp-in-flight", &[]);
+    dp.wait_ready().await;
+    wait_acked(&cp, &dp, first).await;
+
+    let in_flight = {
+        let request = dp.get("flight.test", "/slow?ms=2000");
+        tokio::spawn(async move { request.send().await })
+    };
+    wait_until(
+        "the slow request to reach the old upstream",
+        WAIT,
+        || async { (old.requests() >= 1).then_some(()) },
+    )
+    .await;
+    let second = apply(&cp, &to(&new)).await;
+    wait_acked(&cp, &dp, second).await;
+    let (status, body) = dp.get_json("flight.test", "/now").await;
+    assert_eq!((status, served_by(&body)), (200, "new"), "{body}");
+
+    let response = in_flight.await.expect("task").expect("in-flight request");
+    let (status, body) = response_json(response).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(served_by(&body), "old", "finished where it started");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_by_header_and_body_timeouts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let up = Upstream::start("patient").await;
+    let value = json!({
+        "services": [service_to("svc", &up)],
+        "routes": [{"name": "r", "service": "svc", "paths": ["/"]}],
+    });
+    let args: Vec<String> = [
+        "--header-read-timeout-ms",
+        "1000",
+        "--body-idle-timeout-ms",
+        "1000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (_cp, dp) = gateway("dp-slow-clients", value, &args).await;
+
+    // Slowloris: half a request head, then nothing. The connection is closed
+    // (408 or a plain close) well within the bounded wait.
+    let mut stream = tokio::net::TcpStream::connect(dp.addr())
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /x HTTP/1.1\r\nHost: slow.test\r\nX-Partial: ")
+        .await
+        .expect("write partial head");
+    let mut answer = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(
+        closed.is_ok(),
+        "a connection with an unfinished request head stayed open 10 s"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    eprintln!("unfinished head answered: {:?}", answer.lines().next());
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    assert_eq!(up.requests(), 0);
+
+    // A body that stalls: 408 with a JSON error (or the connection closed).
+    let mut stream = tokio::net::TcpStream::connect(dp.addr())
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            b"POST /sink HTTP/1.1\r\nHost: slow.test\r\nContent-Length: 100\r\n\r\n0123456789",
+        )
+        .await
+        .expect("write partial body");
+    let mut answer = Vec::new();
+    let finished = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    answer.extend_from_slice(&buf[..n]);
+                    if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        finished.is_ok(),
+        "a stalled request body was waited on for 10 s"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    eprintln!("stalled body answered: {:?}", answer.lines().next());
+    assert!(
+        answer.is_empty()
+            || answer.starts_with("HTTP/1.1 408") && answer.contains("request_body_timeout"),
+        "stalled body: {answer}"
+    );
+    // Still serving.
+    let (status, body) = dp.get_json("slow.test", "/fine").await;
     assert_eq!(status, 200, "{body}");
 }
