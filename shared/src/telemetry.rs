@@ -341,6 +341,23 @@ pub fn prometheus_text_from_openmetrics(openmetrics: &str) -> String {
     out
 }
 
+/// Writes a Prometheus label value with `\\`, `"` and newlines escaped, as
+/// the text format requires (`prometheus-client` writes values verbatim, so
+/// any value that is not a fixed identifier goes through this).
+pub fn write_label_value(out: &mut dyn std::fmt::Write, value: &str) -> std::fmt::Result {
+    let mut rest = value;
+    while let Some(at) = rest.find(['\\', '"', '\n']) {
+        out.write_str(&rest[..at])?;
+        out.write_str(match rest.as_bytes()[at] {
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            _ => "\\n",
+        })?;
+        rest = &rest[at + 1..];
+    }
+    out.write_str(rest)
+}
+
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
@@ -388,6 +405,16 @@ app_up 1\n# EOF\n";
             "# HELP app_requests_total Requests.\n# TYPE app_requests_total counter\n\
 app_requests_total{route=\"a\"} 3\n# HELP app_up Up.\n# TYPE app_up gauge\napp_up 1\n"
         );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = String::new();
+        assert!(write_label_value(&mut out, "a\\b\"c\nd").is_ok());
+        assert_eq!(out, "a\\\\b\\\"c\\nd");
+        out.clear();
+        assert!(write_label_value(&mut out, "plain-name").is_ok());
+        assert_eq!(out, "plain-name");
     }
 
     #[test]

@@ -113,13 +113,14 @@ impl AuthFailure {
     }
 }
 
-/// A shared label value (`Arc<str>` itself has no `EncodeLabelValue`).
+/// A shared, escaped label value (`Arc<str>` has no `EncodeLabelValue`, and
+/// `prometheus-client` does not escape).
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 struct Label(Arc<str>);
 
 impl EncodeLabelValue for Label {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        std::fmt::Write::write_str(encoder, &self.0)
+        tollgate_shared::telemetry::write_label_value(encoder, &self.0)
     }
 }
 
@@ -150,7 +151,7 @@ struct AuthFailureLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StoreLabels {
-    store_id: String,
+    store_id: Label,
 }
 
 /// The per-route metric families; [`RouteMetrics`] resolve their series here.
@@ -294,7 +295,7 @@ impl Metrics {
         self.config_version.clear();
         self.config_version
             .get_or_create(&StoreLabels {
-                store_id: store_id.to_owned(),
+                store_id: Label(Arc::from(store_id)),
             })
             .set(i64::try_from(revision).unwrap_or(i64::MAX));
         self.config_age.mark_now();
@@ -628,6 +629,21 @@ mod tests {
         assert_eq!(
             s.get(r#"tollgate_request_duration_seconds_bucket{le="0.001",route="orders"}"#),
             Some(&2.0)
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let metrics = Metrics::new();
+        metrics.route("we\"ird\nroute", "s").record_request(
+            &http::Method::GET,
+            200,
+            Duration::ZERO,
+        );
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"tollgate_requests_total{route="we\"ird\nroute",service="s",method="GET",code="200"} 1"#),
+            "{text}"
         );
     }
 
