@@ -464,11 +464,12 @@ async fn path_tricks_route_and_forward_by_the_documented_rule() {
         let response = raw_get(dp.addr(), "tricks.test", target)
             .await
             .unwrap_or_else(|| panic!("GET {target}: no response"));
-        assert_eq!(
+        assert_json_error(
+            &format!("GET {target}"),
             response.status,
+            &response.json(),
             400,
-            "GET {target}: {:?}",
-            String::from_utf8_lossy(&response.body)
+            Some("invalid_path"),
         );
     }
     assert_eq!(
@@ -1280,13 +1281,25 @@ async fn errors_are_distinct_json_with_the_right_status() {
     let response = raw_http(dp.addr(), big.as_bytes())
         .await
         .expect("a response to oversized headers");
-    assert_eq!(response.status, 431, "oversized header block");
+    assert_json_error(
+        "oversized header block",
+        response.status,
+        &response.json(),
+        431,
+        Some("request_headers_too_large"),
+    );
     let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
     let many = format!("GET /ok HTTP/1.1\r\nHost: {host}\r\n{many}Connection: close\r\n\r\n");
     let response = raw_http(dp.addr(), many.as_bytes())
         .await
         .expect("a response to too many headers");
-    assert_eq!(response.status, 431, "too many headers");
+    assert_json_error(
+        "too many headers",
+        response.status,
+        &response.json(),
+        431,
+        Some("request_headers_too_large"),
+    );
     for malformed_request in [
         "BLAH\r\n\r\n".to_string(),
         format!("GET /ok HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"),
