@@ -45,6 +45,20 @@ pub struct CpArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub log_json: bool,
+
+    /// Serve Prometheus metrics (`GET /metrics`) on this address.
+    #[arg(long, env = "TOLLGATE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Export traces (admin calls, config writes, snapshot builds) over
+    /// OTLP/gRPC to this collector, e.g. http://127.0.0.1:4317. Off when unset.
+    #[arg(long, env = "TOLLGATE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Fraction of new traces sampled (0.0 to 1.0); calls that carry a
+    /// sampled W3C traceparent are always traced.
+    #[arg(long, env = "TOLLGATE_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
+    pub trace_sample_ratio: f64,
 }
 
 /// What [`crate::run`] needs.
@@ -55,6 +69,8 @@ pub struct CpConfig {
     pub stream_listen: Option<SocketAddr>,
     pub admin_token: Option<String>,
     pub cluster_token: Option<String>,
+    /// Where `GET /metrics` is served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl From<CpArgs> for CpConfig {
@@ -67,6 +83,7 @@ impl From<CpArgs> for CpConfig {
             stream_listen: args.stream_listen,
             admin_token: non_empty(args.admin_token),
             cluster_token: non_empty(args.cluster_token),
+            metrics_listen: args.metrics_listen,
         }
     }
 }
@@ -80,6 +97,7 @@ impl CpConfig {
             stream_listen: None,
             admin_token: None,
             cluster_token: None,
+            metrics_listen: None,
         }
     }
 

@@ -19,6 +19,7 @@
 //! Around them: [`entity`] and [`kind`] (the five entity kinds and their
 //! names), [`config`] (flags and exposure checks), [`server`] (listeners and
 //! graceful shutdown), [`error`] (one error type, one mapping to gRPC status),
+//! [`metrics`] (Prometheus metrics on `--metrics-listen`, traced admin calls)
 //! and [`ctl`] (the `tollgatectl` operator CLI).
 
 pub mod admin;
@@ -29,6 +30,7 @@ pub mod diff;
 pub mod entity;
 pub mod error;
 pub mod kind;
+pub mod metrics;
 pub mod model;
 pub mod secrets;
 pub mod server;

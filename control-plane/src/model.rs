@@ -112,6 +112,7 @@ impl Model {
 
     /// Applies `change` to a copy of the current state and, unless `dry_run`
     /// or nothing changed, commits and publishes the result.
+    #[tracing::instrument(target = "tollgate::trace", name = "config_write", skip_all, fields(dry_run = dry_run))]
     pub async fn write(
         &self,
         dry_run: bool,

@@ -24,6 +24,7 @@ use crate::admin::AdminService;
 use crate::auth::BearerAuth;
 use crate::config::CpConfig;
 use crate::error::CpError;
+use crate::metrics::{self, CpMetrics, DataPlaneView, ObservedService};
 use crate::model::Model;
 use crate::stream::registry::Registry;
 use crate::stream::StreamService;
@@ -46,6 +47,8 @@ pub struct Bound {
     config: CpConfig,
     admin_listener: TcpListener,
     stream_listener: Option<TcpListener>,
+    metrics: Arc<CpMetrics>,
+    metrics_listener: Option<TcpListener>,
 }
 
 /// Checks `config`, opens the store and binds the listeners.
@@ -60,12 +63,39 @@ pub async fn bind(config: CpConfig) -> Result<Bound, CpError> {
         Some(addr) => Some(listen(addr).await?),
         None => None,
     };
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(listen(addr).await?),
+        None => None,
+    };
+    let registry = Arc::new(Registry::default());
+    let metrics = CpMetrics::new(data_plane_source(&registry));
     Ok(Bound {
         model: Arc::new(model),
-        registry: Arc::new(Registry::default()),
+        registry,
         config,
         admin_listener,
         stream_listener,
+        metrics,
+        metrics_listener,
+    })
+}
+
+/// The metrics' view of the stream registry, read at scrape time.
+fn data_plane_source(registry: &Arc<Registry>) -> metrics::DataPlaneSource {
+    let registry = Arc::downgrade(registry);
+    Arc::new(move || {
+        let Some(registry) = registry.upgrade() else {
+            return Vec::new();
+        };
+        registry
+            .list()
+            .into_iter()
+            .map(|plane| DataPlaneView {
+                applied_revision: plane.applied_version.map(|v| v.revision),
+                node_id: plane.node_id,
+                connected: plane.connected,
+            })
+            .collect()
     })
 }
 
@@ -97,6 +127,13 @@ impl Bound {
         self.model.clone()
     }
 
+    /// The `--metrics-listen` address actually bound, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+    }
+
     /// Serves until `shutdown` resolves, then stops gracefully.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), CpError> {
         let admin_addr = self.admin_addr();
@@ -119,16 +156,20 @@ impl Bound {
             .build_v1alpha()
             .map_err(|e| CpError::Internal(format!("gRPC reflection: {e}")))?;
 
-        let admin = InterceptedService::new(
-            AdminServer::new(AdminService::new(self.model.clone(), self.registry.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            BearerAuth::new(self.config.admin_token.as_deref()),
+        let admin = ObservedService::new(
+            InterceptedService::new(
+                AdminServer::new(AdminService::new(self.model.clone(), self.registry.clone()))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                BearerAuth::new(self.config.admin_token.as_deref()),
+            ),
+            self.metrics.clone(),
         );
         let stream = InterceptedService::new(
             ConfigStreamServer::new(StreamService::new(
                 self.model.clone(),
                 self.registry.clone(),
+                self.metrics.clone(),
                 stopped.clone(),
             ))
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
@@ -150,6 +191,29 @@ impl Bound {
                 stop_signal(stopped.clone()),
             );
         tracing::info!(address = %admin_addr, "admin API listening on {admin_addr}");
+
+        // The committed version, as a gauge; follows every publish.
+        let mut versions = self.model.subscribe();
+        let version_metrics = self.metrics.clone();
+        let version_watch = tokio::spawn(async move {
+            loop {
+                let version = versions.borrow_and_update().version.clone();
+                version_metrics.config_version(&version.store_id, version.revision);
+                if versions.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        if let Some(listener) = self.metrics_listener {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(address = %addr, "metrics on http://{addr}/metrics");
+            }
+            tokio::spawn(metrics::serve(
+                listener,
+                self.metrics.clone(),
+                stop_signal(stopped.clone()),
+            ));
+        }
 
         let stream_server = async {
             match stream_apart {
@@ -192,6 +256,7 @@ impl Bound {
             }
         };
         let _ = stop.send(true);
+        version_watch.abort();
         self.model.flush().await?;
         tracing::info!("stopped");
         result

@@ -5,28 +5,57 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tollgate_control_plane::{CpArgs, CpConfig};
+use tollgate_shared::telemetry::{self, TelemetryConfig};
 
 fn main() -> ExitCode {
     let args = CpArgs::parse();
-    tollgate_shared::telemetry::init_logging(args.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            tracing::error!(error = %err, "cannot start the async runtime");
+            eprintln!("tollgate-cp: cannot start the async runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
+    let telemetry_config = TelemetryConfig {
+        service_name: "tollgate-cp".to_owned(),
+        instance_id: instance_id(&args),
+        json_logs: args.log_json,
+        otlp_endpoint: args.otlp_endpoint.clone().filter(|e| !e.is_empty()),
+        sample_ratio: args.trace_sample_ratio,
+    };
     let config = CpConfig::from(args);
-    match runtime.block_on(tollgate_control_plane::run(config, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!("{err}");
-            ExitCode::FAILURE
+    runtime.block_on(async move {
+        // Trace export runs its batch task on this runtime, so it starts here.
+        let telemetry = match telemetry::init(&telemetry_config) {
+            Ok(guard) => guard,
+            Err(err) => {
+                eprintln!("tollgate-cp: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let result = tollgate_control_plane::run(config, shutdown_signal()).await;
+        telemetry.shutdown().await;
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!("{err}");
+                ExitCode::FAILURE
+            }
         }
-    }
+    })
+}
+
+/// `service.instance.id`: this host and admin address, unique per instance.
+fn instance_id(args: &CpArgs) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}/{}", args.admin_listen)
 }
 
 /// Resolves on SIGTERM or ctrl-c.

@@ -20,6 +20,7 @@ use tollgate_shared::proto::stream::config_stream_server::ConfigStream;
 use tollgate_shared::proto::stream::{ControlPlaneMessage, DataPlaneMessage};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::metrics::CpMetrics;
 use crate::model::Model;
 use registry::Registry;
 use session::Session;
@@ -27,6 +28,7 @@ use session::Session;
 pub struct StreamService {
     model: Arc<Model>,
     registry: Arc<Registry>,
+    metrics: Arc<CpMetrics>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -34,11 +36,13 @@ impl StreamService {
     pub fn new(
         model: Arc<Model>,
         registry: Arc<Registry>,
+        metrics: Arc<CpMetrics>,
         shutdown: watch::Receiver<bool>,
     ) -> StreamService {
         StreamService {
             model,
             registry,
+            metrics,
             shutdown,
         }
     }
@@ -55,6 +59,7 @@ impl ConfigStream for StreamService {
         let session = Session {
             model: self.model.clone(),
             registry: self.registry.clone(),
+            metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
             peer: request.remote_addr(),
         };

@@ -25,6 +25,7 @@ use tollgate_shared::proto::stream::{
 use tonic::{Status, Streaming};
 
 use super::registry::{truncate, Identity, Registry};
+use crate::metrics::CpMetrics;
 use crate::model::{ConfigVersion, Model, Published};
 
 /// How long a new stream may take to say hello.
@@ -41,6 +42,7 @@ pub type Outbound = mpsc::Sender<Result<ControlPlaneMessage, Status>>;
 pub struct Session {
     pub model: Arc<Model>,
     pub registry: Arc<Registry>,
+    pub metrics: Arc<CpMetrics>,
     pub shutdown: watch::Receiver<bool>,
     pub peer: Option<SocketAddr>,
 }
@@ -127,7 +129,10 @@ impl Session {
         let current = updates.borrow_and_update().clone();
         let mut sent = held;
         if sent.as_ref() != Some(&current.version) {
-            if send_snapshot(&outbound, &current).await.is_err() {
+            if send_snapshot(&outbound, &current, &self.metrics)
+                .await
+                .is_err()
+            {
                 return;
             }
             sent = Some(current.version.clone());
@@ -165,7 +170,7 @@ impl Session {
                     pending = None;
                     let latest = updates.borrow_and_update().clone();
                     if sent.as_ref() != Some(&latest.version) {
-                        if send_snapshot(&outbound, &latest).await.is_err() {
+                        if send_snapshot(&outbound, &latest, &self.metrics).await.is_err() {
                             return;
                         }
                         sent = Some(latest.version.clone());
@@ -180,6 +185,7 @@ impl Session {
             Some(data_plane_message::Kind::Ack(ack)) => {
                 let version = ack.version.unwrap_or_default();
                 tracing::debug!(node_id, revision = version.revision, "data plane acked");
+                self.metrics.acked();
                 self.registry.ack(node_id, session, version);
             }
             Some(data_plane_message::Kind::Nack(nack)) => {
@@ -190,6 +196,7 @@ impl Session {
                     error = %truncate(&nack.error, 1024),
                     "data plane rejected a snapshot"
                 );
+                self.metrics.nacked();
                 self.registry.nack(node_id, session, version, &nack.error);
             }
             Some(data_plane_message::Kind::Hello(_)) | None => {
@@ -199,16 +206,31 @@ impl Session {
     }
 }
 
-/// Sends the full snapshot of `published`. Secrets are in clear: data planes
-/// need them (and only API-key hashes exist).
-async fn send_snapshot(outbound: &Outbound, published: &Published) -> Result<(), ()> {
-    let message = ControlPlaneMessage {
+/// Builds and sends the full snapshot of `published` (traced and counted).
+/// Secrets are in clear: data planes need them (and only API-key hashes exist).
+async fn send_snapshot(
+    outbound: &Outbound,
+    published: &Published,
+    metrics: &CpMetrics,
+) -> Result<(), ()> {
+    let span = tracing::info_span!(
+        target: tollgate_shared::telemetry::TRACE_TARGET,
+        "snapshot_build",
+        revision = published.version.revision,
+        routes = published.config.routes.len(),
+    );
+    let started = std::time::Instant::now();
+    let message = span.in_scope(|| ControlPlaneMessage {
         kind: Some(control_plane_message::Kind::Snapshot(Snapshot {
             version: Some(published.version.to_pb()),
             config: Some(pb_config::GatewayConfig::from(&*published.config)),
         })),
-    };
-    outbound.send(Ok(message)).await.map_err(|_| ())
+    });
+    metrics.snapshot_built(started.elapsed());
+    drop(span);
+    outbound.send(Ok(message)).await.map_err(|_| ())?;
+    metrics.snapshot_pushed();
+    Ok(())
 }
 
 /// Resolves once the server shuts down (or is gone).
