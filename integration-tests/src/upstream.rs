@@ -138,7 +138,11 @@ async fn accept_loop(listener: TcpListener, name: Arc<str>, stats: Arc<Stats>) {
         let stats = stats.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(name.clone(), stats.clone(), req));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            // Generous limits, so a test upstream never rejects what the
+            // gateway under test accepted and forwarded.
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().max_headers(1_000).max_buf_size(1024 * 1024);
+            let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
