@@ -158,6 +158,16 @@ impl DataPlane {
         status_revision(&self.status_json().await?)
     }
 
+    /// The config version `/status` reports: `(store_id, revision)`.
+    pub async fn config_version(&self) -> Option<(String, u64)> {
+        let status = self.status_json().await?;
+        let version = &status["config_version"];
+        Some((
+            version["store_id"].as_str()?.to_string(),
+            version["revision"].as_u64()?,
+        ))
+    }
+
     /// The control-plane connection state `/status` reports
     /// (`connected`, `connecting`, `disconnected`).
     pub async fn control_plane_state(&self) -> Option<String> {

@@ -378,6 +378,16 @@ async fn weighted_round_robin_is_exact_over_600_requests() {
     assert_eq!(one.requests(), 200, "weight 1 target");
     assert_eq!(two.requests(), 400, "weight 2 target");
     assert_eq!(drained.requests(), 0, "weight 0 target");
+    // Keep-alive pooling: 600 sequential requests need only a few connections.
+    for up in [&one, &two] {
+        assert!(
+            up.connections() <= 4,
+            "{}: {} upstream connections for {} sequential requests",
+            up.name(),
+            up.connections(),
+            up.requests()
+        );
+    }
 }
 
 // ------------------------------------------------------------------ paths
@@ -838,6 +848,63 @@ async fn control_plane_killed_data_plane_serves_on_and_reconnects() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(served_by(&body), "after");
     assert_eq!(dp.control_plane_state().await.as_deref(), Some("connected"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_plane_follows_a_control_plane_whose_store_was_wiped() {
+    let old = Upstream::start("old-store").await;
+    let new = Upstream::start("new-store").await;
+    let to = |up: &Upstream, path: &str| {
+        config(json!({
+            "services": [service_to("svc", up)],
+            "routes": [{"name": "r", "service": "svc", "paths": [path]}],
+        }))
+    };
+    let mut cp = ControlPlane::start().await;
+    apply(&cp, &to(&old, "/a")).await;
+    apply(&cp, &to(&old, "/b")).await;
+    let old_revision = apply(&cp, &to(&old, "/")).await;
+    let dp = DataPlane::start(cp.port(), "dp-wiped-store", &[]);
+    dp.wait_ready().await;
+    wait_acked(&cp, &dp, old_revision).await;
+    let (old_store, _) = dp.config_version().await.expect("config version");
+
+    // A new store (wiped data dir) whose revisions start again from the bottom.
+    cp.kill_9();
+    std::fs::remove_dir_all(cp.data_dir()).expect("wipe the control plane's data dir");
+    cp.restart().await;
+    apply(&cp, &to(&new, "/")).await;
+    let mut admin = cp.admin().await;
+    let exported = admin
+        .export(admin_pb::ExportRequest {})
+        .await
+        .expect("export")
+        .into_inner()
+        .version
+        .expect("version");
+    assert_ne!(
+        exported.store_id, old_store,
+        "a wiped data dir is a new store"
+    );
+    assert!(
+        exported.revision < old_revision,
+        "the new store's revision is lower"
+    );
+    let expected = (exported.store_id.clone(), exported.revision);
+    wait_until(
+        "the data plane to take the new store's snapshot",
+        WAIT,
+        || async {
+            dp.config_version()
+                .await
+                .filter(|v| *v == expected)
+                .map(|_| ())
+        },
+    )
+    .await;
+    let (status, body) = dp.get_json("wiped.test", "/x").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(served_by(&body), "new-store");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
