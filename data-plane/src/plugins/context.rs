@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
 /// Who is calling, once an authentication plugin has decided.
 #[derive(Debug, Clone)]
@@ -37,5 +37,9 @@ pub struct RequestContext<'a> {
     /// Set by the authenticate phase; `None` until then (or when no
     /// authentication plugin runs on the route).
     pub consumer: Option<Identity>,
+    /// Headers to set on the response the client gets, whoever produced it
+    /// (upstream, gateway error or a plugin), e.g. `RateLimit-*`. Empty (and
+    /// unallocated) unless a plugin queues one.
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
     pub started: Instant,
 }

@@ -30,7 +30,7 @@ use crate::plugins::{Outcome, RequestContext};
 use crate::proxy::body::{ResponseBody, UpstreamBody};
 use crate::proxy::forward::{self, Peer, TrustedProxies};
 use crate::router::{normalize_path, strip_prefix};
-use crate::snapshot::SnapshotStore;
+use crate::snapshot::{CompiledRoute, SnapshotStore};
 
 /// Bounds on what a client may send, from the command line.
 #[derive(Debug, Clone)]
@@ -125,17 +125,6 @@ pub async fn handle(
     };
     let service = &route.service;
 
-    if let Some(limit) = route.max_body_bytes {
-        let declared = parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > limit) {
-            return ProxyError::BodyTooLarge.into_response(Some(&request_id));
-        }
-    }
-
     let client_host = client_host(&parts);
     parts.uri = Uri::from(upstream_path_and_query);
     forward::remove_hop_by_hop(&mut parts.headers);
@@ -148,17 +137,44 @@ pub async fn handle(
         route_name: &route.name,
         service_name: &service.name,
         consumer: None,
+        response_headers: Vec::new(),
         started,
     };
+    let response = forward_route(state, route, &mut ctx, parts, body, client_host).await;
+    finish(route, &mut ctx, response)
+}
+
+/// From a matched route to a response: body limit, request phases, target
+/// choice, the upstream call. Every outcome (plugin answer, gateway error,
+/// upstream response) comes back as a response for [`finish`].
+async fn forward_route(
+    state: &ProxyState,
+    route: &CompiledRoute,
+    ctx: &mut RequestContext<'_>,
+    mut parts: request::Parts,
+    body: Incoming,
+    client_host: Option<HeaderValue>,
+) -> Response<ResponseBody> {
+    let service = &route.service;
+    if let Some(limit) = route.max_body_bytes {
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit) {
+            return ProxyError::BodyTooLarge.into_response(Some(ctx.request_id));
+        }
+    }
+
     if !route.plugins.is_empty() {
-        if let Outcome::Respond(response) = route.plugins.run_request(&mut ctx, &mut parts).await {
-            route.plugins.run_log(&ctx, response.status());
+        if let Outcome::Respond(response) = route.plugins.run_request(ctx, &mut parts).await {
             return response;
         }
     }
 
     let Some(target) = service.upstream.pick() else {
-        return ProxyError::NoHealthyTarget.into_response(Some(&request_id));
+        return ProxyError::NoHealthyTarget.into_response(Some(ctx.request_id));
     };
     let upstream_uri = {
         let mut uri_parts = std::mem::take(&mut parts.uri).into_parts();
@@ -166,7 +182,7 @@ pub async fn handle(
         uri_parts.authority = Some(target.authority.clone());
         match Uri::from_parts(uri_parts) {
             Ok(uri) => uri,
-            Err(_) => return ProxyError::BadPath.into_response(Some(&request_id)),
+            Err(_) => return ProxyError::BadPath.into_response(Some(ctx.request_id)),
         }
     };
     parts.uri = upstream_uri;
@@ -183,36 +199,51 @@ pub async fn handle(
 
     let body = UpstreamBody::new(body, route.max_body_bytes, state.limits.body_idle_timeout);
     let upstream_request = Request::from_parts(parts, body);
-    let response = match service
+    match service
         .upstream
         .send(upstream_request, service.request_timeout)
         .await
     {
-        Ok(response) => response,
+        Ok(response) => {
+            let (mut response_parts, response_body) = response.into_parts();
+            forward::remove_hop_by_hop(&mut response_parts.headers);
+            Response::from_parts(response_parts, ResponseBody::Upstream(response_body))
+        }
         Err(kind) => {
             if kind.status().is_server_error() {
                 tracing::warn!(
                     route = %route.name,
                     upstream = %target.address,
                     error = kind.code(),
-                    request_id = ?request_id,
+                    request_id = ?ctx.request_id,
                     "upstream request failed"
                 );
             }
-            route.plugins.run_log(&ctx, kind.status());
-            return kind.into_response(Some(&request_id));
+            kind.into_response(Some(ctx.request_id))
         }
-    };
-    let (mut response_parts, response_body) = response.into_parts();
-    forward::remove_hop_by_hop(&mut response_parts.headers);
-    if !response_parts.headers.contains_key(forward::X_REQUEST_ID) {
-        response_parts
-            .headers
-            .insert(forward::X_REQUEST_ID, request_id.clone());
     }
-    route.plugins.run_response(&ctx, &mut response_parts);
-    route.plugins.run_log(&ctx, response_parts.status);
-    Response::from_parts(response_parts, ResponseBody::Upstream(response_body))
+}
+
+/// The last step of every routed request, whoever produced the response:
+/// headers queued by plugins, `X-Request-Id` when missing, then the
+/// `transform_response` and `log` phases.
+fn finish(
+    route: &CompiledRoute,
+    ctx: &mut RequestContext<'_>,
+    response: Response<ResponseBody>,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = response.into_parts();
+    for (name, value) in ctx.response_headers.drain(..) {
+        parts.headers.insert(name, value);
+    }
+    if !parts.headers.contains_key(forward::X_REQUEST_ID) {
+        parts
+            .headers
+            .insert(forward::X_REQUEST_ID, ctx.request_id.clone());
+    }
+    route.plugins.run_response(ctx, &mut parts);
+    route.plugins.run_log(ctx, parts.status);
+    Response::from_parts(parts, body)
 }
 
 /// URI length, header count and header bytes.
