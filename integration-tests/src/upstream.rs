@@ -58,6 +58,8 @@ pub fn filler(n: usize) -> Bytes {
 
 #[derive(Default)]
 struct Stats {
+    /// Request-targets received, in order (bounded, for assertions).
+    targets: std::sync::Mutex<Vec<String>>,
     requests: AtomicU64,
     connections: AtomicU64,
     sink_bytes: AtomicU64,
@@ -112,6 +114,15 @@ impl Upstream {
         self.stats.connections.load(Ordering::SeqCst)
     }
 
+    /// The request-targets received so far, in order (the first 10,000).
+    pub fn targets(&self) -> Vec<String> {
+        self.stats
+            .targets
+            .lock()
+            .map(|targets| targets.clone())
+            .unwrap_or_default()
+    }
+
     /// Request-body bytes received by `/sink` so far (all requests together).
     pub fn sink_bytes(&self) -> u64 {
         self.stats.sink_bytes.load(Ordering::SeqCst)
@@ -155,6 +166,12 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     stats.requests.fetch_add(1, Ordering::SeqCst);
+    if let Ok(mut targets) = stats.targets.lock() {
+        if targets.len() < 10_000 {
+            let target = req.uri().path_and_query().map_or("", |pq| pq.as_str());
+            targets.push(target.to_string());
+        }
+    }
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
 

@@ -428,6 +428,7 @@ async fn path_tricks_route_and_forward_by_the_documented_rule() {
         ("/v1/a%2fb", "v1", "/v1/a%2Fb"),
         ("/v1/%7euser/%3f", "v1", "/v1/~user/%3F"),
         ("/v1/x?next=/../admin", "v1", "/v1/x?next=/../admin"),
+        ("/v1/q?a=%2F%2e&b=c%20d&e", "v1", "/v1/q?a=%2F%2e&b=c%20d&e"),
     ];
     for (target, upstream, forwarded) in routed {
         let response = raw_get(dp.addr(), "tricks.test", target)
@@ -718,44 +719,49 @@ async fn twenty_config_changes_under_continuous_load_fail_no_request() {
     dp.wait_ready().await;
     wait_acked(&cp, &dp, first).await;
 
-    // A client sending requests one after another until told to stop (bounded).
+    // Clients, each sending requests one after another until told to stop
+    // (bounded in count and time); each must only ever see newer versions.
+    const CLIENTS: usize = 4;
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
-    let load = {
-        let (dp, stop, sent) = (dp.clone(), stop.clone(), sent.clone());
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let mut failures = Vec::new();
-            let mut highest = 0usize;
-            while !stop.load(Ordering::SeqCst)
-                && sent.load(Ordering::SeqCst) < 200_000
-                && started.elapsed() < Duration::from_secs(240)
-            {
-                let n = sent.fetch_add(1, Ordering::SeqCst);
-                match dp.get("live.test", &format!("/live/{n}")).send().await {
-                    Ok(response) => {
-                        let (status, body) = response_json(response).await;
-                        let generation = served_by(&body)
-                            .strip_prefix("gen-")
-                            .and_then(|g| g.parse::<usize>().ok());
-                        match (status, generation) {
-                            (200, Some(generation)) => {
-                                if generation < highest {
-                                    failures.push(format!(
-                                        "request {n}: served by gen-{generation} after gen-{highest}"
-                                    ));
+    let load: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (dp, stop, sent) = (dp.clone(), stop.clone(), sent.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let mut failures = Vec::new();
+                let mut highest = 0usize;
+                while !stop.load(Ordering::SeqCst)
+                    && sent.load(Ordering::SeqCst) < 200_000
+                    && started.elapsed() < Duration::from_secs(240)
+                {
+                    let n = sent.fetch_add(1, Ordering::SeqCst);
+                    let what = format!("client {client} request {n}");
+                    match dp.get("live.test", &format!("/live/{n}")).send().await {
+                        Ok(response) => {
+                            let (status, body) = response_json(response).await;
+                            let generation = served_by(&body)
+                                .strip_prefix("gen-")
+                                .and_then(|g| g.parse::<usize>().ok());
+                            match (status, generation) {
+                                (200, Some(generation)) => {
+                                    if generation < highest {
+                                        failures.push(format!(
+                                            "{what}: served by gen-{generation} after gen-{highest}"
+                                        ));
+                                    }
+                                    highest = highest.max(generation);
                                 }
-                                highest = highest.max(generation);
+                                _ => failures.push(format!("{what}: {status} {body}")),
                             }
-                            _ => failures.push(format!("request {n}: {status} {body}")),
                         }
+                        Err(err) => failures.push(format!("{what}: {err}")),
                     }
-                    Err(err) => failures.push(format!("request {n}: {err}")),
                 }
-            }
-            failures
+                failures
+            })
         })
-    };
+        .collect();
 
     for i in 1..=CHANGES {
         // Both ways an operator changes config: tollgatectl and the admin API.
@@ -781,7 +787,10 @@ async fn twenty_config_changes_under_continuous_load_fail_no_request() {
         .await;
     }
     stop.store(true, Ordering::SeqCst);
-    let failures = load.await.expect("load task");
+    let mut failures = Vec::new();
+    for client in load {
+        failures.extend(client.await.expect("load task"));
+    }
     let total = sent.load(Ordering::SeqCst);
     eprintln!(
         "{total} requests during {CHANGES} config changes, {} failed",
@@ -1629,4 +1638,45 @@ async fn header_limits_answer_431_json_and_are_configurable() {
         431,
         Some("request_headers_too_large"),
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_attempts_never_reach_the_upstream_as_requests() {
+    let up = Upstream::start("smuggle").await;
+    let value = json!({
+        "services": [service_to("svc", &up)],
+        "routes": [{"name": "r", "service": "svc", "paths": ["/"]}],
+    });
+    let (_cp, dp) = gateway("dp-smuggling", value, &[]).await;
+    let attempts = [
+        // CL.TE: Transfer-Encoding wins; what follows the chunked body is not a request.
+        "POST /s1 HTTP/1.1\r\nHost: s.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
+        // TE.CL: a Content-Length that covers a hidden request.
+        "POST /s2 HTTP/1.1\r\nHost: s.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n\
+         0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
+        // A Transfer-Encoding the gateway cannot frame by.
+        "POST /s3 HTTP/1.1\r\nHost: s.test\r\nTransfer-Encoding: gzip\r\nContent-Length: 5\r\n\r\nhello\
+         GET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
+        // Obsolete line folding.
+        "GET /s4 HTTP/1.1\r\nHost: s.test\r\nX-Folded: a\r\n b\r\n\r\n\
+         GET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
+    ];
+    for attempt in attempts {
+        let response = raw_http(dp.addr(), attempt.as_bytes()).await;
+        let status = response.as_ref().map(|r| r.status);
+        assert!(
+            matches!(status, None | Some(200) | Some(400) | Some(501)),
+            "{attempt:?}: {status:?}"
+        );
+    }
+    // Let any request that slipped through arrive, then check none did.
+    let (status, _) = dp.get_json("s.test", "/after").await;
+    assert_eq!(status, 200);
+    let targets = up.targets();
+    assert!(
+        !targets.iter().any(|t| t.contains("smuggled")),
+        "a smuggled request reached the upstream: {targets:?}"
+    );
+    eprintln!("upstream saw: {targets:?}");
 }
