@@ -656,12 +656,55 @@ async fn forwarding_headers_set_and_hop_by_hop_removed() {
     )
     .await;
     assert_eq!(body["headers"]["x-request-id"], "req-abc-123", "{body}");
-    let (_, body) = dp.get_json("shop.example.com", "/f").await;
+    let response = dp
+        .get("shop.example.com", "/f")
+        .send()
+        .await
+        .expect("request");
+    let returned = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let (_, body) = response_json(response).await;
     let other = body["headers"]["x-request-id"].as_str().unwrap_or("");
     assert!(
         !other.is_empty() && other != generated,
         "request ids differ: {generated} {other}"
     );
+    assert_eq!(
+        returned, other,
+        "the response carries the id the upstream saw"
+    );
+    // An insane id (too long, or not visible ASCII) is replaced.
+    let long_id = "x".repeat(300);
+    let (_, body) = response_json(
+        dp.get("shop.example.com", "/f")
+            .header("x-request-id", &long_id)
+            .send()
+            .await
+            .expect("request"),
+    )
+    .await;
+    let replaced = body["headers"]["x-request-id"].as_str().unwrap_or("");
+    assert!(!replaced.is_empty() && replaced != long_id, "{body}");
+    // Gateway errors carry the id too, in the header and the body.
+    let response = dp
+        .get("nowhere.test", "/%2Fadmin")
+        .header("x-request-id", "err-id-1")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("err-id-1")
+    );
+    let (_, body) = response_json(response).await;
+    assert_eq!(body["request_id"], "err-id-1", "{body}");
 
     // A service's host_header replaces the client's Host upstream.
     let (status, body) = dp.get_json("shop.example.com", "/rewritten").await;
@@ -686,15 +729,18 @@ async fn forwarding_headers_set_and_hop_by_hop_removed() {
         trusted
             .get("shop.example.com", "/f")
             .header("x-forwarded-for", "6.6.6.6")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "front.example.com")
             .send()
             .await
             .expect("request"),
     )
     .await;
-    assert_eq!(
-        body["headers"]["x-forwarded-for"], "6.6.6.6, 127.0.0.1",
-        "{body}"
-    );
+    let headers = &body["headers"];
+    assert_eq!(headers["x-forwarded-for"], "6.6.6.6, 127.0.0.1", "{body}");
+    // A trusted proxy's view of the scheme and host is kept.
+    assert_eq!(headers["x-forwarded-proto"], "https", "{body}");
+    assert_eq!(headers["x-forwarded-host"], "front.example.com", "{body}");
 }
 
 // ------------------------------------------------------------------ config changes
