@@ -4,7 +4,10 @@
 //! legacy `Client` (pooled per `host:port`), with `TCP_NODELAY` and the
 //! service's connect timeout. Clients are shared by every service with the
 //! same connect timeout and survive snapshot swaps ([`ClientCache`]), so a
-//! config change does not drop warm connections. A service's whole
+//! config change does not drop warm connections. Each client is sharded: one
+//! pool per shard, a shard per CPU, and a thread always uses the same shard,
+//! so the pool's lock is not contended across worker threads (the way nginx
+//! keeps one upstream pool per worker). A service's whole
 //! [`UpstreamPool`] (targets + round-robin position) is reused by the next
 //! snapshot when its targets, weights, balancing and timeouts did not change.
 //!
@@ -34,6 +37,36 @@ use crate::proxy::body::{BodyError, UpstreamBody};
 
 pub type HttpClient = Client<HttpConnector, UpstreamBody>;
 
+/// One pool per shard; see the module doc.
+#[derive(Debug, Clone)]
+pub struct ShardedClient {
+    shards: Arc<[HttpClient]>,
+}
+
+static NEXT_SHARD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's shard number, assigned on first use.
+    static THREAD_SHARD: usize =
+        NEXT_SHARD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+impl ShardedClient {
+    fn new(connect_timeout: Duration) -> ShardedClient {
+        let count = std::thread::available_parallelism().map_or(1, |n| n.get());
+        ShardedClient {
+            shards: (0..count).map(|_| build_client(connect_timeout)).collect(),
+        }
+    }
+
+    /// The calling thread's client.
+    #[inline]
+    fn local(&self) -> &HttpClient {
+        let shard = THREAD_SHARD.with(|shard| *shard) % self.shards.len().max(1);
+        &self.shards[shard]
+    }
+}
+
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per upstream `host:port`.
@@ -44,20 +77,20 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// Upstream clients by connect timeout; lives as long as the data plane.
 #[derive(Debug, Default)]
 pub struct ClientCache {
-    clients: Mutex<HashMap<u64, HttpClient>>,
+    clients: Mutex<HashMap<u64, ShardedClient>>,
 }
 
 impl ClientCache {
     /// The client for this connect timeout, created on first use. Called when
     /// a snapshot compiles, never per request.
-    pub fn client(&self, connect_timeout_ms: u64) -> HttpClient {
+    pub fn client(&self, connect_timeout_ms: u64) -> ShardedClient {
         let mut clients = match self.clients.lock() {
             Ok(clients) => clients,
             Err(poisoned) => poisoned.into_inner(),
         };
         clients
             .entry(connect_timeout_ms)
-            .or_insert_with(|| build_client(Duration::from_millis(connect_timeout_ms)))
+            .or_insert_with(|| ShardedClient::new(Duration::from_millis(connect_timeout_ms)))
             .clone()
     }
 }
@@ -115,7 +148,7 @@ pub struct UpstreamPool {
     pub key: PoolKey,
     pub targets: Box<[UpstreamTarget]>,
     balancer: RoundRobin,
-    client: HttpClient,
+    client: ShardedClient,
 }
 
 impl UpstreamPool {
@@ -175,15 +208,16 @@ impl UpstreamPool {
         timeout: Duration,
     ) -> Result<Response<Incoming>, ProxyError> {
         let connection = capture_connection(&mut request);
-        let response = match tokio::time::timeout(timeout, self.client.request(request)).await {
-            Err(_elapsed) => return Err(ProxyError::UpstreamTimeout),
-            Ok(Err(err)) => {
-                let kind = classify(&err);
-                tracing::debug!(error = %DisplayChain(&err), ?kind, "upstream request failed");
-                return Err(kind);
-            }
-            Ok(Ok(response)) => response,
-        };
+        let response =
+            match tokio::time::timeout(timeout, self.client.local().request(request)).await {
+                Err(_elapsed) => return Err(ProxyError::UpstreamTimeout),
+                Ok(Err(err)) => {
+                    let kind = classify(&err);
+                    tracing::debug!(error = %DisplayChain(&err), ?kind, "upstream request failed");
+                    return Err(kind);
+                }
+                Ok(Ok(response)) => response,
+            };
         if has_ambiguous_framing(response.headers()) {
             if let Some(connected) = connection.connection_metadata().as_ref() {
                 connected.poison();
