@@ -1423,6 +1423,20 @@ async fn errors_are_distinct_json_with_the_right_status() {
             "malformed request {malformed_request:?}: got {status:?}"
         );
     }
+    // A request head hyper cannot parse is answered by hyper itself (400, no
+    // body); a malformed body the gateway reads gets its JSON 400.
+    let bad_chunk = format!(
+        "POST /ok/sink HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n"
+    );
+    let response = raw_http(dp.addr(), bad_chunk.as_bytes()).await;
+    let response = response.expect("a response to a malformed chunked body");
+    assert_json_error(
+        "malformed chunked body",
+        response.status,
+        &response.json(),
+        400,
+        Some("bad_request"),
+    );
     // Still alive and serving.
     assert_eq!(dp.status_code("/healthz").await, Some(200));
     let (status, body) = dp.get_json(host, "/ok").await;
