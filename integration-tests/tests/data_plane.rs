@@ -1740,3 +1740,51 @@ async fn smuggling_attempts_never_reach_the_upstream_as_requests() {
     );
     eprintln!("upstream saw: {targets:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_get_503_overloaded() {
+    let up = Upstream::start("capped").await;
+    let value = json!({
+        "services": [service_to("svc", &up)],
+        "routes": [{"name": "r", "service": "svc", "paths": ["/"]}],
+    });
+    let args = ["--max-connections".to_string(), "2".to_string()];
+    let (_cp, dp) = gateway("dp-connection-cap", value, &args).await;
+
+    // Two idle connections take both slots.
+    let first = tokio::net::TcpStream::connect(dp.addr())
+        .await
+        .expect("connect");
+    let second = tokio::net::TcpStream::connect(dp.addr())
+        .await
+        .expect("connect");
+    let response = wait_until(
+        "a connection beyond the cap to be refused",
+        WAIT,
+        || async {
+            raw_get(dp.addr(), "cap.test", "/x")
+                .await
+                .filter(|r| r.status == 503)
+        },
+    )
+    .await;
+    assert_json_error(
+        "connection beyond the cap",
+        response.status,
+        &response.json(),
+        503,
+        Some("overloaded"),
+    );
+    assert_eq!(up.requests(), 0);
+
+    // A slot freed is a slot served.
+    drop(first);
+    drop(second);
+    let response = wait_until("a connection to be served again", WAIT, || async {
+        raw_get(dp.addr(), "cap.test", "/x")
+            .await
+            .filter(|r| r.status == 200)
+    })
+    .await;
+    assert_eq!(served_by(&response.json()), "capped");
+}
