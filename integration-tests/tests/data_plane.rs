@@ -1356,10 +1356,6 @@ async fn errors_are_distinct_json_with_the_right_status() {
         .body(reqwest::Body::wrap_stream(chunks))
         .send()
         .await;
-    eprintln!(
-        "streamed oversized body: {:?}",
-        streamed.as_ref().map(|r| r.status())
-    );
     if let Ok(response) = streamed {
         let (status, body) = response_json(response).await;
         assert_json_error(
@@ -1738,7 +1734,6 @@ async fn smuggling_attempts_never_reach_the_upstream_as_requests() {
         !targets.iter().any(|t| t.contains("smuggled")),
         "a smuggled request reached the upstream: {targets:?}"
     );
-    eprintln!("upstream saw: {targets:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
