@@ -232,6 +232,18 @@ impl DataPlane {
     }
 }
 
+/// A 127.0.0.1 port that refuses connections and stays reserved while the
+/// returned socket lives (bound, never listening), so no other test's server
+/// can take it: a control plane that is down, an upstream that refuses.
+pub fn refusing_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(([127, 0, 0, 1], 0).into())
+        .expect("bind a port on 127.0.0.1");
+    let port = socket.local_addr().expect("local addr").port();
+    (socket, port)
+}
+
 /// An HTTP client for tests: no proxy from the environment, no TLS, bounded.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()

@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tollgate_integration_tests::cp::ControlPlane;
-use tollgate_integration_tests::dp::{raw_get, raw_http, response_json, DataPlane, WAIT};
-use tollgate_integration_tests::process::{free_port, wait_until};
+use tollgate_integration_tests::dp::{
+    raw_get, raw_http, refusing_port, response_json, DataPlane, WAIT,
+};
+use tollgate_integration_tests::process::wait_until;
 use tollgate_integration_tests::upstream::{filler, RawBehaviour, RawUpstream, Upstream};
 use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::admin as admin_pb;
@@ -1011,7 +1013,8 @@ async fn config_cache_serves_when_started_during_an_outage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_cache_or_control_plane_the_data_plane_is_not_ready() {
     // Nothing listens on this port: the control plane is down from the start.
-    let dp = DataPlane::start(free_port(), "dp-no-config", &[]);
+    let (_reserved, cp_port) = refusing_port();
+    let dp = DataPlane::start(cp_port, "dp-no-config", &[]);
     dp.wait_alive().await;
     for i in 0..5 {
         let (status, body) = dp.get_json("any.test", &format!("/anything/{i}")).await;
@@ -1249,7 +1252,8 @@ async fn errors_are_distinct_json_with_the_right_status() {
     let slow = Upstream::start("slow").await;
     let malformed = RawUpstream::start(RawBehaviour::ConflictingLength).await;
     let closing = RawUpstream::start(RawBehaviour::CloseImmediately).await;
-    let refused = format!("127.0.0.1:{}", free_port());
+    let (_reserved, refused_port) = refusing_port();
+    let refused = format!("127.0.0.1:{refused_port}");
     let value = json!({
         "services": [
             service_to("ok", &ok),
