@@ -1,8 +1,9 @@
 //! Errors of the data plane, and the ONE table from a proxy failure to the
 //! response the client gets.
 //!
-//! [`DpError`] is what startup and the background tasks fail with (bad flags,
-//! unbindable sockets, an unusable config cache). [`ProxyError`] is why the
+//! [`DpError`] is what startup fails with (unbindable sockets, a bad control
+//! plane address or token, no runtime, no signal handlers); snapshot and cache
+//! problems are not fatal and are reported as NACKs and log lines instead. [`ProxyError`] is why the
 //! proxy answered a request itself instead of relaying the upstream's answer:
 //! each kind has its own status code and its own machine-readable `error`
 //! code, so a client (and an operator reading logs) can tell "no route" from
@@ -10,7 +11,6 @@
 //! lives in [`ProxyError::status`] / [`ProxyError::code`] and nowhere else.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
@@ -32,10 +32,6 @@ pub enum DpError {
     ControlPlaneAddress { address: String, message: String },
     #[error("invalid --cluster-token: {0}")]
     ClusterToken(String),
-    #[error("config cache {}: {message}", path.display())]
-    Cache { path: PathBuf, message: String },
-    #[error("snapshot cannot be applied: {0}")]
-    Snapshot(String),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot install signal handlers: {0}")]

@@ -111,7 +111,7 @@ fn main() -> ExitCode {
     let runtime = match runtime.build() {
         Ok(runtime) => runtime,
         Err(err) => {
-            tracing::error!("cannot start the runtime: {err}");
+            tracing::error!("{}", tollgate_data_plane::DpError::Runtime(err));
             return ExitCode::FAILURE;
         }
     };
