@@ -3,9 +3,11 @@
 //!
 //! Semantics, in order:
 //!
-//! 1. Identity headers sent by the client (`X-Consumer-*`, and the headers a
-//!    `jwt` plugin forwards claims in) are removed: only the gateway asserts
-//!    who is calling.
+//! 1. Identity headers sent by the client are removed: only the gateway
+//!    asserts who is calling. `X-Consumer-*` goes on every request, before
+//!    any plugin runs (the proxy handler calls
+//!    [`strip_identity_headers`](super::consumers::strip_identity_headers));
+//!    the headers a `jwt` plugin forwards claims in go here.
 //! 2. Each method looks for its credential. The first that authenticates a
 //!    consumer wins; the rest do not run (a cheap key check spares a
 //!    signature check).
@@ -26,9 +28,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{request, Response, StatusCode};
 
-use super::consumers::{
-    strip_identity_headers, ConsumerIdentity, CredentialOwner, X_ANONYMOUS_CONSUMER,
-};
+use super::consumers::{ConsumerIdentity, CredentialOwner, X_ANONYMOUS_CONSUMER};
 use super::context::Identity;
 use super::jwt::JwtAuth;
 use super::key_auth::KeyAuth;
@@ -311,6 +311,15 @@ impl AuthSet {
         )
     }
 
+    /// `key-auth` or `jwt` for a single method, `authenticate` for several.
+    pub fn name(&self) -> &'static str {
+        match (self.challenges.key, self.challenges.bearer) {
+            (true, false) => "key-auth",
+            (false, true) => "jwt",
+            _ => "authenticate",
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.methods.len()
     }
@@ -322,7 +331,6 @@ impl AuthSet {
     /// Runs the methods; on success the identity headers are set on the
     /// request and the identity is returned for the request context.
     pub fn authenticate(&self, request: &mut request::Parts) -> Result<Identity, AuthError> {
-        strip_identity_headers(&mut request.headers);
         for name in self.owned_headers.iter() {
             request.headers.remove(name);
         }
@@ -427,7 +435,6 @@ mod tests {
             ("authorization", &format!("Bearer {token}")),
             ("x-consumer-name", "admin"),
             ("x-consumer-groups", "admins"),
-            ("x-anonymous-consumer", "true"),
             ("x-user", "spoofed"),
         ]);
         let identity = set.authenticate(&mut req).expect("jwt authenticates");

@@ -2,8 +2,9 @@
 //!
 //! Phases, in this order (the order of [`Phase`]):
 //!
-//! 1. `authenticate`: who is calling (key-auth, jwt; next issue),
-//! 2. `authorize`: may they (acl; next issue),
+//! 1. `authenticate`: who is calling (`key-auth`, `jwt`, run as one set:
+//!    see [`auth`]),
+//! 2. `authorize`: may they (`acl`),
 //! 3. `rate_limit`: are they within their quota (issue after),
 //! 4. `transform_request`: edit what goes upstream (`request-transformer`),
 //! 5. *(the proxy call)*,
@@ -38,7 +39,12 @@ use http::{request, response, Response, StatusCode};
 use tollgate_shared::model::{GlobalPlugin, PluginInstance};
 use tollgate_shared::plugins::PluginConfig;
 
+pub use acl::Acl;
+pub use auth::{AuthSet, Authenticator};
+pub use consumers::ConsumerIndex;
 pub use context::{Identity, RequestContext};
+pub use jwt::JwtAuth;
+pub use key_auth::KeyAuth;
 pub use request_transformer::RequestTransformer;
 
 use crate::proxy::body::ResponseBody;
@@ -66,7 +72,26 @@ pub enum Outcome {
 /// Every plugin implementation this data plane has.
 #[derive(Debug)]
 pub enum Plugin {
+    /// `key-auth` and/or `jwt`: a route's authentication methods, merged into
+    /// one set when its chain is assembled (any one succeeding authenticates).
+    Authenticate(AuthSet),
+    Acl(Acl),
     RequestTransformer(RequestTransformer),
+}
+
+/// What compiling a plugin may need from the rest of the snapshot.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    /// The snapshot's consumers and credentials, compiled once.
+    pub consumers: Arc<ConsumerIndex>,
+}
+
+impl Default for BuildContext {
+    fn default() -> Self {
+        BuildContext {
+            consumers: Arc::new(ConsumerIndex::empty()),
+        }
+    }
 }
 
 /// Plugins that may be attached several times at once (their instances stack
@@ -75,8 +100,21 @@ const STACKABLE: [&str; 1] = ["rate-limit"];
 
 impl Plugin {
     /// Compiles one instance. Unknown or unimplemented plugins are errors.
-    pub fn build(name: &str, config: &serde_json::Value) -> Result<Plugin, String> {
+    pub fn build(
+        name: &str,
+        config: &serde_json::Value,
+        build: &BuildContext,
+    ) -> Result<Plugin, String> {
         match PluginConfig::parse(name, config)? {
+            PluginConfig::KeyAuth(config) => {
+                Ok(Plugin::Authenticate(AuthSet::new(vec![Arc::new(
+                    Authenticator::KeyAuth(KeyAuth::new(&config, &build.consumers)?),
+                )])))
+            }
+            PluginConfig::Jwt(config) => Ok(Plugin::Authenticate(AuthSet::new(vec![Arc::new(
+                Authenticator::Jwt(JwtAuth::new(&config, &build.consumers)?),
+            )]))),
+            PluginConfig::Acl(config) => Ok(Plugin::Acl(Acl::new(&config)?)),
             PluginConfig::RequestTransformer(config) => Ok(Plugin::RequestTransformer(
                 RequestTransformer::new(&config)?,
             )),
@@ -89,6 +127,8 @@ impl Plugin {
 
     pub fn name(&self) -> &'static str {
         match self {
+            Plugin::Authenticate(set) => set.name(),
+            Plugin::Acl(_) => "acl",
             Plugin::RequestTransformer(_) => "request-transformer",
         }
     }
@@ -96,6 +136,8 @@ impl Plugin {
     /// The phase whose position in the chain this plugin takes.
     pub fn phase(&self) -> Phase {
         match self {
+            Plugin::Authenticate(_) => Phase::Authenticate,
+            Plugin::Acl(_) => Phase::Authorize,
             Plugin::RequestTransformer(_) => Phase::TransformRequest,
         }
     }
@@ -107,6 +149,17 @@ impl Plugin {
         request: &mut request::Parts,
     ) -> Outcome {
         match self {
+            Plugin::Authenticate(set) => match set.authenticate(request) {
+                Ok(identity) => {
+                    ctx.consumer = Some(identity);
+                    Outcome::Continue
+                }
+                Err(refusal) => Outcome::Respond(refusal.into_response(Some(ctx.request_id))),
+            },
+            Plugin::Acl(acl) => match acl.authorize(ctx.consumer.as_ref()) {
+                Ok(()) => Outcome::Continue,
+                Err(refusal) => Outcome::Respond(refusal.into_response(Some(ctx.request_id))),
+            },
             Plugin::RequestTransformer(plugin) => plugin.apply(ctx, request),
         }
     }
@@ -115,14 +168,14 @@ impl Plugin {
     /// head is sent to the client.
     pub fn on_response(&self, _ctx: &RequestContext<'_>, _response: &mut response::Parts) {
         match self {
-            Plugin::RequestTransformer(_) => {}
+            Plugin::Authenticate(_) | Plugin::Acl(_) | Plugin::RequestTransformer(_) => {}
         }
     }
 
     /// The `log` hook, run once per request with the final status.
     pub fn on_log(&self, _ctx: &RequestContext<'_>, _status: StatusCode) {
         match self {
-            Plugin::RequestTransformer(_) => {}
+            Plugin::Authenticate(_) | Plugin::Acl(_) | Plugin::RequestTransformer(_) => {}
         }
     }
 
@@ -130,7 +183,7 @@ impl Plugin {
     /// chains without such hooks skip those loops entirely.
     fn has_response_hook(&self) -> bool {
         match self {
-            Plugin::RequestTransformer(_) => false,
+            Plugin::Authenticate(_) | Plugin::Acl(_) | Plugin::RequestTransformer(_) => false,
         }
     }
 }
@@ -154,13 +207,14 @@ pub struct CompiledInstance {
 pub fn compile_instances(
     label: &str,
     instances: &[PluginInstance],
+    build: &BuildContext,
 ) -> Result<Vec<CompiledInstance>, String> {
     let mut compiled = Vec::with_capacity(instances.len());
     for (i, instance) in instances.iter().enumerate() {
         if !instance.enabled {
             continue;
         }
-        let plugin = Plugin::build(&instance.name, &instance.config)
+        let plugin = Plugin::build(&instance.name, &instance.config, build)
             .map_err(|message| format!("{label}: plugins[{i}]: {message}"))?;
         compiled.push(CompiledInstance {
             name: instance.name.clone(),
@@ -171,13 +225,16 @@ pub fn compile_instances(
 }
 
 /// Compiles the enabled global plugins.
-pub fn compile_globals(globals: &[GlobalPlugin]) -> Result<Vec<CompiledInstance>, String> {
+pub fn compile_globals(
+    globals: &[GlobalPlugin],
+    build: &BuildContext,
+) -> Result<Vec<CompiledInstance>, String> {
     let mut compiled = Vec::with_capacity(globals.len());
     for global in globals {
         if !global.enabled {
             continue;
         }
-        let plugin = Plugin::build(&global.name, &global.config)
+        let plugin = Plugin::build(&global.name, &global.config, build)
             .map_err(|message| format!("plugin {:?}: {message}", global.instance_name()))?;
         compiled.push(CompiledInstance {
             name: global.name.clone(),
@@ -185,6 +242,25 @@ pub fn compile_globals(globals: &[GlobalPlugin]) -> Result<Vec<CompiledInstance>
         });
     }
     Ok(compiled)
+}
+
+/// Several authentication plugins on one route (say `key-auth` on the
+/// service and `jwt` on the route) become one [`AuthSet`]: any of them
+/// succeeding authenticates, and a refusal waits until all had their say.
+/// `plugins` is sorted by phase, so they are adjacent at the front.
+fn merge_authentication(plugins: &mut Vec<Arc<Plugin>>) {
+    let count = plugins
+        .iter()
+        .take_while(|p| matches!(p.as_ref(), Plugin::Authenticate(_)))
+        .count();
+    if count < 2 {
+        return;
+    }
+    let merged = AuthSet::merge(plugins[..count].iter().filter_map(|p| match p.as_ref() {
+        Plugin::Authenticate(set) => Some(set),
+        _ => None,
+    }));
+    plugins.splice(..count, [Arc::new(Plugin::Authenticate(merged))]);
 }
 
 impl PluginChain {
@@ -212,7 +288,9 @@ impl PluginChain {
         // Global first, then service, then route within a phase.
         chosen.reverse();
         chosen.sort_by_key(|instance| instance.plugin.phase());
-        let plugins: Box<[Arc<Plugin>]> = chosen.into_iter().map(|i| i.plugin.clone()).collect();
+        let mut plugins: Vec<Arc<Plugin>> = chosen.into_iter().map(|i| i.plugin.clone()).collect();
+        merge_authentication(&mut plugins);
+        let plugins: Box<[Arc<Plugin>]> = plugins.into_boxed_slice();
         let response_hooks = plugins.iter().any(|p| p.has_response_hook());
         PluginChain {
             plugins,
@@ -270,38 +348,79 @@ mod tests {
 
     #[test]
     fn unimplemented_plugins_are_errors_not_skipped() {
-        for name in ["key-auth", "jwt", "rate-limit", "acl"] {
-            let config = match name {
-                "rate-limit" => json!({"limit": 1, "window": "1m"}),
-                "acl" => json!({"allow": ["a"]}),
-                _ => json!({}),
-            };
-            let err = Plugin::build(name, &config).expect_err("must be refused");
-            assert_eq!(
-                err,
-                format!("plugin \"{name}\" is not implemented by this data plane")
-            );
-        }
-        let err = Plugin::build("nope", &json!({})).expect_err("must be refused");
+        let build = BuildContext::default();
+        let err = Plugin::build("rate-limit", &json!({"limit": 1, "window": "1m"}), &build)
+            .expect_err("must be refused");
+        assert_eq!(
+            err,
+            "plugin \"rate-limit\" is not implemented by this data plane"
+        );
+        let err = Plugin::build("nope", &json!({}), &build).expect_err("must be refused");
         assert!(err.contains("unknown plugin"), "{err}");
+        for (name, config) in [
+            ("key-auth", json!({})),
+            ("jwt", json!({})),
+            ("acl", json!({"allow": ["a"]})),
+        ] {
+            let plugin = Plugin::build(name, &config, &build).expect("implemented");
+            assert_eq!(plugin.name(), name);
+        }
     }
 
     #[test]
     fn disabled_instances_are_skipped() {
-        let mut instance = PluginInstance::new("key-auth", json!({}));
+        let build = BuildContext::default();
+        let broken = json!({"anonymous": "nobody"});
+        let mut instance = PluginInstance::new("key-auth", broken.clone());
         instance.enabled = false;
-        let compiled = compile_instances("route \"r\"", &[instance]).expect("skipped");
+        let compiled = compile_instances("route \"r\"", &[instance], &build).expect("skipped");
         assert!(compiled.is_empty());
-        let enabled = PluginInstance::new("key-auth", json!({}));
-        let err = compile_instances("route \"r\"", &[enabled]).expect_err("must be refused");
+        let enabled = PluginInstance::new("key-auth", broken);
+        let err =
+            compile_instances("route \"r\"", &[enabled], &build).expect_err("must be refused");
         assert_eq!(
             err,
-            "route \"r\": plugins[0]: plugin \"key-auth\" is not implemented by this data plane"
+            "route \"r\": plugins[0]: config.anonymous: consumer \"nobody\" does not exist"
         );
     }
 
     #[test]
+    fn authentication_plugins_of_all_levels_merge_into_one_set_before_acl() {
+        let build = BuildContext::default();
+        let global = compile_globals(
+            &[GlobalPlugin {
+                instance: None,
+                name: "jwt".into(),
+                config: json!({}),
+                enabled: true,
+            }],
+            &build,
+        )
+        .expect("global");
+        let route = compile_instances(
+            "r",
+            &[
+                PluginInstance::new("acl", json!({"deny": ["x"]})),
+                PluginInstance::new("key-auth", json!({})),
+            ],
+            &build,
+        )
+        .expect("route");
+        let chain = PluginChain::assemble(&global, &[], &route);
+        let names: Vec<&str> = chain.plugins().map(Plugin::name).collect();
+        assert_eq!(names, ["authenticate", "acl"]);
+        let Plugin::Authenticate(set) = chain.plugins[0].as_ref() else {
+            panic!("authentication first");
+        };
+        assert_eq!(set.len(), 2);
+        let alone = PluginChain::assemble(&[], &[], &route);
+        let names: Vec<&str> = alone.plugins().map(Plugin::name).collect();
+        assert_eq!(names, ["key-auth", "acl"]);
+    }
+
+    #[test]
     fn most_specific_instance_wins() {
+        let build = BuildContext::default();
         let add = |value: &str| {
             compile_instances(
                 "x",
@@ -309,6 +428,7 @@ mod tests {
                     "request-transformer",
                     json!({"add": {"headers": {"x-level": value}}}),
                 )],
+                &build,
             )
             .expect("compiles")
         };

@@ -7,7 +7,8 @@
 //!    normalized path, method and headers (404 `no_route`);
 //! 5. the upstream path is that normalized path (minus the matched prefix
 //!    with `strip_path`) plus the original query;
-//! 6. hop-by-hop headers are dropped and `X-Forwarded-*` set;
+//! 6. hop-by-hop headers and client-sent `X-Consumer-*` identity headers are
+//!    dropped and `X-Forwarded-*` set;
 //! 7. the route's plugin chain runs its request phases (any may answer now);
 //! 8. a target is picked (503 when none has weight), the request is sent with
 //!    its body streamed, bounded by `max_body_bytes` (413) and the body-idle
@@ -26,6 +27,7 @@ use http::{request, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::error::ProxyError;
+use crate::plugins::consumers::strip_identity_headers;
 use crate::plugins::{Outcome, RequestContext};
 use crate::proxy::body::{ResponseBody, UpstreamBody};
 use crate::proxy::forward::{self, Peer, TrustedProxies};
@@ -130,6 +132,9 @@ pub async fn handle(
     forward::remove_hop_by_hop(&mut parts.headers);
     let client_ip = forward::client_ip(peer, &parts.headers, &state.trusted_proxies);
     forward::set_forwarded(&mut parts.headers, peer, client_host.as_ref());
+    // Only the gateway says who is calling: client copies of the identity
+    // headers go on every route, authenticated or not.
+    strip_identity_headers(&mut parts.headers);
 
     let mut ctx = RequestContext {
         client_ip,

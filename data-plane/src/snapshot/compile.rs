@@ -17,7 +17,9 @@ use http::HeaderValue;
 use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::config::ConfigVersion;
 
-use crate::plugins::{compile_globals, compile_instances, CompiledInstance, PluginChain};
+use crate::plugins::{
+    compile_globals, compile_instances, BuildContext, CompiledInstance, ConsumerIndex, PluginChain,
+};
 use crate::proxy::upstream::{ClientCache, PoolKey, SharedPool, UpstreamPool};
 use crate::router::Router;
 
@@ -67,7 +69,12 @@ pub fn compile(
     previous: Option<&CompiledSnapshot>,
     clients: &ClientCache,
 ) -> Result<CompiledSnapshot, String> {
-    let globals = compile_globals(&config.plugins)?;
+    // Credentials are compiled once per snapshot (keys hashed, PEMs parsed)
+    // and shared by every authentication plugin instance.
+    let build = BuildContext {
+        consumers: Arc::new(ConsumerIndex::compile(&config.consumers)?),
+    };
+    let globals = compile_globals(&config.plugins, &build)?;
 
     let mut services: HashMap<String, Arc<CompiledService>> = HashMap::new();
     let mut service_plugins: HashMap<&str, Vec<CompiledInstance>> = HashMap::new();
@@ -93,7 +100,7 @@ pub fn compile(
             .transpose()?;
         service_plugins.insert(
             service.name.as_str(),
-            compile_instances(&label, &service.plugins)?,
+            compile_instances(&label, &service.plugins, &build)?,
         );
         services.insert(
             service.name.clone(),
@@ -113,7 +120,7 @@ pub fn compile(
             .get(&route.service)
             .ok_or_else(|| format!("{label}: service {:?} does not exist", route.service))?
             .clone();
-        let route_plugins = compile_instances(&label, &route.plugins)?;
+        let route_plugins = compile_instances(&label, &route.plugins, &build)?;
         let plugins = PluginChain::assemble(
             &globals,
             service_plugins
@@ -186,17 +193,34 @@ routes:
     }
 
     #[test]
-    fn unimplemented_plugins_fail_the_whole_snapshot() {
+    fn auth_plugins_compile_against_the_snapshots_consumers() {
         let clients = ClientCache::default();
         let yaml = format!("{BASE}consumers: [{{name: alice}}]\n")
             .replace("request-transformer", "key-auth")
-            .replace("config: { add: { headers: { x-a: \"1\" } } }", "config: {}");
+            .replace(
+                "config: { add: { headers: { x-a: \"1\" } } }",
+                "config: { anonymous: alice }",
+            );
+        let snapshot = compile(&config(&yaml), version(2), None, &clients).expect("compiles");
+        let names: Vec<&str> = snapshot.routes[0]
+            .plugins
+            .plugins()
+            .map(|p| p.name())
+            .collect();
+        assert_eq!(names, ["key-auth"]);
+    }
+
+    #[test]
+    fn bad_credentials_fail_the_whole_snapshot_without_echoing_secrets() {
+        let clients = ClientCache::default();
+        let yaml = format!(
+            "{BASE}consumers:\n  - name: alice\n    credentials:\n      - jwt: {{ key: iss-a, algorithm: RS256, public_key: \"-----BEGIN PUBLIC KEY-----\\nAAAA\\n-----END PUBLIC KEY-----\\n\" }}\n"
+        );
         let err = compile(&config(&yaml), version(2), None, &clients).expect_err("must be refused");
         assert!(
-            err.contains("plugin \"key-auth\" is not implemented by this data plane"),
+            err.starts_with("consumer \"alice\": credentials[0]"),
             "{err}"
         );
-        assert!(err.starts_with("route \"orders-api\""), "{err}");
     }
 
     #[test]
