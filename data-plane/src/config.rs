@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::proxy::forward::TrustedProxies;
+use crate::telemetry::AccessLogTarget;
 
 #[derive(Debug, Clone)]
 pub struct DpConfig {
@@ -36,6 +37,8 @@ pub struct DpConfig {
     pub drain_timeout: Duration,
     /// Open client connections beyond which new ones get a 503.
     pub max_connections: usize,
+    /// Where access-log lines go (`--access-log stdout|off|PATH`).
+    pub access_log: AccessLogTarget,
 }
 
 impl Default for DpConfig {
@@ -55,6 +58,7 @@ impl Default for DpConfig {
             body_idle_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
             max_connections: 10_000,
+            access_log: AccessLogTarget::Stdout,
         }
     }
 }

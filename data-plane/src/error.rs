@@ -36,6 +36,10 @@ pub enum DpError {
     Runtime(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signal(std::io::Error),
+    #[error("cannot start the access log: {0}")]
+    AccessLog(std::io::Error),
+    #[error("cannot set up telemetry: {0}")]
+    Telemetry(#[from] tollgate_shared::telemetry::TelemetryError),
 }
 
 /// Why the proxy answered a request itself. Copy and allocation-free: the

@@ -14,7 +14,8 @@
 //! - [`router`]: the compiled route table and path normalization.
 //! - [`plugins`]: the per-request phases and the plugin implementations.
 //! - [`lb`]: load-balancing algorithms.
-//! - [`status`]: `/healthz`, `/readyz`, `/status` on the status port.
+//! - [`status`]: `/healthz`, `/readyz`, `/status`, `/metrics` on the status port.
+//! - [`telemetry`]: Prometheus metrics, the JSON access log, request spans.
 //! - [`shutdown`]: signals and draining.
 //! - [`error`]: [`DpError`] and the one table from proxy failure to response.
 //!
@@ -31,6 +32,7 @@ pub mod router;
 pub mod shutdown;
 pub mod snapshot;
 pub mod status;
+pub mod telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -120,8 +122,16 @@ impl DataPlane {
             control_plane: connection,
             draining: Default::default(),
         });
+        let access_log = Arc::new(
+            telemetry::AccessLog::start(
+                &config.access_log,
+                telemetry::metrics::global().access_log_dropped(),
+            )
+            .map_err(DpError::AccessLog)?,
+        );
         let state = Arc::new(ProxyState {
             store,
+            access_log: access_log.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
             limits: RequestLimits {
                 max_header_bytes: config.max_header_bytes,
@@ -159,6 +169,11 @@ impl DataPlane {
         let _ = subscriber_task.await;
         let _ = stop_status.send(true);
         let _ = status_task.await;
+        // Lines of the last requests are written before the process exits.
+        let _ = tokio::task::spawn_blocking(move || {
+            access_log.flush(std::time::Duration::from_secs(2))
+        })
+        .await;
         tracing::info!("tollgate-dp stopped");
         Ok(())
     }

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use tollgate_data_plane::proxy::forward::TrustedProxies;
+use tollgate_data_plane::telemetry::AccessLogTarget;
 use tollgate_data_plane::DpConfig;
+use tollgate_shared::telemetry::{self, TelemetryConfig};
 
 /// Tollgate data plane: proxies traffic with the config streamed by tollgate-cp.
 #[derive(Debug, Parser)]
@@ -69,11 +71,55 @@ struct Args {
     /// Log JSON lines instead of text.
     #[arg(long, env = "TOLLGATE_LOG_JSON")]
     log_json: bool,
+    /// Access log, one JSON line per request: `stdout`, `off` or a file path
+    /// (appended to).
+    #[arg(long, env = "TOLLGATE_ACCESS_LOG", default_value = "stdout")]
+    access_log: AccessLogTarget,
+    /// Export traces over OTLP/gRPC to this collector, e.g.
+    /// http://127.0.0.1:4317. Off when unset (spans then cost nothing).
+    #[arg(long, env = "TOLLGATE_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Fraction of new traces sampled (0.0 to 1.0); requests carrying a
+    /// W3C traceparent follow their caller's sampling decision.
+    #[arg(long, env = "TOLLGATE_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
+    trace_sample_ratio: f64,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tollgate_shared::telemetry::init_logging(args.log_json);
+
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().thread_name("tollgate-dp");
+    if let Some(threads) = args.worker_threads.filter(|n| *n > 0) {
+        runtime.worker_threads(threads);
+    }
+    let runtime = match runtime.build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("tollgate-dp: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Trace export runs its batch task on this runtime.
+    let _runtime_context = runtime.enter();
+    let node_id = args
+        .node_id
+        .clone()
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(tollgate_data_plane::config::default_node_id);
+    let telemetry = match telemetry::init(&TelemetryConfig {
+        service_name: "tollgate-dp".to_owned(),
+        instance_id: node_id.clone(),
+        json_logs: args.log_json,
+        otlp_endpoint: args.otlp_endpoint.clone().filter(|e| !e.is_empty()),
+        sample_ratio: args.trace_sample_ratio,
+    }) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("tollgate-dp: {err}");
+            return ExitCode::from(2);
+        }
+    };
 
     let trusted_proxies = match TrustedProxies::parse(&args.trusted_proxies) {
         Ok(list) => list,
@@ -90,7 +136,7 @@ fn main() -> ExitCode {
         control_plane: args.control_plane,
         listen: args.listen,
         status_listen: args.status_listen,
-        node_id: args.node_id.filter(|id| !id.is_empty()),
+        node_id: Some(node_id),
         config_cache: args.config_cache,
         trusted_proxies,
         cluster_token: args.cluster_token.filter(|t| !t.is_empty()),
@@ -101,21 +147,12 @@ fn main() -> ExitCode {
         body_idle_timeout: Duration::from_millis(args.body_idle_timeout_ms),
         drain_timeout: Duration::from_secs(args.drain_timeout_s),
         max_connections: args.max_connections,
+        access_log: args.access_log,
     };
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all().thread_name("tollgate-dp");
-    if let Some(threads) = args.worker_threads.filter(|n| *n > 0) {
-        runtime.worker_threads(threads);
-    }
-    let runtime = match runtime.build() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            tracing::error!("{}", tollgate_data_plane::DpError::Runtime(err));
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(tollgate_data_plane::run(config)) {
+    let result = runtime.block_on(tollgate_data_plane::run(config));
+    runtime.block_on(telemetry.shutdown());
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err}");

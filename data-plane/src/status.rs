@@ -6,6 +6,7 @@
 //!   while draining (so a load balancer stops sending traffic first).
 //! - `GET /status`: JSON `{node_id, config_version: {store_id, revision} | null,
 //!   control_plane: connected|connecting|disconnected, ready, draining}`.
+//! - `GET /metrics`: Prometheus text exposition (see [`crate::telemetry::metrics`]).
 //!
 //! Served on its own listener and tasks so it stays answerable when the proxy
 //! listener is saturated.
@@ -26,8 +27,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::proxy::body::ResponseBody;
-use crate::snapshot::subscribe::ConnectionState;
+use crate::snapshot::subscribe::{Connection, ConnectionState};
 use crate::snapshot::SnapshotStore;
+use crate::telemetry::metrics;
 
 /// What the status endpoints report.
 #[derive(Debug)]
@@ -93,9 +95,20 @@ pub fn respond(status: &NodeStatus, request: &Request<Incoming>) -> Response<Res
             }
         }
         "/status" => json(StatusCode::OK, status.to_json()),
+        "/metrics" => {
+            let metrics = metrics::global();
+            metrics
+                .set_control_plane_connected(status.control_plane.get() == Connection::Connected);
+            let mut response = Response::new(ResponseBody::full(Bytes::from(metrics.render())));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            );
+            response
+        }
         _ => json(
             StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "not_found", "endpoints": ["/healthz", "/readyz", "/status"]}),
+            serde_json::json!({"error": "not_found", "endpoints": ["/healthz", "/readyz", "/status", "/metrics"]}),
         ),
     }
 }

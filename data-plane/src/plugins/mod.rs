@@ -5,7 +5,8 @@
 //! 1. `authenticate`: who is calling (`key-auth`, `jwt`, run as one set:
 //!    see [`auth`]),
 //! 2. `authorize`: may they (`acl`),
-//! 3. `rate_limit`: are they within their quota (issue after),
+//! 3. `rate_limit`: are they within their quota (`rate-limit`: see
+//!    [`rate_limit`]),
 //! 4. `transform_request`: edit what goes upstream (`request-transformer`),
 //! 5. *(the proxy call)*,
 //! 6. `transform_response`: edit what goes back,
@@ -31,8 +32,13 @@ pub mod consumers;
 pub mod context;
 pub mod jwt;
 pub mod key_auth;
+pub mod rate_limit;
 pub mod request_transformer;
 
+use tracing::Instrument;
+
+use crate::telemetry::metrics::RouteMetrics;
+use crate::telemetry::request as observe;
 use std::sync::Arc;
 
 use http::{request, response, Response, StatusCode};
@@ -45,6 +51,7 @@ pub use consumers::ConsumerIndex;
 pub use context::{Identity, RequestContext};
 pub use jwt::JwtAuth;
 pub use key_auth::KeyAuth;
+pub use rate_limit::{RateLimit, RateLimiters};
 pub use request_transformer::RequestTransformer;
 
 use crate::proxy::body::ResponseBody;
@@ -76,6 +83,7 @@ pub enum Plugin {
     /// one set when its chain is assembled (any one succeeding authenticates).
     Authenticate(AuthSet),
     Acl(Acl),
+    RateLimit(RateLimit),
     RequestTransformer(RequestTransformer),
 }
 
@@ -84,12 +92,15 @@ pub enum Plugin {
 pub struct BuildContext {
     /// The snapshot's consumers and credentials, compiled once.
     pub consumers: Arc<ConsumerIndex>,
+    /// Rate-limit state that outlives snapshots (Redis, in-process counters).
+    pub rate_limiters: Arc<RateLimiters>,
 }
 
 impl Default for BuildContext {
     fn default() -> Self {
         BuildContext {
             consumers: Arc::new(ConsumerIndex::empty()),
+            rate_limiters: Arc::new(RateLimiters::new(None)),
         }
     }
 }
@@ -105,6 +116,17 @@ impl Plugin {
         config: &serde_json::Value,
         build: &BuildContext,
     ) -> Result<Plugin, String> {
+        Plugin::build_instance(name, config, build, name)
+    }
+
+    /// Compiles one instance; `instance` identifies it stably across
+    /// snapshots (`route:orders#0`: rate-limit counters are keyed by it).
+    pub fn build_instance(
+        name: &str,
+        config: &serde_json::Value,
+        build: &BuildContext,
+        instance: &str,
+    ) -> Result<Plugin, String> {
         match PluginConfig::parse(name, config)? {
             PluginConfig::KeyAuth(config) => {
                 Ok(Plugin::Authenticate(AuthSet::new(vec![Arc::new(
@@ -115,6 +137,11 @@ impl Plugin {
                 Authenticator::Jwt(JwtAuth::new(&config, &build.consumers)?),
             )]))),
             PluginConfig::Acl(config) => Ok(Plugin::Acl(Acl::new(&config)?)),
+            PluginConfig::RateLimit(config) => Ok(Plugin::RateLimit(RateLimit::new(
+                instance,
+                &config,
+                &build.rate_limiters,
+            ))),
             PluginConfig::RequestTransformer(config) => Ok(Plugin::RequestTransformer(
                 RequestTransformer::new(&config)?,
             )),
@@ -129,6 +156,7 @@ impl Plugin {
         match self {
             Plugin::Authenticate(set) => set.name(),
             Plugin::Acl(_) => "acl",
+            Plugin::RateLimit(_) => "rate-limit",
             Plugin::RequestTransformer(_) => "request-transformer",
         }
     }
@@ -138,6 +166,7 @@ impl Plugin {
         match self {
             Plugin::Authenticate(_) => Phase::Authenticate,
             Plugin::Acl(_) => Phase::Authorize,
+            Plugin::RateLimit(_) => Phase::RateLimit,
             Plugin::RequestTransformer(_) => Phase::TransformRequest,
         }
     }
@@ -160,6 +189,7 @@ impl Plugin {
                 Ok(()) => Outcome::Continue,
                 Err(refusal) => Outcome::Respond(refusal.into_response(Some(ctx.request_id))),
             },
+            Plugin::RateLimit(plugin) => plugin.apply(ctx, request).await,
             Plugin::RequestTransformer(plugin) => plugin.apply(ctx, request),
         }
     }
@@ -168,14 +198,20 @@ impl Plugin {
     /// head is sent to the client.
     pub fn on_response(&self, _ctx: &RequestContext<'_>, _response: &mut response::Parts) {
         match self {
-            Plugin::Authenticate(_) | Plugin::Acl(_) | Plugin::RequestTransformer(_) => {}
+            Plugin::Authenticate(_)
+            | Plugin::Acl(_)
+            | Plugin::RateLimit(_)
+            | Plugin::RequestTransformer(_) => {}
         }
     }
 
     /// The `log` hook, run once per request with the final status.
     pub fn on_log(&self, _ctx: &RequestContext<'_>, _status: StatusCode) {
         match self {
-            Plugin::Authenticate(_) | Plugin::Acl(_) | Plugin::RequestTransformer(_) => {}
+            Plugin::Authenticate(_)
+            | Plugin::Acl(_)
+            | Plugin::RateLimit(_)
+            | Plugin::RequestTransformer(_) => {}
         }
     }
 
@@ -183,7 +219,10 @@ impl Plugin {
     /// chains without such hooks skip those loops entirely.
     fn has_response_hook(&self) -> bool {
         match self {
-            Plugin::Authenticate(_) | Plugin::Acl(_) | Plugin::RequestTransformer(_) => false,
+            Plugin::Authenticate(_)
+            | Plugin::Acl(_)
+            | Plugin::RateLimit(_)
+            | Plugin::RequestTransformer(_) => false,
         }
     }
 }
@@ -209,12 +248,29 @@ pub fn compile_instances(
     instances: &[PluginInstance],
     build: &BuildContext,
 ) -> Result<Vec<CompiledInstance>, String> {
+    compile_level(label, label, instances, build)
+}
+
+/// [`compile_instances`] for the level `owner` (`route:orders`,
+/// `service:shop`): instance `n` of a plugin there is `<owner>#<n>`, counted
+/// over all its instances (enabled or not), so ids stay put when others change.
+pub fn compile_level(
+    label: &str,
+    owner: &str,
+    instances: &[PluginInstance],
+    build: &BuildContext,
+) -> Result<Vec<CompiledInstance>, String> {
     let mut compiled = Vec::with_capacity(instances.len());
     for (i, instance) in instances.iter().enumerate() {
         if !instance.enabled {
             continue;
         }
-        let plugin = Plugin::build(&instance.name, &instance.config, build)
+        let ordinal = instances[..i]
+            .iter()
+            .filter(|earlier| earlier.name == instance.name)
+            .count();
+        let id = format!("{owner}#{ordinal}");
+        let plugin = Plugin::build_instance(&instance.name, &instance.config, build, &id)
             .map_err(|message| format!("{label}: plugins[{i}]: {message}"))?;
         compiled.push(CompiledInstance {
             name: instance.name.clone(),
@@ -234,7 +290,8 @@ pub fn compile_globals(
         if !global.enabled {
             continue;
         }
-        let plugin = Plugin::build(&global.name, &global.config, build)
+        let id = format!("global:{}", global.instance_name());
+        let plugin = Plugin::build_instance(&global.name, &global.config, build, &id)
             .map_err(|message| format!("plugin {:?}: {message}", global.instance_name()))?;
         compiled.push(CompiledInstance {
             name: global.name.clone(),
@@ -307,14 +364,23 @@ impl PluginChain {
     }
 
     /// Runs the request phases in order; the first `Respond` ends the chain.
+    /// Auth and rate-limit hooks get a span each and their decisions are
+    /// counted on the route's `metrics`.
     pub async fn run_request(
         &self,
         ctx: &mut RequestContext<'_>,
         request: &mut request::Parts,
+        metrics: &RouteMetrics,
     ) -> Outcome {
         for plugin in self.plugins.iter() {
-            if let Outcome::Respond(response) = plugin.on_request(ctx, request).await {
-                return Outcome::Respond(response);
+            let phase = plugin.phase();
+            let span = observe::plugin_span(phase, plugin.name());
+            match plugin.on_request(ctx, request).instrument(span).await {
+                Outcome::Respond(response) => {
+                    observe::record_plugin_outcome(metrics, phase, Some(&response));
+                    return Outcome::Respond(response);
+                }
+                Outcome::Continue => observe::record_plugin_outcome(metrics, phase, None),
             }
         }
         Outcome::Continue
@@ -349,18 +415,16 @@ mod tests {
     #[test]
     fn unimplemented_plugins_are_errors_not_skipped() {
         let build = BuildContext::default();
-        let err = Plugin::build("rate-limit", &json!({"limit": 1, "window": "1m"}), &build)
+        let err = Plugin::build("rate-limit", &json!({"limit": 0, "window": "1m"}), &build)
             .expect_err("must be refused");
-        assert_eq!(
-            err,
-            "plugin \"rate-limit\" is not implemented by this data plane"
-        );
+        assert!(err.starts_with("config.limit"), "{err}");
         let err = Plugin::build("nope", &json!({}), &build).expect_err("must be refused");
         assert!(err.contains("unknown plugin"), "{err}");
         for (name, config) in [
             ("key-auth", json!({})),
             ("jwt", json!({})),
             ("acl", json!({"allow": ["a"]})),
+            ("rate-limit", json!({"limit": 1, "window": "1m"})),
         ] {
             let plugin = Plugin::build(name, &config, &build).expect("implemented");
             assert_eq!(plugin.name(), name);

@@ -12,6 +12,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -97,6 +99,8 @@ pub struct GuardedBody {
     idle_timeout: Duration,
     /// Created on the first poll that has to wait, then reset on each frame.
     idle: Option<Pin<Box<Sleep>>>,
+    /// Bytes relayed, shared with the request's metrics and access log.
+    counter: Option<Arc<AtomicU64>>,
 }
 
 impl UpstreamBody {
@@ -110,7 +114,20 @@ impl UpstreamBody {
             received: 0,
             idle_timeout,
             idle: None,
+            counter: None,
         })
+    }
+
+    /// Whether a body is streamed at all (and worth counting).
+    pub fn has_body(&self) -> bool {
+        matches!(self, UpstreamBody::Streaming(_))
+    }
+
+    /// Adds each relayed data frame's length to `counter`.
+    pub fn count_into(&mut self, counter: Arc<AtomicU64>) {
+        if let UpstreamBody::Streaming(body) = self {
+            body.counter = Some(counter);
+        }
     }
 }
 
@@ -152,6 +169,9 @@ impl GuardedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.received = self.received.saturating_add(data.len() as u64);
+                    if let Some(counter) = &self.counter {
+                        counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
                     if let Some(limit) = self.limit {
                         if self.received > limit {
                             return Poll::Ready(Some(Err(BodyError::TooLarge { limit })));

@@ -26,6 +26,9 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{request, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
+use tollgate_shared::telemetry::{self, TRACE_TARGET};
+use tracing::Instrument;
+
 use crate::error::ProxyError;
 use crate::plugins::consumers::strip_identity_headers;
 use crate::plugins::{Outcome, RequestContext};
@@ -33,6 +36,8 @@ use crate::proxy::body::{ResponseBody, UpstreamBody};
 use crate::proxy::forward::{self, Peer, TrustedProxies};
 use crate::router::{normalize_path, strip_prefix};
 use crate::snapshot::{CompiledRoute, SnapshotStore};
+use crate::telemetry::request::Exchange;
+use crate::telemetry::AccessLog;
 
 /// Bounds on what a client may send, from the command line.
 #[derive(Debug, Clone)]
@@ -60,15 +65,19 @@ impl Default for RequestLimits {
 #[derive(Debug)]
 pub struct ProxyState {
     pub store: std::sync::Arc<SnapshotStore>,
+    /// Where each request's line goes (see [`crate::telemetry::request`]).
+    pub access_log: std::sync::Arc<AccessLog>,
     pub trusted_proxies: TrustedProxies,
     pub limits: RequestLimits,
 }
 
-/// Handles one request; never fails (errors become responses).
+/// Handles one request; never fails (errors become responses). What the
+/// metrics and the access log need is noted in `exchange`.
 pub async fn handle(
     state: &ProxyState,
     peer: &Peer,
     request: Request<Incoming>,
+    exchange: &mut Exchange,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let (mut parts, body) = request.into_parts();
@@ -77,6 +86,7 @@ pub async fn handle(
         return kind.into_response(Some(&request_id));
     }
     let request_id = forward::ensure_request_id(&mut parts.headers);
+    exchange.set_request_id(&request_id);
 
     let Some(snapshot) = state.store.load() else {
         return ProxyError::NotReady.into_response(Some(&request_id));
@@ -126,11 +136,13 @@ pub async fn handle(
         return ProxyError::NoRoute.into_response(Some(&request_id));
     };
     let service = &route.service;
+    exchange.route = Some(route.metrics.clone());
 
     let client_host = client_host(&parts);
     parts.uri = Uri::from(upstream_path_and_query);
     forward::remove_hop_by_hop(&mut parts.headers);
     let client_ip = forward::client_ip(peer, &parts.headers, &state.trusted_proxies);
+    exchange.client_ip = Some(client_ip);
     forward::set_forwarded(&mut parts.headers, peer, client_host.as_ref());
     // Only the gateway says who is calling: client copies of the identity
     // headers go on every route, authenticated or not.
@@ -145,7 +157,8 @@ pub async fn handle(
         response_headers: Vec::new(),
         started,
     };
-    let response = forward_route(state, route, &mut ctx, parts, body, client_host).await;
+    let response = forward_route(state, route, &mut ctx, parts, body, client_host, exchange).await;
+    exchange.set_consumer(ctx.consumer.as_ref().map(|identity| &identity.consumer));
     finish(route, &mut ctx, response)
 }
 
@@ -159,6 +172,7 @@ async fn forward_route(
     mut parts: request::Parts,
     body: Incoming,
     client_host: Option<HeaderValue>,
+    exchange: &mut Exchange,
 ) -> Response<ResponseBody> {
     let service = &route.service;
     if let Some(limit) = route.max_body_bytes {
@@ -173,7 +187,11 @@ async fn forward_route(
     }
 
     if !route.plugins.is_empty() {
-        if let Outcome::Respond(response) = route.plugins.run_request(ctx, &mut parts).await {
+        if let Outcome::Respond(response) = route
+            .plugins
+            .run_request(ctx, &mut parts, &route.metrics)
+            .await
+        {
             return response;
         }
     }
@@ -181,6 +199,7 @@ async fn forward_route(
     let Some(target) = service.upstream.pick() else {
         return ProxyError::NoHealthyTarget.into_response(Some(ctx.request_id));
     };
+    exchange.set_upstream(&target.authority);
     let upstream_uri = {
         let mut uri_parts = std::mem::take(&mut parts.uri).into_parts();
         uri_parts.scheme = Some(Scheme::HTTP);
@@ -202,13 +221,33 @@ async fn forward_route(
         (None, None) => {}
     }
 
-    let body = UpstreamBody::new(body, route.max_body_bytes, state.limits.body_idle_timeout);
+    let mut body = UpstreamBody::new(body, route.max_body_bytes, state.limits.body_idle_timeout);
+    if body.has_body() {
+        body.count_into(exchange.body_counter());
+    }
+    // The upstream call's span; its context replaces the client's
+    // `traceparent` (tracing off: the client's passes through untouched).
+    let span = tracing::info_span!(
+        target: TRACE_TARGET,
+        "upstream",
+        otel.kind = "client",
+        server.address = %target.authority,
+        http.response.status_code = tracing::field::Empty,
+    );
+    telemetry::inject_context(&span, &mut parts.headers);
     let upstream_request = Request::from_parts(parts, body);
-    match service
+    let upstream_started = Instant::now();
+    let result = service
         .upstream
         .send(upstream_request, service.request_timeout)
-        .await
-    {
+        .instrument(span.clone())
+        .await;
+    exchange.upstream_latency = Some(upstream_started.elapsed());
+    if let Ok(response) = &result {
+        span.record("http.response.status_code", response.status().as_u16());
+    }
+    drop(span);
+    match result {
         Ok(response) => {
             let (mut response_parts, response_body) = response.into_parts();
             forward::remove_hop_by_hop(&mut response_parts.headers);

@@ -33,7 +33,8 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::error::ProxyError;
 use crate::proxy::forward::Peer;
-use crate::proxy::handler::{handle, ProxyState};
+use crate::proxy::handler::ProxyState;
+use crate::telemetry::{metrics, request};
 
 /// Listener settings from the command line.
 #[derive(Debug, Clone)]
@@ -113,18 +114,20 @@ pub async fn serve(
             peer: Peer::new(remote.ip(), &state.trusted_proxies),
             state: state.clone(),
         });
-        let service = service_fn(move |request| {
+        let service = service_fn(move |req| {
             let context = context.clone();
-            async move { Ok::<_, Infallible>(handle(&context.state, &context.peer, request).await) }
+            async move { Ok::<_, Infallible>(request::serve(&context.state, &context.peer, req).await) }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
+        let open = metrics::global().connection_opened();
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(peer = %remote, error = %err, "client connection ended with an error");
             }
+            drop(open);
             drop(slot);
         });
     }

@@ -22,6 +22,7 @@ use crate::plugins::{
 };
 use crate::proxy::upstream::{ClientCache, PoolKey, SharedPool, UpstreamPool};
 use crate::router::Router;
+use crate::telemetry::metrics::RouteMetrics;
 
 /// One configuration, ready to serve.
 pub struct CompiledSnapshot {
@@ -40,6 +41,8 @@ pub struct CompiledRoute {
     pub strip_path: bool,
     pub max_body_bytes: Option<u64>,
     pub plugins: PluginChain,
+    /// This route's metric handles, resolved once here, not per request.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 #[derive(Debug)]
@@ -134,6 +137,7 @@ pub fn compile(
             strip_path: route.strip_path,
             max_body_bytes: route.max_body_bytes,
             plugins,
+            metrics: crate::telemetry::metrics::global().route(&route.name, &route.service),
         });
     }
 

@@ -75,6 +75,7 @@ impl Applier {
         let compiled = self.prepare(snapshot)?;
         let version = compiled.version.clone();
         self.store.swap(Arc::new(compiled));
+        crate::telemetry::metrics::global().config_applied(&version.store_id, version.revision);
         Ok(version)
     }
 

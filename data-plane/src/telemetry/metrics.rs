@@ -179,6 +179,14 @@ pub struct Metrics {
     unmatched: Arc<RouteMetrics>,
 }
 
+/// The process's metrics, created on first use. One registry per process is
+/// what one `/metrics` endpoint exposes; a global spares threading a handle
+/// through snapshot compilation, the proxy and the status server.
+pub fn global() -> &'static Arc<Metrics> {
+    static GLOBAL: OnceLock<Arc<Metrics>> = OnceLock::new();
+    GLOBAL.get_or_init(Metrics::new)
+}
+
 impl Metrics {
     /// Builds and registers every metric family.
     pub fn new() -> Arc<Self> {
@@ -197,7 +205,7 @@ impl Metrics {
         );
         registry.register(
             "request_duration_seconds",
-            "Time from request received to response head sent, by route",
+            "Time from request received to response fully sent, by route",
             families.request_duration.clone(),
         );
         registry.register(

@@ -1,0 +1,427 @@
+//! One request as operators see it: its server span, its metrics and its
+//! access-log line.
+//!
+//! [`serve`] wraps the proxy handler. Before it runs, the request span is
+//! opened (continuing a W3C `traceparent` when the client sent one) and the
+//! few request facts the log needs are captured; while it runs, the handler
+//! fills an [`Exchange`] (matched route, client IP, consumer, upstream address
+//! and latency); when it returns, the response body is wrapped in an
+//! [`ObservedBody`], which counts the bytes sent and, when the body ends (or is
+//! dropped), records the request's metrics, closes its span and queues its
+//! access-log line. Recording at the end is what makes the duration and byte
+//! counts cover the whole streamed response.
+//!
+//! Costs on the hot path when tracing and the access log are off: two
+//! `Instant`s, a disabled span (one atomic load), one `Arc` clone of the
+//! route's metric handles, and atomic increments. With the access log on,
+//! add a wall-clock read, a few reference-counted clones and one `try_send`;
+//! the line is formatted on the writer thread.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::HOST;
+use http::uri::Authority;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tollgate_shared::telemetry::{self as shared, TRACE_TARGET};
+use tracing::Instrument;
+
+use super::access_log::{AccessLog, AccessLogRecord};
+use super::metrics::{self, AuthFailure, RateLimitResult, RouteMetrics};
+use crate::proxy::body::ResponseBody;
+use crate::proxy::forward::Peer;
+use crate::proxy::handler::{handle, ProxyState};
+
+/// What the handler learns about a request that the metrics and the access
+/// log need. Fields the access log alone needs are only kept when it is on.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    log: bool,
+    /// The matched route's metric handles (`None`: nothing matched).
+    pub route: Option<Arc<RouteMetrics>>,
+    pub client_ip: Option<IpAddr>,
+    pub upstream_latency: Option<Duration>,
+    request_id: Option<HeaderValue>,
+    consumer: Option<Arc<str>>,
+    upstream: Option<Authority>,
+    bytes_in: Option<Arc<AtomicU64>>,
+}
+
+impl Exchange {
+    /// An exchange for a request; `log`: whether the access log is on.
+    pub fn new(log: bool) -> Self {
+        Self {
+            log,
+            ..Self::default()
+        }
+    }
+
+    /// Notes the request id (kept only for the access log).
+    #[inline]
+    pub fn set_request_id(&mut self, id: &HeaderValue) {
+        if self.log {
+            self.request_id = Some(id.clone());
+        }
+    }
+
+    /// Notes the authenticated consumer (kept only for the access log).
+    #[inline]
+    pub fn set_consumer(&mut self, consumer: Option<&Arc<str>>) {
+        if self.log {
+            self.consumer = consumer.cloned();
+        }
+    }
+
+    /// Notes the upstream target chosen (kept only for the access log).
+    #[inline]
+    pub fn set_upstream(&mut self, authority: &Authority) {
+        if self.log {
+            self.upstream = Some(authority.clone());
+        }
+    }
+
+    /// A counter for the request body bytes relayed upstream; only requests
+    /// that have a body ask for one.
+    pub fn body_counter(&mut self) -> Arc<AtomicU64> {
+        self.bytes_in
+            .get_or_insert_with(|| Arc::new(AtomicU64::new(0)))
+            .clone()
+    }
+}
+
+/// Runs the proxy handler for one request with its span, metrics and log.
+pub async fn serve(
+    state: &ProxyState,
+    peer: &Peer,
+    request: Request<Incoming>,
+) -> Response<ObservedBody> {
+    let started = Instant::now();
+    let span = tracing::info_span!(
+        target: TRACE_TARGET,
+        "request",
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        url.path = request.uri().path(),
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        shared::set_parent_from_headers(&span, request.headers());
+    }
+    let method = request.method().clone();
+    let access_log = state.access_log.is_enabled().then(|| {
+        let mut record = AccessLogRecord::new(SystemTime::now(), method.clone());
+        record.host = match request.uri().authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+            None => request.headers().get(HOST).cloned(),
+        };
+        record.path = request.uri().path_and_query().cloned();
+        if span.is_disabled() {
+            record.trace_id = shared::traceparent_trace_id(request.headers());
+        }
+        (Arc::clone(&state.access_log), record)
+    });
+    let peer_ip = peer.ip;
+
+    let mut exchange = Exchange::new(access_log.is_some());
+    let response = handle(state, peer, request, &mut exchange)
+        .instrument(span.clone())
+        .await;
+
+    let status = response.status();
+    if !span.is_disabled() {
+        span.record("http.response.status_code", status.as_u16());
+        if let Some(route) = &exchange.route {
+            span.record("http.route", &**route.route());
+        }
+        if status.is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+    if let (Some(route), Some(latency)) = (&exchange.route, exchange.upstream_latency) {
+        route.record_upstream(latency);
+    }
+    let access_log = access_log.map(|(log, mut record)| {
+        if record.trace_id.is_none() {
+            record.trace_id = shared::span_trace_id(&span);
+        }
+        record.client_ip = Some(exchange.client_ip.unwrap_or(peer_ip));
+        (log, record)
+    });
+    let (parts, body) = response.into_parts();
+    Response::from_parts(
+        parts,
+        ObservedBody {
+            inner: body,
+            sent: 0,
+            pending: Some(Pending {
+                started,
+                method,
+                status,
+                exchange,
+                access_log,
+                _span: span,
+            }),
+        },
+    )
+}
+
+/// What is recorded once the response has been sent.
+#[derive(Debug)]
+struct Pending {
+    started: Instant,
+    method: http::Method,
+    status: StatusCode,
+    exchange: Exchange,
+    access_log: Option<(Arc<AccessLog>, AccessLogRecord)>,
+    /// Held so the request span covers the whole response.
+    _span: tracing::Span,
+}
+
+/// The response body as sent to the client, counted and observed.
+#[derive(Debug)]
+pub struct ObservedBody {
+    inner: ResponseBody,
+    sent: u64,
+    pending: Option<Pending>,
+}
+
+impl ObservedBody {
+    /// Records the request (once): metrics, then the access-log line; the
+    /// span ends when `pending` drops.
+    fn finish(&mut self) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        let elapsed = pending.started.elapsed();
+        let exchange = pending.exchange;
+        let route = exchange
+            .route
+            .as_ref()
+            .unwrap_or_else(|| metrics::global().unmatched());
+        route.record_request(&pending.method, pending.status.as_u16(), elapsed);
+        let bytes_in = exchange
+            .bytes_in
+            .as_ref()
+            .map_or(0, |counter| counter.load(Ordering::Relaxed));
+        if bytes_in > 0 {
+            route.add_bytes_in(bytes_in);
+        }
+        if self.sent > 0 {
+            route.add_bytes_out(self.sent);
+        }
+        if let Some((log, mut record)) = pending.access_log {
+            if let Some(route) = &exchange.route {
+                record.route = Some(Arc::clone(route.route()));
+                record.service = Some(Arc::clone(route.service()));
+            }
+            record.request_id = exchange.request_id;
+            record.consumer = exchange.consumer;
+            record.status = pending.status.as_u16();
+            record.upstream_addr = exchange.upstream;
+            record.upstream_latency = exchange.upstream_latency;
+            record.total_latency = elapsed;
+            record.bytes_in = bytes_in;
+            record.bytes_out = self.sent;
+            log.log(record);
+        }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_)) | None) => this.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        // Bodies hyper never polls (HEAD, 204, an empty body) and responses
+        // the client abandoned are recorded here.
+        self.finish();
+    }
+}
+
+/// The span of one plugin hook, named for its role in the trace: `auth`
+/// (authenticate and authorize phases) or `rate_limit`. Other phases get no
+/// span of their own.
+pub fn plugin_span(phase: crate::plugins::Phase, plugin: &'static str) -> tracing::Span {
+    use crate::plugins::Phase;
+    match phase {
+        Phase::Authenticate | Phase::Authorize => {
+            tracing::info_span!(target: TRACE_TARGET, "auth", tollgate.plugin = plugin)
+        }
+        Phase::RateLimit => {
+            tracing::info_span!(target: TRACE_TARGET, "rate_limit", tollgate.plugin = plugin)
+        }
+        _ => tracing::Span::none(),
+    }
+}
+
+/// Records what an auth or rate-limit hook decided: `answer` is the
+/// response it answered with, `None` when it let the request through.
+pub fn record_plugin_outcome(
+    metrics: &RouteMetrics,
+    phase: crate::plugins::Phase,
+    answer: Option<&Response<ResponseBody>>,
+) {
+    use crate::plugins::Phase;
+    match (phase, answer) {
+        (Phase::RateLimit, None) => metrics.record_rate_limit(RateLimitResult::Allowed),
+        (Phase::RateLimit, Some(response)) => {
+            metrics.record_rate_limit(if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                RateLimitResult::Limited
+            } else {
+                RateLimitResult::Error
+            });
+        }
+        (Phase::Authenticate | Phase::Authorize, Some(response)) => {
+            metrics.record_auth_failure(auth_failure(response));
+        }
+        _ => {}
+    }
+}
+
+/// Why an auth hook refused, read from its answer: 403 is `forbidden`; a 401
+/// whose body's `error` is `unauthorized` had no credential; a token
+/// reported expired is `expired_credential`; anything else is an invalid
+/// credential.
+pub fn auth_failure(response: &Response<ResponseBody>) -> AuthFailure {
+    if response.status() == StatusCode::FORBIDDEN {
+        return AuthFailure::Forbidden;
+    }
+    let body: &[u8] = match response.body() {
+        ResponseBody::Full(Some(bytes)) => bytes,
+        _ => &[],
+    };
+    if contains(body, b"\"error\":\"unauthorized\"") {
+        AuthFailure::Missing
+    } else if contains(body, b"expired") {
+        AuthFailure::Expired
+    } else {
+        AuthFailure::Invalid
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::Phase;
+
+    fn answer(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
+        let mut response = Response::new(ResponseBody::full(Bytes::from_static(body.as_bytes())));
+        *response.status_mut() = status;
+        response
+    }
+
+    #[test]
+    fn auth_answers_are_classified() {
+        let cases = [
+            (
+                StatusCode::FORBIDDEN,
+                r#"{"error":"forbidden"}"#,
+                AuthFailure::Forbidden,
+            ),
+            (
+                StatusCode::UNAUTHORIZED,
+                r#"{"error":"unauthorized","message":"x"}"#,
+                AuthFailure::Missing,
+            ),
+            (
+                StatusCode::UNAUTHORIZED,
+                r#"{"error":"invalid_token","message":"the token has expired"}"#,
+                AuthFailure::Expired,
+            ),
+            (
+                StatusCode::UNAUTHORIZED,
+                r#"{"error":"invalid_api_key"}"#,
+                AuthFailure::Invalid,
+            ),
+        ];
+        for (status, body, expected) in cases {
+            assert_eq!(auth_failure(&answer(status, body)), expected, "{body}");
+        }
+    }
+
+    #[test]
+    fn plugin_outcomes_are_counted() {
+        let metrics = metrics::Metrics::new();
+        let route = metrics.route("r", "s");
+        record_plugin_outcome(&route, Phase::RateLimit, None);
+        record_plugin_outcome(
+            &route,
+            Phase::RateLimit,
+            Some(&answer(StatusCode::TOO_MANY_REQUESTS, "")),
+        );
+        record_plugin_outcome(
+            &route,
+            Phase::Authenticate,
+            Some(&answer(
+                StatusCode::UNAUTHORIZED,
+                r#"{"error":"unauthorized"}"#,
+            )),
+        );
+        record_plugin_outcome(&route, Phase::Authenticate, None);
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"tollgate_rate_limit_decisions_total{route="r",result="allowed"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tollgate_rate_limit_decisions_total{route="r",result="limited"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"tollgate_auth_failures_total{route="r",reason="missing_credential"} 1"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn body_counter_is_shared() {
+        let mut exchange = Exchange::new(false);
+        let counter = exchange.body_counter();
+        counter.fetch_add(5, Ordering::Relaxed);
+        assert_eq!(exchange.body_counter().load(Ordering::Relaxed), 5);
+        exchange.set_request_id(&HeaderValue::from_static("id"));
+        assert!(exchange.request_id.is_none(), "kept only when logging");
+    }
+}
