@@ -808,7 +808,11 @@ async fn canary_secrets_appear_in_no_log_and_no_admin_read() {
         .apply(
             json!([
                 route("key", json!([{"name": "key-auth"}])),
-                route("jwt", json!([{"name": "jwt"}]))
+                route(
+                    "keyq",
+                    json!([{"name": "key-auth", "config": {"query_param": "apikey"}}])
+                ),
+                route("jwt", json!([{"name": "jwt"}])),
             ]),
             json!([
                 key_consumer("alice", &["partners"], ALICE_KEY),
@@ -902,6 +906,16 @@ async fn canary_secrets_appear_in_no_log_and_no_admin_read() {
             assert_eq!(answer.status, 200, "{key}: {answer:?}");
         }
     }
+    // Keys in the query string: the access log must not record them.
+    let query = gw
+        .send("keyq.test", &format!("/r?apikey={ALICE_KEY}"), &[])
+        .await;
+    assert_eq!(query.status, 200, "{query:?}");
+    let query = gw
+        .send("keyq.test", &format!("/r?x=1&apikey={WRONG_KEY}"), &[])
+        .await;
+    assert_eq!(query.status, 401, "{query:?}");
+    assert_no_canary("a 401 body", &query.text, &canaries);
     assert_eq!(gw.bearer("jwt.test", &token).await.status, 200);
     let refused = gw.bearer("jwt.test", &bad_token).await;
     assert_eq!(refused.status, 401);
@@ -968,5 +982,9 @@ async fn canary_secrets_appear_in_no_log_and_no_admin_read() {
     assert!(
         gw.cp.logs().contains("DEBUG"),
         "the control plane logs at debug level"
+    );
+    assert!(
+        gw.dp.logs().contains("keyq.test"),
+        "the data plane's access log is part of what was searched"
     );
 }
