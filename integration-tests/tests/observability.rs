@@ -591,7 +591,7 @@ async fn spans_nest_and_the_upstream_gets_the_same_trace() {
     // The control plane traced the Apply (with its config write) and the
     // snapshot it built for the data plane.
     let admin_call = receiver
-        .wait_service_span("tollgate-cp", "admin_call")
+        .wait_service_span("tollgate-cp", "tollgate.admin.v1.Admin/Apply")
         .await;
     assert_eq!(admin_call.span.kind, SpanKind::Server as i32);
     let write = receiver
