@@ -39,6 +39,8 @@ pub struct DpConfig {
     pub max_connections: usize,
     /// Where access-log lines go (`--access-log stdout|off|PATH`).
     pub access_log: AccessLogTarget,
+    /// Redis holding fleet-wide rate-limit counters (`--redis-url`).
+    pub redis_url: Option<String>,
 }
 
 impl Default for DpConfig {
@@ -59,6 +61,7 @@ impl Default for DpConfig {
             drain_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             access_log: AccessLogTarget::Stdout,
+            redis_url: None,
         }
     }
 }

@@ -101,10 +101,20 @@ impl DataPlane {
             .unwrap_or_else(config::default_node_id);
         let store = Arc::new(SnapshotStore::default());
         let connection = Arc::new(ConnectionState::default());
-        let applier = Arc::new(Applier::new(
-            store.clone(),
-            config.config_cache.clone().map(ConfigCache::new),
-        ));
+        // Fleet-wide rate limits: one Redis connection for every snapshot.
+        // A wrong or unreachable URL is logged; the data plane serves anyway.
+        let redis = match &config.redis_url {
+            Some(url) => Some(plugins::rate_limit::RedisStore::start(url).await),
+            None => None,
+        };
+        let rate_limiters = Arc::new(plugins::RateLimiters::new(redis));
+        let applier = Arc::new(
+            Applier::new(
+                store.clone(),
+                config.config_cache.clone().map(ConfigCache::new),
+            )
+            .with_rate_limiters(rate_limiters),
+        );
         // Serve the cached config (if any) before the control plane answers.
         let cache_applier = applier.clone();
         let _ = tokio::task::spawn_blocking(move || cache_applier.load_cache()).await;

@@ -83,6 +83,11 @@ struct Args {
     /// W3C traceparent follow their caller's sampling decision.
     #[arg(long, env = "TOLLGATE_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
     trace_sample_ratio: f64,
+    /// Redis for fleet-wide rate limits (`policy: redis`):
+    /// redis://[:password@]host:port/db. A wrong or unreachable URL is
+    /// logged and those limits run under their `on_redis_failure`.
+    #[arg(long, env = "TOLLGATE_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -148,6 +153,7 @@ fn main() -> ExitCode {
         drain_timeout: Duration::from_secs(args.drain_timeout_s),
         max_connections: args.max_connections,
         access_log: args.access_log,
+        redis_url: args.redis_url.filter(|url| !url.is_empty()),
     };
 
     let result = runtime.block_on(tollgate_data_plane::run(config));

@@ -145,10 +145,6 @@ impl Plugin {
             PluginConfig::RequestTransformer(config) => Ok(Plugin::RequestTransformer(
                 RequestTransformer::new(&config)?,
             )),
-            other => Err(format!(
-                "plugin {:?} is not implemented by this data plane",
-                other.name()
-            )),
         }
     }
 

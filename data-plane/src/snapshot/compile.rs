@@ -18,7 +18,8 @@ use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::config::ConfigVersion;
 
 use crate::plugins::{
-    compile_globals, compile_instances, BuildContext, CompiledInstance, ConsumerIndex, PluginChain,
+    compile_globals, compile_level, BuildContext, CompiledInstance, ConsumerIndex, PluginChain,
+    RateLimiters,
 };
 use crate::proxy::upstream::{ClientCache, PoolKey, SharedPool, UpstreamPool};
 use crate::router::Router;
@@ -65,17 +66,21 @@ impl std::fmt::Debug for CompiledSnapshot {
 }
 
 /// Compiles `config` (already validated). `previous` is the snapshot in
-/// service, whose upstream pools are reused where the targets did not change.
+/// service, whose upstream pools are reused where the targets did not change;
+/// `rate_limiters` carries rate-limit state (Redis, in-process counters)
+/// across snapshots.
 pub fn compile(
     config: &GatewayConfig,
     version: ConfigVersion,
     previous: Option<&CompiledSnapshot>,
     clients: &ClientCache,
+    rate_limiters: &Arc<RateLimiters>,
 ) -> Result<CompiledSnapshot, String> {
     // Credentials are compiled once per snapshot (keys hashed, PEMs parsed)
     // and shared by every authentication plugin instance.
     let build = BuildContext {
         consumers: Arc::new(ConsumerIndex::compile(&config.consumers)?),
+        rate_limiters: rate_limiters.clone(),
     };
     let globals = compile_globals(&config.plugins, &build)?;
 
@@ -103,7 +108,12 @@ pub fn compile(
             .transpose()?;
         service_plugins.insert(
             service.name.as_str(),
-            compile_instances(&label, &service.plugins, &build)?,
+            compile_level(
+                &label,
+                &format!("service:{}", service.name),
+                &service.plugins,
+                &build,
+            )?,
         );
         services.insert(
             service.name.clone(),
@@ -123,7 +133,12 @@ pub fn compile(
             .get(&route.service)
             .ok_or_else(|| format!("{label}: service {:?} does not exist", route.service))?
             .clone();
-        let route_plugins = compile_instances(&label, &route.plugins, &build)?;
+        let route_plugins = compile_level(
+            &label,
+            &format!("route:{}", route.name),
+            &route.plugins,
+            &build,
+        )?;
         let plugins = PluginChain::assemble(
             &globals,
             service_plugins
@@ -188,7 +203,14 @@ routes:
     #[test]
     fn compiles_routes_services_and_chains() {
         let clients = ClientCache::default();
-        let snapshot = compile(&config(BASE), version(1), None, &clients).expect("compiles");
+        let snapshot = compile(
+            &config(BASE),
+            version(1),
+            None,
+            &clients,
+            &Default::default(),
+        )
+        .expect("compiles");
         assert_eq!(snapshot.routes.len(), 2);
         assert_eq!(&*snapshot.routes[0].service.name, "orders");
         assert!(!snapshot.routes[0].plugins.is_empty());
@@ -205,7 +227,14 @@ routes:
                 "config: { add: { headers: { x-a: \"1\" } } }",
                 "config: { anonymous: alice }",
             );
-        let snapshot = compile(&config(&yaml), version(2), None, &clients).expect("compiles");
+        let snapshot = compile(
+            &config(&yaml),
+            version(2),
+            None,
+            &clients,
+            &Default::default(),
+        )
+        .expect("compiles");
         let names: Vec<&str> = snapshot.routes[0]
             .plugins
             .plugins()
@@ -220,7 +249,14 @@ routes:
         let yaml = format!(
             "{BASE}consumers:\n  - name: alice\n    credentials:\n      - jwt: {{ key: iss-a, algorithm: RS256, public_key: \"-----BEGIN PUBLIC KEY-----\\nAAAA\\n-----END PUBLIC KEY-----\\n\" }}\n"
         );
-        let err = compile(&config(&yaml), version(2), None, &clients).expect_err("must be refused");
+        let err = compile(
+            &config(&yaml),
+            version(2),
+            None,
+            &clients,
+            &Default::default(),
+        )
+        .expect_err("must be refused");
         assert!(
             err.starts_with("consumer \"alice\": credentials[0]"),
             "{err}"
@@ -228,23 +264,57 @@ routes:
     }
 
     #[test]
-    fn unimplemented_global_plugins_fail_too_but_disabled_ones_do_not() {
+    fn global_rate_limits_join_every_chain_unless_disabled() {
         let clients = ClientCache::default();
         let yaml =
             format!("{BASE}plugins:\n  - name: rate-limit\n    config: {{limit: 5, window: 1m}}\n");
-        let err = compile(&config(&yaml), version(2), None, &clients).expect_err("must be refused");
-        assert!(err.contains("\"rate-limit\" is not implemented"), "{err}");
+        let snapshot = compile(
+            &config(&yaml),
+            version(2),
+            None,
+            &clients,
+            &Default::default(),
+        )
+        .expect("global rate limit compiles");
+        assert!(snapshot
+            .routes
+            .iter()
+            .all(|route| route.plugins.plugins().any(|p| p.name() == "rate-limit")));
         let yaml = format!("{yaml}    enabled: false\n");
-        compile(&config(&yaml), version(3), None, &clients).expect("disabled plugin skipped");
+        let snapshot = compile(
+            &config(&yaml),
+            version(3),
+            None,
+            &clients,
+            &Default::default(),
+        )
+        .expect("disabled plugin skipped");
+        assert!(snapshot
+            .routes
+            .iter()
+            .all(|route| route.plugins.plugins().all(|p| p.name() != "rate-limit")));
     }
 
     #[test]
     fn pools_are_carried_over_only_when_targets_are_unchanged() {
         let clients = ClientCache::default();
-        let first = compile(&config(BASE), version(1), None, &clients).expect("first");
+        let first = compile(
+            &config(BASE),
+            version(1),
+            None,
+            &clients,
+            &Default::default(),
+        )
+        .expect("first");
         let changed = BASE.replace("127.0.0.1:9003", "127.0.0.1:9004");
-        let second =
-            compile(&config(&changed), version(2), Some(&first), &clients).expect("second");
+        let second = compile(
+            &config(&changed),
+            version(2),
+            Some(&first),
+            &clients,
+            &Default::default(),
+        )
+        .expect("second");
         assert!(Arc::ptr_eq(
             &first.services["orders"].upstream,
             &second.services["orders"].upstream

@@ -25,6 +25,7 @@ pub use cache::ConfigCache;
 pub use compile::{CompiledRoute, CompiledService, CompiledSnapshot};
 pub use store::SnapshotStore;
 
+use crate::plugins::RateLimiters;
 use crate::proxy::upstream::ClientCache;
 
 /// Applies snapshots to the store.
@@ -33,6 +34,8 @@ pub struct Applier {
     store: Arc<SnapshotStore>,
     clients: ClientCache,
     cache: Option<ConfigCache>,
+    /// Rate-limit state every snapshot's plugins share.
+    rate_limiters: Arc<RateLimiters>,
 }
 
 /// `store_id@revision`, for logs.
@@ -46,7 +49,15 @@ impl Applier {
             store,
             clients: ClientCache::default(),
             cache,
+            rate_limiters: Arc::new(RateLimiters::default()),
         }
+    }
+
+    /// Uses `rate_limiters` (the data plane's Redis store and counters) for
+    /// every snapshot compiled from now on.
+    pub fn with_rate_limiters(mut self, rate_limiters: Arc<RateLimiters>) -> Applier {
+        self.rate_limiters = rate_limiters;
+        self
     }
 
     pub fn store(&self) -> &SnapshotStore {
@@ -66,7 +77,13 @@ impl Applier {
         let config = GatewayConfig::try_from(config).map_err(|e| e.to_string())?;
         tollgate_shared::validate::validate(&config).map_err(|e| e.to_string())?;
         let previous = self.store.load();
-        compile::compile(&config, version, previous.as_deref(), &self.clients)
+        compile::compile(
+            &config,
+            version,
+            previous.as_deref(),
+            &self.clients,
+            &self.rate_limiters,
+        )
     }
 
     /// Applies a snapshot: on success it is in service when this returns.

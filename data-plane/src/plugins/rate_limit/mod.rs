@@ -37,11 +37,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use http::StatusCode;
+use http::{request, Response, StatusCode};
 use sha2::{Digest, Sha256};
 use tollgate_shared::plugins::{
     OnRedisFailure, RateLimitAlgorithm, RateLimitConfig, RateLimitPolicy, RateLimitSync, Scope,
 };
+
+use super::{Outcome, RequestContext};
+use crate::proxy::body::ResponseBody;
+use crate::proxy::forward::X_REQUEST_ID;
 
 pub use algorithm::{Decision, Params};
 pub use local::LocalLimiter;
@@ -152,10 +156,10 @@ pub enum Verdict {
     /// instance has `headers: false` or nothing is known (`on_redis_failure:
     /// allow` during an outage).
     Continue(Option<Decision>),
-    /// Over the limit: answer 429 ([`too_many_requests`]); `headers` says
+    /// Over the limit: answer 429 ([`Refusal::TooManyRequests`]); `headers` says
     /// whether to add the `RateLimit-*` headers.
     TooManyRequests { decision: Decision, headers: bool },
-    /// Redis is unavailable and `on_redis_failure: deny`: answer 503 ([`unavailable`]).
+    /// Redis is unavailable and `on_redis_failure: deny`: answer 503 ([`Refusal::Unavailable`]).
     Unavailable,
 }
 
@@ -284,6 +288,41 @@ impl RateLimit {
         }
     }
 
+    /// The rate-limit phase of one request: check, queue the quota headers
+    /// for whatever response the client gets, or answer 429 / 503 now.
+    pub async fn apply(&self, ctx: &mut RequestContext<'_>, request: &request::Parts) -> Outcome {
+        let identity = ctx.consumer.as_ref().filter(|identity| !identity.anonymous);
+        let subject = Subject {
+            client_ip: ctx.client_ip,
+            consumer: identity.map(|identity| &*identity.consumer),
+            credential: identity.and_then(|identity| identity.credential.as_deref()),
+            route: ctx.route_name,
+            service: ctx.service_name,
+            headers: &request.headers,
+        };
+        match self.check(&subject).await {
+            Verdict::Continue(None) => Outcome::Continue,
+            Verdict::Continue(Some(decision)) => {
+                queue_quota_headers(&mut ctx.response_headers, &decision, false);
+                Outcome::Continue
+            }
+            Verdict::TooManyRequests { decision, headers } => {
+                if headers {
+                    queue_quota_headers(&mut ctx.response_headers, &decision, true);
+                } else {
+                    drop_quota_headers(&mut ctx.response_headers);
+                }
+                let refusal = Refusal::TooManyRequests {
+                    retry_after_s: decision.retry_after_s,
+                };
+                Outcome::Respond(refusal.into_response(Some(ctx.request_id)))
+            }
+            Verdict::Unavailable => {
+                Outcome::Respond(Refusal::Unavailable.into_response(Some(ctx.request_id)))
+            }
+        }
+    }
+
     async fn check_redis(&self, value: &ScopeValue<'_>) -> Option<Decision> {
         let store = self.redis.as_ref()?;
         if !store.is_available() {
@@ -311,6 +350,21 @@ struct LocalId {
     limit: u64,
     window_us: u64,
     burst: u64,
+}
+
+impl Default for RateLimiters {
+    /// No Redis: `policy: redis` runs under `on_redis_failure`.
+    fn default() -> Self {
+        RateLimiters::new(None)
+    }
+}
+
+impl std::fmt::Debug for RateLimiters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiters")
+            .field("redis", &self.redis.as_ref().map(RedisStore::target))
+            .finish_non_exhaustive()
+    }
 }
 
 impl RateLimiters {
@@ -372,51 +426,126 @@ pub fn write_headers(decision: &Decision, headers: &mut HeaderMap) {
     headers.insert(RATELIMIT_RESET, HeaderValue::from(decision.reset_s));
 }
 
-/// A response the rate-limit phase answers with instead of proxying.
-#[derive(Debug, Clone)]
-pub struct Rejection {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    /// JSON.
-    pub body: Bytes,
+/// The quota already queued for the response by an earlier limit of the
+/// chain, read back from its headers.
+fn queued_quota(queued: &[(HeaderName, HeaderValue)]) -> Option<(usize, Decision)> {
+    let start = queued
+        .iter()
+        .position(|(name, _)| name == RATELIMIT_LIMIT)?;
+    let number = |offset: usize, name: &HeaderName| {
+        queued
+            .get(start + offset)
+            .filter(|(queued_name, _)| queued_name == name)
+            .and_then(|(_, value)| value.to_str().ok()?.parse::<u64>().ok())
+    };
+    Some((
+        start,
+        Decision {
+            allowed: true,
+            limit: number(0, &RATELIMIT_LIMIT)?,
+            remaining: number(1, &RATELIMIT_REMAINING)?,
+            reset_s: number(2, &RATELIMIT_RESET)?,
+            retry_after_s: 0,
+        },
+    ))
 }
 
-/// 429 with `Retry-After`, a JSON body and (unless turned off) the quota headers.
-pub fn too_many_requests(decision: &Decision, with_quota_headers: bool) -> Rejection {
-    let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(
-        RETRY_AFTER,
-        HeaderValue::from(decision.retry_after_s.max(1)),
-    );
-    if with_quota_headers {
-        write_headers(decision, &mut headers);
-    }
-    let body = serde_json::json!({
-        "error": "rate_limited",
-        "message": "API rate limit exceeded",
-        "retry_after": decision.retry_after_s.max(1),
-    });
-    Rejection {
-        status: StatusCode::TOO_MANY_REQUESTS,
-        headers,
-        body: Bytes::from(body.to_string()),
+/// Queues the `RateLimit-*` headers of `decision` for the response, keeping
+/// the most restrictive quota when an earlier limit queued one (`force`:
+/// this one wins regardless, e.g. the limit that rejected the request).
+pub fn queue_quota_headers(
+    queued: &mut Vec<(HeaderName, HeaderValue)>,
+    decision: &Decision,
+    force: bool,
+) {
+    let values = [
+        (RATELIMIT_LIMIT, HeaderValue::from(decision.limit)),
+        (RATELIMIT_REMAINING, HeaderValue::from(decision.remaining)),
+        (RATELIMIT_RESET, HeaderValue::from(decision.reset_s)),
+    ];
+    match queued_quota(queued) {
+        None => queued.extend(values),
+        Some((start, earlier)) => {
+            if force || most_restrictive(Some(earlier), *decision) != earlier {
+                queued.splice(start..start + 3, values);
+            }
+        }
     }
 }
 
-/// 503 for `on_redis_failure: deny` while Redis is unavailable.
-pub fn unavailable() -> Rejection {
-    let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(RETRY_AFTER, HeaderValue::from(1u64));
-    let body = serde_json::json!({
-        "error": "rate_limit_unavailable",
-        "message": "rate limiting is temporarily unavailable",
+/// Drops queued `RateLimit-*` headers (a limit with `headers: false` refused
+/// the request: an earlier limit's quota would be misleading on its 429).
+fn drop_quota_headers(queued: &mut Vec<(HeaderName, HeaderValue)>) {
+    queued.retain(|(name, _)| {
+        name != RATELIMIT_LIMIT && name != RATELIMIT_REMAINING && name != RATELIMIT_RESET
     });
-    Rejection {
-        status: StatusCode::SERVICE_UNAVAILABLE,
-        headers,
-        body: Bytes::from(body.to_string()),
+}
+
+/// Why the rate-limit phase answered a request itself: the one table from
+/// refusal to status, `error` code and message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over the limit: 429 with `Retry-After`.
+    TooManyRequests { retry_after_s: u64 },
+    /// Redis unavailable under `on_redis_failure: deny`: 503.
+    Unavailable,
+}
+
+impl Refusal {
+    pub const fn status(self) -> StatusCode {
+        match self {
+            Refusal::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub const fn code(self) -> &'static str {
+        match self {
+            Refusal::TooManyRequests { .. } => "rate_limited",
+            Refusal::Unavailable => "rate_limit_unavailable",
+        }
+    }
+
+    pub const fn message(self) -> &'static str {
+        match self {
+            Refusal::TooManyRequests { .. } => "API rate limit exceeded",
+            Refusal::Unavailable => "rate limiting is temporarily unavailable",
+        }
+    }
+
+    fn retry_after_s(self) -> u64 {
+        match self {
+            Refusal::TooManyRequests { retry_after_s } => retry_after_s.max(1),
+            Refusal::Unavailable => 1,
+        }
+    }
+
+    /// `{"error":..., "message":..., "retry_after":..., "request_id":...}`.
+    pub fn body(self, request_id: Option<&HeaderValue>) -> String {
+        let request_id = request_id
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("");
+        serde_json::json!({
+            "error": self.code(),
+            "message": self.message(),
+            "retry_after": self.retry_after_s(),
+            "request_id": request_id,
+        })
+        .to_string()
+    }
+
+    /// The complete response: JSON body, `Retry-After`, `X-Request-Id`.
+    pub fn into_response(self, request_id: Option<&HeaderValue>) -> Response<ResponseBody> {
+        let body = Bytes::from(self.body(request_id));
+        let mut response = Response::new(ResponseBody::full(body));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(RETRY_AFTER, HeaderValue::from(self.retry_after_s()));
+        if let Some(id) = request_id {
+            headers.insert(X_REQUEST_ID, id.clone());
+        }
+        response
     }
 }
 

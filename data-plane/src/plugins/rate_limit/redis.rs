@@ -320,13 +320,13 @@ async fn probe(inner: Weak<Inner>, breaker: Arc<Breaker>) {
                     break;
                 }
                 Ok(Err(err)) => {
-                    if last_logged.map_or(true, |at| at.elapsed() >= OUTAGE_LOG_EVERY) {
+                    if last_logged.is_none_or(|at| at.elapsed() >= OUTAGE_LOG_EVERY) {
                         tracing::warn!(redis = %store.target, error = %err, "redis still unreachable");
                         last_logged = Some(tokio::time::Instant::now());
                     }
                 }
                 Err(_) => {
-                    if last_logged.map_or(true, |at| at.elapsed() >= OUTAGE_LOG_EVERY) {
+                    if last_logged.is_none_or(|at| at.elapsed() >= OUTAGE_LOG_EVERY) {
                         tracing::warn!(redis = %store.target, "redis still not answering");
                         last_logged = Some(tokio::time::Instant::now());
                     }

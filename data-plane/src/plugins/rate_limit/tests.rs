@@ -110,19 +110,63 @@ async fn rejection_and_headers() {
     let Verdict::TooManyRequests { decision, headers } = plugin.check(&s).await else {
         panic!("second request rejected");
     };
-    let rejection = too_many_requests(&decision, headers);
-    assert_eq!(rejection.status, StatusCode::TOO_MANY_REQUESTS);
-    let retry: u64 = rejection
-        .headers
+    assert!(headers);
+    let response = Refusal::TooManyRequests {
+        retry_after_s: decision.retry_after_s,
+    }
+    .into_response(Some(&HeaderValue::from_static("req-1")));
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = response
+        .headers()
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     assert!((1..=60).contains(&retry), "{retry}");
-    let body: serde_json::Value =
-        serde_json::from_slice(&rejection.body).unwrap_or(serde_json::Value::Null);
+    let body: serde_json::Value = serde_json::from_str(
+        &Refusal::TooManyRequests {
+            retry_after_s: decision.retry_after_s,
+        }
+        .body(Some(&HeaderValue::from_static("req-1"))),
+    )
+    .unwrap_or(serde_json::Value::Null);
     assert_eq!(body["error"], "rate_limited");
-    assert!(rejection.headers.contains_key("ratelimit-reset"));
+    assert_eq!(body["request_id"], "req-1");
+    assert_eq!(
+        Refusal::Unavailable.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[test]
+fn stacked_limits_queue_the_most_restrictive_quota() {
+    let d = |limit, remaining, reset_s| Decision {
+        allowed: true,
+        limit,
+        remaining,
+        reset_s,
+        retry_after_s: 0,
+    };
+    let mut queued = vec![(
+        HeaderName::from_static("x-other"),
+        HeaderValue::from_static("1"),
+    )];
+    queue_quota_headers(&mut queued, &d(100, 90, 3_000), false);
+    queue_quota_headers(&mut queued, &d(4, 3, 3_000), false);
+    queue_quota_headers(&mut queued, &d(1_000, 500, 10), false);
+    fn find(queued: &[(HeaderName, HeaderValue)], name: &HeaderName) -> Option<String> {
+        queued
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.to_str().unwrap_or("").to_string())
+    }
+    assert_eq!(queued.len(), 4);
+    assert_eq!(find(&queued, &RATELIMIT_LIMIT).as_deref(), Some("4"));
+    assert_eq!(find(&queued, &RATELIMIT_REMAINING).as_deref(), Some("3"));
+    queue_quota_headers(&mut queued, &d(1_000, 0, 50), true);
+    assert_eq!(find(&queued, &RATELIMIT_LIMIT).as_deref(), Some("1000"));
+    drop_quota_headers(&mut queued);
+    assert_eq!(queued.len(), 1);
 }
 
 #[test]
