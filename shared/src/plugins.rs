@@ -88,6 +88,11 @@ impl PluginConfig {
                         return Err("config.forward_claims: claim name must not be empty".into());
                     }
                     check_header_name(&format!("config.forward_claims.{claim}"), header)?;
+                    if is_gateway_owned_header(header) {
+                        return Err(format!(
+                            "config.forward_claims.{claim}: {header:?} is set by the gateway itself"
+                        ));
+                    }
                 }
             }
             PluginConfig::Acl(c) => {
@@ -153,6 +158,29 @@ fn typed<T: for<'de> Deserialize<'de>>(config: serde_json::Value) -> Result<T, S
             format!("config.{path}: {}", err.inner())
         }
     })
+}
+
+/// Headers the gateway itself sets or that frame the message: a plugin may not
+/// fill them with request-derived values (e.g. JWT `forward_claims`).
+pub fn is_gateway_owned_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.starts_with("x-consumer-")
+        || name.starts_with("x-forwarded-")
+        || name.starts_with("proxy-")
+        || [
+            "x-anonymous-consumer",
+            "x-request-id",
+            "host",
+            "forwarded",
+            "connection",
+            "keep-alive",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "content-length",
+        ]
+        .contains(&name.as_str())
 }
 
 /// A header name as HTTP allows it (RFC 9110 token).
@@ -489,6 +517,23 @@ mod tests {
         let back = serde_json::to_value(&cfg).unwrap();
         assert_eq!(back["window"], "2h");
         assert_eq!(back["scope"], "header:x-tenant");
+    }
+
+    #[test]
+    fn jwt_claims_cannot_overwrite_gateway_headers() {
+        for header in [
+            "X-Consumer-Name",
+            "x-forwarded-for",
+            "Content-Length",
+            "host",
+        ] {
+            let err = PluginConfig::parse("jwt", &json!({"forward_claims": {"sub": header}}))
+                .expect_err("refused");
+            assert!(err.contains("set by the gateway"), "{err}");
+        }
+        assert!(
+            PluginConfig::parse("jwt", &json!({"forward_claims": {"sub": "x-user-id"}})).is_ok()
+        );
     }
 
     #[test]

@@ -43,7 +43,7 @@ use moka::sync::Cache;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tollgate_shared::model::JwtKeyClaim;
-use tollgate_shared::plugins::JwtConfig;
+use tollgate_shared::plugins::{is_gateway_owned_header, JwtConfig};
 
 use super::auth::{AuthAttempt, Authenticated, TokenReject};
 use super::consumers::{parse_algorithm, ConsumerIdentity, ConsumerIndex, CredentialOwner, JwtKey};
@@ -173,7 +173,7 @@ impl JwtAuth {
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                 format!("config.forward_claims.{claim}: {name:?} is not a valid header name")
             })?;
-            if is_reserved(&name) {
+            if is_gateway_owned_header(name.as_str()) {
                 return Err(format!(
                     "config.forward_claims.{claim}: {name} is set by the gateway itself"
                 ));
@@ -438,16 +438,6 @@ fn reject_reason(kind: &ErrorKind) -> TokenReject {
         ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidRsaKey(_) => TokenReject::BadSignature,
         _ => TokenReject::Malformed,
     }
-}
-
-/// Headers a claim may not be forwarded in: the gateway's own.
-fn is_reserved(name: &HeaderName) -> bool {
-    let name = name.as_str();
-    name.starts_with("x-consumer-")
-        || name == "x-anonymous-consumer"
-        || name == "host"
-        || name == "x-forwarded-for"
-        || name == "x-request-id"
 }
 
 /// The prepared validation for one algorithm of a plugin instance.
