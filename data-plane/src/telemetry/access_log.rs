@@ -5,7 +5,8 @@
 //! The request path only fills an [`AccessLogRecord`] with cheap clones
 //! (reference-counted strings, the request's header values) and `try_send`s
 //! it; the JSON formatting and the write happen on a dedicated writer thread
-//! that batches lines into one write. When the channel is full the line is
+//! that wakes every few milliseconds and batches what queued into one write
+//! (it never sleeps in a blocking receive, so senders never pay a wake-up). When the channel is full the line is
 //! dropped and counted (`tollgate_access_log_dropped_total`), so a stalled log
 //! sink costs log lines, never latency.
 //!
@@ -18,7 +19,7 @@ use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +33,9 @@ pub const DEFAULT_CAPACITY: usize = 4096;
 
 /// Bytes gathered before the writer issues a write mid-batch.
 const WRITE_CHUNK: usize = 64 * 1024;
+
+/// How long the writer sleeps when it found nothing to write.
+const IDLE_POLL: Duration = Duration::from_millis(10);
 
 /// Where access-log lines go (`--access-log stdout|off|PATH`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -240,50 +244,62 @@ fn write_lines(receiver: Receiver<Message>, mut writer: Box<dyn Write + Send>, d
     let mut acks: Vec<SyncSender<()>> = Vec::new();
     let mut scratch = String::with_capacity(64);
     let mut warned = false;
-    while let Ok(first) = receiver.recv() {
-        let mut next = Some(first);
-        while let Some(message) = next.take() {
-            match message {
-                Message::Record(record) => {
+    loop {
+        let mut drained = false;
+        let mut closed = false;
+        loop {
+            match receiver.try_recv() {
+                Ok(Message::Record(record)) => {
+                    drained = true;
                     if format_line(&record, &mut scratch, &mut batch).is_ok() {
                         pending_lines += 1;
                     }
+                    if batch.len() >= WRITE_CHUNK {
+                        write_batch(
+                            &mut *writer,
+                            &mut batch,
+                            &mut pending_lines,
+                            &dropped,
+                            &mut warned,
+                        );
+                    }
                 }
-                Message::Flush(ack) => acks.push(ack),
+                Ok(Message::Flush(ack)) => {
+                    drained = true;
+                    acks.push(ack);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
             }
-            if batch.len() >= WRITE_CHUNK {
-                write_batch(
-                    &mut *writer,
-                    &mut batch,
-                    &mut pending_lines,
-                    &dropped,
-                    &mut warned,
-                );
+        }
+        if drained {
+            write_batch(
+                &mut *writer,
+                &mut batch,
+                &mut pending_lines,
+                &dropped,
+                &mut warned,
+            );
+            if let Err(err) = writer.flush() {
+                warn_once(&mut warned, &err);
             }
-            next = receiver.try_recv().ok();
+            for ack in acks.drain(..) {
+                let _ = ack.try_send(());
+            }
         }
-        write_batch(
-            &mut *writer,
-            &mut batch,
-            &mut pending_lines,
-            &dropped,
-            &mut warned,
-        );
-        if let Err(err) = writer.flush() {
-            warn_once(&mut warned, &err);
+        if closed {
+            return;
         }
-        for ack in acks.drain(..) {
-            let _ = ack.try_send(());
+        if !drained {
+            // Polling instead of blocking in `recv`: a sleeping receiver
+            // would make every `try_send` on the request path pay for a
+            // wake-up; this way lines wait at most one interval.
+            std::thread::sleep(IDLE_POLL);
         }
     }
-    write_batch(
-        &mut *writer,
-        &mut batch,
-        &mut pending_lines,
-        &dropped,
-        &mut warned,
-    );
-    let _ = writer.flush();
 }
 
 fn write_batch(
