@@ -135,6 +135,9 @@ pub fn init_logging(json: bool) {
 /// exporting over OTLP/gRPC when `config.otlp_endpoint` is set (which must
 /// then be called inside a Tokio runtime).
 pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
+    if !(0.0..=1.0).contains(&config.sample_ratio) {
+        return Err(TelemetryError::SampleRatio(config.sample_ratio));
+    }
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::with_capacity(2);
     layers.push(log_layer(config.json_logs));
 
