@@ -30,27 +30,45 @@ use http::{request, Response, StatusCode};
 
 use super::consumers::{ConsumerIdentity, CredentialOwner, X_ANONYMOUS_CONSUMER};
 use super::context::Identity;
-use super::jwt::JwtAuth;
+use super::jwt::{JwtAuth, VerifiedToken};
 use super::key_auth::KeyAuth;
 use crate::proxy::body::ResponseBody;
 use crate::proxy::forward::X_REQUEST_ID;
 
 /// What one authentication method found.
 #[derive(Debug)]
-pub enum AuthAttempt {
-    Authenticated(Authenticated),
+pub enum AuthAttempt<'a> {
+    Authenticated(Authenticated<'a>),
     /// The request carries no credential for this method.
     NoCredential,
     /// A credential was presented and is not valid.
     Rejected(AuthError),
 }
 
-/// A consumer proven by a credential.
-#[derive(Debug, Clone)]
-pub struct Authenticated {
-    pub owner: CredentialOwner,
+/// A consumer proven by a credential: borrowed from the snapshot's index
+/// (API keys) or shared with the token cache (JWTs), so finding it moves no
+/// reference count; only the request's [`Identity`] takes its own.
+#[derive(Debug)]
+pub enum Authenticated<'a> {
+    Indexed(&'a CredentialOwner),
+    Verified(Arc<VerifiedToken>),
+}
+
+impl Authenticated<'_> {
+    pub fn owner(&self) -> &CredentialOwner {
+        match self {
+            Authenticated::Indexed(owner) => owner,
+            Authenticated::Verified(token) => token.owner(),
+        }
+    }
+
     /// Upstream headers derived from the credential (JWT `forward_claims`).
-    pub claim_headers: Option<Arc<[(HeaderName, HeaderValue)]>>,
+    pub fn claim_headers(&self) -> &[(HeaderName, HeaderValue)] {
+        match self {
+            Authenticated::Indexed(_) => &[],
+            Authenticated::Verified(token) => token.claim_headers(),
+        }
+    }
 }
 
 /// Why an API key was refused.
@@ -242,7 +260,7 @@ pub enum Authenticator {
 }
 
 impl Authenticator {
-    fn authenticate(&self, request: &mut request::Parts) -> AuthAttempt {
+    fn authenticate(&self, request: &mut request::Parts) -> AuthAttempt<'_> {
         match self {
             Authenticator::KeyAuth(method) => method.authenticate(request),
             Authenticator::Jwt(method) => method.authenticate(request),
@@ -338,14 +356,12 @@ impl AuthSet {
         for method in self.methods.iter() {
             match method.authenticate(request) {
                 AuthAttempt::Authenticated(found) => {
-                    let consumer = &found.owner.consumer;
-                    consumer.write_headers(&mut request.headers);
-                    if let Some(claims) = &found.claim_headers {
-                        for (name, value) in claims.iter() {
-                            request.headers.insert(name.clone(), value.clone());
-                        }
+                    let owner = found.owner();
+                    owner.consumer.write_headers(&mut request.headers);
+                    for (name, value) in found.claim_headers() {
+                        request.headers.insert(name.clone(), value.clone());
                     }
-                    return Ok(consumer.identity(Some(&found.owner.credential), false));
+                    return Ok(owner.consumer.identity(Some(&owner.credential), false));
                 }
                 AuthAttempt::NoCredential => {}
                 AuthAttempt::Rejected(error) => {

@@ -59,16 +59,25 @@ const MAX_CLAIM_HEADER_BYTES: usize = 4 * 1024;
 
 /// A verified token, as cached.
 #[derive(Debug)]
-struct Verified {
+pub struct VerifiedToken {
     owner: CredentialOwner,
     /// `exp` in seconds since the epoch; `None` when the token has none.
     expires_at: Option<u64>,
-    claim_headers: Option<Arc<[(HeaderName, HeaderValue)]>>,
+    claim_headers: Box<[(HeaderName, HeaderValue)]>,
     /// How long the cache may keep it (computed when verified).
     ttl: Duration,
 }
 
-impl Verified {
+impl VerifiedToken {
+    pub fn owner(&self) -> &CredentialOwner {
+        &self.owner
+    }
+
+    /// The `forward_claims` headers, built once when the token was verified.
+    pub fn claim_headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.claim_headers
+    }
+
     /// Usable strictly before `exp` (the leeway is for clock skew on
     /// verification, not for stretching a cached verdict).
     fn usable_at(&self, now: u64) -> bool {
@@ -78,18 +87,18 @@ impl Verified {
 
 struct TtlFromToken;
 
-impl moka::Expiry<[u8; 32], Arc<Verified>> for TtlFromToken {
+impl moka::Expiry<[u8; 32], Arc<VerifiedToken>> for TtlFromToken {
     fn expire_after_create(
         &self,
         _key: &[u8; 32],
-        value: &Arc<Verified>,
+        value: &Arc<VerifiedToken>,
         _created_at: Instant,
     ) -> Option<Duration> {
         Some(value.ttl)
     }
 }
 
-type TokenCache = Cache<[u8; 32], Arc<Verified>>;
+type TokenCache = Cache<[u8; 32], Arc<VerifiedToken>>;
 
 fn token_cache() -> &'static TokenCache {
     static CACHE: OnceLock<TokenCache> = OnceLock::new();
@@ -214,7 +223,7 @@ impl JwtAuth {
         &self.forwarded_headers
     }
 
-    pub fn authenticate(&self, request: &mut request::Parts) -> AuthAttempt {
+    pub fn authenticate(&self, request: &mut request::Parts) -> AuthAttempt<'_> {
         let token = match self.bearer_token(&request.headers) {
             Ok(Some(token)) => token,
             Ok(None) => return AuthAttempt::NoCredential,
@@ -225,7 +234,7 @@ impl JwtAuth {
         let cache = token_cache();
         if let Some(hit) = cache.get(&cache_key) {
             if hit.usable_at(now) {
-                return authenticated(&hit);
+                return AuthAttempt::Authenticated(Authenticated::Verified(hit));
             }
             cache.invalidate(&cache_key);
         }
@@ -235,7 +244,7 @@ impl JwtAuth {
                 if verified.usable_at(now) && !verified.ttl.is_zero() {
                     cache.insert(cache_key, verified.clone());
                 }
-                authenticated(&verified)
+                AuthAttempt::Authenticated(Authenticated::Verified(verified))
             }
             Err(reject) => AuthAttempt::Rejected(reject.into()),
         }
@@ -279,7 +288,7 @@ impl JwtAuth {
     }
 
     /// The full check of a token not in the cache.
-    fn verify(&self, token: &str, now: u64) -> Result<Verified, TokenReject> {
+    fn verify(&self, token: &str, now: u64) -> Result<VerifiedToken, TokenReject> {
         let mut segments = token.split('.');
         let (Some(header_b64), Some(payload_b64), Some(signature), None) = (
             segments.next(),
@@ -319,7 +328,7 @@ impl JwtAuth {
             Some(exp) => Duration::from_secs(exp.saturating_sub(now)).min(MAX_CACHE_TTL),
             None => MAX_CACHE_TTL,
         };
-        Ok(Verified {
+        Ok(VerifiedToken {
             owner: key.owner.clone(),
             expires_at,
             claim_headers: self.claim_headers(&claims),
@@ -349,12 +358,11 @@ impl JwtAuth {
     fn claim_headers(
         &self,
         claims: &serde_json::Map<String, serde_json::Value>,
-    ) -> Option<Arc<[(HeaderName, HeaderValue)]>> {
+    ) -> Box<[(HeaderName, HeaderValue)]> {
         if self.forward_claims.is_empty() {
-            return None;
+            return Box::new([]);
         }
-        let headers: Vec<(HeaderName, HeaderValue)> = self
-            .forward_claims
+        self.forward_claims
             .iter()
             .filter_map(|(claim, name)| {
                 let text = match claims.get(&**claim)? {
@@ -368,16 +376,8 @@ impl JwtAuth {
                 // Control characters make an invalid header value: skipped.
                 Some((name.clone(), HeaderValue::from_str(&text).ok()?))
             })
-            .collect();
-        Some(headers.into())
+            .collect()
     }
-}
-
-fn authenticated(verified: &Verified) -> AuthAttempt {
-    AuthAttempt::Authenticated(Authenticated {
-        owner: verified.owner.clone(),
-        claim_headers: verified.claim_headers.clone(),
-    })
 }
 
 /// `Bearer <token>` (scheme case-insensitive) -> the token.
@@ -544,7 +544,7 @@ pub(crate) mod tests {
         plugin_with(&consumers(), config)
     }
 
-    fn run(plugin: &JwtAuth, authorization: &str) -> AuthAttempt {
+    fn run<'a>(plugin: &'a JwtAuth, authorization: &str) -> AuthAttempt<'a> {
         let mut parts = http::Request::builder()
             .uri("/")
             .header("authorization", authorization)
@@ -555,7 +555,7 @@ pub(crate) mod tests {
         plugin.authenticate(&mut parts)
     }
 
-    fn accepted(plugin: &JwtAuth, token: &str) -> Authenticated {
+    fn accepted<'a>(plugin: &'a JwtAuth, token: &str) -> Authenticated<'a> {
         match run(plugin, &format!("Bearer {token}")) {
             AuthAttempt::Authenticated(found) => found,
             other => panic!("token refused: {other:?}"),
@@ -584,8 +584,8 @@ pub(crate) mod tests {
         for (alg, key, iss, consumer) in cases {
             let token = token(alg, key, None, json!({"iss": iss, "exp": later()}));
             let found = accepted(&plugin, &token);
-            assert_eq!(&*found.owner.consumer.name, consumer, "{alg:?}");
-            assert_eq!(&*found.owner.credential, format!("jwt:iss:{iss}"));
+            assert_eq!(&*found.owner().consumer.name, consumer, "{alg:?}");
+            assert_eq!(&*found.owner().credential, format!("jwt:iss:{iss}"));
         }
     }
 
@@ -841,7 +841,7 @@ pub(crate) mod tests {
             json!({"iss": "rs-iss", "exp": later()}),
         );
         let found = accepted(&plugin, &by_kid);
-        assert_eq!(&*found.owner.consumer.name, "kid-owner");
+        assert_eq!(&*found.owner().consumer.name, "kid-owner");
         let traversal = token(
             Algorithm::RS256,
             RSA2_PRIVATE_PEM,
@@ -856,7 +856,7 @@ pub(crate) mod tests {
             Some("nope"),
             json!({"iss": "rs-iss", "exp": later()}),
         );
-        assert_eq!(&*accepted(&plugin, &fallback).owner.consumer.name, "rs");
+        assert_eq!(&*accepted(&plugin, &fallback).owner().consumer.name, "rs");
     }
 
     #[test]
@@ -869,7 +869,7 @@ pub(crate) mod tests {
             json!({"iss": "hs-iss", "exp": later(), "sub": "user-7", "roles": ["a", "b"], "n": 5, "evil": "a\r\nb"}),
         );
         let found = accepted(&plugin, &token);
-        let headers = found.claim_headers.expect("headers");
+        let headers = found.claim_headers();
         let get = |n: &str| {
             headers
                 .iter()
@@ -932,10 +932,10 @@ pub(crate) mod tests {
         assert_eq!(refused(&new_plugin, &token), TokenReject::BadSignature);
 
         // A cached entry whose exp has passed is not used.
-        let stale = Arc::new(Verified {
-            owner: accepted(&plugin, &token).owner,
+        let stale = Arc::new(VerifiedToken {
+            owner: accepted(&plugin, &token).owner().clone(),
             expires_at: Some(unix_now() - 1),
-            claim_headers: None,
+            claim_headers: Box::new([]),
             ttl: MAX_CACHE_TTL,
         });
         let forged = "not.a.token";

@@ -68,7 +68,7 @@ impl KeyAuth {
     }
 
     /// Finds the consumer owning the presented key.
-    pub fn authenticate(&self, request: &mut request::Parts) -> AuthAttempt {
+    pub fn authenticate(&self, request: &mut request::Parts) -> AuthAttempt<'_> {
         let digest = match self.presented_key(request) {
             Ok(Some(key)) => api_key_digest(&key),
             Ok(None) => return AuthAttempt::NoCredential,
@@ -80,10 +80,7 @@ impl KeyAuth {
         if self.hide_credential {
             self.hide(request);
         }
-        AuthAttempt::Authenticated(Authenticated {
-            owner: owner.clone(),
-            claim_headers: None,
-        })
+        AuthAttempt::Authenticated(Authenticated::Indexed(owner))
     }
 
     /// The key bytes from the header, else from the query parameter. An
@@ -217,7 +214,7 @@ mod tests {
 
     fn consumer(attempt: AuthAttempt) -> String {
         match attempt {
-            AuthAttempt::Authenticated(a) => a.owner.consumer.name.to_string(),
+            AuthAttempt::Authenticated(a) => a.owner().consumer.name.to_string(),
             other => panic!("not authenticated: {other:?}"),
         }
     }
