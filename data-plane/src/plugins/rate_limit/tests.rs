@@ -222,6 +222,10 @@ impl RedisServer {
     }
 
     fn start_on(port: u16) -> RedisServer {
+        Self::start_with(port, &[])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> RedisServer {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -233,6 +237,7 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -240,7 +245,8 @@ impl RedisServer {
         let server = RedisServer { child, port };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if server.cli(&["PING"]).as_deref() == Some("PONG") {
+            let pong = server.cli(&["PING"]);
+            if pong.as_deref() == Some("PONG") || pong.is_some_and(|p| p.contains("NOAUTH")) {
                 return server;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -472,4 +478,37 @@ async fn unreachable_or_invalid_redis_url_still_serves() {
             Verdict::TooManyRequests { .. }
         ));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_and_database_come_from_the_url() {
+    let port = free_port();
+    let server = RedisServer::start_with(port, &["--requirepass", "s3cret-pw"]);
+    let url = format!("redis://:s3cret-pw@127.0.0.1:{port}/3");
+    let store = RedisStore::start(&url).await;
+    assert!(store.is_available(), "authenticated connection");
+    assert!(!store.target().contains("s3cret-pw"));
+    let limiters = RateLimiters::new(Some(store));
+    let plugin = RateLimit::new(
+        "route:pw#0",
+        &redis_config(json!({"limit": 5, "window": "1m"})),
+        &limiters,
+    );
+    let headers = HeaderMap::new();
+    let frank = subject(&headers, Some("frank"), [1, 1, 1, 1]);
+    assert!(admitted(&plugin.check(&frank).await));
+    let in_db3 = server.cli(&[
+        "-a",
+        "s3cret-pw",
+        "--no-auth-warning",
+        "-n",
+        "3",
+        "HGET",
+        "tollgate:rl:route:pw#0:sw:60:c:frank",
+        "c",
+    ]);
+    assert_eq!(in_db3.as_deref(), Some("1"));
+    // A wrong password is an unreachable Redis, not a crash.
+    let wrong = RedisStore::start(&format!("redis://:nope@127.0.0.1:{port}/0")).await;
+    assert!(!wrong.is_available());
 }
