@@ -6,7 +6,10 @@
 # Starts tollgate-cp on a temp dir, applies a one-route config that proxies
 # everything to $UPSTREAM_ADDR (exported by compare.sh), starts tollgate-dp on
 # 127.0.0.1:PORT, and on TERM stops both (by PID). VARIANT picks the plugins on
-# the route: plain (default), transformer. Release binaries must be built first
+# the route: plain (default), transformer, keyauth, jwt. keyauth and jwt take
+# their credential from BENCH_HEADER="apikey: <token>" (bench/auth-token.sh):
+# keyauth registers the token string as an API key, jwt verifies it as an
+# RS256 token read from that same header. Release binaries must be built first
 # (`cargo build --release --bins`).
 #
 # Example (from the repo root):
@@ -35,6 +38,8 @@ trap stop TERM INT
 case "$VARIANT" in
   plain) PLUGINS="[]" ;;
   transformer) PLUGINS='[{ name: request-transformer, config: { add: { headers: { x-bench: "1" } } } }]' ;;
+  keyauth) PLUGINS='[{ name: key-auth }]' ;;
+  jwt) PLUGINS='[{ name: jwt, config: { header: apikey, algorithms: [RS256] } }]' ;;
   *) echo "unknown variant $VARIANT" >&2; exit 2 ;;
 esac
 
@@ -48,6 +53,32 @@ routes:
     paths: ["/"]
     plugins: $PLUGINS
 YAML
+
+# The consumer the keyauth / jwt variants authenticate.
+case "$VARIANT" in
+  keyauth|jwt)
+    TOKEN=""
+    case "${BENCH_HEADER:-}" in "apikey: "*) TOKEN="${BENCH_HEADER#apikey: }" ;; esac
+    if [ -z "$TOKEN" ]; then
+      echo "variant $VARIANT needs BENCH_HEADER=\"apikey: \$(bench/auth-token.sh)\"" >&2
+      exit 2
+    fi
+    {
+      echo "consumers:"
+      echo "  - name: bench-user"
+      echo "    credentials:"
+      if [ "$VARIANT" = keyauth ]; then
+        echo "      - api_key: \"$TOKEN\""
+      else
+        echo "      - jwt:"
+        echo "          key: bench"
+        echo "          algorithm: RS256"
+        echo "          public_key: |"
+        sed 's/^/            /' "$ROOT/data-plane/src/plugins/testdata/rsa_public.pem"
+      fi
+    } >>"$WORK/gateway.yaml"
+    ;;
+esac
 
 "$BIN/tollgate-cp" --admin-listen "127.0.0.1:$ADMIN_PORT" --data-dir "$WORK/cp" >"$WORK/cp.log" 2>&1 &
 CP_PID=$!
