@@ -6,7 +6,10 @@
 # Starts tollgate-cp on a temp dir, applies a one-route config that proxies
 # everything to $UPSTREAM_ADDR (exported by compare.sh), starts tollgate-dp on
 # 127.0.0.1:PORT, and on TERM stops both (by PID). VARIANT picks the plugins on
-# the route: plain (default), transformer, keyauth, jwt. keyauth and jwt take
+# the route: plain (default), transformer, keyauth, jwt, ratelimit-local,
+# ratelimit-redis (a limit high enough never to reject, so the run measures
+# its cost; the redis variant starts its own redis-server on PORT+3000 and
+# stops it by PID). keyauth and jwt take
 # their credential from BENCH_HEADER="apikey: <token>" (bench/auth-token.sh):
 # keyauth registers the token string as an API key, jwt verifies it as an
 # RS256 token read from that same header. Release binaries must be built first
@@ -25,10 +28,12 @@ WORKERS="${PROXY_WORKERS:-1}"
 WORK="$(mktemp -d -t tollgate-bench.XXXXXX)"
 ADMIN_PORT=$((PORT + 1000))
 STATUS_PORT=$((PORT + 2000))
-CP_PID=""; DP_PID=""
+REDIS_PORT=$((PORT + 3000))
+CP_PID=""; DP_PID=""; REDIS_PID=""
 stop() {
   [ -n "$DP_PID" ] && kill -TERM "$DP_PID" 2>/dev/null
   [ -n "$CP_PID" ] && kill -TERM "$CP_PID" 2>/dev/null
+  [ -n "$REDIS_PID" ] && kill -TERM "$REDIS_PID" 2>/dev/null
   wait 2>/dev/null
   rm -rf "$WORK"
   exit 0
@@ -40,6 +45,8 @@ case "$VARIANT" in
   transformer) PLUGINS='[{ name: request-transformer, config: { add: { headers: { x-bench: "1" } } } }]' ;;
   keyauth) PLUGINS='[{ name: key-auth }]' ;;
   jwt) PLUGINS='[{ name: jwt, config: { header: apikey, algorithms: [RS256] } }]' ;;
+  ratelimit-local) PLUGINS='[{ name: rate-limit, config: { limit: 1000000000000, window: 1h, scope: ip } }]' ;;
+  ratelimit-redis) PLUGINS='[{ name: rate-limit, config: { limit: 1000000000000, window: 1h, scope: ip, policy: redis } }]' ;;
   *) echo "unknown variant $VARIANT" >&2; exit 2 ;;
 esac
 
@@ -86,7 +93,17 @@ for _ in $(seq 1 100); do
   "$BIN/tollgatectl" --server "http://127.0.0.1:$ADMIN_PORT" apply -f "$WORK/gateway.yaml" >/dev/null 2>&1 && break
   sleep 0.1
 done
+DP_ARGS=()
+if [ "$VARIANT" = ratelimit-redis ]; then
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
+  REDIS_PID=$!
+  for _ in $(seq 1 100); do
+    [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && break
+    sleep 0.1
+  done
+  DP_ARGS=(--redis-url "redis://127.0.0.1:$REDIS_PORT/0")
+fi
 RUST_LOG=warn "$BIN/tollgate-dp" --control-plane "http://127.0.0.1:$ADMIN_PORT" --listen "127.0.0.1:$PORT" \
-  --status-listen "127.0.0.1:$STATUS_PORT" --worker-threads "$WORKERS" >"$WORK/dp.log" 2>&1 &
+  --status-listen "127.0.0.1:$STATUS_PORT" --worker-threads "$WORKERS" "${DP_ARGS[@]}" >"$WORK/dp.log" 2>&1 &
 DP_PID=$!
 wait "$DP_PID"
