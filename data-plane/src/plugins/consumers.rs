@@ -98,12 +98,6 @@ impl ConsumerIdentity {
         })
     }
 
-    pub fn in_any_group(&self, groups: &[Box<str>]) -> bool {
-        self.groups
-            .iter()
-            .any(|mine| groups.iter().any(|wanted| **mine == **wanted))
-    }
-
     /// Sets `X-Consumer-Name` / `X-Consumer-Groups` (replacing any value).
     /// Callers strip client copies first ([`strip_identity_headers`]); the
     /// groups header is removed when this consumer has none.
@@ -328,11 +322,6 @@ impl ConsumerIndex {
             JwtKeyClaim::Iss => self.jwt_by_iss.get(value),
             JwtKeyClaim::Kid => self.jwt_by_kid.get(value),
         }
-    }
-
-    /// Whether any JWT key is looked up by `kid`.
-    pub fn has_kid_keys(&self) -> bool {
-        !self.jwt_by_kid.is_empty()
     }
 }
 
