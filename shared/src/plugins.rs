@@ -334,11 +334,11 @@ impl Window {
 impl fmt::Display for Window {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.0.as_secs();
-        if secs % 86_400 == 0 {
+        if secs.is_multiple_of(86_400) {
             write!(f, "{}d", secs / 86_400)
-        } else if secs % 3_600 == 0 {
+        } else if secs.is_multiple_of(3_600) {
             write!(f, "{}h", secs / 3_600)
-        } else if secs % 60 == 0 {
+        } else if secs.is_multiple_of(60) {
             write!(f, "{}m", secs / 60)
         } else {
             write!(f, "{secs}s")
