@@ -10,8 +10,8 @@
 //! Binaries are found in the cargo target directory; run `cargo build --bins`
 //! first (the README's test command does).
 
-pub mod process;
-pub mod upstream;
-pub mod dp;
 pub mod cp;
+pub mod dp;
+pub mod process;
 pub mod redis;
+pub mod upstream;

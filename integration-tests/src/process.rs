@@ -50,7 +50,12 @@ pub struct ChildProcess {
 
 impl ChildProcess {
     /// Starts `bin` with `args` and extra environment `envs`; output goes to a log file.
-    pub fn spawn(name: &str, bin: &Path, args: &[String], envs: &[(String, String)]) -> ChildProcess {
+    pub fn spawn(
+        name: &str,
+        bin: &Path,
+        args: &[String],
+        envs: &[(String, String)],
+    ) -> ChildProcess {
         let log_dir = tempfile::tempdir().expect("log dir");
         let log_path = log_dir.path().join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path).expect("create log file");
@@ -141,7 +146,12 @@ impl Drop for ChildProcess {
             let _ = self.child.wait();
         }
         if std::thread::panicking() {
-            eprintln!("---- {} log ({}) ----\n{}", self.name, self.log_path.display(), self.logs());
+            eprintln!(
+                "---- {} log ({}) ----\n{}",
+                self.name,
+                self.log_path.display(),
+                self.logs()
+            );
         }
     }
 }

@@ -300,9 +300,11 @@ impl TryFrom<&pb::Consumer> for Consumer {
                         key_claim: match jwt.key_claim.as_str() {
                             "" | "iss" => JwtKeyClaim::Iss,
                             "kid" => JwtKeyClaim::Kid,
-                            other => return Err(err(format!(
+                            other => {
+                                return Err(err(format!(
                                 "credentials[{i}].jwt.key_claim: {other:?} is not one of iss, kid"
-                            ))),
+                            )))
+                            }
                         },
                         algorithm: jwt.algorithm.clone(),
                         secret: non_empty(&jwt.secret),

@@ -55,7 +55,11 @@ async fn echo(name: &str, request: Request<Incoming>) -> Response<Full<Bytes>> {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    eprintln!("tollgate-echo {} listening on http://{}", args.name, listener.local_addr()?);
+    eprintln!(
+        "tollgate-echo {} listening on http://{}",
+        args.name,
+        listener.local_addr()?
+    );
     let name: &'static str = Box::leak(args.name.into_boxed_str());
     loop {
         let (stream, _) = listener.accept().await?;
