@@ -430,13 +430,29 @@ fn validate_credential(credential: &Credential) -> Result<(), String> {
                 ));
             }
             match &jwt.public_key {
-                Some(key) if looks_like_pem(key) && key.contains("PUBLIC KEY") => {}
+                Some(key) if looks_like_pem(key) && key.contains("PUBLIC KEY") => {
+                    check_public_key(&jwt.algorithm, key)?
+                }
                 Some(_) => return Err("jwt.public_key: must be a PEM public key".into()),
                 None => return Err(format!("jwt.public_key: required for {}", jwt.algorithm)),
             }
         }
     }
     Ok(())
+}
+
+/// Parses the PEM for the algorithm's key family, so a key every data plane
+/// would reject (and NACK) is refused at write time instead.
+fn check_public_key(algorithm: &str, pem: &str) -> Result<(), String> {
+    use jsonwebtoken::DecodingKey;
+    let parsed = match algorithm {
+        "RS256" | "RS384" | "RS512" => DecodingKey::from_rsa_pem(pem.as_bytes()),
+        "ES256" | "ES384" => DecodingKey::from_ec_pem(pem.as_bytes()),
+        _ => DecodingKey::from_ed_pem(pem.as_bytes()),
+    };
+    parsed
+        .map(|_| ())
+        .map_err(|_| format!("jwt.public_key: not a valid PEM public key for {algorithm}"))
 }
 
 fn looks_like_pem(text: &str) -> bool {
@@ -539,5 +555,24 @@ consumers:
         let err = validate(&config).unwrap_err();
         assert!(err.to_string().contains("already a credential"), "{err}");
         assert!(!err.to_string().contains("alice-secret-key"));
+    }
+
+    #[test]
+    fn unparsable_public_key_is_rejected_at_write_time() {
+        let mut config = base();
+        config.consumers[0].credentials.push(Credential {
+            jwt: Some(JwtCredential {
+                key: "issuer".into(),
+                algorithm: "RS256".into(),
+                public_key: Some(
+                    "-----BEGIN PUBLIC KEY-----\nnot base64 at all\n-----END PUBLIC KEY-----\n"
+                        .into(),
+                ),
+                ..JwtCredential::default()
+            }),
+            ..Credential::default()
+        });
+        let err = validate(&config).unwrap_err().to_string();
+        assert!(err.contains("credentials[1].jwt.public_key"), "{err}");
     }
 }
