@@ -132,6 +132,7 @@ impl DataPlane {
             control_plane: connection,
             draining: Default::default(),
         });
+        let (stop_accepting, stop_rx) = watch::channel(false);
         let access_log = Arc::new(
             telemetry::AccessLog::start(
                 &config.access_log,
@@ -139,6 +140,7 @@ impl DataPlane {
             )
             .map_err(DpError::AccessLog)?,
         );
+        let pool_maintenance = tokio::spawn(proxy::pool::maintain(store.clone(), stop_rx.clone()));
         let state = Arc::new(ProxyState {
             store,
             access_log: access_log.clone(),
@@ -156,7 +158,6 @@ impl DataPlane {
             drain_timeout: config.drain_timeout,
         };
 
-        let (stop_accepting, stop_rx) = watch::channel(false);
         tracing::info!(%node_id, control_plane = %config.control_plane, "tollgate-dp starting");
         tracing::info!("proxy listening on {proxy_addr}");
         tracing::info!("status listening on {status_addr}");
@@ -177,6 +178,7 @@ impl DataPlane {
         let _ = stop_accepting.send(true);
         let _ = proxy_task.await;
         let _ = subscriber_task.await;
+        let _ = pool_maintenance.await;
         let _ = stop_status.send(true);
         let _ = status_task.await;
         // Lines of the last requests are written before the process exits.

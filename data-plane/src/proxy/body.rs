@@ -22,12 +22,16 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::proxy::pool::PooledBody;
+
 /// A response body as sent to the client.
 #[derive(Debug)]
 pub enum ResponseBody {
     Empty,
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    /// The upstream's body; returns its connection to the pool when read
+    /// to its end.
+    Upstream(PooledBody),
 }
 
 impl ResponseBody {
@@ -47,7 +51,7 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Empty => Poll::Ready(None),
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ResponseBody::Upstream(incoming) => Pin::new(incoming).poll_frame(cx),
+            ResponseBody::Upstream(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -55,7 +59,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Empty => true,
             ResponseBody::Full(bytes) => bytes.is_none(),
-            ResponseBody::Upstream(incoming) => incoming.is_end_stream(),
+            ResponseBody::Upstream(body) => body.is_end_stream(),
         }
     }
 
@@ -65,7 +69,7 @@ impl Body for ResponseBody {
             ResponseBody::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            ResponseBody::Upstream(incoming) => incoming.size_hint(),
+            ResponseBody::Upstream(body) => body.size_hint(),
         }
     }
 }

@@ -22,7 +22,7 @@ use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{request, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
@@ -200,16 +200,8 @@ async fn forward_route(
         return ProxyError::NoHealthyTarget.into_response(Some(ctx.request_id));
     };
     exchange.set_upstream(&target.authority);
-    let upstream_uri = {
-        let mut uri_parts = std::mem::take(&mut parts.uri).into_parts();
-        uri_parts.scheme = Some(Scheme::HTTP);
-        uri_parts.authority = Some(target.authority.clone());
-        match Uri::from_parts(uri_parts) {
-            Ok(uri) => uri,
-            Err(_) => return ProxyError::BadPath.into_response(Some(ctx.request_id)),
-        }
-    };
-    parts.uri = upstream_uri;
+    // hyper's client connection writes the URI as is: origin form
+    // (`/path?query`), which `parts.uri` already is.
     parts.version = Version::HTTP_11;
     match (&service.host_header, client_host) {
         (Some(host), _) => {
@@ -218,7 +210,12 @@ async fn forward_route(
         (None, Some(host)) => {
             parts.headers.insert(HOST, host);
         }
-        (None, None) => {}
+        (None, None) => {
+            parts
+                .headers
+                .entry(HOST)
+                .or_insert_with(|| target.host.clone());
+        }
     }
 
     let mut body = UpstreamBody::new(body, route.max_body_bytes, state.limits.body_idle_timeout);
@@ -239,7 +236,7 @@ async fn forward_route(
     let upstream_started = Instant::now();
     let result = service
         .upstream
-        .send(upstream_request, service.request_timeout)
+        .send(target, upstream_request, service.request_timeout)
         .instrument(span.clone())
         .await;
     exchange.upstream_latency = Some(upstream_started.elapsed());

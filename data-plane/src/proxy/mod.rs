@@ -5,11 +5,15 @@
 //!   graceful drain.
 //! - [`handler`]: one request from bounds checks to relayed response.
 //! - [`forward`]: hop-by-hop headers out, `X-Forwarded-*` and `X-Request-Id` in.
-//! - [`upstream`]: pooled upstream connections, timeouts, response checks.
+//! - [`upstream`]: a service's targets and balancer, timeouts, response
+//!   checks.
+//! - [`pool`]: keep-alive upstream connections, pooled per target and worker
+//!   thread.
 //! - [`body`]: the streamed body types and their size/idle guards.
 
 pub mod body;
 pub mod forward;
 pub mod handler;
+pub mod pool;
 pub mod server;
 pub mod upstream;

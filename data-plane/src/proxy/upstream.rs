@@ -1,112 +1,64 @@
 //! Upstream pools: where a service's requests go, over which connections.
 //!
-//! Connections are pooled keep-alive HTTP/1.1 connections held by hyper-util's
-//! legacy `Client` (pooled per `host:port`), with `TCP_NODELAY` and the
-//! service's connect timeout. Clients are shared by every service with the
-//! same connect timeout and survive snapshot swaps ([`ClientCache`]), so a
-//! config change does not drop warm connections. Each client is sharded: one
-//! pool per shard, a shard per CPU, and a thread always uses the same shard,
-//! so the pool's lock is not contended across worker threads (the way nginx
-//! keeps one upstream pool per worker). A service's whole
-//! [`UpstreamPool`] (targets + round-robin position) is reused by the next
-//! snapshot when its targets, weights, balancing and timeouts did not change.
+//! A service's [`UpstreamPool`] holds its targets and its balancer. Each
+//! target holds its keep-alive connections ([`TargetConnections`], see
+//! [`crate::proxy::pool`] for why we pool them ourselves), shared by every
+//! service that targets the same `host:port` with the same connect timeout
+//! and kept across snapshot swaps through [`ClientCache`], so a config
+//! change does not drop warm connections. A service's whole pool (targets +
+//! round-robin position) is reused by the next snapshot when its targets,
+//! weights, balancing and timeouts did not change.
 //!
 //! Failures map onto the proxy's error table: connect/request timeout -> 504,
 //! refused/reset -> 502, malformed response -> 502. A response with both
 //! `Content-Length` and `Transfer-Encoding`, or with conflicting
-//! `Content-Length`s, is never forwarded and its connection is poisoned so
-//! the pool never reuses it (hyper's client does not reject the former).
+//! `Content-Length`s, is never forwarded and its connection is closed rather
+//! than returned to the pool (hyper's client does not reject the former).
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::uri::Authority;
-use http::{HeaderMap, Request, Response};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::{capture_connection, HttpConnector};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use tollgate_shared::model::{LoadBalancing, Protocol, Service};
 
 use crate::error::ProxyError;
 use crate::lb::RoundRobin;
 use crate::proxy::body::{BodyError, UpstreamBody};
+use crate::proxy::pool::{PooledBody, TargetConnections};
 
-pub type HttpClient = Client<HttpConnector, UpstreamBody>;
-
-/// One pool per shard; see the module doc.
-#[derive(Debug, Clone)]
-pub struct ShardedClient {
-    shards: Arc<[HttpClient]>,
-}
-
-static NEXT_SHARD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-thread_local! {
-    /// This thread's shard number, assigned on first use.
-    static THREAD_SHARD: usize =
-        NEXT_SHARD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-}
-
-impl ShardedClient {
-    fn new(connect_timeout: Duration) -> ShardedClient {
-        let count = std::thread::available_parallelism().map_or(1, |n| n.get());
-        ShardedClient {
-            shards: (0..count).map(|_| build_client(connect_timeout)).collect(),
-        }
-    }
-
-    /// The calling thread's client.
-    #[inline]
-    fn local(&self) -> &HttpClient {
-        let shard = THREAD_SHARD.with(|shard| *shard) % self.shards.len().max(1);
-        &self.shards[shard]
-    }
-}
-
-/// How long an idle pooled upstream connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Idle connections kept per upstream `host:port`.
-const POOL_MAX_IDLE_PER_HOST: usize = 1024;
-/// TCP keepalive probes on upstream connections, to notice dead peers.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
-
-/// Upstream clients by connect timeout; lives as long as the data plane.
+/// Every target's connections by `(address, connect timeout)`, so services
+/// and snapshots naming the same target share them; lives as long as the
+/// data plane and holds them weakly (a target no snapshot uses any more
+/// closes its connections).
 #[derive(Debug, Default)]
 pub struct ClientCache {
-    clients: Mutex<HashMap<u64, ShardedClient>>,
+    targets: Mutex<HashMap<(String, u64), Weak<TargetConnections>>>,
 }
 
 impl ClientCache {
-    /// The client for this connect timeout, created on first use. Called when
-    /// a snapshot compiles, never per request.
-    pub fn client(&self, connect_timeout_ms: u64) -> ShardedClient {
-        let mut clients = match self.clients.lock() {
-            Ok(clients) => clients,
+    /// The connections of this target, created on first use. Called when a
+    /// snapshot compiles, never per request.
+    pub fn target(&self, authority: &Authority, connect_timeout_ms: u64) -> Arc<TargetConnections> {
+        let mut targets = match self.targets.lock() {
+            Ok(targets) => targets,
             Err(poisoned) => poisoned.into_inner(),
         };
-        clients
-            .entry(connect_timeout_ms)
-            .or_insert_with(|| ShardedClient::new(Duration::from_millis(connect_timeout_ms)))
-            .clone()
+        targets.retain(|_, weak| weak.strong_count() > 0);
+        let key = (authority.as_str().to_owned(), connect_timeout_ms);
+        if let Some(existing) = targets.get(&key).and_then(Weak::upgrade) {
+            return existing;
+        }
+        let created = Arc::new(TargetConnections::new(
+            authority,
+            Duration::from_millis(connect_timeout_ms),
+        ));
+        targets.insert(key, Arc::downgrade(&created));
+        created
     }
-}
-
-fn build_client(connect_timeout: Duration) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_keepalive(Some(TCP_KEEPALIVE));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
 }
 
 /// One upstream instance, parsed once.
@@ -114,7 +66,10 @@ fn build_client(connect_timeout: Duration) -> HttpClient {
 pub struct UpstreamTarget {
     pub address: String,
     pub authority: Authority,
+    /// `authority` as a `Host` value, for requests that came without one.
+    pub host: HeaderValue,
     pub weight: u32,
+    pub connections: Arc<TargetConnections>,
 }
 
 /// What decides whether a pool can be carried over to the next snapshot.
@@ -148,7 +103,6 @@ pub struct UpstreamPool {
     pub key: PoolKey,
     pub targets: Box<[UpstreamTarget]>,
     balancer: RoundRobin,
-    client: ShardedClient,
 }
 
 impl UpstreamPool {
@@ -180,9 +134,17 @@ impl UpstreamPool {
                     target.address
                 )
             })?;
+            let host = HeaderValue::from_str(authority.as_str()).map_err(|_| {
+                format!(
+                    "upstream.targets[{i}].address: {:?} is not a valid host:port",
+                    target.address
+                )
+            })?;
             targets.push(UpstreamTarget {
                 address: target.address.clone(),
+                connections: clients.target(&authority, service.timeouts.connect_ms()),
                 authority,
+                host,
                 weight: target.weight,
             });
         }
@@ -191,7 +153,6 @@ impl UpstreamPool {
             key: PoolKey::of(service),
             targets: targets.into_boxed_slice(),
             balancer: RoundRobin::new(&weights),
-            client: clients.client(service.timeouts.connect_ms()),
         })
     }
 
@@ -201,29 +162,24 @@ impl UpstreamPool {
         self.balancer.pick().and_then(|i| self.targets.get(i))
     }
 
-    /// Sends the request and waits for the response head, at most `timeout`.
+    /// Sends the request (origin-form URI, `Host` set) to `target` and
+    /// waits for the response head, at most `timeout` (connecting included).
     pub async fn send(
         &self,
-        mut request: Request<UpstreamBody>,
+        target: &UpstreamTarget,
+        request: Request<UpstreamBody>,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let connection = capture_connection(&mut request);
-        let response =
-            match tokio::time::timeout(timeout, self.client.local().request(request)).await {
+    ) -> Result<Response<PooledBody>, ProxyError> {
+        let mut response =
+            match tokio::time::timeout(timeout, target.connections.send(request)).await {
                 Err(_elapsed) => return Err(ProxyError::UpstreamTimeout),
-                Ok(Err(err)) => {
-                    let kind = classify(&err);
-                    tracing::debug!(error = %DisplayChain(&err), ?kind, "upstream request failed");
-                    return Err(kind);
-                }
-                Ok(Ok(response)) => response,
+                Ok(result) => result?,
             };
         if has_ambiguous_framing(response.headers()) {
-            if let Some(connected) = connection.connection_metadata().as_ref() {
-                connected.poison();
-            }
+            response.body_mut().discard_connection();
             tracing::warn!(
-                "upstream response with ambiguous framing rejected; connection poisoned"
+                upstream = %target.address,
+                "upstream response with ambiguous framing rejected; connection closed"
             );
             return Err(ProxyError::UpstreamMalformed);
         }
@@ -263,9 +219,10 @@ pub fn has_ambiguous_framing(headers: &HeaderMap) -> bool {
     lengths.any(|value| parse(value) != Some(expected))
 }
 
-/// Maps a client failure onto the error table by walking its causes.
-fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
-    let mut source: Option<&(dyn StdError + 'static)> = err.source();
+/// Maps an upstream failure onto the error table by walking the error and
+/// its causes.
+pub fn classify(err: &(dyn StdError + 'static)) -> ProxyError {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(cause) = source {
         if let Some(body) = cause.downcast_ref::<BodyError>() {
             return match body {
