@@ -32,19 +32,30 @@ const PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
 /// Longest client-supplied request id kept as is.
 pub const MAX_REQUEST_ID_LEN: usize = 200;
 
-/// Headers that only describe one hop.
-const HOP_BY_HOP: [HeaderName; 10] = [
-    CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::PROXY_AUTHENTICATE,
-    http::header::PROXY_AUTHORIZATION,
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::TRANSFER_ENCODING,
-    http::header::UPGRADE,
-    HeaderName::from_static("http2-settings"),
-];
+/// Whether `name` only describes one hop (RFC 9110 §7.6.1, plus
+/// `Proxy-Connection` and `HTTP2-Settings`). Standard names compare as
+/// small integers; the others by length first, so this costs a few
+/// instructions per header and never hashes.
+#[inline]
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    use http::header::{
+        PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    };
+    if name == CONNECTION
+        || name == TE
+        || name == TRAILER
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == PROXY_AUTHENTICATE
+        || name == PROXY_AUTHORIZATION
+    {
+        return true;
+    }
+    matches!(
+        name.as_str(),
+        "keep-alive" | "proxy-connection" | "http2-settings"
+    )
+}
 
 /// The `--trusted-proxies` list.
 #[derive(Debug, Clone, Default)]
@@ -113,20 +124,46 @@ impl Peer {
 }
 
 /// Removes hop-by-hop headers, including any named in `Connection`.
+///
+/// One pass over the names finds what to remove; the map is only touched
+/// (hashed) for names actually present, which usually means none in a
+/// request and `Connection` alone in a response.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
+    // `keys()` yields each name once, and there are 10 hop-by-hop names.
+    let mut found: [Option<HeaderName>; 10] = Default::default();
+    let mut count = 0;
+    let mut connection = false;
+    for name in headers.keys() {
+        if count < found.len() && is_hop_by_hop(name) {
+            connection |= name == CONNECTION;
+            found[count] = Some(name.clone());
+            count += 1;
+        }
+    }
+    if count == 0 {
+        return;
+    }
+    if connection {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .map(str::trim)
+            // `close` and `keep-alive` are the usual tokens: no such
+            // end-to-end header to look for (keep-alive is removed anyway).
+            .filter(|token| {
+                !token.is_empty()
+                    && !token.eq_ignore_ascii_case("close")
+                    && !token.eq_ignore_ascii_case("keep-alive")
+            })
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP.iter() {
+    for name in found.into_iter().flatten() {
         headers.remove(name);
     }
 }
@@ -265,6 +302,22 @@ mod tests {
         remove_hop_by_hop(&mut map);
         assert_eq!(map.len(), 1, "{map:?}");
         assert_eq!(map["x-end-to-end"], "kept");
+
+        let mut map = headers(&[
+            ("connection", "Close, X-Other"),
+            ("connection", "Keep-Alive"),
+            ("x-other", "1"),
+            ("proxy-connection", "keep-alive"),
+            ("trailer", "x-sum"),
+            ("host", "h"),
+        ]);
+        remove_hop_by_hop(&mut map);
+        assert_eq!(map.len(), 1, "{map:?}");
+        assert_eq!(map["host"], "h");
+
+        let mut map = headers(&[("host", "h"), ("accept", "*/*")]);
+        remove_hop_by_hop(&mut map);
+        assert_eq!(map.len(), 2);
     }
 
     #[test]
