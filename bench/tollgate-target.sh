@@ -7,13 +7,17 @@
 # everything to $UPSTREAM_ADDR (exported by compare.sh), starts tollgate-dp on
 # 127.0.0.1:PORT, and on TERM stops both (by PID). VARIANT picks the plugins on
 # the route: plain (default), transformer, keyauth, jwt, ratelimit-local,
-# ratelimit-redis (a limit high enough never to reject, so the run measures
+# ratelimit-redis, accesslog, tracing (a limit high enough never to reject, so the run measures
 # its cost; the redis variant starts its own redis-server on PORT+3000 and
 # stops it by PID). keyauth and jwt take
 # their credential from BENCH_HEADER="apikey: <token>" (bench/auth-token.sh):
 # keyauth registers the token string as an API key, jwt verifies it as an
-# RS256 token read from that same header. Release binaries must be built first
-# (`cargo build --release --bins`).
+# RS256 token read from that same header. Every variant but accesslog runs with
+# `--access-log off`; accesslog writes it to a file in the temp dir. tracing
+# exports every request's spans (ratio 1.0) to the otlp_sink example receiver,
+# started on PORT+4000. Release binaries must be built first
+# (`cargo build --release --bins` and, for tracing,
+# `cargo build --release -p tollgate-integration-tests --example otlp_sink`).
 #
 # Example (from the repo root):
 #   TARGET_NAME=tollgate TARGET_URL=http://127.0.0.1:18090/ \
@@ -34,6 +38,7 @@ stop() {
   [ -n "$DP_PID" ] && kill -TERM "$DP_PID" 2>/dev/null
   [ -n "$CP_PID" ] && kill -TERM "$CP_PID" 2>/dev/null
   [ -n "$REDIS_PID" ] && kill -TERM "$REDIS_PID" 2>/dev/null
+  [ -n "${SINK_PID:-}" ] && kill -TERM "$SINK_PID" 2>/dev/null
   wait 2>/dev/null
   rm -rf "$WORK"
   exit 0
@@ -41,7 +46,7 @@ stop() {
 trap stop TERM INT
 
 case "$VARIANT" in
-  plain) PLUGINS="[]" ;;
+  plain|accesslog|tracing) PLUGINS="[]" ;;
   transformer) PLUGINS='[{ name: request-transformer, config: { add: { headers: { x-bench: "1" } } } }]' ;;
   keyauth) PLUGINS='[{ name: key-auth }]' ;;
   jwt) PLUGINS='[{ name: jwt, config: { header: apikey, algorithms: [RS256] } }]' ;;
@@ -93,7 +98,17 @@ for _ in $(seq 1 100); do
   "$BIN/tollgatectl" --server "http://127.0.0.1:$ADMIN_PORT" apply -f "$WORK/gateway.yaml" >/dev/null 2>&1 && break
   sleep 0.1
 done
-DP_ARGS=()
+DP_ARGS=(--access-log off)
+SINK_PID=""
+case "$VARIANT" in
+  accesslog) DP_ARGS=(--access-log "$WORK/access.log") ;;
+  tracing)
+    SINK_PORT=$((PORT + 4000))
+    "$BIN/examples/otlp_sink" "127.0.0.1:$SINK_PORT" >"$WORK/otlp.log" 2>&1 &
+    SINK_PID=$!
+    DP_ARGS=(--access-log off --otlp-endpoint "http://127.0.0.1:$SINK_PORT" --trace-sample-ratio 1.0)
+    ;;
+esac
 if [ "$VARIANT" = ratelimit-redis ]; then
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
   REDIS_PID=$!
@@ -101,7 +116,7 @@ if [ "$VARIANT" = ratelimit-redis ]; then
     [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && break
     sleep 0.1
   done
-  DP_ARGS=(--redis-url "redis://127.0.0.1:$REDIS_PORT/0")
+  DP_ARGS+=(--redis-url "redis://127.0.0.1:$REDIS_PORT/0")
 fi
 RUST_LOG=warn "$BIN/tollgate-dp" --control-plane "http://127.0.0.1:$ADMIN_PORT" --listen "127.0.0.1:$PORT" \
   --status-listen "127.0.0.1:$STATUS_PORT" --worker-threads "$WORKERS" "${DP_ARGS[@]}" >"$WORK/dp.log" 2>&1 &
