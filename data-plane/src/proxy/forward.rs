@@ -33,28 +33,23 @@ const PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
 pub const MAX_REQUEST_ID_LEN: usize = 200;
 
 /// Whether `name` only describes one hop (RFC 9110 §7.6.1, plus
-/// `Proxy-Connection` and `HTTP2-Settings`). Standard names compare as
-/// small integers; the others by length first, so this costs a few
+/// `Proxy-Connection` and `HTTP2-Settings`). Names are lower-case; the
+/// length picks the one or two candidates to compare, so this costs a few
 /// instructions per header and never hashes.
 #[inline]
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    use http::header::{
-        PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
-    };
-    if name == CONNECTION
-        || name == TE
-        || name == TRAILER
-        || name == TRANSFER_ENCODING
-        || name == UPGRADE
-        || name == PROXY_AUTHENTICATE
-        || name == PROXY_AUTHORIZATION
-    {
-        return true;
+    let name = name.as_str();
+    match name.len() {
+        2 => name == "te",
+        7 => name == "trailer" || name == "upgrade",
+        10 => name == "connection" || name == "keep-alive",
+        14 => name == "http2-settings",
+        16 => name == "proxy-connection",
+        17 => name == "transfer-encoding",
+        18 => name == "proxy-authenticate",
+        19 => name == "proxy-authorization",
+        _ => false,
     }
-    matches!(
-        name.as_str(),
-        "keep-alive" | "proxy-connection" | "http2-settings"
-    )
 }
 
 /// The `--trusted-proxies` list.
@@ -125,46 +120,56 @@ impl Peer {
 
 /// Removes hop-by-hop headers, including any named in `Connection`.
 ///
-/// One pass over the names finds what to remove; the map is only touched
+/// One pass over the fields finds what to remove; the map is only touched
 /// (hashed) for names actually present, which usually means none in a
-/// request and `Connection` alone in a response.
+/// request and `Connection` alone in a response. `Connection: keep-alive`
+/// and `Connection: close`, the usual values, name nothing else to remove.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // `keys()` yields each name once, and there are 10 hop-by-hop names.
+    // Each hop-by-hop name once (a name with several values is seen again).
     let mut found: [Option<HeaderName>; 10] = Default::default();
     let mut count = 0;
-    let mut connection = false;
-    for name in headers.keys() {
-        if count < found.len() && is_hop_by_hop(name) {
-            connection |= name == CONNECTION;
+    let mut named: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers.iter() {
+        if !is_hop_by_hop(name) {
+            continue;
+        }
+        if name == CONNECTION {
+            connection_tokens(value, &mut named);
+        }
+        if count < found.len() && !found[..count].iter().any(|f| f.as_ref() == Some(name)) {
             found[count] = Some(name.clone());
             count += 1;
         }
     }
-    if count == 0 {
+    for name in named {
+        headers.remove(name);
+    }
+    for name in found.into_iter().take(count).flatten() {
+        headers.remove(name);
+    }
+}
+
+/// The header names a `Connection` value lists, minus `close` and
+/// `keep-alive` (no end-to-end header to look for; `Keep-Alive` itself is
+/// hop-by-hop anyway).
+fn connection_tokens(value: &HeaderValue, named: &mut Vec<HeaderName>) {
+    let bytes = value.as_bytes();
+    if bytes.eq_ignore_ascii_case(b"keep-alive") || bytes.eq_ignore_ascii_case(b"close") {
         return;
     }
-    if connection {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .map(str::trim)
-            // `close` and `keep-alive` are the usual tokens: no such
-            // end-to-end header to look for (keep-alive is removed anyway).
-            .filter(|token| {
-                !token.is_empty()
-                    && !token.eq_ignore_ascii_case("close")
-                    && !token.eq_ignore_ascii_case("keep-alive")
-            })
-            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
+    let Ok(text) = value.to_str() else {
+        return;
+    };
+    for token in text.split(',').map(str::trim) {
+        if token.is_empty()
+            || token.eq_ignore_ascii_case("close")
+            || token.eq_ignore_ascii_case("keep-alive")
+        {
+            continue;
         }
-    }
-    for name in found.into_iter().flatten() {
-        headers.remove(name);
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            named.push(name);
+        }
     }
 }
 
@@ -318,6 +323,35 @@ mod tests {
         let mut map = headers(&[("host", "h"), ("accept", "*/*")]);
         remove_hop_by_hop(&mut map);
         assert_eq!(map.len(), 2);
+    }
+
+    #[test]
+    fn the_hop_by_hop_names_are_exactly_these() {
+        use http::header;
+        for name in [
+            header::CONNECTION,
+            header::TE,
+            header::TRAILER,
+            header::TRANSFER_ENCODING,
+            header::UPGRADE,
+            header::PROXY_AUTHENTICATE,
+            header::PROXY_AUTHORIZATION,
+            HeaderName::from_static("keep-alive"),
+            HeaderName::from_static("proxy-connection"),
+            HeaderName::from_static("http2-settings"),
+        ] {
+            assert!(is_hop_by_hop(&name), "{name}");
+        }
+        for name in [
+            header::HOST,
+            header::CONTENT_LENGTH,
+            header::ACCEPT,
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-connection"),
+            HeaderName::from_static("tf"),
+        ] {
+            assert!(!is_hop_by_hop(&name), "{name}");
+        }
     }
 
     #[test]

@@ -30,7 +30,9 @@ use tollgate_shared::telemetry::{self, TRACE_TARGET};
 use tracing::Instrument;
 
 use crate::error::ProxyError;
-use crate::plugins::consumers::strip_identity_headers;
+use crate::plugins::consumers::{
+    strip_identity_headers, X_ANONYMOUS_CONSUMER, X_CONSUMER_GROUPS, X_CONSUMER_NAME,
+};
 use crate::plugins::{Outcome, RequestContext};
 use crate::proxy::body::{ResponseBody, UpstreamBody};
 use crate::proxy::forward::{self, Peer, TrustedProxies};
@@ -146,7 +148,11 @@ pub async fn handle(
     forward::set_forwarded(&mut parts.headers, peer, client_host.as_ref());
     // Only the gateway says who is calling: client copies of the identity
     // headers go on every route, authenticated or not.
-    strip_identity_headers(&mut parts.headers);
+    // (A scan of the names hashes nothing; the removal runs only when one
+    // is present.)
+    if parts.headers.keys().any(is_identity_header) {
+        strip_identity_headers(&mut parts.headers);
+    }
 
     let mut ctx = RequestContext {
         client_ip,
@@ -277,14 +283,18 @@ fn finish(
     for (name, value) in ctx.response_headers.drain(..) {
         parts.headers.insert(name, value);
     }
-    if !parts.headers.contains_key(forward::X_REQUEST_ID) {
-        parts
-            .headers
-            .insert(forward::X_REQUEST_ID, ctx.request_id.clone());
-    }
+    parts
+        .headers
+        .entry(forward::X_REQUEST_ID)
+        .or_insert_with(|| ctx.request_id.clone());
     route.plugins.run_response(ctx, &mut parts);
     route.plugins.run_log(ctx, parts.status);
     Response::from_parts(parts, body)
+}
+
+/// One of the identity headers only the gateway may set.
+fn is_identity_header(name: &http::header::HeaderName) -> bool {
+    name == X_CONSUMER_NAME || name == X_CONSUMER_GROUPS || name == X_ANONYMOUS_CONSUMER
 }
 
 /// URI length, header count and header bytes.

@@ -233,6 +233,7 @@ impl TargetConnections {
         let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         let (sender, connection) = http1::Builder::new()
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|err| {
@@ -274,24 +275,18 @@ impl TargetConnections {
         self: &Arc<Self>,
         request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, ProxyError> {
-        let (mut sender, reused) = match self.checkout() {
-            Some(sender) => (sender, true),
-            None => (self.connect().await?, false),
-        };
-        let result = match sender.try_send_request(request).await {
-            Ok(response) => Ok(response),
-            Err(mut failed) => match failed.take_message() {
-                // Never written: the idle connection was closed under us.
-                Some(request) if reused => {
-                    tracing::debug!(upstream = %self.address, error = %DisplayChain(failed.error()), "pooled upstream connection was closed; retrying on a new one");
-                    sender = self.connect().await?;
-                    sender
-                        .try_send_request(request)
-                        .await
-                        .map_err(|failed| failed.into_error())
-                }
-                _ => Err(failed.into_error()),
+        // The connect paths are boxed: they are rare, and keeping them out
+        // of this future keeps it small to create and move per request.
+        let (sender, result) = match self.checkout() {
+            Some(mut sender) => match sender.try_send_request(request).await {
+                Ok(response) => (sender, Ok(response)),
+                Err(failed) => match Self::unsent(failed, &self.address) {
+                    // Never written: the idle connection was closed under us.
+                    Ok(request) => Box::pin(self.send_on_new(request)).await?,
+                    Err(err) => (sender, Err(err)),
+                },
             },
+            None => Box::pin(self.send_on_new(request)).await?,
         };
         match result {
             Ok(response) => Ok(response.map(|body| PooledBody {
@@ -307,6 +302,36 @@ impl TargetConnections {
                 Err(kind)
             }
         }
+    }
+}
+
+impl TargetConnections {
+    /// The request back when it was never written (worth one retry on a new
+    /// connection), else the error.
+    fn unsent(
+        mut failed: hyper::client::conn::TrySendError<Request<UpstreamBody>>,
+        address: &str,
+    ) -> Result<Request<UpstreamBody>, hyper::Error> {
+        match failed.take_message() {
+            Some(request) => {
+                tracing::debug!(upstream = %address, error = %DisplayChain(failed.error()), "pooled upstream connection was closed; retrying on a new one");
+                Ok(request)
+            }
+            None => Err(failed.into_error()),
+        }
+    }
+
+    /// Sends `request` on a new connection.
+    async fn send_on_new(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<(Sender, hyper::Result<Response<Incoming>>), ProxyError> {
+        let mut sender = self.connect().await?;
+        let result = sender
+            .try_send_request(request)
+            .await
+            .map_err(|failed| failed.into_error());
+        Ok((sender, result))
     }
 }
 

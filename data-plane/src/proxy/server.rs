@@ -58,6 +58,7 @@ fn builder(state: &ProxyState, settings: &ServerSettings) -> auto::Builder<Tokio
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
         .keep_alive(true)
+        .writev(false)
         .max_headers(limits.max_headers.saturating_add(1))
         .max_buf_size((limits.max_header_bytes + limits.max_uri_bytes + 4096).max(8192));
     builder

@@ -189,34 +189,44 @@ impl UpstreamPool {
 
 /// Both Content-Length and Transfer-Encoding, or Content-Lengths that
 /// disagree or do not parse: a request-smuggling shape, never forwarded.
+/// One pass over the fields (a response has a handful), no hashing.
 pub fn has_ambiguous_framing(headers: &HeaderMap) -> bool {
-    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
-    let Some(first) = lengths.next() else {
-        return false;
-    };
-    if headers.contains_key(TRANSFER_ENCODING) {
-        return true;
-    }
-    let parse = |value: &http::HeaderValue| -> Option<u64> {
-        let text = value.to_str().ok()?;
-        let mut result = None;
-        for part in text.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
+    let mut length: Option<u64> = None;
+    let mut transfer_encoding = false;
+    for (name, value) in headers.iter() {
+        if name == CONTENT_LENGTH {
+            match (parse_content_length(value), length) {
+                (None, _) => return true,
+                (Some(n), Some(previous)) if n != previous => return true,
+                (Some(n), _) => length = Some(n),
             }
-            let n: u64 = part.parse().ok()?;
-            match result {
-                Some(previous) if previous != n => return None,
-                _ => result = Some(n),
-            }
+        } else if name == TRANSFER_ENCODING {
+            transfer_encoding = true;
         }
-        result
-    };
-    let Some(expected) = parse(first) else {
-        return true;
-    };
-    lengths.any(|value| parse(value) != Some(expected))
+    }
+    length.is_some() && transfer_encoding
+}
+
+/// A Content-Length value: digits, or a list of equal digit strings.
+fn parse_content_length(value: &HeaderValue) -> Option<u64> {
+    let bytes = value.as_bytes();
+    if !bytes.is_empty() && bytes.len() <= 18 && bytes.iter().all(u8::is_ascii_digit) {
+        return Some(bytes.iter().fold(0u64, |n, b| n * 10 + u64::from(b - b'0')));
+    }
+    let text = value.to_str().ok()?;
+    let mut result = None;
+    for part in text.split(',') {
+        let part = part.trim();
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n: u64 = part.parse().ok()?;
+        match result {
+            Some(previous) if previous != n => return None,
+            _ => result = Some(n),
+        }
+    }
+    result
 }
 
 /// Maps an upstream failure onto the error table by walking the error and
@@ -303,6 +313,18 @@ mod tests {
             "5, 6"
         )])));
         assert!(has_ambiguous_framing(&headers(&[("content-length", "-1")])));
+        assert!(has_ambiguous_framing(&headers(&[
+            ("transfer-encoding", "chunked"),
+            ("content-length", "5")
+        ])));
+        assert!(!has_ambiguous_framing(&headers(&[
+            ("content-length", "5, 5"),
+            ("content-length", "005")
+        ])));
+        assert!(has_ambiguous_framing(&headers(&[(
+            "content-length",
+            "99999999999999999999999"
+        )])));
     }
 
     fn service(yaml: &str) -> Service {
