@@ -19,7 +19,8 @@
 //! - [`shutdown`]: signals and draining.
 //! - [`error`]: [`DpError`] and the one table from proxy failure to response.
 //!
-//! `main.rs` only parses flags and builds the runtime; [`run`] (or
+//! `main.rs` only parses flags and builds the main thread's single-threaded
+//! runtime; [`run`] (or
 //! [`DataPlane::bind`] + [`DataPlane::serve`], which tests use to learn the
 //! bound ports) does the rest.
 
@@ -59,6 +60,7 @@ pub struct DataPlane {
     status_listener: TcpListener,
     proxy_addr: SocketAddr,
     status_addr: SocketAddr,
+    workers: usize,
 }
 
 impl DataPlane {
@@ -74,7 +76,16 @@ impl DataPlane {
             status_listener,
             proxy_addr,
             status_addr,
+            workers: 1,
         })
+    }
+
+    /// Serves the proxy on `workers` threads, each with its own
+    /// single-threaded runtime (see [`proxy::server`]); the first is the
+    /// runtime [`DataPlane::serve`] runs on. The default is 1.
+    pub fn with_workers(mut self, workers: usize) -> DataPlane {
+        self.workers = workers.max(1);
+        self
     }
 
     pub fn proxy_addr(&self) -> SocketAddr {
@@ -94,6 +105,7 @@ impl DataPlane {
             status_listener,
             proxy_addr,
             status_addr,
+            workers,
         } = self;
         let node_id = config
             .node_id
@@ -165,8 +177,9 @@ impl DataPlane {
         let subscriber_task = tokio::spawn(subscriber.run(stop_rx.clone()));
         let (stop_status, status_rx) = watch::channel(false);
         let status_task = tokio::spawn(status::serve(status_listener, status.clone(), status_rx));
-        let proxy_task = tokio::spawn(proxy::server::serve(
+        let proxy_task = tokio::spawn(proxy::server::serve_workers(
             proxy_listener,
+            workers,
             state,
             settings,
             stop_rx,
@@ -191,9 +204,10 @@ impl DataPlane {
     }
 }
 
-/// Runs a data plane until SIGTERM or SIGINT, then drains and returns.
-pub async fn run(config: DpConfig) -> Result<(), DpError> {
-    let data_plane = DataPlane::bind(config).await?;
+/// Runs a data plane with `workers` proxy workers until SIGTERM or SIGINT,
+/// then drains and returns.
+pub async fn run(config: DpConfig, workers: usize) -> Result<(), DpError> {
+    let data_plane = DataPlane::bind(config).await?.with_workers(workers);
     let signals = shutdown::Signals::install()?;
     let signal = async move {
         let name = signals.recv().await;

@@ -37,7 +37,8 @@ struct Args {
     /// Comma-separated CIDRs/IPs whose X-Forwarded-For is believed.
     #[arg(long, env = "TOLLGATE_TRUSTED_PROXIES", default_value = "")]
     trusted_proxies: String,
-    /// Tokio worker threads [default: one per CPU].
+    /// Proxy worker threads, each with its own single-threaded runtime, like
+    /// nginx workers [default: one per CPU].
     #[arg(long, env = "TOLLGATE_WORKER_THREADS")]
     worker_threads: Option<usize>,
     /// Token sent to the control plane as `authorization: Bearer <token>`.
@@ -93,11 +94,15 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all().thread_name("tollgate-dp");
-    if let Some(threads) = args.worker_threads.filter(|n| *n > 0) {
-        runtime.worker_threads(threads);
-    }
+    // The main thread's runtime runs the background tasks (config stream,
+    // status port, trace export) and proxy worker 0; the other workers get
+    // a thread and runtime each (see `proxy::server`).
+    let workers = args
+        .worker_threads
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut runtime = tokio::runtime::Builder::new_current_thread();
+    runtime.enable_all();
     let runtime = match runtime.build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -156,7 +161,7 @@ fn main() -> ExitCode {
         redis_url: args.redis_url.filter(|url| !url.is_empty()),
     };
 
-    let result = runtime.block_on(tollgate_data_plane::run(config));
+    let result = runtime.block_on(tollgate_data_plane::run(config, workers));
     runtime.block_on(telemetry.shutdown());
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,7 +14,6 @@
 //! (where `key-auth` may read an API key), and no header other than `Host`
 //! and `X-Request-Id` is recorded.
 
-use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -26,7 +25,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use http::uri::{Authority, PathAndQuery};
 use http::HeaderValue;
 use prometheus_client::metrics::counter::Counter;
-use serde::Serialize;
 
 /// Lines buffered between the request path and the writer thread.
 pub const DEFAULT_CAPACITY: usize = 4096;
@@ -327,71 +325,84 @@ fn warn_once(warned: &mut bool, err: &io::Error) {
     }
 }
 
-/// The JSON shape of one line. Every field is always present (`null` when
-/// unknown) so consumers see one schema.
-#[derive(Serialize)]
-struct Line<'a> {
-    time: &'a str,
-    request_id: Option<&'a str>,
-    trace_id: Option<&'a str>,
-    client_ip: Option<IpAddr>,
-    method: &'a str,
-    host: Option<&'a str>,
-    path: Option<&'a str>,
-    route: Option<&'a str>,
-    service: Option<&'a str>,
-    consumer: Option<&'a str>,
-    status: u16,
-    upstream_addr: Option<&'a str>,
-    upstream_latency_ms: Option<f64>,
-    total_latency_ms: f64,
-    bytes_in: u64,
-    bytes_out: u64,
-}
-
-/// Appends `record` as one JSON line to `out`.
+/// Appends `record` as one JSON line to `out`. Every field is always
+/// present (`null` when unknown) so consumers see one schema.
+///
+/// Written by hand rather than through `serde_json`: this runs once per
+/// request (on the writer thread, but on the same CPUs), and the generic
+/// serializer's byte-by-byte escaping and `fmt` machinery cost several times
+/// more than the request's own handling. `scratch` is unused and kept for
+/// the callers' signature.
 fn format_line(
     record: &AccessLogRecord,
-    scratch: &mut String,
+    _scratch: &mut String,
     out: &mut Vec<u8>,
-) -> Result<(), serde_json::Error> {
-    scratch.clear();
-    write_rfc3339(scratch, record.time);
-    let time_end = scratch.len();
-    if let Some(id) = record.trace_id {
-        let _ = write!(scratch, "{id:032x}");
-    }
-    let (time, trace_id) = scratch.split_at(time_end);
-    let line = Line {
-        time,
-        request_id: record.request_id.as_ref().and_then(header_text),
-        trace_id: record.trace_id.map(|_| trace_id),
-        client_ip: record.client_ip,
-        method: record.method.as_str(),
-        host: record.host.as_ref().and_then(header_text),
-        path: record.path.as_ref().map(PathAndQuery::path),
-        route: record.route.as_deref(),
-        service: record.service.as_deref(),
-        consumer: record.consumer.as_deref(),
-        status: record.status,
-        upstream_addr: record.upstream_addr.as_ref().map(Authority::as_str),
-        upstream_latency_ms: record.upstream_latency.map(millis),
-        total_latency_ms: millis(record.total_latency),
-        bytes_in: record.bytes_in,
-        bytes_out: record.bytes_out,
-    };
-    let start = out.len();
-    match serde_json::to_writer(&mut *out, &line) {
-        Ok(()) => {
-            out.push(b'\n');
-            Ok(())
+) -> Result<(), std::convert::Infallible> {
+    out.extend_from_slice(b"{\"time\":\"");
+    write_rfc3339(out, record.time);
+    out.extend_from_slice(b"\",\"request_id\":");
+    json_opt_str(out, record.request_id.as_ref().and_then(header_text));
+    out.extend_from_slice(b",\"trace_id\":");
+    match record.trace_id {
+        Some(id) => {
+            out.push(b'"');
+            for shift in (0..32).rev() {
+                out.push(HEX[((id >> (shift * 4)) & 0xf) as usize]);
+            }
+            out.push(b'"');
         }
-        Err(err) => {
-            out.truncate(start);
-            Err(err)
-        }
+        None => out.extend_from_slice(b"null"),
     }
+    out.extend_from_slice(b",\"client_ip\":");
+    match record.client_ip {
+        Some(IpAddr::V4(ip)) => {
+            out.push(b'"');
+            for (i, octet) in ip.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                write_u64(out, u64::from(octet));
+            }
+            out.push(b'"');
+        }
+        Some(ip @ IpAddr::V6(_)) => {
+            // Hex digits and colons only: nothing to escape.
+            let _ = write!(out, "\"{ip}\"");
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"method\":");
+    json_str(out, record.method.as_str());
+    out.extend_from_slice(b",\"host\":");
+    json_opt_str(out, record.host.as_ref().and_then(header_text));
+    out.extend_from_slice(b",\"path\":");
+    json_opt_str(out, record.path.as_ref().map(PathAndQuery::path));
+    out.extend_from_slice(b",\"route\":");
+    json_opt_str(out, record.route.as_deref());
+    out.extend_from_slice(b",\"service\":");
+    json_opt_str(out, record.service.as_deref());
+    out.extend_from_slice(b",\"consumer\":");
+    json_opt_str(out, record.consumer.as_deref());
+    out.extend_from_slice(b",\"status\":");
+    write_u64(out, u64::from(record.status));
+    out.extend_from_slice(b",\"upstream_addr\":");
+    json_opt_str(out, record.upstream_addr.as_ref().map(Authority::as_str));
+    out.extend_from_slice(b",\"upstream_latency_ms\":");
+    match record.upstream_latency {
+        Some(latency) => write_millis(out, latency),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"total_latency_ms\":");
+    write_millis(out, record.total_latency);
+    out.extend_from_slice(b",\"bytes_in\":");
+    write_u64(out, record.bytes_in);
+    out.extend_from_slice(b",\"bytes_out\":");
+    write_u64(out, record.bytes_out);
+    out.extend_from_slice(b"}\n");
+    Ok(())
 }
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Header values are visible ASCII in practice; anything else is logged as
 /// absent rather than guessed at.
@@ -399,26 +410,108 @@ fn header_text(value: &HeaderValue) -> Option<&str> {
     value.to_str().ok()
 }
 
-/// Milliseconds with microsecond precision.
-fn millis(duration: Duration) -> f64 {
-    (duration.as_micros() as f64) / 1000.0
+fn json_opt_str(out: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        Some(text) => json_str(out, text),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A JSON string (RFC 8259): `"`, `\\` and control characters escaped;
+/// other text (valid UTF-8, since it is a `str`) copied as is.
+fn json_str(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    // No short-circuit, so the check vectorizes; escaping is the rare path.
+    let clean = bytes.iter().fold(true, |clean, &b| {
+        clean & (b >= 0x20 && b != b'"' && b != b'\\')
+    });
+    if clean {
+        out.extend_from_slice(bytes);
+    } else {
+        for &b in bytes {
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                0x08 => out.extend_from_slice(b"\\b"),
+                0x0c => out.extend_from_slice(b"\\f"),
+                0x00..=0x1f => {
+                    out.extend_from_slice(b"\\u00");
+                    out.push(HEX[usize::from(b >> 4)]);
+                    out.push(HEX[usize::from(b & 0xf)]);
+                }
+                _ => out.push(b),
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// `n` as exactly `width` digits (zero-padded; `n` must fit).
+fn write_padded(out: &mut Vec<u8>, n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut n = n;
+    for slot in digits[..width].iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend_from_slice(&digits[..width]);
+}
+
+/// Milliseconds with microsecond precision, as the shortest JSON number
+/// (`1.5`, `2.25`, `3.0`).
+fn write_millis(out: &mut Vec<u8>, duration: Duration) {
+    let micros = duration.as_micros();
+    let micros = u64::try_from(micros).unwrap_or(u64::MAX);
+    write_u64(out, micros / 1000);
+    out.push(b'.');
+    let mut fraction = micros % 1000;
+    let mut width = 3;
+    while width > 1 && fraction % 10 == 0 {
+        fraction /= 10;
+        width -= 1;
+    }
+    write_padded(out, fraction, width);
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), without a date-time dependency.
-fn write_rfc3339(out: &mut String, time: SystemTime) {
+fn write_rfc3339(out: &mut Vec<u8>, time: SystemTime) {
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let secs = since_epoch.as_secs();
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let rem = secs % 86_400;
     let (year, month, day) = civil_from_days(days);
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        since_epoch.subsec_millis()
-    );
+    write_padded(out, u64::try_from(year).unwrap_or(0).min(9999), 4);
+    out.push(b'-');
+    write_padded(out, u64::from(month), 2);
+    out.push(b'-');
+    write_padded(out, u64::from(day), 2);
+    out.push(b'T');
+    write_padded(out, rem / 3600, 2);
+    out.push(b':');
+    write_padded(out, (rem % 3600) / 60, 2);
+    out.push(b':');
+    write_padded(out, rem % 60, 2);
+    out.push(b'.');
+    write_padded(out, u64::from(since_epoch.subsec_millis()), 3);
+    out.push(b'Z');
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian (year, month, day)
@@ -522,6 +615,35 @@ mod tests {
         let line = line_of(&record);
         assert_eq!(line["path"], "/a\"b\\c");
         assert!(line["request_id"].is_null());
+    }
+
+    #[test]
+    fn strings_and_numbers_match_json_semantics() {
+        let mut record = record("/x");
+        let nasty = "tab\there \"quoted\" back\\slash \u{1} \u{1f} é 漢";
+        record.route = Some(Arc::from(nasty));
+        record.client_ip = "2001:db8::1".parse().ok();
+        record.trace_id = Some(0xab);
+        for (micros, text) in [
+            (0, "0.0"),
+            (1_500, "1.5"),
+            (1_001, "1.001"),
+            (1_010, "1.01"),
+            (1_234_567, "1234.567"),
+        ] {
+            record.total_latency = Duration::from_micros(micros);
+            let mut out = Vec::new();
+            assert!(format_line(&record, &mut String::new(), &mut out).is_ok());
+            let text_line = String::from_utf8(out.clone()).unwrap_or_default();
+            assert!(
+                text_line.contains(&format!("\"total_latency_ms\":{text},")),
+                "{text_line}"
+            );
+            let line: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+            assert_eq!(line["route"], nasty);
+            assert_eq!(line["client_ip"], "2001:db8::1");
+            assert_eq!(line["trace_id"], "000000000000000000000000000000ab");
+        }
     }
 
     #[test]
