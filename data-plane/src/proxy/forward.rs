@@ -32,24 +32,42 @@ const PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
 /// Longest client-supplied request id kept as is.
 pub const MAX_REQUEST_ID_LEN: usize = 200;
 
-/// Whether `name` only describes one hop (RFC 9110 §7.6.1, plus
-/// `Proxy-Connection` and `HTTP2-Settings`). Names are lower-case; the
-/// length picks the one or two candidates to compare, so this costs a few
-/// instructions per header and never hashes.
+/// The headers that only describe one hop (RFC 9110 §7.6.1, plus
+/// `Proxy-Connection` and `HTTP2-Settings`), in [`hop_by_hop_index`] order.
+const HOP_BY_HOP: [HeaderName; 10] = [
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("http2-settings"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TRANSFER_ENCODING,
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+];
+const CONNECTION_INDEX: usize = 3;
+
+/// `name`'s place in [`HOP_BY_HOP`], if it is hop-by-hop. Names are
+/// lower-case; the length picks the one or two candidates to compare, so
+/// this costs a few instructions per header and never hashes.
 #[inline]
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     let name = name.as_str();
-    match name.len() {
-        2 => name == "te",
-        7 => name == "trailer" || name == "upgrade",
-        10 => name == "connection" || name == "keep-alive",
-        14 => name == "http2-settings",
-        16 => name == "proxy-connection",
-        17 => name == "transfer-encoding",
-        18 => name == "proxy-authenticate",
-        19 => name == "proxy-authorization",
-        _ => false,
-    }
+    let index = match name.len() {
+        2 if name == "te" => 0,
+        7 if name == "trailer" => 1,
+        7 if name == "upgrade" => 2,
+        10 if name == "connection" => 3,
+        10 if name == "keep-alive" => 4,
+        14 if name == "http2-settings" => 5,
+        16 if name == "proxy-connection" => 6,
+        17 if name == "transfer-encoding" => 7,
+        18 if name == "proxy-authenticate" => 8,
+        19 if name == "proxy-authorization" => 9,
+        _ => return None,
+    };
+    Some(index)
 }
 
 /// The `--trusted-proxies` list.
@@ -120,32 +138,32 @@ impl Peer {
 
 /// Removes hop-by-hop headers, including any named in `Connection`.
 ///
-/// One pass over the fields finds what to remove; the map is only touched
-/// (hashed) for names actually present, which usually means none in a
-/// request and `Connection` alone in a response. `Connection: keep-alive`
-/// and `Connection: close`, the usual values, name nothing else to remove.
+/// One pass over the fields notes which hop-by-hop names are present (a
+/// bit each); the map is only touched (hashed) for those, which usually
+/// means none in a request and `Connection` alone in a response.
+/// `Connection: keep-alive` and `Connection: close`, the usual values, name
+/// nothing else to remove.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Each hop-by-hop name once (a name with several values is seen again).
-    let mut found: [Option<HeaderName>; 10] = Default::default();
-    let mut count = 0;
+    let mut found = 0u16;
     let mut named: Vec<HeaderName> = Vec::new();
     for (name, value) in headers.iter() {
-        if !is_hop_by_hop(name) {
-            continue;
+        if let Some(index) = hop_by_hop_index(name) {
+            found |= 1 << index;
+            if index == CONNECTION_INDEX {
+                connection_tokens(value, &mut named);
+            }
         }
-        if name == CONNECTION {
-            connection_tokens(value, &mut named);
-        }
-        if count < found.len() && !found[..count].iter().any(|f| f.as_ref() == Some(name)) {
-            found[count] = Some(name.clone());
-            count += 1;
-        }
+    }
+    if found == 0 {
+        return;
     }
     for name in named {
         headers.remove(name);
     }
-    for name in found.into_iter().take(count).flatten() {
-        headers.remove(name);
+    for (index, name) in HOP_BY_HOP.iter().enumerate() {
+        if found & (1 << index) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -340,7 +358,9 @@ mod tests {
             HeaderName::from_static("proxy-connection"),
             HeaderName::from_static("http2-settings"),
         ] {
-            assert!(is_hop_by_hop(&name), "{name}");
+            let index = hop_by_hop_index(&name);
+            assert!(index.is_some(), "{name}");
+            assert!(index.is_some_and(|i| HOP_BY_HOP[i] == name), "{name}");
         }
         for name in [
             header::HOST,
@@ -350,7 +370,7 @@ mod tests {
             HeaderName::from_static("x-connection"),
             HeaderName::from_static("tf"),
         ] {
-            assert!(!is_hop_by_hop(&name), "{name}");
+            assert!(hop_by_hop_index(&name).is_none(), "{name}");
         }
     }
 
