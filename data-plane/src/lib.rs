@@ -7,9 +7,11 @@
 //!   validated and compiled once ([`snapshot::compile`]) into one
 //!   [`snapshot::CompiledSnapshot`] behind one pointer ([`snapshot::store`]),
 //!   and are written to the optional disk cache ([`snapshot::cache`]).
-//! - [`proxy`]: the listener ([`proxy::server`]) hands each request to
-//!   [`proxy::handler`], which routes it, runs the plugin chain, forwards it
-//!   ([`proxy::forward`], [`proxy::upstream`]) and streams bodies
+//! - [`proxy`]: the listener ([`proxy::server`], one accept loop per proxy
+//!   worker thread, each with its own single-threaded runtime) hands each
+//!   request to [`proxy::handler`], which routes it, runs the plugin chain,
+//!   forwards it ([`proxy::forward`], [`proxy::upstream`]) over pooled
+//!   upstream connections ([`proxy::pool`]) and streams bodies
 //!   ([`proxy::body`]).
 //! - [`router`]: the compiled route table and path normalization.
 //! - [`plugins`]: the per-request phases and the plugin implementations.
