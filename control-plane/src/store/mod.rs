@@ -73,14 +73,36 @@ pub struct Store {
     trees: Vec<sled::Tree>,
 }
 
+/// How long [`Store::open`] waits for the data dir's lock: a previous owner
+/// that is still exiting (a restart that overlaps, or sled's flusher thread
+/// finishing after the last handle in this process was dropped) releases it
+/// within moments; another live tollgate-cp never does.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn is_lock_error(err: &sled::Error) -> bool {
+    err.to_string().contains("could not acquire lock")
+}
+
+fn open_db(path: &Path) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(err) if is_lock_error(&err) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            result => return result,
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store in `data_dir`, and loads its content.
     /// Blocking: call it from `spawn_blocking` or before serving.
     pub fn open(data_dir: &Path) -> Result<(Store, Loaded), CpError> {
         prepare_data_dir(data_dir)?;
         let path = data_dir.join(DB_DIR);
-        let db = sled::Config::new().path(&path).open().map_err(|err| {
-            let busy = err.to_string().contains("could not acquire lock");
+        let db = open_db(&path).map_err(|err| {
+            let busy = is_lock_error(&err);
             CpError::StoreFormat {
                 path: path.clone(),
                 message: if busy {
