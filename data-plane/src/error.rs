@@ -136,33 +136,55 @@ impl ProxyError {
 
     /// The JSON body: `{"error":..., "message":..., "request_id":...}`.
     pub fn body(self, request_id: Option<&HeaderValue>) -> String {
-        let request_id = request_id
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or("");
-        serde_json::json!({
-            "error": self.code(),
-            "message": self.message(),
-            "request_id": request_id,
-        })
-        .to_string()
+        json_error_body(self.code(), self.message(), request_id)
     }
 
     /// The complete response, with `X-Request-Id` echoed so the client can
     /// quote it.
     pub fn into_response(self, request_id: Option<&HeaderValue>) -> Response<ResponseBody> {
-        let body = Bytes::from(self.body(request_id));
-        let mut response = Response::new(ResponseBody::full(body));
-        *response.status_mut() = self.status();
+        let mut response =
+            json_error_response(self.status(), self.code(), self.message(), request_id);
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(id) = request_id {
-            headers.insert(X_REQUEST_ID, id.clone());
-        }
         if matches!(self, ProxyError::NotReady | ProxyError::Overloaded) {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
+}
+
+/// The JSON body of every answer the gateway gives itself (proxy errors,
+/// auth refusals, rate limits): `{"error":..., "message":..., "request_id":...}`.
+/// `code` and `message` are fixed strings, never request data, so a body
+/// can never echo a credential.
+pub fn json_error_body(code: &str, message: &str, request_id: Option<&HeaderValue>) -> String {
+    let request_id = request_id
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    serde_json::json!({
+        "error": code,
+        "message": message,
+        "request_id": request_id,
+    })
+    .to_string()
+}
+
+/// A JSON error response with that body, `Content-Type` and the
+/// `X-Request-Id` echoed so the client can quote it.
+pub fn json_error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: Option<&HeaderValue>,
+) -> Response<ResponseBody> {
+    let body = Bytes::from(json_error_body(code, message, request_id));
+    let mut response = Response::new(ResponseBody::full(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(id) = request_id {
+        headers.insert(X_REQUEST_ID, id.clone());
+    }
+    response
 }
 
 #[cfg(test)]

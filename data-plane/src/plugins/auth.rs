@@ -24,8 +24,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{HeaderName, HeaderValue, WWW_AUTHENTICATE};
 use http::{request, Response, StatusCode};
 
 use super::consumers::{ConsumerIdentity, CredentialOwner, X_ANONYMOUS_CONSUMER};
@@ -33,7 +32,6 @@ use super::context::Identity;
 use super::jwt::{JwtAuth, VerifiedToken};
 use super::key_auth::KeyAuth;
 use crate::proxy::body::ResponseBody;
-use crate::proxy::forward::X_REQUEST_ID;
 
 /// What one authentication method found.
 #[derive(Debug)]
@@ -224,29 +222,20 @@ impl AuthError {
 
     /// The JSON body: `{"error":..., "message":..., "request_id":...}`.
     pub fn body(self, request_id: Option<&HeaderValue>) -> String {
-        let request_id = request_id
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or("");
-        serde_json::json!({
-            "error": self.code(),
-            "message": self.message(),
-            "request_id": request_id,
-        })
-        .to_string()
+        crate::error::json_error_body(self.code(), self.message(), request_id)
     }
 
-    /// The complete response, `X-Request-Id` echoed.
+    /// The complete response, `X-Request-Id` echoed, with its challenges.
     pub fn into_response(self, request_id: Option<&HeaderValue>) -> Response<ResponseBody> {
-        let body = Bytes::from(self.body(request_id));
-        let mut response = Response::new(ResponseBody::full(body));
-        *response.status_mut() = self.status();
+        let mut response = crate::error::json_error_response(
+            self.status(),
+            self.code(),
+            self.message(),
+            request_id,
+        );
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         for challenge in self.challenges() {
             headers.append(WWW_AUTHENTICATE, challenge);
-        }
-        if let Some(id) = request_id {
-            headers.insert(X_REQUEST_ID, id.clone());
         }
         response
     }
@@ -559,7 +548,10 @@ mod tests {
         let response = err.into_response(Some(&id));
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(response.headers()[WWW_AUTHENTICATE], KEY_CHALLENGE);
-        assert_eq!(response.headers()[X_REQUEST_ID], "req-1");
+        assert_eq!(
+            response.headers()[crate::proxy::forward::X_REQUEST_ID],
+            "req-1"
+        );
         let body = response
             .into_body()
             .collect()
