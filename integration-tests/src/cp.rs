@@ -249,6 +249,32 @@ impl ControlPlane {
 
     /// Runs the real `tollgatectl --server <this> ARGS...` with the admin token
     /// in `TOLLGATE_ADMIN_TOKEN` when one is configured.
+    /// Applies `config` through the admin gRPC API; panics when it is
+    /// rejected (a test's own config is expected to be valid).
+    pub async fn apply(
+        &self,
+        config: &tollgate_shared::model::GatewayConfig,
+    ) -> tollgate_shared::proto::admin::ApplyResponse {
+        let mut admin = self.admin().await;
+        admin
+            .apply(tollgate_shared::proto::admin::ApplyRequest {
+                config: Some(config.into()),
+                dry_run: false,
+            })
+            .await
+            .unwrap_or_else(|status| panic!("Apply rejected: {status}"))
+            .into_inner()
+    }
+
+    /// [`ControlPlane::apply`], returning the committed revision.
+    pub async fn apply_revision(&self, config: &tollgate_shared::model::GatewayConfig) -> u64 {
+        self.apply(config)
+            .await
+            .version
+            .expect("Apply returns a version")
+            .revision
+    }
+
     pub fn ctl(&self, args: &[&str]) -> Output {
         let mut env = Vec::new();
         if let Some(token) = &self.options.admin_token {
@@ -415,4 +441,10 @@ impl StreamSubscriber {
             .await
             .expect("stream to the control plane is open");
     }
+}
+
+/// A config written as JSON in the model's shape (tests build configs with
+/// `json!`); panics when it does not match the model.
+pub fn config_from_json(value: serde_json::Value) -> tollgate_shared::model::GatewayConfig {
+    serde_json::from_value(value).expect("test config matches the model")
 }

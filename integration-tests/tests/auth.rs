@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
+use tollgate_integration_tests::cp::config_from_json as config;
 use tollgate_integration_tests::cp::{ControlPlane, CpOptions};
 use tollgate_integration_tests::dp::DataPlane;
 use tollgate_integration_tests::upstream::Upstream;
@@ -96,10 +97,6 @@ impl Answer {
     }
 }
 
-fn config(value: Value) -> GatewayConfig {
-    serde_json::from_value(value).expect("test config matches the model")
-}
-
 impl Gateway {
     async fn start(name: &str) -> Gateway {
         verbose_logs();
@@ -123,15 +120,7 @@ impl Gateway {
             "routes": routes,
             "consumers": consumers,
         });
-        let mut admin = self.cp.admin().await;
-        let response = admin
-            .apply(admin_pb::ApplyRequest {
-                config: Some((&config(value)).into()),
-                dry_run: false,
-            })
-            .await
-            .unwrap_or_else(|status| panic!("Apply rejected: {status}"))
-            .into_inner();
+        let response = self.cp.apply(&config(value)).await;
         let revision = response
             .version
             .as_ref()

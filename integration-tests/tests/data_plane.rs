@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tollgate_integration_tests::cp::config_from_json as config;
 use tollgate_integration_tests::cp::ControlPlane;
 use tollgate_integration_tests::dp::{
     raw_get, raw_http, refusing_port, response_json, DataPlane, WAIT,
@@ -24,11 +25,6 @@ use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::admin as admin_pb;
 
 // ------------------------------------------------------------------ helpers
-
-/// A config from JSON (the same shape as `gateway.yaml`).
-fn config(value: Value) -> GatewayConfig {
-    serde_json::from_value(value).expect("test config matches the model")
-}
 
 /// A service JSON with one target per `(address, weight)`.
 fn service(name: &str, targets: &[(String, u32)]) -> Value {
@@ -51,20 +47,6 @@ async fn upstreams(names: &[&str]) -> HashMap<String, Upstream> {
         map.insert(name.to_string(), Upstream::start(name).await);
     }
     map
-}
-
-/// Applies `config` through the admin gRPC API; returns the committed revision.
-async fn apply(cp: &ControlPlane, config: &GatewayConfig) -> u64 {
-    let mut admin = cp.admin().await;
-    let response = admin
-        .apply(admin_pb::ApplyRequest {
-            config: Some(config.into()),
-            dry_run: false,
-        })
-        .await
-        .unwrap_or_else(|status| panic!("Apply rejected: {status}"))
-        .into_inner();
-    response.version.expect("Apply returns a version").revision
 }
 
 /// Applies `config` with `tollgatectl apply -f`; returns the committed revision.
@@ -128,7 +110,7 @@ async fn wait_acked(cp: &ControlPlane, dp: &DataPlane, revision: u64) {
 /// A control plane with `config` applied and a data plane serving it.
 async fn gateway(node_id: &str, value: Value, dp_args: &[String]) -> (ControlPlane, DataPlane) {
     let cp = ControlPlane::start().await;
-    let revision = apply(&cp, &config(value)).await;
+    let revision = cp.apply_revision(&config(value)).await;
     let dp = DataPlane::start(cp.port(), node_id, dp_args);
     dp.wait_ready().await;
     wait_acked(&cp, &dp, revision).await;
@@ -762,7 +744,7 @@ async fn twenty_config_changes_under_continuous_load_fail_no_request() {
     };
     let cp = ControlPlane::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let first = apply(&cp, &version(0)).await;
+    let first = cp.apply_revision(&version(0)).await;
     let dp = Arc::new(DataPlane::start(cp.port(), "dp-changes", &[]));
     dp.wait_ready().await;
     wait_acked(&cp, &dp, first).await;
@@ -816,7 +798,7 @@ async fn twenty_config_changes_under_continuous_load_fail_no_request() {
         let revision = if i % 2 == 0 {
             apply_with_ctl(&cp, dir.path(), &version(i)).await
         } else {
-            apply(&cp, &version(i)).await
+            cp.apply_revision(&version(i)).await
         };
         wait_acked(&cp, &dp, revision).await;
         // Once ACKed, the change is what serves.
@@ -867,7 +849,7 @@ async fn control_plane_killed_data_plane_serves_on_and_reconnects() {
         }))
     };
     let mut cp = ControlPlane::start().await;
-    let first = apply(&cp, &to(&before)).await;
+    let first = cp.apply_revision(&to(&before)).await;
     let dp = DataPlane::start(cp.port(), "dp-outage", &[]);
     dp.wait_ready().await;
     wait_acked(&cp, &dp, first).await;
@@ -898,7 +880,7 @@ async fn control_plane_killed_data_plane_serves_on_and_reconnects() {
 
     // Back on the same data dir and port; a change made meanwhile is picked up.
     cp.restart().await;
-    let second = apply(&cp, &to(&after)).await;
+    let second = cp.apply_revision(&to(&after)).await;
     assert!(second > first);
     wait_acked(&cp, &dp, second).await;
     let (status, body) = dp.get_json("outage.test", "/y").await;
@@ -918,9 +900,9 @@ async fn data_plane_follows_a_control_plane_whose_store_was_wiped() {
         }))
     };
     let mut cp = ControlPlane::start().await;
-    apply(&cp, &to(&old, "/a")).await;
-    apply(&cp, &to(&old, "/b")).await;
-    let old_revision = apply(&cp, &to(&old, "/")).await;
+    cp.apply_revision(&to(&old, "/a")).await;
+    cp.apply_revision(&to(&old, "/b")).await;
+    let old_revision = cp.apply_revision(&to(&old, "/")).await;
     let dp = DataPlane::start(cp.port(), "dp-wiped-store", &[]);
     dp.wait_ready().await;
     wait_acked(&cp, &dp, old_revision).await;
@@ -930,7 +912,7 @@ async fn data_plane_follows_a_control_plane_whose_store_was_wiped() {
     cp.kill_9();
     std::fs::remove_dir_all(cp.data_dir()).expect("wipe the control plane's data dir");
     cp.restart().await;
-    apply(&cp, &to(&new, "/")).await;
+    cp.apply_revision(&to(&new, "/")).await;
     let mut admin = cp.admin().await;
     let exported = admin
         .export(admin_pb::ExportRequest {})
@@ -1068,7 +1050,7 @@ async fn unapplicable_snapshot_is_nacked_and_old_config_keeps_serving() {
     let good_revision = dp.revision().await.expect("revision");
 
     let bad = unapplicable_snapshot(&up);
-    let bad_revision = apply(&cp, &bad).await;
+    let bad_revision = cp.apply_revision(&bad).await;
     assert!(bad_revision > good_revision);
     let plane = wait_until("the control plane to record the NACK", WAIT, || async {
         let plane = tracked(&cp, dp.node_id()).await?;
@@ -1507,7 +1489,7 @@ async fn in_flight_request_finishes_on_the_config_it_started_with() {
         }))
     };
     let cp = ControlPlane::start().await;
-    let first = apply(&cp, &to(&old)).await;
+    let first = cp.apply_revision(&to(&old)).await;
     let dp = DataPlane::start(cp.port(), "dp-in-flight", &[]);
     dp.wait_ready().await;
     wait_acked(&cp, &dp, first).await;
@@ -1522,7 +1504,7 @@ async fn in_flight_request_finishes_on_the_config_it_started_with() {
         || async { (old.requests() >= 1).then_some(()) },
     )
     .await;
-    let second = apply(&cp, &to(&new)).await;
+    let second = cp.apply_revision(&to(&new)).await;
     wait_acked(&cp, &dp, second).await;
     let (status, body) = dp.get_json("flight.test", "/now").await;
     assert_eq!((status, served_by(&body)), (200, "new"), "{body}");

@@ -31,35 +31,17 @@ use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::{json, Value};
+use tollgate_integration_tests::cp::config_from_json as config;
 use tollgate_integration_tests::cp::{ControlPlane, CpOptions};
 use tollgate_integration_tests::dp::{DataPlane, WAIT};
 use tollgate_integration_tests::process::{free_port, wait_until};
 use tollgate_integration_tests::upstream::Upstream;
-use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::admin as admin_pb;
 
 // ------------------------------------------------------------------ helpers
 
-fn config(value: Value) -> GatewayConfig {
-    serde_json::from_value(value).expect("test config matches the model")
-}
-
 fn service_to(name: &str, upstream: &Upstream) -> Value {
     json!({"name": name, "upstream": {"targets": [{"address": upstream.address()}]}})
-}
-
-/// Applies `config` through the admin gRPC API; returns the committed revision.
-async fn apply(cp: &ControlPlane, config: &GatewayConfig) -> u64 {
-    let mut admin = cp.admin().await;
-    let response = admin
-        .apply(admin_pb::ApplyRequest {
-            config: Some(config.into()),
-            dry_run: false,
-        })
-        .await
-        .unwrap_or_else(|status| panic!("Apply rejected: {status}"))
-        .into_inner();
-    response.version.expect("Apply returns a version").revision
 }
 
 /// Starts a data plane on `cp` and waits until it serves `revision`.
@@ -273,17 +255,15 @@ async fn known_traffic_gives_exact_counters_and_histograms() {
     let up_a = Upstream::start("a").await;
     let up_b = Upstream::start("b").await;
     let cp = ControlPlane::start().await;
-    let revision = apply(
-        &cp,
-        &config(json!({
+    let revision = cp
+        .apply_revision(&config(json!({
             "services": [service_to("svc-a", &up_a), service_to("svc-b", &up_b)],
             "routes": [
                 {"name": "route-a", "service": "svc-a", "paths": ["/a"]},
                 {"name": "route-b", "service": "svc-b", "paths": ["/b"]},
             ],
-        })),
-    )
-    .await;
+        })))
+        .await;
     let dp = data_plane(
         &cp,
         "dp-metrics",
@@ -453,9 +433,7 @@ async fn spans_nest_and_the_upstream_gets_the_same_trace() {
         ..CpOptions::default()
     })
     .await;
-    let revision = apply(
-        &cp,
-        &config(json!({
+    let revision = cp.apply_revision(&config(json!({
             "services": [service_to("svc", &upstream)],
             "routes": [{
                 "name": "traced-route",
@@ -621,9 +599,8 @@ async fn access_log_lines_are_json_and_carry_no_credentials() {
     let query_key = "alice-query-key-9797";
     let wrong_key = "mallory-wrong-key-1313";
     let bearer = "bearer-token-secret-5656";
-    let revision = apply(
-        &cp,
-        &config(json!({
+    let revision = cp
+        .apply_revision(&config(json!({
             "services": [service_to("svc", &upstream)],
             "routes": [
                 {
@@ -638,9 +615,8 @@ async fn access_log_lines_are_json_and_carry_no_credentials() {
                 "name": "alice",
                 "credentials": [{"api_key": header_key}, {"api_key": query_key}],
             }],
-        })),
-    )
-    .await;
+        })))
+        .await;
     let log_dir = tempfile::tempdir().expect("log dir");
     let log_path = log_dir.path().join("access.log");
     let dp = data_plane(
@@ -807,14 +783,12 @@ async fn control_plane_metrics_show_the_data_plane_and_its_version() {
     })
     .await;
     let upstream = Upstream::start("u").await;
-    let revision = apply(
-        &cp,
-        &config(json!({
+    let revision = cp
+        .apply_revision(&config(json!({
             "services": [service_to("svc", &upstream)],
             "routes": [{"name": "r", "service": "svc", "paths": ["/r"]}],
-        })),
-    )
-    .await;
+        })))
+        .await;
     let mut dp = data_plane(
         &cp,
         "dp-watched",

@@ -12,13 +12,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tollgate_integration_tests::cp::config_from_json as config;
 use tollgate_integration_tests::cp::ControlPlane;
 use tollgate_integration_tests::dp::{DataPlane, WAIT};
 use tollgate_integration_tests::process::{free_port, wait_until};
 use tollgate_integration_tests::redis::RedisServer;
 use tollgate_integration_tests::upstream::Upstream;
-use tollgate_shared::model::GatewayConfig;
-use tollgate_shared::proto::admin as admin_pb;
 
 const HOST: &str = "rl.test";
 
@@ -51,10 +50,6 @@ impl Answer {
     }
 }
 
-fn config(value: Value) -> GatewayConfig {
-    serde_json::from_value(value).expect("test config matches the model")
-}
-
 impl Fleet {
     /// Starts Redis, the control plane and three data planes pointing at both.
     async fn start(name: &str) -> Fleet {
@@ -84,16 +79,7 @@ impl Fleet {
             "routes": routes,
             "consumers": consumers,
         });
-        let mut admin = self.cp.admin().await;
-        let response = admin
-            .apply(admin_pb::ApplyRequest {
-                config: Some((&config(value)).into()),
-                dry_run: false,
-            })
-            .await
-            .unwrap_or_else(|status| panic!("Apply rejected: {status}"))
-            .into_inner();
-        let revision = response.version.expect("Apply returns a version").revision;
+        let revision = self.cp.apply_revision(&config(value)).await;
         for dp in &self.dps {
             dp.wait_version(revision).await;
         }
@@ -504,14 +490,7 @@ async fn wrong_redis_url_starts_and_serves() {
         "routes": [route("limited", "/limited", vec![rate_limit(json!(
             {"limit": 2, "window": "1h", "scope": "ip", "policy": "redis"}))])],
     });
-    let mut admin = cp.admin().await;
-    admin
-        .apply(admin_pb::ApplyRequest {
-            config: Some((&config(value)).into()),
-            dry_run: false,
-        })
-        .await
-        .unwrap_or_else(|status| panic!("Apply rejected: {status}"));
+    cp.apply(&config(value)).await;
 
     let nobody = format!("redis://:hunter2-pw@127.0.0.1:{}/0", free_port());
     let dp = DataPlane::start(
