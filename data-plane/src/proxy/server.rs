@@ -39,7 +39,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
@@ -249,17 +249,28 @@ async fn serve(
 }
 
 /// A minimal HTTP/1.1 503 for connections beyond the cap.
+///
+/// The request is never read, so after the answer the socket lingers: it
+/// reads and discards what the client sent until the client closes (or a
+/// second passes). Closing with unread bytes would make the kernel send a
+/// reset, which can destroy the 503 before the client reads it.
 async fn reject_overloaded(mut stream: TcpStream) {
     let body = ProxyError::Overloaded.body(None);
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
-    let write = async {
+    let answer_and_linger = async {
         let _ = stream.write_all(response.as_bytes()).await;
         let _ = stream.shutdown().await;
+        let mut discard = [0u8; 1024];
+        while let Ok(read) = stream.read(&mut discard).await {
+            if read == 0 {
+                break;
+            }
+        }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer_and_linger).await;
 }
 
 /// Binds a listener, naming what failed.
