@@ -84,6 +84,9 @@ impl From<&Route> for pb::Route {
             priority: route.priority,
             plugins: route.plugins.iter().map(plugin_to_pb).collect(),
             max_body_bytes: route.max_body_bytes,
+            metrics: (!route.metrics.is_default()).then_some(pb::RouteMetricsOptions {
+                consumer_labels: route.metrics.consumer_labels,
+            }),
         }
     }
 }
@@ -278,6 +281,12 @@ impl TryFrom<&pb::Route> for Route {
             priority: route.priority,
             plugins: plugins_from_pb(&route.plugins).map_err(err)?,
             max_body_bytes: route.max_body_bytes,
+            metrics: route
+                .metrics
+                .map(|m| RouteMetricsOptions {
+                    consumer_labels: m.consumer_labels,
+                })
+                .unwrap_or_default(),
         })
     }
 }
@@ -371,6 +380,10 @@ routes:
     paths: ["/a"]
     headers: [{ name: x-v, value: "2" }, { name: x-present }]
     plugins: [{ name: acl, config: { allow: [g] } }, { name: key-auth, enabled: false }]
+    metrics: { consumer_labels: true }
+  - name: plain
+    service: s
+    paths: ["/p"]
 consumers:
   - name: c
     credentials: [{ api_key_hash: "sha256:0000000000000000000000000000000000000000000000000000000000000000" }]

@@ -180,6 +180,29 @@ pub struct Route {
     /// Largest request body accepted, in bytes (413 above it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
+    /// What the data plane records about this route beyond the defaults.
+    #[serde(default, skip_serializing_if = "RouteMetricsOptions::is_default")]
+    pub metrics: RouteMetricsOptions,
+}
+
+/// Per-route metric options. Everything is off by default: the default
+/// series are labelled by route and service only, values that come from
+/// config, so their number never depends on traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMetricsOptions {
+    /// Also count this route's requests by consumer
+    /// (`tollgate_consumer_requests_total{route, service, consumer, code}`).
+    /// Consumer names come from config, so the series stay bounded by the
+    /// number of consumers; it is opt-in because that number can be large.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub consumer_labels: bool,
+}
+
+impl RouteMetricsOptions {
+    pub fn is_default(&self) -> bool {
+        *self == RouteMetricsOptions::default()
+    }
 }
 
 /// A header condition on a route: `value` exact (case-sensitive), or mere

@@ -17,6 +17,7 @@ fn route(name: &str) -> Route {
         priority: 0,
         plugins: Vec::new(),
         max_body_bytes: None,
+        metrics: Default::default(),
     }
 }
 

@@ -23,7 +23,7 @@ use crate::plugins::{
 };
 use crate::proxy::upstream::{ClientCache, PoolKey, SharedPool, UpstreamPool};
 use crate::router::Router;
-use crate::telemetry::metrics::RouteMetrics;
+use crate::telemetry::metrics::{ConsumerNames, RouteMetrics};
 
 /// One configuration, ready to serve.
 pub struct CompiledSnapshot {
@@ -126,6 +126,14 @@ pub fn compile(
         );
     }
 
+    // Indexed once, and only when some route counts requests by consumer.
+    let consumer_names = config
+        .routes
+        .iter()
+        .any(|route| route.metrics.consumer_labels)
+        .then(|| ConsumerNames::new(config.consumers.iter().map(|c| c.name.as_str())));
+    let metrics = crate::telemetry::metrics::global();
+
     let mut routes = Vec::with_capacity(config.routes.len());
     for route in &config.routes {
         let label = format!("route {:?}", route.name);
@@ -152,7 +160,12 @@ pub fn compile(
             strip_path: route.strip_path,
             max_body_bytes: route.max_body_bytes,
             plugins,
-            metrics: crate::telemetry::metrics::global().route(&route.name, &route.service),
+            metrics: match &consumer_names {
+                Some(names) if route.metrics.consumer_labels => {
+                    metrics.route_with_consumers(&route.name, &route.service, names)
+                }
+                _ => metrics.route(&route.name, &route.service),
+            },
         });
     }
 
@@ -241,6 +254,25 @@ routes:
             .map(|p| p.name())
             .collect();
         assert_eq!(names, ["key-auth"]);
+    }
+
+    #[test]
+    fn only_opted_in_routes_count_requests_by_consumer() {
+        let clients = ClientCache::default();
+        let yaml = BASE.replace(
+            "    paths: [\"/users\"]",
+            "    paths: [\"/users\"]\n    metrics: { consumer_labels: true }",
+        );
+        let snapshot = compile(
+            &config(&yaml),
+            version(3),
+            None,
+            &clients,
+            &Default::default(),
+        )
+        .expect("compiles");
+        assert!(!snapshot.routes[0].metrics.counts_consumers());
+        assert!(snapshot.routes[1].metrics.counts_consumers());
     }
 
     #[test]

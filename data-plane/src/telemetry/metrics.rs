@@ -19,7 +19,16 @@
 //! Label values are bounded: `route` and `service` come from the config (or
 //! `none` when nothing matched), `method` is one of the standard methods or
 //! `OTHER`, `code` is an HTTP status, `result` and `reason` are small enums.
+//!
+//! Consumer labels are opt-in per route (`metrics.consumer_labels`) and live
+//! in a family of their own, `tollgate_consumer_requests_total`, so routes
+//! without the switch never create a consumer series. The consumer value is
+//! a consumer name from the config, or `anonymous`; the names are indexed
+//! once per snapshot ([`ConsumerNames`]) and each opted-in route keeps one
+//! lazily filled slot per consumer, so recording is a hash lookup of the
+//! name and atomic operations, with no lock shared by other requests.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -40,6 +49,14 @@ pub const CONTENT_TYPE: &str = tollgate_shared::telemetry::PROMETHEUS_CONTENT_TY
 
 /// The `route` and `service` label value of requests no route matched.
 pub const UNMATCHED: &str = "none";
+
+/// The `consumer` label value of requests no consumer was authenticated for.
+pub const ANONYMOUS_CONSUMER: &str = "anonymous";
+
+/// Distinct status codes cached per (route, consumer); further codes go
+/// through the family (one lock per request), which takes an upstream that
+/// answers one consumer with more than this many different statuses.
+const CONSUMER_CODE_SLOTS: usize = 16;
 
 /// Methods with their own `method` label value; anything else is `OTHER`.
 const METHODS: [http::Method; 9] = [
@@ -133,6 +150,14 @@ struct RequestLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConsumerRequestLabels {
+    route: Label,
+    service: Label,
+    consumer: Label,
+    code: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: Label,
 }
@@ -158,6 +183,7 @@ struct StoreLabels {
 #[derive(Debug, Default)]
 struct Families {
     requests: Family<RequestLabels, Counter>,
+    consumer_requests: Family<ConsumerRequestLabels, Counter>,
     request_duration: Family<RouteLabels, LatencyHistogram>,
     upstream_duration: Family<RouteLabels, LatencyHistogram>,
     bytes_in: Family<RouteLabels, Counter>,
@@ -202,6 +228,12 @@ impl Metrics {
             "requests",
             "Requests answered, by route, service, method and status code",
             families.requests.clone(),
+        );
+        registry.register(
+            "consumer_requests",
+            "Requests answered on routes with metrics.consumer_labels on, by route, service, \
+             consumer (anonymous when none was authenticated) and status code",
+            families.consumer_requests.clone(),
         );
         registry.register(
             "request_duration_seconds",
@@ -285,6 +317,24 @@ impl Metrics {
         ))
     }
 
+    /// The handles of a route with `metrics.consumer_labels` on: as
+    /// [`Metrics::route`], and its requests are also counted by consumer.
+    /// `consumers` is the snapshot's index of consumer names.
+    pub fn route_with_consumers(
+        &self,
+        route: &str,
+        service: &str,
+        consumers: &Arc<ConsumerNames>,
+    ) -> Arc<RouteMetrics> {
+        let mut metrics = RouteMetrics::new(
+            Arc::clone(&self.families),
+            Arc::from(route),
+            Arc::from(service),
+        );
+        metrics.consumers = Some(Box::new(ConsumerSeries::new(consumers)));
+        Arc::new(metrics)
+    }
+
     /// The handles for requests no route matched (or refused before routing).
     pub fn unmatched(&self) -> &Arc<RouteMetrics> {
         &self.unmatched
@@ -357,6 +407,8 @@ pub struct RouteMetrics {
     bytes_out: OnceLock<Counter>,
     rate_limit: [OnceLock<Counter>; RateLimitResult::ALL.len()],
     auth_failures: [OnceLock<Counter>; AuthFailure::ALL.len()],
+    /// Per-consumer counters; `Some` only with `metrics.consumer_labels` on.
+    consumers: Option<Box<ConsumerSeries>>,
 }
 
 impl RouteMetrics {
@@ -372,6 +424,65 @@ impl RouteMetrics {
             bytes_out: OnceLock::new(),
             rate_limit: Default::default(),
             auth_failures: Default::default(),
+            consumers: None,
+        }
+    }
+
+    /// Whether this route counts requests by consumer (the exchange then
+    /// keeps the consumer's name for [`RouteMetrics::record_consumer_request`]).
+    #[inline]
+    pub fn counts_consumers(&self) -> bool {
+        self.consumers.is_some()
+    }
+
+    /// Counts an answered request by consumer (`None`: no consumer was
+    /// authenticated, counted as `anonymous`). A no-op unless the route has
+    /// `metrics.consumer_labels` on.
+    #[inline]
+    pub fn record_consumer_request(&self, consumer: Option<&str>, status: u16) {
+        let Some(series) = &self.consumers else {
+            return;
+        };
+        let labels = |consumer: Label| ConsumerRequestLabels {
+            route: self.route.clone(),
+            service: self.service.clone(),
+            consumer,
+            code: status,
+        };
+        match series.slot(consumer) {
+            Some((label, codes)) => {
+                let codes = codes.get_or_init(Box::default);
+                // Slots fill in first-use order; a slot taken by another code
+                // is skipped. Each is set once, so this is atomic loads only.
+                for cell in codes.iter() {
+                    let (code, counter) = cell.get_or_init(|| {
+                        let counter = self
+                            .families
+                            .consumer_requests
+                            .get_or_create(&labels(label.clone()))
+                            .clone();
+                        (status, counter)
+                    });
+                    if *code == status {
+                        counter.inc();
+                        return;
+                    }
+                }
+                self.families
+                    .consumer_requests
+                    .get_or_create(&labels(label.clone()))
+                    .inc();
+            }
+            // A name missing from the snapshot's index cannot come from its
+            // consumer index; still counted, through the family.
+            None => {
+                if let Some(name) = consumer {
+                    self.families
+                        .consumer_requests
+                        .get_or_create(&labels(Label(Arc::from(name))))
+                        .inc();
+                }
+            }
         }
     }
 
@@ -510,6 +621,66 @@ impl RouteMetrics {
                 self.families.requests.get_or_create(&labels()).inc();
             }
         }
+    }
+}
+
+/// The consumer names of one snapshot, indexed once when it compiles and
+/// shared by every route that counts requests by consumer.
+#[derive(Debug)]
+pub struct ConsumerNames {
+    index: HashMap<Arc<str>, usize>,
+    /// By index; the last one is [`ANONYMOUS_CONSUMER`].
+    labels: Box<[Label]>,
+}
+
+impl ConsumerNames {
+    /// Indexes `names` (the config's consumer names; duplicates collapse).
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Arc<Self> {
+        let mut index = HashMap::new();
+        let mut labels = Vec::new();
+        for name in names {
+            if !index.contains_key(name) {
+                let name: Arc<str> = Arc::from(name);
+                index.insert(Arc::clone(&name), labels.len());
+                labels.push(Label(name));
+            }
+        }
+        labels.push(Label(Arc::from(ANONYMOUS_CONSUMER)));
+        Arc::new(Self {
+            index,
+            labels: labels.into_boxed_slice(),
+        })
+    }
+}
+
+/// One status-code counter per slot, first come first served.
+type CodeCounters = [OnceLock<(u16, Counter)>; CONSUMER_CODE_SLOTS];
+
+/// A route's per-consumer counters: one slot per consumer of the snapshot
+/// (plus `anonymous`), each allocated on the consumer's first request.
+#[derive(Debug)]
+struct ConsumerSeries {
+    names: Arc<ConsumerNames>,
+    slots: Box<[OnceLock<Box<CodeCounters>>]>,
+}
+
+impl ConsumerSeries {
+    fn new(names: &Arc<ConsumerNames>) -> Self {
+        Self {
+            names: Arc::clone(names),
+            slots: (0..names.labels.len()).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// The label and counters of `consumer` (`None`: anonymous); `None` for
+    /// a name the snapshot does not know.
+    #[inline]
+    fn slot(&self, consumer: Option<&str>) -> Option<(&Label, &OnceLock<Box<CodeCounters>>)> {
+        let index = match consumer {
+            Some(name) => *self.names.index.get(name)?,
+            None => self.names.labels.len().checked_sub(1)?,
+        };
+        Some((self.names.labels.get(index)?, self.slots.get(index)?))
     }
 }
 
@@ -777,6 +948,68 @@ mod tests {
         drop(second);
         let s = samples(&metrics.render());
         assert_eq!(s.get("tollgate_open_connections"), Some(&0.0));
+    }
+
+    #[test]
+    fn consumer_requests_are_counted_only_where_opted_in() {
+        let metrics = Metrics::new();
+        let names = ConsumerNames::new(["alice", "bob"]);
+        let labelled = metrics.route_with_consumers("labelled", "s", &names);
+        let plain = metrics.route("plain", "s");
+        assert!(labelled.counts_consumers());
+        assert!(!plain.counts_consumers());
+        for _ in 0..3 {
+            labelled.record_consumer_request(Some("alice"), 200);
+        }
+        labelled.record_consumer_request(Some("alice"), 404);
+        labelled.record_consumer_request(Some("bob"), 200);
+        labelled.record_consumer_request(None, 401);
+        labelled.record_consumer_request(Some("not-indexed"), 200);
+        plain.record_consumer_request(Some("alice"), 200);
+        plain.record_request(&http::Method::GET, 200, Duration::ZERO);
+        let text = metrics.render();
+        let s = samples(&text);
+        let get = |consumer: &str, code: u16| {
+            s.get(&format!(
+                r#"tollgate_consumer_requests_total{{route="labelled",service="s",consumer="{consumer}",code="{code}"}}"#
+            ))
+            .copied()
+        };
+        assert_eq!(get("alice", 200), Some(3.0), "{text}");
+        assert_eq!(get("alice", 404), Some(1.0));
+        assert_eq!(get("bob", 200), Some(1.0));
+        assert_eq!(get("anonymous", 401), Some(1.0));
+        assert_eq!(get("not-indexed", 200), Some(1.0));
+        assert!(
+            !text.contains(r#"tollgate_consumer_requests_total{route="plain""#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_consumer_with_many_codes_loses_no_count() {
+        let metrics = Metrics::new();
+        let route = metrics.route_with_consumers("r", "s", &ConsumerNames::new(["c"]));
+        let codes: Vec<u16> = (0..40).map(|i| 200 + i).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for code in &codes {
+                        route.record_consumer_request(Some("c"), *code);
+                    }
+                });
+            }
+        });
+        let s = samples(&metrics.render());
+        for code in codes {
+            assert_eq!(
+                s.get(&format!(
+                    r#"tollgate_consumer_requests_total{{route="r",service="s",consumer="c",code="{code}"}}"#
+                )),
+                Some(&4.0),
+                "code {code}"
+            );
+        }
     }
 
     #[test]

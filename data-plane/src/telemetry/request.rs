@@ -70,10 +70,11 @@ impl Exchange {
         }
     }
 
-    /// Notes the authenticated consumer (kept only for the access log).
+    /// Notes the authenticated consumer (kept only for the access log and
+    /// routes that count requests by consumer).
     #[inline]
     pub fn set_consumer(&mut self, consumer: Option<&Arc<str>>) {
-        if self.log {
+        if self.log || self.route.as_ref().is_some_and(|r| r.counts_consumers()) {
             self.consumer = consumer.cloned();
         }
     }
@@ -207,6 +208,7 @@ impl ObservedBody {
             .as_ref()
             .unwrap_or_else(|| metrics::global().unmatched());
         route.record_request(&pending.method, pending.status.as_u16(), elapsed);
+        route.record_consumer_request(exchange.consumer.as_deref(), pending.status.as_u16());
         let bytes_in = exchange
             .bytes_in
             .as_ref()
