@@ -184,6 +184,69 @@ async fn example_applies_reads_back_exports_and_reapplies_with_no_diff() {
     assert_eq!(export(&mut admin).await.1.revision, 2);
 }
 
+/// A route's `metrics.consumer_labels` survives YAML apply, gRPC, the store,
+/// reads (YAML and JSON) and export; the export re-applies as "no changes",
+/// and turning the switch off is an update of that route alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_metrics_options_round_trip_through_apply_and_export() {
+    let cp = ControlPlane::start().await;
+    let on = r#"services:
+  - name: orders
+    upstream: { targets: [{ address: "127.0.0.1:9001" }] }
+routes:
+  - name: labelled
+    service: orders
+    paths: ["/labelled"]
+    metrics: { consumer_labels: true }
+  - name: plain
+    service: orders
+    paths: ["/plain"]
+"#;
+    let file = write_file(&cp, "labels.yaml", on);
+    assert_ok("apply", &cp.ctl(&["apply", "-f", &file]));
+
+    let yaml = assert_ok(
+        "get route",
+        &cp.ctl(&["get", "route", "labelled", "-o", "yaml"]),
+    );
+    let route: Route = serde_yaml::from_str(&yaml).expect("route YAML");
+    assert!(route.metrics.consumer_labels, "{yaml}");
+    let json = assert_ok(
+        "get route",
+        &cp.ctl(&["get", "route", "plain", "-o", "json"]),
+    );
+    let route: Route = serde_json::from_str(&json).expect("route JSON");
+    assert!(!route.metrics.consumer_labels);
+    assert!(
+        !json.contains("metrics"),
+        "the default is not written: {json}"
+    );
+
+    let exported = assert_ok("export", &cp.ctl(&["export"]));
+    assert_eq!(
+        exported.matches("consumer_labels: true").count(),
+        1,
+        "{exported}"
+    );
+    let export_file = write_file(&cp, "labels-export.yaml", &exported);
+    let diff = assert_ok("diff export", &cp.ctl(&["diff", "-f", &export_file]));
+    assert!(diff.starts_with("no changes"), "{diff}");
+    let reapplied = assert_ok("apply export", &cp.ctl(&["apply", "-f", &export_file]));
+    assert!(reapplied.starts_with("no changes"), "{reapplied}");
+
+    let off_file = write_file(
+        &cp,
+        "labels-off.yaml",
+        &on.replace("    metrics: { consumer_labels: true }\n", ""),
+    );
+    let diff = assert_ok("diff off", &cp.ctl(&["diff", "-f", &off_file]));
+    let changes: Vec<&str> = diff
+        .lines()
+        .filter(|l| l.starts_with(['+', '~', '-']))
+        .collect();
+    assert_eq!(changes, ["~ route labelled"], "{diff}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crud_per_kind_with_status_codes() {
     let cp = ControlPlane::start().await;

@@ -33,7 +33,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::{json, Value};
 use tollgate_integration_tests::cp::config_from_json as config;
 use tollgate_integration_tests::cp::{ControlPlane, CpOptions};
-use tollgate_integration_tests::dp::{DataPlane, WAIT};
+use tollgate_integration_tests::dp::{refusing_port, DataPlane, WAIT};
 use tollgate_integration_tests::process::{free_port, wait_until};
 use tollgate_integration_tests::upstream::Upstream;
 use tollgate_shared::proto::admin as admin_pb;
@@ -50,6 +50,29 @@ async fn data_plane(cp: &ControlPlane, node_id: &str, revision: u64, args: &[Str
     dp.wait_ready().await;
     dp.wait_version(revision).await;
     dp
+}
+
+/// Applies `config` and starts a data plane serving it with the access log
+/// off (metrics only); returns it with the config's revision.
+async fn metrics_data_plane(cp: &ControlPlane, node_id: &str, config: Value) -> (DataPlane, u64) {
+    let revision = cp.apply_revision(&self::config(config)).await;
+    let dp = data_plane(cp, node_id, revision, &args(&[("--access-log", "off")])).await;
+    (dp, revision)
+}
+
+/// A data plane exporting every trace (ratio 1.0) to `endpoint`, access log off.
+async fn traced_data_plane(
+    cp: &ControlPlane,
+    node_id: &str,
+    revision: u64,
+    endpoint: &str,
+) -> DataPlane {
+    let flags = [
+        ("--otlp-endpoint", endpoint),
+        ("--trace-sample-ratio", "1.0"),
+        ("--access-log", "off"),
+    ];
+    data_plane(cp, node_id, revision, &args(&flags)).await
 }
 
 fn args(pairs: &[(&str, &str)]) -> Vec<String> {
@@ -255,20 +278,16 @@ async fn known_traffic_gives_exact_counters_and_histograms() {
     let up_a = Upstream::start("a").await;
     let up_b = Upstream::start("b").await;
     let cp = ControlPlane::start().await;
-    let revision = cp
-        .apply_revision(&config(json!({
+    let (dp, revision) = metrics_data_plane(
+        &cp,
+        "dp-metrics",
+        json!({
             "services": [service_to("svc-a", &up_a), service_to("svc-b", &up_b)],
             "routes": [
                 {"name": "route-a", "service": "svc-a", "paths": ["/a"]},
                 {"name": "route-b", "service": "svc-b", "paths": ["/b"]},
             ],
-        })))
-        .await;
-    let dp = data_plane(
-        &cp,
-        "dp-metrics",
-        revision,
-        &args(&[("--access-log", "off")]),
+        }),
     )
     .await;
 
@@ -421,6 +440,110 @@ async fn known_traffic_gives_exact_counters_and_histograms() {
     );
 }
 
+/// Consumer labels are opt-in per route: the route with
+/// `metrics.consumer_labels` gets exact per-consumer counts (`anonymous` for
+/// refused credentials), the route without it no consumer series at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_series_only_on_routes_that_turn_them_on() {
+    const ALICE_KEY: &str = "alice-metrics-key-0123456789";
+    const BOB_KEY: &str = "bob-metrics-key-0123456789";
+    let upstream = Upstream::start("consumers").await;
+    let cp = ControlPlane::start().await;
+    let key_auth = json!([{"name": "key-auth"}]);
+    let (dp, _) = metrics_data_plane(
+        &cp,
+        "dp-consumers",
+        json!({
+            "services": [service_to("svc", &upstream)],
+            "routes": [
+                {"name": "labelled", "service": "svc", "paths": ["/labelled"],
+                 "plugins": key_auth, "metrics": {"consumer_labels": true}},
+                {"name": "plain", "service": "svc", "paths": ["/plain"], "plugins": key_auth},
+            ],
+            "consumers": [
+                {"name": "alice", "credentials": [{"api_key": ALICE_KEY}]},
+                {"name": "bob", "credentials": [{"api_key": BOB_KEY}]},
+            ],
+        }),
+    )
+    .await;
+
+    // (path, API key, times, expected status)
+    let traffic: [(&str, Option<&str>, usize, u16); 9] = [
+        ("/labelled/items", Some(ALICE_KEY), 7, 200),
+        ("/labelled/status/404", Some(ALICE_KEY), 2, 404),
+        ("/labelled/items", Some(BOB_KEY), 4, 200),
+        ("/labelled/items", None, 3, 401),
+        ("/labelled/items", Some("not-a-known-key"), 2, 401),
+        ("/plain/items", Some(ALICE_KEY), 5, 200),
+        ("/plain/items", Some(BOB_KEY), 3, 200),
+        ("/plain/items", None, 1, 401),
+        ("/plain/status/500", Some(BOB_KEY), 1, 500),
+    ];
+    let mut total = 0;
+    for (path, key, times, expected) in traffic {
+        for _ in 0..times {
+            let mut request = dp.get("consumers.test", path);
+            if let Some(key) = key {
+                request = request.header("apikey", key);
+            }
+            let response = request.send().await.expect("request");
+            assert_eq!(response.status().as_u16(), expected, "{path} {key:?}");
+            let _ = response.bytes().await;
+            total += 1;
+        }
+    }
+
+    let url = dp.status_url("/metrics");
+    let scrape = wait_until("every request counted", WAIT, || async {
+        let scrape = scrape_metrics(&url).await;
+        (requests(&scrape, &[]) == Some(f64::from(total))).then_some(scrape)
+    })
+    .await;
+
+    let consumer = |route: &str, consumer: &str, code: &str| {
+        value(
+            &scrape,
+            "tollgate_consumer_requests_total",
+            &[
+                ("route", route),
+                ("service", "svc"),
+                ("consumer", consumer),
+                ("code", code),
+            ],
+        )
+    };
+    assert_eq!(consumer("labelled", "alice", "200"), Some(7.0));
+    assert_eq!(consumer("labelled", "alice", "404"), Some(2.0));
+    assert_eq!(consumer("labelled", "bob", "200"), Some(4.0));
+    assert_eq!(consumer("labelled", "anonymous", "401"), Some(5.0));
+    assert_eq!(
+        value(&scrape, "tollgate_consumer_requests_total", &[]),
+        Some(18.0),
+        "no other consumer series"
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "tollgate_consumer_requests_total",
+            &[("route", "plain")]
+        ),
+        None,
+        "a route without the switch has no consumer series"
+    );
+    assert_eq!(requests(&scrape, &[("route", "plain")]), Some(10.0));
+    assert_eq!(requests(&scrape, &[("route", "labelled")]), Some(18.0));
+    let exposition = reqwest::get(&url)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    for secret in [ALICE_KEY, BOB_KEY, "not-a-known-key"] {
+        assert!(!exposition.contains(secret), "a credential in /metrics");
+    }
+}
+
 // ------------------------------------------------------------------- traces
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -448,17 +571,7 @@ async fn spans_nest_and_the_upstream_gets_the_same_trace() {
         })),
     )
     .await;
-    let dp = data_plane(
-        &cp,
-        "dp-traces",
-        revision,
-        &args(&[
-            ("--otlp-endpoint", &endpoint),
-            ("--trace-sample-ratio", "1.0"),
-            ("--access-log", "off"),
-        ]),
-    )
-    .await;
+    let dp = traced_data_plane(&cp, "dp-traces", revision, &endpoint).await;
 
     // 1. A client that is part of a trace: the gateway continues it.
     let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -587,6 +700,59 @@ async fn spans_nest_and_the_upstream_gets_the_same_trace() {
             .all(|r| !r.instance.is_empty()),
         "control-plane spans carry service.instance.id"
     );
+}
+
+/// With the collector down, both planes say so in their log: one warning
+/// (rate-limited to one a minute), not silence and not one line per batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_collector_is_a_rate_limited_warning() {
+    const WARNING: &str = "cannot export traces to the OTLP endpoint";
+    let (_reserved, port) = refusing_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let upstream = Upstream::start("lost").await;
+    let cp = ControlPlane::start_with(CpOptions {
+        env: vec![("TOLLGATE_OTLP_ENDPOINT".into(), endpoint.clone())],
+        ..CpOptions::default()
+    })
+    .await;
+    let revision = cp
+        .apply_revision(&config(json!({
+            "services": [service_to("svc", &upstream)],
+            "routes": [{"name": "lost-route", "service": "svc", "paths": ["/l"]}],
+        })))
+        .await;
+    let dp = traced_data_plane(&cp, "dp-lost-spans", revision, &endpoint).await;
+
+    let send = || async {
+        let response = dp.get("l.test", "/l/x").send().await.expect("request");
+        assert_eq!(
+            response.status().as_u16(),
+            200,
+            "traffic flows without a collector"
+        );
+    };
+    send().await;
+    wait_until("the data plane warns", WAIT, || async {
+        dp.logs().contains(WARNING).then_some(())
+    })
+    .await;
+    wait_until("the control plane warns", WAIT, || async {
+        cp.logs().contains(WARNING).then_some(())
+    })
+    .await;
+    // More failed batches (one every 500 ms) within the minute: no new line.
+    for _ in 0..3 {
+        send().await;
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    }
+    assert_eq!(dp.logs().matches(WARNING).count(), 1, "{}", dp.logs());
+    let line = dp
+        .logs()
+        .lines()
+        .find(|line| line.contains(WARNING))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(line.contains("WARN"), "{line}");
 }
 
 // --------------------------------------------------------------- access log

@@ -18,6 +18,12 @@
 //! started (and sampled) by a client stays whole across the gateway. Context
 //! crosses process boundaries as W3C `traceparent` / `tracestate` headers; see
 //! [`extract_context`] and [`inject_context`].
+//!
+//! When the collector cannot be reached, spans are dropped and a warning is
+//! logged at most once a minute (see `export_warnings`), so a broken
+//! pipeline is visible without flooding the log.
+
+mod export_warnings;
 
 use std::time::Duration;
 
@@ -208,6 +214,8 @@ fn tracer_provider(
         .with_timeout(Duration::from_secs(5))
         .build()
         .map_err(|err| TelemetryError::Exporter(err.to_string()))?;
+    // Failed exports are logged as a rate-limited warning, not dropped silently.
+    let exporter = export_warnings::WarnOnFailure::new(exporter);
     let batch = BatchConfigBuilder::default()
         .with_max_queue_size(8192)
         .with_max_export_batch_size(512)
@@ -279,7 +287,9 @@ pub fn span_trace_id(span: &tracing::Span) -> Option<u128> {
 /// The trace id of a well-formed W3C `traceparent` header, without any
 /// tracing machinery: what the access log records when export is off.
 pub fn traceparent_trace_id(headers: &http::HeaderMap) -> Option<u128> {
-    let value = headers.get("traceparent")?.as_bytes();
+    // A `HeaderName` constant: looking up by `&str` would parse the name each call.
+    const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+    let value = headers.get(TRACEPARENT)?.as_bytes();
     // version "-" trace-id(32) "-" parent-id(16) "-" flags(2)
     if value.len() < 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
         return None;
