@@ -9,7 +9,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
+
+use super::rate_limit::Quota;
 
 /// Who is calling, once an authentication plugin has decided.
 #[derive(Debug, Clone)]
@@ -37,9 +39,8 @@ pub struct RequestContext<'a> {
     /// Set by the authenticate phase; `None` until then (or when no
     /// authentication plugin runs on the route).
     pub consumer: Option<Identity>,
-    /// Headers to set on the response the client gets, whoever produced it
-    /// (upstream, gateway error or a plugin), e.g. `RateLimit-*`. Empty (and
-    /// unallocated) unless a plugin queues one.
-    pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The rate-limit quota to report on the response the client gets,
+    /// whoever produced it (upstream, gateway error or a plugin).
+    pub quota: Option<Quota>,
     pub started: Instant,
 }

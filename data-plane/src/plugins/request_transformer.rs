@@ -205,7 +205,7 @@ mod tests {
             route_name: "r",
             service_name: "s",
             consumer: None,
-            response_headers: Vec::new(),
+            quota: None,
             started: Instant::now(),
         };
         assert!(matches!(plugin.apply(&ctx, &mut parts), Outcome::Continue));

@@ -160,7 +160,7 @@ pub async fn handle(
         route_name: &route.name,
         service_name: &service.name,
         consumer: None,
-        response_headers: Vec::new(),
+        quota: None,
         started,
     };
     let response = forward_route(state, route, &mut ctx, parts, body, client_host, exchange).await;
@@ -272,7 +272,7 @@ async fn forward_route(
 }
 
 /// The last step of every routed request, whoever produced the response:
-/// headers queued by plugins, `X-Request-Id` when missing, then the
+/// the rate-limit quota headers, `X-Request-Id` when missing, then the
 /// `transform_response` and `log` phases.
 fn finish(
     route: &CompiledRoute,
@@ -280,8 +280,8 @@ fn finish(
     response: Response<ResponseBody>,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
-    for (name, value) in ctx.response_headers.drain(..) {
-        parts.headers.insert(name, value);
+    if let Some(quota) = ctx.quota.take() {
+        quota.write(&mut parts.headers);
     }
     parts
         .headers

@@ -27,6 +27,7 @@
 pub mod algorithm;
 pub mod breaker;
 pub mod local;
+pub mod quota;
 pub mod redis;
 
 use std::collections::HashMap;
@@ -36,7 +37,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{request, Response, StatusCode};
 use sha2::{Digest, Sha256};
 use tollgate_shared::plugins::{
@@ -49,11 +50,8 @@ use crate::proxy::forward::X_REQUEST_ID;
 
 pub use algorithm::{Decision, Params};
 pub use local::LocalLimiter;
+pub use quota::{most_restrictive, Quota, RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET};
 pub use redis::RedisStore;
-
-pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
-pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
-pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// Scope values longer than this are hashed into the Redis key.
 const MAX_PLAIN_KEY_PART: usize = 64;
@@ -171,6 +169,8 @@ pub struct RateLimit {
     on_redis_failure: OnRedisFailure,
     redis_timeout: Duration,
     headers: bool,
+    /// `RateLimit-Limit`'s value, built once.
+    limit_value: HeaderValue,
     local: Arc<LocalLimiter>,
     redis: Option<RedisStore>,
     /// `tollgate:rl:<instance>:<algorithm>:<window s>:`
@@ -238,6 +238,7 @@ impl RateLimit {
             on_redis_failure: config.on_redis_failure,
             redis_timeout: Duration::from_millis(config.redis_timeout_ms.max(1)),
             headers: config.headers,
+            limit_value: quota::number_value(params.limit),
             local: limiters.local(instance, params),
             redis,
             redis_prefix,
@@ -303,14 +304,15 @@ impl RateLimit {
         match self.check(&subject).await {
             Verdict::Continue(None) => Outcome::Continue,
             Verdict::Continue(Some(decision)) => {
-                queue_quota_headers(&mut ctx.response_headers, &decision, false);
+                Quota::merge(&mut ctx.quota, self.quota(decision), false);
                 Outcome::Continue
             }
             Verdict::TooManyRequests { decision, headers } => {
                 if headers {
-                    queue_quota_headers(&mut ctx.response_headers, &decision, true);
+                    Quota::merge(&mut ctx.quota, self.quota(decision), true);
                 } else {
-                    drop_quota_headers(&mut ctx.response_headers);
+                    // An earlier limit's quota would be misleading on this 429.
+                    ctx.quota = None;
                 }
                 let refusal = Refusal::TooManyRequests {
                     retry_after_s: decision.retry_after_s,
@@ -320,6 +322,13 @@ impl RateLimit {
             Verdict::Unavailable => {
                 Outcome::Respond(Refusal::Unavailable.into_response(Some(ctx.request_id)))
             }
+        }
+    }
+
+    fn quota(&self, decision: Decision) -> Quota {
+        Quota {
+            decision,
+            limit_value: self.limit_value.clone(),
         }
     }
 
@@ -404,81 +413,6 @@ impl RateLimiters {
         map.insert(id, Arc::downgrade(&limiter));
         limiter
     }
-}
-
-/// Of two quotas, the one to report: the fewer remaining, then the later reset.
-pub fn most_restrictive(current: Option<Decision>, next: Decision) -> Decision {
-    match current {
-        Some(current)
-            if (current.remaining, std::cmp::Reverse(current.reset_s))
-                <= (next.remaining, std::cmp::Reverse(next.reset_s)) =>
-        {
-            current
-        }
-        _ => next,
-    }
-}
-
-/// Sets `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`.
-pub fn write_headers(decision: &Decision, headers: &mut HeaderMap) {
-    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(decision.limit));
-    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(decision.remaining));
-    headers.insert(RATELIMIT_RESET, HeaderValue::from(decision.reset_s));
-}
-
-/// The quota already queued for the response by an earlier limit of the
-/// chain, read back from its headers.
-fn queued_quota(queued: &[(HeaderName, HeaderValue)]) -> Option<(usize, Decision)> {
-    let start = queued
-        .iter()
-        .position(|(name, _)| name == RATELIMIT_LIMIT)?;
-    let number = |offset: usize, name: &HeaderName| {
-        queued
-            .get(start + offset)
-            .filter(|(queued_name, _)| queued_name == name)
-            .and_then(|(_, value)| value.to_str().ok()?.parse::<u64>().ok())
-    };
-    Some((
-        start,
-        Decision {
-            allowed: true,
-            limit: number(0, &RATELIMIT_LIMIT)?,
-            remaining: number(1, &RATELIMIT_REMAINING)?,
-            reset_s: number(2, &RATELIMIT_RESET)?,
-            retry_after_s: 0,
-        },
-    ))
-}
-
-/// Queues the `RateLimit-*` headers of `decision` for the response, keeping
-/// the most restrictive quota when an earlier limit queued one (`force`:
-/// this one wins regardless, e.g. the limit that rejected the request).
-pub fn queue_quota_headers(
-    queued: &mut Vec<(HeaderName, HeaderValue)>,
-    decision: &Decision,
-    force: bool,
-) {
-    let values = [
-        (RATELIMIT_LIMIT, HeaderValue::from(decision.limit)),
-        (RATELIMIT_REMAINING, HeaderValue::from(decision.remaining)),
-        (RATELIMIT_RESET, HeaderValue::from(decision.reset_s)),
-    ];
-    match queued_quota(queued) {
-        None => queued.extend(values),
-        Some((start, earlier)) => {
-            if force || most_restrictive(Some(earlier), *decision) != earlier {
-                queued.splice(start..start + 3, values);
-            }
-        }
-    }
-}
-
-/// Drops queued `RateLimit-*` headers (a limit with `headers: false` refused
-/// the request: an earlier limit's quota would be misleading on its 429).
-fn drop_quota_headers(queued: &mut Vec<(HeaderName, HeaderValue)>) {
-    queued.retain(|(name, _)| {
-        name != RATELIMIT_LIMIT && name != RATELIMIT_REMAINING && name != RATELIMIT_RESET
-    });
 }
 
 /// Why the rate-limit phase answered a request itself: the one table from

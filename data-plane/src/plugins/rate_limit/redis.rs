@@ -7,8 +7,13 @@
 //! that lost its script cache (restart, `SCRIPT FLUSH`) answers `NOSCRIPT`,
 //! and the call loads it again and retries once.
 //!
-//! The connection is a [`ConnectionManager`]: one multiplexed connection
-//! shared by every request, which reconnects by itself. Every call has a
+//! Connections are [`ConnectionManager`]s (multiplexed, reconnecting by
+//! themselves). Each proxy worker thread makes its own on first use and calls
+//! through it: a connection's driver task runs on the runtime that made it, so
+//! a worker calling through another thread's connection would pay two
+//! cross-thread wake-ups per call, in latency and CPU. Until a worker's own
+//! connection is up (and whenever making it fails) its calls go through the
+//! shared connection made at start-up, which the probe also uses. Every call has a
 //! timeout; failures feed a [`Breaker`]. While the breaker is open no request
 //! calls Redis (the caller applies `on_redis_failure` at once) and a single
 //! background probe pings Redis, reloads the script and closes the breaker
@@ -18,8 +23,10 @@
 //!
 //! Passwords in the URL never reach the log: only [`redact_url`]'s form does.
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, ErrorKind, Script};
@@ -44,6 +51,22 @@ const PROBE_MIN: Duration = Duration::from_millis(200);
 const PROBE_MAX: Duration = Duration::from_secs(1);
 /// How often a continuing outage is logged again.
 const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(60);
+/// How long a worker waits before trying again to make its own connection
+/// (and how long a connection attempt may stay pending before it is retried).
+const LOCAL_RETRY: Duration = Duration::from_secs(5);
+
+/// A worker thread's own connection to one store.
+enum LocalConnection {
+    Connecting { since: Instant },
+    Ready(ConnectionManager),
+    Failed { retry_at: Instant },
+}
+
+thread_local! {
+    /// This thread's own connections, by store id (one store per process in
+    /// practice; tests make several).
+    static LOCAL: RefCell<Vec<(u64, LocalConnection)>> = const { RefCell::new(Vec::new()) };
+}
 
 /// A shared handle on the Redis that holds the fleet's counters.
 #[derive(Clone)]
@@ -52,6 +75,8 @@ pub struct RedisStore {
 }
 
 struct Inner {
+    /// Tells this store's per-thread connections from another store's.
+    id: u64,
     /// The URL with any password masked, for logs.
     target: String,
     client: Option<Client>,
@@ -120,6 +145,10 @@ impl RedisStore {
         };
         let store = RedisStore {
             inner: Arc::new(Inner {
+                id: {
+                    static NEXT: AtomicU64 = AtomicU64::new(0);
+                    NEXT.fetch_add(1, Ordering::Relaxed)
+                },
                 target,
                 client,
                 connection: OnceLock::new(),
@@ -170,7 +199,10 @@ impl RedisStore {
         if inner.breaker.is_open() {
             return None;
         }
-        let mut connection = inner.connection.get()?.clone();
+        let mut connection = match inner.local_connection() {
+            Some(connection) => connection,
+            None => inner.connection.get()?.clone(),
+        };
         let result =
             match tokio::time::timeout(timeout, inner.eval(&mut connection, key, params)).await {
                 Ok(result) => result,
@@ -199,6 +231,72 @@ impl RedisStore {
 }
 
 impl Inner {
+    fn connection_config() -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_number_of_retries(1)
+            .set_factor(100)
+            .set_max_delay(1_000)
+    }
+
+    /// This thread's own connection, once it is up; starts making it (in a
+    /// task on this thread's runtime) on the first call. `None`: use the
+    /// shared connection for now.
+    fn local_connection(&self) -> Option<ConnectionManager> {
+        let client = self.client.as_ref()?;
+        let now = Instant::now();
+        let connect = LOCAL.with(|local| {
+            let mut local = local.borrow_mut();
+            let slot = match local.iter_mut().position(|(id, _)| *id == self.id) {
+                Some(index) => &mut local[index].1,
+                None => {
+                    local.push((self.id, LocalConnection::Failed { retry_at: now }));
+                    let last = local.len() - 1;
+                    &mut local[last].1
+                }
+            };
+            match slot {
+                LocalConnection::Ready(connection) => return Err(connection.clone()),
+                LocalConnection::Connecting { since } if now < *since + LOCAL_RETRY => {
+                    return Ok(false)
+                }
+                LocalConnection::Failed { retry_at } if now < *retry_at => return Ok(false),
+                _ => *slot = LocalConnection::Connecting { since: now },
+            }
+            Ok(true)
+        });
+        match connect {
+            Err(connection) => Some(connection),
+            Ok(false) => None,
+            Ok(true) => {
+                let (id, client) = (self.id, client.clone());
+                tokio::spawn(async move {
+                    let made =
+                        ConnectionManager::new_with_config(client, Self::connection_config()).await;
+                    // On a current-thread runtime (every proxy worker) this
+                    // task ran on the thread that asked.
+                    let state = match made {
+                        Ok(connection) => LocalConnection::Ready(connection),
+                        Err(err) => {
+                            tracing::debug!(error = %err, "worker connection to redis failed; using the shared one");
+                            LocalConnection::Failed {
+                                retry_at: Instant::now() + LOCAL_RETRY,
+                            }
+                        }
+                    };
+                    LOCAL.with(|local| {
+                        let mut local = local.borrow_mut();
+                        match local.iter_mut().find(|(slot_id, _)| *slot_id == id) {
+                            Some((_, slot)) => *slot = state,
+                            None => local.push((id, state)),
+                        }
+                    });
+                });
+                None
+            }
+        }
+    }
+
     /// Makes the connection if there is none yet, then checks it with PING
     /// and (re)loads the script.
     async fn reconnect(&self) -> Result<(), CallError> {
@@ -208,12 +306,9 @@ impl Inner {
                 let Some(client) = &self.client else {
                     return Err(CallError::Reply("no valid redis URL".into()));
                 };
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(CONNECT_TIMEOUT)
-                    .set_number_of_retries(1)
-                    .set_factor(100)
-                    .set_max_delay(1_000);
-                let connection = ConnectionManager::new_with_config(client.clone(), config).await?;
+                let connection =
+                    ConnectionManager::new_with_config(client.clone(), Self::connection_config())
+                        .await?;
                 // Two probes never race here (one probe task, and start-up runs
                 // before it), but if one did, keeping the first is still right.
                 let _ = self.connection.set(connection);

@@ -98,7 +98,11 @@ async fn rejection_and_headers() {
         panic!("first request admitted with a quota");
     };
     let mut out = HeaderMap::new();
-    write_headers(&decision, &mut out);
+    Quota {
+        decision,
+        limit_value: HeaderValue::from(decision.limit),
+    }
+    .write(&mut out);
     assert_eq!(
         out.get("ratelimit-limit").map(|v| v.as_bytes()),
         Some(&b"1"[..])
@@ -136,52 +140,6 @@ async fn rejection_and_headers() {
         Refusal::Unavailable.status(),
         StatusCode::SERVICE_UNAVAILABLE
     );
-}
-
-#[test]
-fn stacked_limits_queue_the_most_restrictive_quota() {
-    let d = |limit, remaining, reset_s| Decision {
-        allowed: true,
-        limit,
-        remaining,
-        reset_s,
-        retry_after_s: 0,
-    };
-    let mut queued = vec![(
-        HeaderName::from_static("x-other"),
-        HeaderValue::from_static("1"),
-    )];
-    queue_quota_headers(&mut queued, &d(100, 90, 3_000), false);
-    queue_quota_headers(&mut queued, &d(4, 3, 3_000), false);
-    queue_quota_headers(&mut queued, &d(1_000, 500, 10), false);
-    fn find(queued: &[(HeaderName, HeaderValue)], name: &HeaderName) -> Option<String> {
-        queued
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.to_str().unwrap_or("").to_string())
-    }
-    assert_eq!(queued.len(), 4);
-    assert_eq!(find(&queued, &RATELIMIT_LIMIT).as_deref(), Some("4"));
-    assert_eq!(find(&queued, &RATELIMIT_REMAINING).as_deref(), Some("3"));
-    queue_quota_headers(&mut queued, &d(1_000, 0, 50), true);
-    assert_eq!(find(&queued, &RATELIMIT_LIMIT).as_deref(), Some("1000"));
-    drop_quota_headers(&mut queued);
-    assert_eq!(queued.len(), 1);
-}
-
-#[test]
-fn most_restrictive_prefers_fewer_remaining() {
-    let d = |remaining, reset_s| Decision {
-        allowed: true,
-        limit: 10,
-        remaining,
-        reset_s,
-        retry_after_s: 0,
-    };
-    assert_eq!(most_restrictive(Some(d(5, 10)), d(3, 1)), d(3, 1));
-    assert_eq!(most_restrictive(Some(d(3, 1)), d(5, 10)), d(3, 1));
-    assert_eq!(most_restrictive(Some(d(3, 1)), d(3, 9)), d(3, 9));
-    assert_eq!(most_restrictive(None, d(7, 2)), d(7, 2));
 }
 
 #[test]
