@@ -14,8 +14,8 @@
 //! Costs on the hot path when tracing and the access log are off: two
 //! `Instant`s, a disabled span (one atomic load), one `Arc` clone of the
 //! route's metric handles, and atomic increments. With the access log on,
-//! add a wall-clock read, a few reference-counted clones and one `try_send`;
-//! the line is formatted on the writer thread.
+//! add a wall-clock read, a few reference-counted clones and the line's
+//! formatting into the worker's log buffer (see [`super::access_log`]).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::HOST;
-use http::uri::Authority;
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -118,16 +118,23 @@ pub async fn serve(
     }
     let method = request.method().clone();
     let access_log = state.access_log.is_enabled().then(|| {
-        let mut record = AccessLogRecord::new(SystemTime::now(), method.clone());
-        record.host = match request.uri().authority() {
+        let host = match request.uri().authority() {
             Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
             None => request.headers().get(HOST).cloned(),
         };
-        record.path = request.uri().path_and_query().cloned();
-        if span.is_disabled() {
-            record.trace_id = shared::traceparent_trace_id(request.headers());
+        let trace_id = if span.is_disabled() {
+            shared::traceparent_trace_id(request.headers())
+        } else {
+            None
+        };
+        LogFacts {
+            log: Arc::clone(&state.access_log),
+            time: SystemTime::now(),
+            host,
+            path: request.uri().path_and_query().cloned(),
+            trace_id,
+            client_ip: peer.ip,
         }
-        (Arc::clone(&state.access_log), record)
     });
     let peer_ip = peer.ip;
 
@@ -149,12 +156,12 @@ pub async fn serve(
     if let (Some(route), Some(latency)) = (&exchange.route, exchange.upstream_latency) {
         route.record_upstream(latency);
     }
-    let access_log = access_log.map(|(log, mut record)| {
-        if record.trace_id.is_none() {
-            record.trace_id = shared::span_trace_id(&span);
+    let access_log = access_log.map(|mut facts| {
+        if facts.trace_id.is_none() {
+            facts.trace_id = shared::span_trace_id(&span);
         }
-        record.client_ip = Some(exchange.client_ip.unwrap_or(peer_ip));
-        (log, record)
+        facts.client_ip = exchange.client_ip.unwrap_or(peer_ip);
+        facts
     });
     let (parts, body) = response.into_parts();
     Response::from_parts(
@@ -181,9 +188,21 @@ struct Pending {
     method: http::Method,
     status: StatusCode,
     exchange: Exchange,
-    access_log: Option<(Arc<AccessLog>, AccessLogRecord)>,
+    access_log: Option<LogFacts>,
     /// Held so the request span covers the whole response.
     _span: tracing::Span,
+}
+
+/// What the access-log line needs from the request itself, captured before
+/// the handler takes it.
+#[derive(Debug)]
+struct LogFacts {
+    log: Arc<AccessLog>,
+    time: SystemTime,
+    host: Option<HeaderValue>,
+    path: Option<PathAndQuery>,
+    trace_id: Option<u128>,
+    client_ip: IpAddr,
 }
 
 /// The response body as sent to the client, counted and observed.
@@ -219,20 +238,26 @@ impl ObservedBody {
         if self.sent > 0 {
             route.add_bytes_out(self.sent);
         }
-        if let Some((log, mut record)) = pending.access_log {
+        if let Some(facts) = &pending.access_log {
+            let mut record = AccessLogRecord::new(facts.time, &pending.method);
+            record.request_id = exchange.request_id.as_ref();
+            record.trace_id = facts.trace_id;
+            record.client_ip = Some(facts.client_ip);
+            record.host = facts.host.as_ref().map(HeaderValue::as_bytes);
+            // The path only: the query string may carry a credential.
+            record.path = facts.path.as_ref().map(PathAndQuery::path);
             if let Some(route) = &exchange.route {
-                record.route = Some(Arc::clone(route.route()));
-                record.service = Some(Arc::clone(route.service()));
+                record.route = Some(route.route());
+                record.service = Some(route.service());
             }
-            record.request_id = exchange.request_id;
-            record.consumer = exchange.consumer;
+            record.consumer = exchange.consumer.as_deref();
             record.status = pending.status.as_u16();
-            record.upstream_addr = exchange.upstream;
+            record.upstream_addr = exchange.upstream.as_ref().map(Authority::as_str);
             record.upstream_latency = exchange.upstream_latency;
             record.total_latency = elapsed;
             record.bytes_in = bytes_in;
             record.bytes_out = self.sent;
-            log.log(record);
+            facts.log.log(&record);
         }
     }
 }
