@@ -7,13 +7,15 @@
 # everything to $UPSTREAM_ADDR (exported by compare.sh), starts tollgate-dp on
 # 127.0.0.1:PORT, and on TERM stops both (by PID). VARIANT picks the plugins on
 # the route: plain (default), transformer, keyauth, jwt, ratelimit-local,
-# ratelimit-redis, accesslog, tracing (a limit high enough never to reject, so the run measures
+# ratelimit-redis, accesslog, tracing, bare (a limit high enough never to reject, so the run measures
 # its cost; the redis variant starts its own redis-server on PORT+3000 and
 # stops it by PID). keyauth and jwt take
 # their credential from BENCH_HEADER="apikey: <token>" (bench/auth-token.sh):
 # keyauth registers the token string as an API key, jwt verifies it as an
 # RS256 token read from that same header. Every variant but accesslog runs with
-# `--access-log off`; accesslog writes it to a file in the temp dir. tracing
+# `--access-log off`; accesslog writes it to a file in the temp dir (or to
+# $ACCESS_LOG_PATH). bare also turns the per-request metrics off
+# (`--request-metrics false`), the baseline that shows what metrics cost. tracing
 # exports every request's spans (ratio 1.0) to the otlp_sink example receiver,
 # started on PORT+4000. Release binaries must be built first
 # (`cargo build --release --bins` and, for tracing,
@@ -46,7 +48,7 @@ stop() {
 trap stop TERM INT
 
 case "$VARIANT" in
-  plain|accesslog|tracing) PLUGINS="[]" ;;
+  plain|bare|accesslog|tracing) PLUGINS="[]" ;;
   transformer) PLUGINS='[{ name: request-transformer, config: { add: { headers: { x-bench: "1" } } } }]' ;;
   keyauth) PLUGINS='[{ name: key-auth }]' ;;
   jwt) PLUGINS='[{ name: jwt, config: { header: apikey, algorithms: [RS256] } }]' ;;
@@ -101,7 +103,8 @@ done
 DP_ARGS=(--access-log off)
 SINK_PID=""
 case "$VARIANT" in
-  accesslog) DP_ARGS=(--access-log "$WORK/access.log") ;;
+  bare) DP_ARGS=(--access-log off --request-metrics false) ;;
+  accesslog) DP_ARGS=(--access-log "${ACCESS_LOG_PATH:-$WORK/access.log}") ;;
   tracing)
     SINK_PORT=$((PORT + 4000))
     "$BIN/examples/otlp_sink" "127.0.0.1:$SINK_PORT" >"$WORK/otlp.log" 2>&1 &

@@ -39,6 +39,9 @@ pub struct DpConfig {
     pub max_connections: usize,
     /// Where access-log lines go (`--access-log stdout|off|PATH`).
     pub access_log: AccessLogTarget,
+    /// Whether each request is counted in the per-route request metrics
+    /// (`--request-metrics`; on by default).
+    pub request_metrics: bool,
     /// Redis holding fleet-wide rate-limit counters (`--redis-url`).
     pub redis_url: Option<String>,
 }
@@ -61,6 +64,7 @@ impl Default for DpConfig {
             drain_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             access_log: AccessLogTarget::Stdout,
+            request_metrics: true,
             redis_url: None,
         }
     }

@@ -158,6 +158,7 @@ impl DataPlane {
         let state = Arc::new(ProxyState {
             store,
             access_log: access_log.clone(),
+            request_metrics: config.request_metrics,
             trusted_proxies: config.trusted_proxies.clone(),
             limits: RequestLimits {
                 max_header_bytes: config.max_header_bytes,

@@ -76,6 +76,12 @@ struct Args {
     /// (appended to).
     #[arg(long, env = "TOLLGATE_ACCESS_LOG", default_value = "stdout")]
     access_log: AccessLogTarget,
+    /// Count every request in the per-route request metrics (requests,
+    /// durations, bytes). `false` leaves those series empty (connections,
+    /// config, rate-limit and auth metrics stay); for setups that scrape
+    /// nothing per request, and to measure what the metrics cost.
+    #[arg(long, env = "TOLLGATE_REQUEST_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    request_metrics: bool,
     /// Export traces over OTLP/gRPC to this collector, e.g.
     /// http://127.0.0.1:4317. Off when unset (spans then cost nothing).
     #[arg(long, env = "TOLLGATE_OTLP_ENDPOINT")]
@@ -158,6 +164,7 @@ fn main() -> ExitCode {
         drain_timeout: Duration::from_secs(args.drain_timeout_s),
         max_connections: args.max_connections,
         access_log: args.access_log,
+        request_metrics: args.request_metrics,
         redis_url: args.redis_url.filter(|url| !url.is_empty()),
     };
 

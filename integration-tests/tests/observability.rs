@@ -938,6 +938,43 @@ async fn access_log_lines_are_json_and_carry_no_credentials() {
     }
 }
 
+/// `--request-metrics false`: requests are served but not counted per route;
+/// the other metrics stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_metrics_can_be_switched_off() {
+    let upstream = Upstream::start("u").await;
+    let cp = ControlPlane::start().await;
+    let revision = cp
+        .apply_revision(&config(json!({
+            "services": [service_to("svc", &upstream)],
+            "routes": [{"name": "r", "service": "svc", "paths": ["/r"]}],
+        })))
+        .await;
+    let dp = data_plane(
+        &cp,
+        "dp-uncounted",
+        revision,
+        &args(&[("--access-log", "off"), ("--request-metrics", "false")]),
+    )
+    .await;
+    for _ in 0..5 {
+        let response = dp.get("r.test", "/r/x").send().await.expect("request");
+        assert_eq!(response.status().as_u16(), 200);
+        let _ = response.bytes().await;
+    }
+    let scrape = scrape_metrics(&dp.status_url("/metrics")).await;
+    assert_eq!(requests(&scrape, &[]), None);
+    assert_eq!(
+        value(&scrape, "tollgate_request_duration_seconds", &[]),
+        None
+    );
+    assert_eq!(
+        value(&scrape, "tollgate_config_version", &[]),
+        Some(revision as f64)
+    );
+    assert!(value(&scrape, "tollgate_open_connections", &[]).is_some());
+}
+
 // ----------------------------------------------------- control-plane metrics
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

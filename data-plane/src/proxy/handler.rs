@@ -69,6 +69,8 @@ pub struct ProxyState {
     pub store: std::sync::Arc<SnapshotStore>,
     /// Where each request's line goes (see [`crate::telemetry::request`]).
     pub access_log: std::sync::Arc<AccessLog>,
+    /// Whether requests are counted in the per-route request metrics.
+    pub request_metrics: bool,
     pub trusted_proxies: TrustedProxies,
     pub limits: RequestLimits,
 }

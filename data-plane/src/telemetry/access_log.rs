@@ -42,6 +42,11 @@ pub const SHARDS: usize = 16;
 /// A buffer this full wakes the writer before its interval is up.
 const WAKE_BYTES: usize = 256 * 1024;
 
+/// Capacity every buffer gets up front and keeps: buffers are swapped, never
+/// freed, so the allocator never hands their pages back to the kernel and the
+/// request path never faults them in again.
+const BUFFER_BYTES: usize = 2 * WAKE_BYTES;
+
 /// How long the writer sleeps between passes.
 const IDLE_POLL: Duration = Duration::from_millis(10);
 
@@ -266,6 +271,9 @@ impl AccessLog {
             return;
         }
         let Lines { buf, count, clock } = &mut *lines;
+        if buf.capacity() == 0 {
+            buf.reserve(BUFFER_BYTES);
+        }
         format_line(record, clock, buf);
         *count += 1;
         let wake = before < WAKE_BYTES && buf.len() >= WAKE_BYTES;
@@ -303,7 +311,7 @@ impl Drop for AccessLog {
 /// The writer thread: every interval (or when woken), takes each worker's
 /// buffer and writes it in one call.
 fn write_lines(shared: &Shared, mut writer: Box<dyn Write + Send>, dropped: &Counter) {
-    let mut spare: Vec<u8> = Vec::new();
+    let mut spare: Vec<u8> = Vec::with_capacity(BUFFER_BYTES);
     let mut warned = false;
     loop {
         let closing = shared.closed.load(Ordering::Acquire);
@@ -327,7 +335,9 @@ fn write_lines(shared: &Shared, mut writer: Box<dyn Write + Send>, dropped: &Cou
             wrote = true;
             spare.clear();
             // Keep a buffer's worth, not a burst's.
-            spare.shrink_to(2 * WAKE_BYTES);
+            if spare.capacity() > 4 * BUFFER_BYTES {
+                spare = Vec::with_capacity(BUFFER_BYTES);
+            }
         }
         if wrote || !acks.is_empty() {
             if let Err(err) = writer.flush() {

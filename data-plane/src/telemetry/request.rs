@@ -153,7 +153,11 @@ pub async fn serve(
             span.record("otel.status_code", "ERROR");
         }
     }
-    if let (Some(route), Some(latency)) = (&exchange.route, exchange.upstream_latency) {
+    if let (true, Some(route), Some(latency)) = (
+        state.request_metrics,
+        &exchange.route,
+        exchange.upstream_latency,
+    ) {
         route.record_upstream(latency);
     }
     let access_log = access_log.map(|mut facts| {
@@ -175,6 +179,7 @@ pub async fn serve(
                 status,
                 exchange,
                 access_log,
+                request_metrics: state.request_metrics,
                 _span: span,
             }),
         },
@@ -189,6 +194,8 @@ struct Pending {
     status: StatusCode,
     exchange: Exchange,
     access_log: Option<LogFacts>,
+    /// Whether to count the request in the per-route request metrics.
+    request_metrics: bool,
     /// Held so the request span covers the whole response.
     _span: tracing::Span,
 }
@@ -222,21 +229,23 @@ impl ObservedBody {
         };
         let elapsed = pending.started.elapsed();
         let exchange = pending.exchange;
-        let route = exchange
-            .route
-            .as_ref()
-            .unwrap_or_else(|| metrics::global().unmatched());
-        route.record_request(&pending.method, pending.status.as_u16(), elapsed);
-        route.record_consumer_request(exchange.consumer.as_deref(), pending.status.as_u16());
         let bytes_in = exchange
             .bytes_in
             .as_ref()
             .map_or(0, |counter| counter.load(Ordering::Relaxed));
-        if bytes_in > 0 {
-            route.add_bytes_in(bytes_in);
-        }
-        if self.sent > 0 {
-            route.add_bytes_out(self.sent);
+        if pending.request_metrics {
+            let route = exchange
+                .route
+                .as_ref()
+                .unwrap_or_else(|| metrics::global().unmatched());
+            route.record_request(&pending.method, pending.status.as_u16(), elapsed);
+            route.record_consumer_request(exchange.consumer.as_deref(), pending.status.as_u16());
+            if bytes_in > 0 {
+                route.add_bytes_in(bytes_in);
+            }
+            if self.sent > 0 {
+                route.add_bytes_out(self.sent);
+            }
         }
         if let Some(facts) = &pending.access_log {
             let mut record = AccessLogRecord::new(facts.time, &pending.method);
