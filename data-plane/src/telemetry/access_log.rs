@@ -373,7 +373,11 @@ fn format_line(record: &AccessLogRecord<'_>, clock: &mut CachedClock, out: &mut 
     out.extend_from_slice(b"{\"time\":\"");
     clock.write(out, record.time);
     out.extend_from_slice(b"\",\"request_id\":");
-    json_opt_bytes(out, record.request_id.map(HeaderValue::as_bytes));
+    or_null(
+        out,
+        record.request_id.map(HeaderValue::as_bytes),
+        json_header,
+    );
     out.extend_from_slice(b",\"trace_id\":");
     match record.trace_id {
         Some(id) => {
@@ -408,24 +412,21 @@ fn format_line(record: &AccessLogRecord<'_>, clock: &mut CachedClock, out: &mut 
     out.extend_from_slice(b",\"method\":");
     json_plain_str(out, record.method.as_str());
     out.extend_from_slice(b",\"host\":");
-    json_opt_bytes(out, record.host);
+    or_null(out, record.host, json_header);
     out.extend_from_slice(b",\"path\":");
-    json_opt_str(out, record.path);
+    or_null(out, record.path, json_str);
     out.extend_from_slice(b",\"route\":");
-    json_opt_plain_str(out, record.route);
+    or_null(out, record.route, json_plain_str);
     out.extend_from_slice(b",\"service\":");
-    json_opt_plain_str(out, record.service);
+    or_null(out, record.service, json_plain_str);
     out.extend_from_slice(b",\"consumer\":");
-    json_opt_plain_str(out, record.consumer);
+    or_null(out, record.consumer, json_plain_str);
     out.extend_from_slice(b",\"status\":");
     write_u64(out, u64::from(record.status));
     out.extend_from_slice(b",\"upstream_addr\":");
-    json_opt_plain_str(out, record.upstream_addr);
+    or_null(out, record.upstream_addr, json_plain_str);
     out.extend_from_slice(b",\"upstream_latency_ms\":");
-    match record.upstream_latency {
-        Some(latency) => write_millis(out, latency),
-        None => out.extend_from_slice(b"null"),
-    }
+    or_null(out, record.upstream_latency, write_millis);
     out.extend_from_slice(b",\"total_latency_ms\":");
     write_millis(out, record.total_latency);
     out.extend_from_slice(b",\"bytes_in\":");
@@ -437,32 +438,22 @@ fn format_line(record: &AccessLogRecord<'_>, clock: &mut CachedClock, out: &mut 
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// `write`s the value, or `null` when there is none.
+fn or_null<T>(out: &mut Vec<u8>, value: Option<T>, write: impl FnOnce(&mut Vec<u8>, T)) {
+    match value {
+        Some(value) => write(out, value),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
 /// Header bytes as a JSON string: checked in one pass when they are plain
 /// ASCII (the usual case), escaped when they are other UTF-8, `null` when
 /// they are not text at all (rather than guessed at).
-fn json_opt_bytes(out: &mut Vec<u8>, value: Option<&[u8]>) {
-    match value {
-        Some(bytes) if bytes.is_ascii() && is_plain(bytes) => {
-            out.push(b'"');
-            out.extend_from_slice(bytes);
-            out.push(b'"');
-        }
-        Some(bytes) => json_opt_str(out, std::str::from_utf8(bytes).ok()),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
-fn json_opt_str(out: &mut Vec<u8>, value: Option<&str>) {
-    match value {
-        Some(text) => json_str(out, text),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
-fn json_opt_plain_str(out: &mut Vec<u8>, value: Option<&str>) {
-    match value {
-        Some(text) => json_plain_str(out, text),
-        None => out.extend_from_slice(b"null"),
+fn json_header(out: &mut Vec<u8>, bytes: &[u8]) {
+    if bytes.is_ascii() && is_plain(bytes) {
+        json_plain_bytes(out, bytes);
+    } else {
+        or_null(out, std::str::from_utf8(bytes).ok(), json_str);
     }
 }
 
@@ -473,8 +464,12 @@ fn json_opt_plain_str(out: &mut Vec<u8>, value: Option<&str>) {
 /// Client-supplied text (host, path, request id) goes through [`json_str`].
 fn json_plain_str(out: &mut Vec<u8>, text: &str) {
     debug_assert!(text.bytes().all(|b| PLAIN[usize::from(b)]), "{text:?}");
+    json_plain_bytes(out, text.as_bytes());
+}
+
+fn json_plain_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'"');
-    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(bytes);
     out.push(b'"');
 }
 

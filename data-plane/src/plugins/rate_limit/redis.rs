@@ -65,7 +65,22 @@ enum LocalConnection {
 thread_local! {
     /// This thread's own connections, by store id (one store per process in
     /// practice; tests make several).
-    static LOCAL: RefCell<Vec<(u64, LocalConnection)>> = const { RefCell::new(Vec::new()) };
+    static LOCAL: RefCell<Vec<(u64, Option<LocalConnection>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's connection slot for store `id` (empty at first).
+fn with_local<R>(id: u64, f: impl FnOnce(&mut Option<LocalConnection>) -> R) -> R {
+    LOCAL.with(|local| {
+        let mut local = local.borrow_mut();
+        let index = match local.iter().position(|(slot_id, _)| *slot_id == id) {
+            Some(index) => index,
+            None => {
+                local.push((id, None));
+                local.len() - 1
+            }
+        };
+        f(&mut local[index].1)
+    })
 }
 
 /// A shared handle on the Redis that holds the fleet's counters.
@@ -245,56 +260,39 @@ impl Inner {
     fn local_connection(&self) -> Option<ConnectionManager> {
         let client = self.client.as_ref()?;
         let now = Instant::now();
-        let connect = LOCAL.with(|local| {
-            let mut local = local.borrow_mut();
-            let slot = match local.iter_mut().position(|(id, _)| *id == self.id) {
-                Some(index) => &mut local[index].1,
-                None => {
-                    local.push((self.id, LocalConnection::Failed { retry_at: now }));
-                    let last = local.len() - 1;
-                    &mut local[last].1
-                }
-            };
+        let mut start = false;
+        let ready = with_local(self.id, |slot| {
             match slot {
-                LocalConnection::Ready(connection) => return Err(connection.clone()),
-                LocalConnection::Connecting { since } if now < *since + LOCAL_RETRY => {
-                    return Ok(false)
+                Some(LocalConnection::Ready(connection)) => return Some(connection.clone()),
+                Some(LocalConnection::Connecting { since }) if now < *since + LOCAL_RETRY => {}
+                Some(LocalConnection::Failed { retry_at }) if now < *retry_at => {}
+                _ => {
+                    *slot = Some(LocalConnection::Connecting { since: now });
+                    start = true;
                 }
-                LocalConnection::Failed { retry_at } if now < *retry_at => return Ok(false),
-                _ => *slot = LocalConnection::Connecting { since: now },
             }
-            Ok(true)
+            None
         });
-        match connect {
-            Err(connection) => Some(connection),
-            Ok(false) => None,
-            Ok(true) => {
-                let (id, client) = (self.id, client.clone());
-                tokio::spawn(async move {
-                    let made =
-                        ConnectionManager::new_with_config(client, Self::connection_config()).await;
-                    // On a current-thread runtime (every proxy worker) this
-                    // task ran on the thread that asked.
-                    let state = match made {
-                        Ok(connection) => LocalConnection::Ready(connection),
-                        Err(err) => {
-                            tracing::debug!(error = %err, "worker connection to redis failed; using the shared one");
-                            LocalConnection::Failed {
-                                retry_at: Instant::now() + LOCAL_RETRY,
-                            }
+        if start {
+            let (id, client) = (self.id, client.clone());
+            tokio::spawn(async move {
+                let made =
+                    ConnectionManager::new_with_config(client, Self::connection_config()).await;
+                let state = match made {
+                    Ok(connection) => LocalConnection::Ready(connection),
+                    Err(err) => {
+                        tracing::debug!(error = %err, "worker connection to redis failed; using the shared one");
+                        LocalConnection::Failed {
+                            retry_at: Instant::now() + LOCAL_RETRY,
                         }
-                    };
-                    LOCAL.with(|local| {
-                        let mut local = local.borrow_mut();
-                        match local.iter_mut().find(|(slot_id, _)| *slot_id == id) {
-                            Some((_, slot)) => *slot = state,
-                            None => local.push((id, state)),
-                        }
-                    });
-                });
-                None
-            }
+                    }
+                };
+                // On a current-thread runtime (every proxy worker) this task
+                // ran on the thread that asked.
+                with_local(id, |slot| *slot = Some(state));
+            });
         }
+        ready
     }
 
     /// Makes the connection if there is none yet, then checks it with PING
