@@ -9,6 +9,7 @@ use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// The path of a binary of this workspace, built by `cargo build --bins`.
@@ -34,7 +35,35 @@ pub fn bin_path(name: &str) -> PathBuf {
 }
 
 /// A TCP port that was free on 127.0.0.1 a moment ago.
+///
+/// Taken below the kernel's ephemeral range when there is room: ports there
+/// are what every outgoing `connect` draws from, so a port found free by
+/// binding `:0` can be taken by some other connection (a data plane's Redis
+/// connection, an upstream pool) before the process the test starts binds
+/// it. Below the range only listeners compete; ports handed out are never
+/// handed out again by this process.
 pub fn free_port() -> u16 {
+    const LOWEST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(LOWEST);
+    if span >= 1_000 {
+        // Test binaries run one after another; a per-process offset keeps two
+        // of them from walking the same ports when they do overlap.
+        let offset = std::process::id() % span;
+        for _ in 0..span {
+            let step = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = LOWEST + (offset + step) % span;
+            if let Ok(port) = u16::try_from(port) {
+                if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                    return port;
+                }
+            }
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local addr").port()
 }
