@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::Thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
 use prometheus_client::metrics::counter::Counter;
@@ -79,8 +79,9 @@ impl FromStr for AccessLogTarget {
 /// lives; formatted at once into the worker's buffer.
 #[derive(Debug, Clone, Copy)]
 pub struct AccessLogRecord<'a> {
-    /// When the request was received.
-    pub time: SystemTime,
+    /// When the request was received (turned into wall-clock time by the
+    /// worker's [`CachedClock`], so the request path reads no wall clock).
+    pub time: Instant,
     pub request_id: Option<&'a HeaderValue>,
     /// The request's trace id (its span's, or its `traceparent`'s).
     pub trace_id: Option<u128>,
@@ -105,7 +106,7 @@ pub struct AccessLogRecord<'a> {
 
 impl<'a> AccessLogRecord<'a> {
     /// A record with the request's identity and everything else empty.
-    pub fn new(time: SystemTime, method: &'a http::Method) -> Self {
+    pub fn new(time: Instant, method: &'a http::Method) -> Self {
         Self {
             time,
             request_id: None,
@@ -371,7 +372,8 @@ fn warn_once(warned: &mut bool, err: &io::Error) {
 fn format_line(record: &AccessLogRecord<'_>, clock: &mut CachedClock, out: &mut Vec<u8>) {
     out.reserve(512);
     out.extend_from_slice(b"{\"time\":\"");
-    clock.write(out, record.time);
+    let time = clock.wall(record.time);
+    clock.write(out, time);
     out.extend_from_slice(b"\",\"request_id\":");
     or_null(
         out,
@@ -394,14 +396,26 @@ fn format_line(record: &AccessLogRecord<'_>, clock: &mut CachedClock, out: &mut 
     out.extend_from_slice(b",\"client_ip\":");
     match record.client_ip {
         Some(IpAddr::V4(ip)) => {
-            out.push(b'"');
+            // `"255.255.255.255"` at most, built on the stack, copied once.
+            let mut text = [b'"'; 17];
+            let mut len = 1;
             for (i, octet) in ip.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    text[len] = b'.';
+                    len += 1;
                 }
-                write_u64(out, u64::from(octet));
+                if octet >= 100 {
+                    text[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    text[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                text[len] = b'0' + octet % 10;
+                len += 1;
             }
-            out.push(b'"');
+            out.extend_from_slice(&text[..=len]);
         }
         Some(ip @ IpAddr::V6(_)) => {
             // Hex digits and colons only: nothing to escape.
@@ -450,7 +464,7 @@ fn or_null<T>(out: &mut Vec<u8>, value: Option<T>, write: impl FnOnce(&mut Vec<u
 /// ASCII (the usual case), escaped when they are other UTF-8, `null` when
 /// they are not text at all (rather than guessed at).
 fn json_header(out: &mut Vec<u8>, bytes: &[u8]) {
-    if bytes.is_ascii() && is_plain(bytes) {
+    if is_plain_ascii(bytes) {
         json_plain_bytes(out, bytes);
     } else {
         or_null(out, std::str::from_utf8(bytes).ok(), json_str);
@@ -491,6 +505,16 @@ static PLAIN: [bool; 256] = {
 /// character, `"` or `\\`), checked eight bytes at a time: this runs on
 /// every logged string of every request.
 fn is_plain(bytes: &[u8]) -> bool {
+    words_are_plain::<false>(bytes)
+}
+
+/// [`is_plain`] and ASCII in the same pass (for header bytes, which are
+/// only known to be text when they are ASCII).
+fn is_plain_ascii(bytes: &[u8]) -> bool {
+    words_are_plain::<true>(bytes)
+}
+
+fn words_are_plain<const ASCII: bool>(bytes: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     // Exact "some byte of v is below n" for n <= 0x80 (bytes >= 0x80 never match).
@@ -502,14 +526,18 @@ fn is_plain(bytes: &[u8]) -> bool {
             return false;
         };
         let v = u64::from_le_bytes(word);
-        if below(v, 0x20)
+        if (ASCII && v & HIGH != 0)
+            || below(v, 0x20)
             || has_zero(v ^ (ONES * u64::from(b'"')))
             || has_zero(v ^ (ONES * u64::from(b'\\')))
         {
             return false;
         }
     }
-    chunks.remainder().iter().all(|&b| PLAIN[usize::from(b)])
+    chunks
+        .remainder()
+        .iter()
+        .all(|&b| PLAIN[usize::from(b)] && (!ASCII || b.is_ascii()))
 }
 
 /// A JSON string (RFC 8259): `"`, `\\` and control characters escaped;
@@ -581,10 +609,20 @@ fn write_millis(out: &mut Vec<u8>, duration: Duration) {
     out.extend_from_slice(&digits[..len]);
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), without a date-time dependency; the
-/// part up to the seconds is formatted once per second.
+/// How long a worker's clock trusts its anchor before reading the wall clock
+/// again: the monotonic and the wall clock drift apart by at most NTP's slew
+/// (0.5 ms per second), and a step of the wall clock shows within a second.
+const REANCHOR_AFTER: Duration = Duration::from_secs(1);
+
+/// Wall-clock time for the log, `YYYY-MM-DDTHH:MM:SS.mmmZ` (UTC), without a
+/// date-time dependency. Requests are timed with `Instant`s, which they read
+/// anyway; each worker turns them into wall-clock time from an anchor (an
+/// `Instant` and the `SystemTime` read with it) renewed once a second, so the
+/// request path makes no wall-clock read of its own. The part up to the
+/// seconds is formatted once per second.
 #[derive(Debug, Clone, Copy)]
 struct CachedClock {
+    anchor: Option<(Instant, SystemTime)>,
     second: u64,
     /// `YYYY-MM-DDTHH:MM:SS.` of `second`.
     prefix: [u8; 20],
@@ -593,6 +631,7 @@ struct CachedClock {
 impl Default for CachedClock {
     fn default() -> Self {
         Self {
+            anchor: None,
             second: u64::MAX,
             prefix: [0; 20],
         }
@@ -600,6 +639,30 @@ impl Default for CachedClock {
 }
 
 impl CachedClock {
+    /// The wall-clock time of `at`. One `Instant` subtraction in the usual
+    /// case (an instant within a second after the anchor).
+    fn wall(&mut self, at: Instant) -> SystemTime {
+        if let Some((instant, wall)) = self.anchor {
+            match at.checked_duration_since(instant) {
+                Some(after) if after < REANCHOR_AFTER => {
+                    return wall.checked_add(after).unwrap_or(wall);
+                }
+                Some(_) => {}
+                // Received before the anchor was taken (a request that
+                // outlived a renewal): counted back from it.
+                None => {
+                    return wall
+                        .checked_sub(instant.saturating_duration_since(at))
+                        .unwrap_or(wall);
+                }
+            }
+        }
+        let (instant, wall) = (Instant::now(), SystemTime::now());
+        self.anchor = Some((instant, wall));
+        wall.checked_sub(instant.saturating_duration_since(at))
+            .unwrap_or(wall)
+    }
+
     fn write(&mut self, out: &mut Vec<u8>, time: SystemTime) {
         let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
         let secs = since_epoch.as_secs();
@@ -662,9 +725,25 @@ mod tests {
     static POST: http::Method = http::Method::POST;
     static GET: http::Method = http::Method::GET;
 
+    /// The instant every test record is received at.
+    fn received() -> Instant {
+        static AT: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+        *AT
+    }
+
+    /// A clock on which [`received`] is 2025-11-26T13:57:54.123Z.
+    fn test_clock() -> CachedClock {
+        CachedClock {
+            anchor: Some((
+                received(),
+                UNIX_EPOCH + Duration::from_millis(1_764_165_474_123),
+            )),
+            ..CachedClock::default()
+        }
+    }
+
     fn record(path: &str) -> AccessLogRecord<'_> {
-        let mut record =
-            AccessLogRecord::new(UNIX_EPOCH + Duration::from_millis(1_764_165_474_123), &POST);
+        let mut record = AccessLogRecord::new(received(), &POST);
         record.request_id = Some(&REQUEST_ID);
         record.trace_id = Some(0x4bf92f3577b34da6a3ce929d0e0e4736);
         record.client_ip = "10.1.2.3".parse().ok();
@@ -684,7 +763,7 @@ mod tests {
 
     fn line_of(record: &AccessLogRecord) -> serde_json::Value {
         let mut out = Vec::new();
-        format_line(record, &mut CachedClock::default(), &mut out);
+        format_line(record, &mut test_clock(), &mut out);
         assert_eq!(out.last(), Some(&b'\n'));
         assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1);
         serde_json::from_slice(&out).unwrap_or_default()
@@ -725,6 +804,8 @@ mod tests {
         }
         for good in [b' ', b'!', b'#', b'[', b']', 0x7f, 0x80, 0xff] {
             assert!(is_plain(&[good; 19]), "{good:#x}");
+            assert_eq!(is_plain_ascii(&[good; 19]), good < 0x80, "{good:#x}");
+            assert_eq!(is_plain_ascii(&[good; 3]), good < 0x80, "{good:#x}");
         }
     }
 
@@ -746,9 +827,40 @@ mod tests {
     }
 
     #[test]
+    fn instants_become_wall_clock_time() {
+        let mut clock = CachedClock::default();
+        let now = Instant::now();
+        let wall = clock.wall(now);
+        let off = |a: SystemTime, b: SystemTime| {
+            a.duration_since(b)
+                .or_else(|_| b.duration_since(a))
+                .unwrap_or_default()
+        };
+        assert!(off(wall, SystemTime::now()) < Duration::from_millis(100));
+        // Earlier and later instants are placed around the anchor.
+        let later = now + Duration::from_millis(250);
+        assert_eq!(off(clock.wall(later), wall), Duration::from_millis(250));
+        let earlier = now.checked_sub(Duration::from_secs(3)).unwrap_or(now);
+        assert_eq!(off(clock.wall(earlier), wall), now.duration_since(earlier));
+        // Past the anchor's life, the wall clock is read again.
+        let anchor = clock.anchor.map(|(instant, _)| instant);
+        clock.wall(now + Duration::from_secs(2));
+        assert_ne!(clock.anchor.map(|(instant, _)| instant), anchor);
+    }
+
+    #[test]
+    fn ipv4_addresses_are_dotted_decimal() {
+        for ip in ["0.9.10.255", "100.200.7.99", "255.255.255.255", "0.0.0.0"] {
+            let mut record = record("/");
+            record.client_ip = ip.parse().ok();
+            assert_eq!(line_of(&record)["client_ip"], ip);
+        }
+    }
+
+    #[test]
     fn unknown_fields_are_null() {
-        let line = line_of(&AccessLogRecord::new(UNIX_EPOCH, &GET));
-        assert_eq!(line["time"], "1970-01-01T00:00:00.000Z");
+        let line = line_of(&AccessLogRecord::new(received(), &GET));
+        assert_eq!(line["time"], "2025-11-26T13:57:54.123Z");
         for field in [
             "request_id",
             "trace_id",
@@ -793,7 +905,7 @@ mod tests {
         ] {
             record.total_latency = Duration::from_micros(micros);
             let mut out = Vec::new();
-            format_line(&record, &mut CachedClock::default(), &mut out);
+            format_line(&record, &mut test_clock(), &mut out);
             let text_line = String::from_utf8(out.clone()).unwrap_or_default();
             assert!(
                 text_line.contains(&format!("\"total_latency_ms\":{text},")),

@@ -14,14 +14,14 @@
 //! Costs on the hot path when tracing and the access log are off: two
 //! `Instant`s, a disabled span (one atomic load), one `Arc` clone of the
 //! route's metric handles, and atomic increments. With the access log on,
-//! add a wall-clock read, a few reference-counted clones and the line's
+//! add a few reference-counted clones and the line's
 //! formatting into the worker's log buffer (see [`super::access_log`]).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::HOST;
@@ -129,7 +129,6 @@ pub async fn serve(
         };
         LogFacts {
             log: Arc::clone(&state.access_log),
-            time: SystemTime::now(),
             host,
             path: request.uri().path_and_query().cloned(),
             trace_id,
@@ -205,7 +204,6 @@ struct Pending {
 #[derive(Debug)]
 struct LogFacts {
     log: Arc<AccessLog>,
-    time: SystemTime,
     host: Option<HeaderValue>,
     path: Option<PathAndQuery>,
     trace_id: Option<u128>,
@@ -248,7 +246,7 @@ impl ObservedBody {
             }
         }
         if let Some(facts) = &pending.access_log {
-            let mut record = AccessLogRecord::new(facts.time, &pending.method);
+            let mut record = AccessLogRecord::new(pending.started, &pending.method);
             record.request_id = exchange.request_id.as_ref();
             record.trace_id = facts.trace_id;
             record.client_ip = Some(facts.client_ip);
