@@ -80,7 +80,8 @@ impl FromStr for AccessLogTarget {
 #[derive(Debug, Clone, Copy)]
 pub struct AccessLogRecord<'a> {
     /// When the request was received (turned into wall-clock time by the
-    /// worker's [`CachedClock`], so the request path reads no wall clock).
+    /// worker's clock when the line is formatted, so the request path reads
+    /// no wall clock).
     pub time: Instant,
     pub request_id: Option<&'a HeaderValue>,
     /// The request's trace id (its span's, or its `traceparent`'s).
@@ -642,25 +643,27 @@ impl CachedClock {
     /// The wall-clock time of `at`. One `Instant` subtraction in the usual
     /// case (an instant within a second after the anchor).
     fn wall(&mut self, at: Instant) -> SystemTime {
-        if let Some((instant, wall)) = self.anchor {
-            match at.checked_duration_since(instant) {
+        let (instant, wall) = match self.anchor {
+            Some((instant, wall)) => match at.checked_duration_since(instant) {
                 Some(after) if after < REANCHOR_AFTER => {
                     return wall.checked_add(after).unwrap_or(wall);
                 }
-                Some(_) => {}
                 // Received before the anchor was taken (a request that
-                // outlived a renewal): counted back from it.
-                None => {
-                    return wall
-                        .checked_sub(instant.saturating_duration_since(at))
-                        .unwrap_or(wall);
-                }
-            }
-        }
-        let (instant, wall) = (Instant::now(), SystemTime::now());
-        self.anchor = Some((instant, wall));
+                // outlived a renewal): counted back from it below.
+                None => (instant, wall),
+                Some(_) => self.renew(),
+            },
+            None => self.renew(),
+        };
         wall.checked_sub(instant.saturating_duration_since(at))
             .unwrap_or(wall)
+    }
+
+    /// Reads the wall clock once and anchors to it.
+    fn renew(&mut self) -> (Instant, SystemTime) {
+        let anchor = (Instant::now(), SystemTime::now());
+        self.anchor = Some(anchor);
+        anchor
     }
 
     fn write(&mut self, out: &mut Vec<u8>, time: SystemTime) {
