@@ -85,15 +85,17 @@ pub async fn handle(
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let (mut parts, body) = request.into_parts();
+    let client_host = client_host(&parts);
+    exchange.set_host(client_host.as_ref());
     if let Err(kind) = check_head(&parts, &state.limits) {
         let request_id = forward::generate_request_id();
-        return kind.into_response(Some(&request_id));
+        return refuse(exchange, parts.uri, kind, &request_id);
     }
     let request_id = forward::ensure_request_id(&mut parts.headers);
     exchange.set_request_id(&request_id);
 
     let Some(snapshot) = state.store.load() else {
-        return ProxyError::NotReady.into_response(Some(&request_id));
+        return refuse(exchange, parts.uri, ProxyError::NotReady, &request_id);
     };
 
     // Route on the normalized path; compute the upstream path+query from it.
@@ -102,18 +104,22 @@ pub async fn handle(
             Ok(path) => path,
             Err(err) => {
                 tracing::debug!(error = %err, "rejecting a path that cannot be normalized");
-                return ProxyError::BadPath.into_response(Some(&request_id));
+                return refuse(exchange, parts.uri, ProxyError::BadPath, &request_id);
             }
         };
-        let host = routing_host(&parts);
+        // The router strips the port and lower-cases.
+        let host = client_host
+            .as_ref()
+            .and_then(|host| host.to_str().ok())
+            .unwrap_or("");
         let Some(matched) = snapshot
             .router
             .find(host, &normalized, &parts.method, &parts.headers)
         else {
-            return ProxyError::NoRoute.into_response(Some(&request_id));
+            return refuse(exchange, parts.uri, ProxyError::NoRoute, &request_id);
         };
         let Some(route) = snapshot.routes.get(matched.route_index) else {
-            return ProxyError::NoRoute.into_response(Some(&request_id));
+            return refuse(exchange, parts.uri, ProxyError::NoRoute, &request_id);
         };
         let upstream_path: Cow<'_, str> = if route.strip_path {
             Cow::Owned(strip_prefix(&normalized, matched.matched_len).into_owned())
@@ -132,18 +138,20 @@ pub async fn handle(
             }
         };
         let Some(path_and_query) = path_and_query else {
-            return ProxyError::BadPath.into_response(Some(&request_id));
+            return refuse(exchange, parts.uri, ProxyError::BadPath, &request_id);
         };
         (matched.route_index, path_and_query)
     };
     let Some(route) = snapshot.routes.get(route_index) else {
-        return ProxyError::NoRoute.into_response(Some(&request_id));
+        return refuse(exchange, parts.uri, ProxyError::NoRoute, &request_id);
     };
     let service = &route.service;
     exchange.route = Some(route.metrics.clone());
 
-    let client_host = client_host(&parts);
-    parts.uri = Uri::from(upstream_path_and_query);
+    exchange.set_uri(std::mem::replace(
+        &mut parts.uri,
+        Uri::from(upstream_path_and_query),
+    ));
     forward::remove_hop_by_hop(&mut parts.headers);
     let client_ip = forward::client_ip(peer, &parts.headers, &state.trusted_proxies);
     exchange.client_ip = Some(client_ip);
@@ -294,6 +302,18 @@ fn finish(
     Response::from_parts(parts, body)
 }
 
+/// The answer to a request refused before it was routed; its URI goes to
+/// the exchange (moved) for the access log.
+fn refuse(
+    exchange: &mut Exchange,
+    uri: Uri,
+    error: ProxyError,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    exchange.set_uri(uri);
+    error.into_response(Some(request_id))
+}
+
 /// One of the identity headers only the gateway may set.
 fn is_identity_header(name: &http::header::HeaderName) -> bool {
     name == X_CONSUMER_NAME || name == X_CONSUMER_GROUPS || name == X_ANONYMOUS_CONSUMER
@@ -326,18 +346,6 @@ fn client_host(parts: &request::Parts) -> Option<HeaderValue> {
     match parts.uri.authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
         None => parts.headers.get(HOST).cloned(),
-    }
-}
-
-/// The raw host to route on (the router strips the port and lower-cases).
-fn routing_host(parts: &request::Parts) -> &str {
-    match parts.uri.authority() {
-        Some(authority) => authority.as_str(),
-        None => parts
-            .headers
-            .get(HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(""),
     }
 }
 

@@ -42,6 +42,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
+use super::access_log::RouteFields;
 use super::histogram::LatencyHistogram;
 
 /// `Content-Type` of [`Metrics::render`]'s output.
@@ -409,11 +410,14 @@ pub struct RouteMetrics {
     auth_failures: [OnceLock<Counter>; AuthFailure::ALL.len()],
     /// Per-consumer counters; `Some` only with `metrics.consumer_labels` on.
     consumers: Option<Box<ConsumerSeries>>,
+    /// The route's fields of an access-log line, rendered with its labels.
+    log_fields: RouteFields,
 }
 
 impl RouteMetrics {
     fn new(families: Arc<Families>, route: Arc<str>, service: Arc<str>) -> Self {
         Self {
+            log_fields: RouteFields::new(&route, &service),
             families,
             route: Label(route),
             service: Label(service),
@@ -494,6 +498,11 @@ impl RouteMetrics {
     /// The `service` label value.
     pub fn service(&self) -> &Arc<str> {
         &self.service.0
+    }
+
+    /// The route's `route` and `service` fields of an access-log line.
+    pub fn log_fields(&self) -> &RouteFields {
+        &self.log_fields
     }
 
     /// Records an answered request: its count by method and status, and its

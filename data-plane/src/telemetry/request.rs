@@ -24,9 +24,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::HOST;
-use http::uri::{Authority, PathAndQuery};
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::uri::Authority;
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tollgate_shared::telemetry::{self as shared, TRACE_TARGET};
@@ -48,6 +47,10 @@ pub struct Exchange {
     pub client_ip: Option<IpAddr>,
     pub upstream_latency: Option<Duration>,
     request_id: Option<HeaderValue>,
+    /// The `Host` the client addressed, as received.
+    host: Option<HeaderValue>,
+    /// The URI as received (moved here once the upstream URI replaces it).
+    uri: Option<Uri>,
     consumer: Option<Arc<str>>,
     upstream: Option<Authority>,
     bytes_in: Option<Arc<AtomicU64>>,
@@ -67,6 +70,23 @@ impl Exchange {
     pub fn set_request_id(&mut self, id: &HeaderValue) {
         if self.log {
             self.request_id = Some(id.clone());
+        }
+    }
+
+    /// Notes the host the client addressed (kept only for the access log).
+    #[inline]
+    pub fn set_host(&mut self, host: Option<&HeaderValue>) {
+        if self.log {
+            self.host = host.cloned();
+        }
+    }
+
+    /// Hands over the URI as received, once the request no longer needs it
+    /// (kept only for the access log: moved, not copied).
+    #[inline]
+    pub fn set_uri(&mut self, uri: Uri) {
+        if self.log {
+            self.uri = Some(uri);
         }
     }
 
@@ -117,23 +137,14 @@ pub async fn serve(
         shared::set_parent_from_headers(&span, request.headers());
     }
     let method = request.method().clone();
-    let access_log = state.access_log.is_enabled().then(|| {
-        let host = match request.uri().authority() {
-            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-            None => request.headers().get(HOST).cloned(),
-        };
-        let trace_id = if span.is_disabled() {
+    let access_log = state.access_log.is_enabled().then(|| LogFacts {
+        log: Arc::clone(&state.access_log),
+        trace_id: if span.is_disabled() {
             shared::traceparent_trace_id(request.headers())
         } else {
             None
-        };
-        LogFacts {
-            log: Arc::clone(&state.access_log),
-            host,
-            path: request.uri().path_and_query().cloned(),
-            trace_id,
-            client_ip: peer.ip,
-        }
+        },
+        client_ip: peer.ip,
     });
     let peer_ip = peer.ip;
 
@@ -160,7 +171,7 @@ pub async fn serve(
         route.record_upstream(latency);
     }
     let access_log = access_log.map(|mut facts| {
-        if facts.trace_id.is_none() {
+        if facts.trace_id.is_none() && !span.is_disabled() {
             facts.trace_id = shared::span_trace_id(&span);
         }
         facts.client_ip = exchange.client_ip.unwrap_or(peer_ip);
@@ -199,13 +210,10 @@ struct Pending {
     _span: tracing::Span,
 }
 
-/// What the access-log line needs from the request itself, captured before
-/// the handler takes it.
+/// What the access-log line needs that the handler does not note.
 #[derive(Debug)]
 struct LogFacts {
     log: Arc<AccessLog>,
-    host: Option<HeaderValue>,
-    path: Option<PathAndQuery>,
     trace_id: Option<u128>,
     client_ip: IpAddr,
 }
@@ -250,13 +258,14 @@ impl ObservedBody {
             record.request_id = exchange.request_id.as_ref();
             record.trace_id = facts.trace_id;
             record.client_ip = Some(facts.client_ip);
-            record.host = facts.host.as_ref().map(HeaderValue::as_bytes);
+            record.host = exchange.host.as_ref().map(HeaderValue::as_bytes);
             // The path only: the query string may carry a credential.
-            record.path = facts.path.as_ref().map(PathAndQuery::path);
-            if let Some(route) = &exchange.route {
-                record.route = Some(route.route());
-                record.service = Some(route.service());
-            }
+            record.path = exchange
+                .uri
+                .as_ref()
+                .map(Uri::path)
+                .filter(|path| !path.is_empty());
+            record.route = exchange.route.as_deref().map(RouteMetrics::log_fields);
             record.consumer = exchange.consumer.as_deref();
             record.status = pending.status.as_u16();
             record.upstream_addr = exchange.upstream.as_ref().map(Authority::as_str);
