@@ -11,6 +11,14 @@ use tollgate_data_plane::telemetry::AccessLogTarget;
 use tollgate_data_plane::DpConfig;
 use tollgate_shared::telemetry::{self, TelemetryConfig};
 
+/// Every request allocates a few times (hyper's header map and read
+/// buffer, the upstream request); mimalloc's per-thread free lists serve
+/// those in a fraction of glibc malloc's instructions (measured with
+/// callgrind on the proxy path) and keep workers from sharing allocator
+/// state.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Tollgate data plane: proxies traffic with the config streamed by tollgate-cp.
 #[derive(Debug, Parser)]
 #[command(name = "tollgate-dp", version)]

@@ -2,10 +2,11 @@
 //! access-log line.
 //!
 //! [`serve`] wraps the proxy handler. Before it runs, the request span is
-//! opened (continuing a W3C `traceparent` when the client sent one) and the
-//! few request facts the log needs are captured; while it runs, the handler
-//! fills an [`Exchange`] (matched route, client IP, consumer, upstream address
-//! and latency); when it returns, the response body is wrapped in an
+//! opened (continuing a W3C `traceparent` when the client sent one); while it
+//! runs, the handler fills an [`Exchange`] (matched route, client IP,
+//! consumer, upstream address and latency, and for the log the host, request
+//! id and the URI as received, handed over by move once the upstream URI
+//! replaces it); when it returns, the response body is wrapped in an
 //! [`ObservedBody`], which counts the bytes sent and, when the body ends (or is
 //! dropped), records the request's metrics, closes its span and queues its
 //! access-log line. Recording at the end is what makes the duration and byte
@@ -14,8 +15,9 @@
 //! Costs on the hot path when tracing and the access log are off: two
 //! `Instant`s, a disabled span (one atomic load), one `Arc` clone of the
 //! route's metric handles, and atomic increments. With the access log on,
-//! add a few reference-counted clones and the line's
-//! formatting into the worker's log buffer (see [`super::access_log`]).
+//! add four reference-counted clones (host, request id, upstream address,
+//! the log handle) and the line's formatting into the worker's log buffer
+//! (see [`super::access_log`]).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

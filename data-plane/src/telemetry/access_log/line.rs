@@ -81,11 +81,13 @@ pub struct RouteFields(Box<[u8]>);
 impl RouteFields {
     pub fn new(route: &str, service: &str) -> Self {
         let (route, service) = (Text::of_str(Some(route)), Text::of_str(Some(service)));
-        Self(render(32 + route.max_len() + service.max_len(), |line| {
-            route.write(line, b",\"route\":");
-            service.write(line, b",\"service\":");
-        })
-        .into_boxed_slice())
+        Self(
+            render(32 + route.max_len() + service.max_len(), |line| {
+                route.write(line, b",\"route\":");
+                service.write(line, b",\"service\":");
+            })
+            .into_boxed_slice(),
+        )
     }
 }
 
@@ -151,7 +153,7 @@ impl<'r, 'a> Line<'r, 'a> {
         let (prefix, millis) = clock.stamp(micros);
         line.put(prefix);
         let mut time_end = *b"000Z\"";
-        put_digits(&mut time_end[..3], u64::from(millis));
+        time_end[..3].copy_from_slice(&three_digits(millis));
         line.put(&time_end);
         self.request_id.write(line, b",\"request_id\":");
         match record.trace_id {
@@ -188,7 +190,7 @@ impl<'r, 'a> Line<'r, 'a> {
         put_plain_or_null(line, b",\"consumer\":", record.consumer);
         if (100..=999).contains(&record.status) {
             let mut status = *b",\"status\":000";
-            put_digits(&mut status[10..13], u64::from(record.status));
+            status[10..13].copy_from_slice(&three_digits(u32::from(record.status)));
             line.put(&status);
         } else {
             line.put(b",\"status\":");
@@ -367,35 +369,65 @@ fn put_plain_or_null(line: &mut Cursor<'_>, key: &[u8], text: Option<&str>) {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// `"a.b.c.d"`, built on the stack and copied once.
+/// `"a.b.c.d"`, built on the stack from a table of the 256 octets and
+/// copied once.
 fn put_ipv4(line: &mut Cursor<'_>, octets: [u8; 4]) {
-    let mut text = [b'"'; 17];
+    /// Each octet's digits (padded to four bytes with the next `.`) and
+    /// their count.
+    static OCTETS: [([u8; 4], u8); 256] = {
+        let mut table = [([b'.'; 4], 0u8); 256];
+        let mut n = 0;
+        while n < 256 {
+            let (hundreds, tens, ones) = (
+                b'0' + (n / 100) as u8,
+                b'0' + (n / 10 % 10) as u8,
+                b'0' + (n % 10) as u8,
+            );
+            table[n] = if n >= 100 {
+                ([hundreds, tens, ones, b'.'], 3)
+            } else if n >= 10 {
+                ([tens, ones, b'.', b'.'], 2)
+            } else {
+                ([ones, b'.', b'.', b'.'], 1)
+            };
+            n += 1;
+        }
+        table
+    };
+    // `"` + four octets of up to three digits with their dots + `"`.
+    let mut text = [b'"'; 18];
     let mut len = 1;
-    for (i, octet) in octets.into_iter().enumerate() {
-        if i > 0 {
-            text[len] = b'.';
-            len += 1;
+    for octet in octets {
+        let (digits, count) = OCTETS[usize::from(octet)];
+        if let Some(slot) = text.get_mut(len..len + 4) {
+            slot.copy_from_slice(&digits);
         }
-        if octet >= 100 {
-            text[len] = b'0' + octet / 100;
-            len += 1;
-        }
-        if octet >= 10 {
-            text[len] = b'0' + octet / 10 % 10;
-            len += 1;
-        }
-        text[len] = b'0' + octet % 10;
-        len += 1;
+        len += usize::from(count) + 1;
     }
-    line.put(&text[..=len]);
+    // The last octet's `.` becomes the closing quote.
+    if let Some(last) = text.get_mut(len - 1) {
+        *last = b'"';
+    }
+    line.put(&text[..len]);
 }
 
-/// `n` as exactly `slots.len()` digits (zero-padded; `n` must fit).
-fn put_digits(slots: &mut [u8], mut n: u64) {
-    for slot in slots.iter_mut().rev() {
-        *slot = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
+/// `n` (below 1000) as three digits, zero-padded: one table load (this
+/// runs four times per line).
+fn three_digits(n: u32) -> [u8; 3] {
+    static TABLE: [[u8; 3]; 1000] = {
+        let mut table = [[0u8; 3]; 1000];
+        let mut n = 0;
+        while n < 1000 {
+            table[n] = [
+                b'0' + (n / 100) as u8,
+                b'0' + (n / 10 % 10) as u8,
+                b'0' + (n % 10) as u8,
+            ];
+            n += 1;
+        }
+        table
+    };
+    TABLE.get(n as usize).copied().unwrap_or(*b"999")
 }
 
 fn put_u64(line: &mut Cursor<'_>, n: u64) {
@@ -412,7 +444,7 @@ fn put_millis(line: &mut Cursor<'_>, duration: Duration) {
     put_u64(line, micros / 1000);
     let fraction = micros % 1000;
     let mut text = *b".000";
-    put_digits(&mut text[1..], fraction);
+    text[1..].copy_from_slice(&three_digits(fraction as u32));
     let len = if fraction % 100 == 0 {
         2
     } else if fraction % 10 == 0 {
@@ -596,7 +628,10 @@ pub(super) mod tests {
             assert!(!is_plain(&bytes), "last of {len}");
             bytes[len - 1] = b'a';
             bytes[0] = 0x80;
-            assert!(is_plain(&bytes) && !is_plain_ascii(&bytes), "first of {len}");
+            assert!(
+                is_plain(&bytes) && !is_plain_ascii(&bytes),
+                "first of {len}"
+            );
         }
         for good in [b' ', b'!', b'#', b'[', b']', 0x7f, 0x80, 0xff] {
             assert!(is_plain(&[good; 19]), "{good:#x}");
@@ -607,10 +642,15 @@ pub(super) mod tests {
 
     #[test]
     fn ipv4_addresses_are_dotted_decimal() {
-        for ip in ["0.9.10.255", "100.200.7.99", "255.255.255.255", "0.0.0.0"] {
+        let every_octet = (0..=255).map(|n| format!("{n}.{}.{n}.{}", 255 - n, n / 2));
+        for ip in ["0.9.10.255", "100.200.7.99", "255.255.255.255", "0.0.0.0"]
+            .map(str::to_owned)
+            .into_iter()
+            .chain(every_octet)
+        {
             let mut record = record("/");
             record.client_ip = ip.parse().ok();
-            assert_eq!(line_of(&record)["client_ip"], ip);
+            assert_eq!(line_of(&record)["client_ip"], ip.as_str());
         }
     }
 

@@ -33,8 +33,8 @@ mod clock;
 mod line;
 
 use clock::CachedClock;
-pub use line::{AccessLogRecord, RouteFields};
 use line::Line;
+pub use line::{AccessLogRecord, RouteFields};
 
 /// Bytes of lines one worker's buffer holds while the writer is behind
 /// (past that, lines are dropped and counted).
@@ -239,7 +239,10 @@ impl AccessLog {
             // Once per buffer, or for a burst past it (or a huge line).
             buf.resize(needed.max(BUFFER_BYTES).max(buf.len() * 2), 0);
         }
-        let Some(written) = buf.get_mut(before..).and_then(|free| line.write(clock, free)) else {
+        let Some(written) = buf
+            .get_mut(before..)
+            .and_then(|free| line.write(clock, free))
+        else {
             drop(lines);
             self.dropped.inc();
             return;
