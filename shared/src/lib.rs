@@ -6,12 +6,14 @@
 //! - [`validate`]: the checks every write passes, with errors naming the entity
 //!   and field.
 //! - [`secrets`]: API-key hashing and secret fingerprints.
+//! - [`calendar`]: UTC dates from Unix time (no date-time dependency).
 //! - [`convert`]: model <-> protobuf conversion (the wire types live in [`proto`]).
 //! - [`telemetry`]: logging and OpenTelemetry trace setup shared by the binaries.
 //!
 //! The protobuf definitions live in `proto/` at the workspace root; the code is
 //! generated at build time with a vendored `protoc`.
 
+pub mod calendar;
 pub mod convert;
 pub mod model;
 pub mod plugins;

@@ -146,11 +146,11 @@ pub async fn serve(
         } else {
             None
         },
-        client_ip: peer.ip,
     });
-    let peer_ip = peer.ip;
 
     let mut exchange = Exchange::new(access_log.is_some());
+    // The peer, until the handler knows better (trusted `X-Forwarded-For`).
+    exchange.client_ip = Some(peer.ip);
     let response = handle(state, peer, request, &mut exchange)
         .instrument(span.clone())
         .await;
@@ -176,7 +176,6 @@ pub async fn serve(
         if facts.trace_id.is_none() && !span.is_disabled() {
             facts.trace_id = shared::span_trace_id(&span);
         }
-        facts.client_ip = exchange.client_ip.unwrap_or(peer_ip);
         facts
     });
     let (parts, body) = response.into_parts();
@@ -217,7 +216,6 @@ struct Pending {
 struct LogFacts {
     log: Arc<AccessLog>,
     trace_id: Option<u128>,
-    client_ip: IpAddr,
 }
 
 /// The response body as sent to the client, counted and observed.
@@ -259,7 +257,7 @@ impl ObservedBody {
             let mut record = AccessLogRecord::new(pending.started, &pending.method);
             record.request_id = exchange.request_id.as_ref();
             record.trace_id = facts.trace_id;
-            record.client_ip = Some(facts.client_ip);
+            record.client_ip = exchange.client_ip;
             record.host = exchange.host.as_ref().map(HeaderValue::as_bytes);
             // The path only: the query string may carry a credential.
             record.path = exchange
