@@ -261,33 +261,63 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<&HeaderV
     }
 }
 
-/// Keeps a sane client `X-Request-Id`, or generates a UUIDv4 one; the value
-/// is set on `headers` and returned.
-pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(existing) = headers.get(X_REQUEST_ID) {
-        let bytes = existing.as_bytes();
-        if !bytes.is_empty()
+/// A request id that is 1 to [`MAX_REQUEST_ID_LEN`] bytes of visible ASCII
+/// other than `"` and `\\`: it goes into headers, JSON error bodies and
+/// access-log lines as it is, with no escaping and no check of its own.
+/// Only [`ensure_request_id`] and [`generate_request_id`] make one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    /// `value` when it is a sane request id (see the type docs).
+    pub fn checked(value: &HeaderValue) -> Option<Self> {
+        let bytes = value.as_bytes();
+        let sane = !bytes.is_empty()
             && bytes.len() <= MAX_REQUEST_ID_LEN
             && bytes
                 .iter()
-                .all(|b| (0x21..0x7f).contains(b) && *b != b'"' && *b != b'\\')
-        {
-            return existing.clone();
-        }
+                .all(|b| (0x21..0x7f).contains(b) && *b != b'"' && *b != b'\\');
+        sane.then(|| Self(value.clone()))
+    }
+
+    /// The id as a header value.
+    #[inline]
+    pub fn header(&self) -> &HeaderValue {
+        &self.0
+    }
+
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl PartialEq<&str> for RequestId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+/// Keeps a sane client `X-Request-Id`, or generates a UUIDv4 one; the value
+/// is set on `headers` and returned.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> RequestId {
+    if let Some(existing) = headers.get(X_REQUEST_ID).and_then(RequestId::checked) {
+        return existing;
     }
     let id = generate_request_id();
-    headers.insert(X_REQUEST_ID, id.clone());
+    headers.insert(X_REQUEST_ID, id.header().clone());
     id
 }
 
 /// A random UUIDv4 from the thread-local RNG (no syscall per request).
-pub fn generate_request_id() -> HeaderValue {
+pub fn generate_request_id() -> RequestId {
     let mut random = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut random);
     let uuid = uuid::Builder::from_random_bytes(random).into_uuid();
     let mut buffer = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let text = uuid.hyphenated().encode_lower(&mut buffer);
-    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    // Lowercase hex digits and hyphens: sane by construction.
+    RequestId(HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("unknown")))
 }
 
 #[cfg(test)]
@@ -442,12 +472,24 @@ mod tests {
         assert_eq!(ensure_request_id(&mut map), "abc-123");
         let mut map = headers(&[("x-request-id", "has space")]);
         let generated = ensure_request_id(&mut map);
-        assert_eq!(generated.len(), 36);
-        assert_eq!(map["x-request-id"], generated);
+        assert_eq!(generated.as_bytes().len(), 36);
+        assert_eq!(map["x-request-id"], *generated.header());
         let mut map = HeaderMap::new();
         let a = ensure_request_id(&mut map);
         let b = ensure_request_id(&mut HeaderMap::new());
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn request_ids_need_no_escaping() {
+        for bad in ["", "a b", "a\"b", "a\\b", "caf\u{e9}"] {
+            let value = HeaderValue::from_bytes(bad.as_bytes()).expect("header value");
+            assert_eq!(RequestId::checked(&value), None, "{bad:?}");
+        }
+        let long = HeaderValue::from_bytes(&[b'a'; MAX_REQUEST_ID_LEN + 1]).expect("long");
+        assert_eq!(RequestId::checked(&long), None);
+        let max = HeaderValue::from_bytes(&[b'a'; MAX_REQUEST_ID_LEN]).expect("max");
+        assert!(RequestId::checked(&max).is_some());
     }
 
     #[test]

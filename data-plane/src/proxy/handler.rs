@@ -89,13 +89,19 @@ pub async fn handle(
     exchange.set_host(client_host.as_ref());
     if let Err(kind) = check_head(&parts, &state.limits) {
         let request_id = forward::generate_request_id();
-        return refuse(exchange, parts.uri, kind, &request_id);
+        exchange.set_request_id(&request_id);
+        return refuse(exchange, parts.uri, kind, request_id.header());
     }
     let request_id = forward::ensure_request_id(&mut parts.headers);
     exchange.set_request_id(&request_id);
 
     let Some(snapshot) = state.store.load() else {
-        return refuse(exchange, parts.uri, ProxyError::NotReady, &request_id);
+        return refuse(
+            exchange,
+            parts.uri,
+            ProxyError::NotReady,
+            request_id.header(),
+        );
     };
 
     // Route on the normalized path; compute the upstream path+query from it.
@@ -104,7 +110,12 @@ pub async fn handle(
             Ok(path) => path,
             Err(err) => {
                 tracing::debug!(error = %err, "rejecting a path that cannot be normalized");
-                return refuse(exchange, parts.uri, ProxyError::BadPath, &request_id);
+                return refuse(
+                    exchange,
+                    parts.uri,
+                    ProxyError::BadPath,
+                    request_id.header(),
+                );
             }
         };
         // The router strips the port and lower-cases.
@@ -116,10 +127,20 @@ pub async fn handle(
             .router
             .find(host, &normalized, &parts.method, &parts.headers)
         else {
-            return refuse(exchange, parts.uri, ProxyError::NoRoute, &request_id);
+            return refuse(
+                exchange,
+                parts.uri,
+                ProxyError::NoRoute,
+                request_id.header(),
+            );
         };
         let Some(route) = snapshot.routes.get(matched.route_index) else {
-            return refuse(exchange, parts.uri, ProxyError::NoRoute, &request_id);
+            return refuse(
+                exchange,
+                parts.uri,
+                ProxyError::NoRoute,
+                request_id.header(),
+            );
         };
         let upstream_path: Cow<'_, str> = if route.strip_path {
             Cow::Owned(strip_prefix(&normalized, matched.matched_len).into_owned())
@@ -138,12 +159,22 @@ pub async fn handle(
             }
         };
         let Some(path_and_query) = path_and_query else {
-            return refuse(exchange, parts.uri, ProxyError::BadPath, &request_id);
+            return refuse(
+                exchange,
+                parts.uri,
+                ProxyError::BadPath,
+                request_id.header(),
+            );
         };
         (matched.route_index, path_and_query)
     };
     let Some(route) = snapshot.routes.get(route_index) else {
-        return refuse(exchange, parts.uri, ProxyError::NoRoute, &request_id);
+        return refuse(
+            exchange,
+            parts.uri,
+            ProxyError::NoRoute,
+            request_id.header(),
+        );
     };
     let service = &route.service;
     exchange.route = Some(route.metrics.clone());
@@ -166,7 +197,7 @@ pub async fn handle(
 
     let mut ctx = RequestContext {
         client_ip,
-        request_id: &request_id,
+        request_id: request_id.header(),
         route_name: &route.name,
         service_name: &service.name,
         consumer: None,

@@ -36,7 +36,7 @@ use tracing::Instrument;
 use super::access_log::{AccessLog, AccessLogRecord};
 use super::metrics::{self, AuthFailure, RateLimitResult, RouteMetrics};
 use crate::proxy::body::ResponseBody;
-use crate::proxy::forward::Peer;
+use crate::proxy::forward::{Peer, RequestId};
 use crate::proxy::handler::{handle, ProxyState};
 
 /// What the handler learns about a request that the metrics and the access
@@ -48,7 +48,7 @@ pub struct Exchange {
     pub route: Option<Arc<RouteMetrics>>,
     pub client_ip: Option<IpAddr>,
     pub upstream_latency: Option<Duration>,
-    request_id: Option<HeaderValue>,
+    request_id: Option<RequestId>,
     /// The `Host` the client addressed, as received.
     host: Option<HeaderValue>,
     /// The URI as received (moved here once the upstream URI replaces it).
@@ -69,7 +69,7 @@ impl Exchange {
 
     /// Notes the request id (kept only for the access log).
     #[inline]
-    pub fn set_request_id(&mut self, id: &HeaderValue) {
+    pub fn set_request_id(&mut self, id: &RequestId) {
         if self.log {
             self.request_id = Some(id.clone());
         }
@@ -464,7 +464,7 @@ mod tests {
         let counter = exchange.body_counter();
         counter.fetch_add(5, Ordering::Relaxed);
         assert_eq!(exchange.body_counter().load(Ordering::Relaxed), 5);
-        exchange.set_request_id(&HeaderValue::from_static("id"));
+        exchange.set_request_id(&crate::proxy::forward::generate_request_id());
         assert!(exchange.request_id.is_none(), "kept only when logging");
     }
 }

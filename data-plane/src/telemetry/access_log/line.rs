@@ -16,9 +16,8 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use http::HeaderValue;
-
 use super::clock::CachedClock;
+use crate::proxy::forward::RequestId;
 
 /// What is known about one request when it ends, borrowed from wherever it
 /// lives; formatted at once into the worker's buffer.
@@ -28,7 +27,8 @@ pub struct AccessLogRecord<'a> {
     /// worker's clock when the line is formatted, so the request path reads
     /// no wall clock).
     pub time: Instant,
-    pub request_id: Option<&'a HeaderValue>,
+    /// Needs no escaping (see [`RequestId`]): copied as it is.
+    pub request_id: Option<&'a RequestId>,
     /// The request's trace id (its span's, or its `traceparent`'s).
     pub trace_id: Option<u128>,
     pub client_ip: Option<IpAddr>,
@@ -96,14 +96,14 @@ const NO_ROUTE: &[u8] = b",\"route\":null,\"service\":null";
 
 /// The most bytes of a line other than its variable-length strings (keys,
 /// punctuation, the time, a trace id, the longest IPv6 address, five numbers
-/// of at most 24 characters); `a_line_fits_its_measure` checks it.
+/// of at most 24 characters, and the padding a fixed-size write may leave
+/// past the end, [`Cursor::put_padded`]); `a_line_fits_its_measure` checks it.
 const FIXED_MAX_LEN: usize = 512;
 
 /// A record whose client-supplied strings were checked and whose longest
 /// form was measured, ready to be written.
 pub(super) struct Line<'r, 'a> {
     record: &'r AccessLogRecord<'a>,
-    request_id: Text<'a>,
     host: Text<'a>,
     path: Text<'a>,
     /// No more bytes than this are written.
@@ -112,11 +112,10 @@ pub(super) struct Line<'r, 'a> {
 
 impl<'r, 'a> Line<'r, 'a> {
     pub(super) fn new(record: &'r AccessLogRecord<'a>) -> Self {
-        let request_id = Text::of_header(record.request_id.map(HeaderValue::as_bytes));
         let host = Text::of_header(record.host);
         let path = Text::of_str(record.path);
         let max_len = FIXED_MAX_LEN
-            + request_id.max_len()
+            + record.request_id.map_or(0, |id| id.as_bytes().len())
             + host.max_len()
             + path.max_len()
             + record.method.as_str().len()
@@ -125,7 +124,6 @@ impl<'r, 'a> Line<'r, 'a> {
             + record.upstream_addr.map_or(0, str::len);
         Self {
             record,
-            request_id,
             host,
             path,
             max_len,
@@ -155,7 +153,10 @@ impl<'r, 'a> Line<'r, 'a> {
         let mut time_end = *b"000Z\"";
         time_end[..3].copy_from_slice(&three_digits(millis));
         line.put(&time_end);
-        self.request_id.write(line, b",\"request_id\":");
+        match record.request_id {
+            Some(id) => line.put_quoted(b",\"request_id\":", id.as_bytes()),
+            None => line.put(b",\"request_id\":null"),
+        }
         match record.trace_id {
             Some(id) => {
                 line.put(b",\"trace_id\":\"");
@@ -183,7 +184,7 @@ impl<'r, 'a> Line<'r, 'a> {
             }
             None => line.put(b"null"),
         }
-        put_plain(line, b",\"method\":", record.method.as_str());
+        put_method(line, record.method);
         self.host.write(line, b",\"host\":");
         self.path.write(line, b",\"path\":");
         line.put(record.route.map_or(NO_ROUTE, |fields| &fields.0));
@@ -229,6 +230,22 @@ impl Cursor<'_> {
             Some(slot) => {
                 slot.copy_from_slice(bytes);
                 self.len = end;
+            }
+            None => self.overflow = true,
+        }
+    }
+
+    /// The first `len` bytes of `bytes`, written as all `N` (a fixed-size
+    /// copy the compiler inlines, where a slice of unknown length would be a
+    /// call to `memcpy`); the bytes past `len` are overwritten by whatever
+    /// comes next or lie past the line's end. `len` is at most `N`.
+    #[inline]
+    fn put_padded<const N: usize>(&mut self, bytes: &[u8; N], len: usize) {
+        debug_assert!(len <= N);
+        match self.buf.get_mut(self.len..self.len + N) {
+            Some(slot) => {
+                slot.copy_from_slice(bytes);
+                self.len += len.min(N);
             }
             None => self.overflow = true,
         }
@@ -310,8 +327,17 @@ impl<'a> Text<'a> {
         }
     }
 
-    /// The field: `key` (with its colon) and the value.
+    /// The field: `key` (with its colon) and the value. Inlined for the
+    /// usual plain text, so the constant key is copied inline.
+    #[inline]
     fn write(self, line: &mut Cursor<'_>, key: &[u8]) {
+        match self {
+            Self::Plain(bytes) => line.put_quoted(key, bytes),
+            _ => self.write_other(line, key),
+        }
+    }
+
+    fn write_other(self, line: &mut Cursor<'_>, key: &[u8]) {
         match self {
             Self::Null => {
                 line.put(key);
@@ -355,6 +381,19 @@ impl<'a> Text<'a> {
 fn put_plain(line: &mut Cursor<'_>, key: &[u8], text: &str) {
     debug_assert!(is_plain(text.as_bytes()), "{text:?}");
     line.put_quoted(key, text.as_bytes());
+}
+
+/// `,"method":"…"`, the common methods as one constant each.
+#[inline]
+fn put_method(line: &mut Cursor<'_>, method: &http::Method) {
+    use http::Method;
+    if *method == Method::GET {
+        line.put(b",\"method\":\"GET\"");
+    } else if *method == Method::POST {
+        line.put(b",\"method\":\"POST\"");
+    } else {
+        put_plain(line, b",\"method\":", method.as_str());
+    }
 }
 
 fn put_plain_or_null(line: &mut Cursor<'_>, key: &[u8], text: Option<&str>) {
@@ -408,7 +447,7 @@ fn put_ipv4(line: &mut Cursor<'_>, octets: [u8; 4]) {
     if let Some(last) = text.get_mut(len - 1) {
         *last = b'"';
     }
-    line.put(&text[..len]);
+    line.put_padded(&text, len);
 }
 
 /// `n` (below 1000) as three digits, zero-padded: one table load (this
@@ -430,29 +469,31 @@ fn three_digits(n: u32) -> [u8; 3] {
     TABLE.get(n as usize).copied().unwrap_or(*b"999")
 }
 
+/// `n` in decimal; below 1000 (most byte counts and latencies in
+/// milliseconds) from the digit table, in one fixed-size write.
 fn put_u64(line: &mut Cursor<'_>, n: u64) {
-    line.put(itoa::Buffer::new().format(n).as_bytes());
+    if let Ok(small @ 0..1000) = u32::try_from(n) {
+        let [hundreds, tens, ones] = three_digits(small);
+        // Leading zeros shifted out: "007" becomes "7".
+        let skip = usize::from(small < 100) + usize::from(small < 10);
+        let digits = u32::from_le_bytes([hundreds, tens, ones, 0]) >> (8 * skip);
+        line.put_padded(&digits.to_le_bytes(), 3 - skip);
+    } else {
+        line.put(itoa::Buffer::new().format(n).as_bytes());
+    }
 }
 
-/// Milliseconds with microsecond precision, as the shortest JSON number
-/// (`1.5`, `2.25`, `3.0`).
+/// Milliseconds with microsecond precision, always three decimals
+/// (`1.500`, `0.042`): a fixed-width fraction is one table load and one
+/// constant-size copy.
 fn put_millis(line: &mut Cursor<'_>, duration: Duration) {
-    let micros = duration
+    let millis = duration
         .as_secs()
-        .saturating_mul(1_000_000)
-        .saturating_add(u64::from(duration.subsec_micros()));
-    put_u64(line, micros / 1000);
-    let fraction = micros % 1000;
-    let mut text = *b".000";
-    text[1..].copy_from_slice(&three_digits(fraction as u32));
-    let len = if fraction % 100 == 0 {
-        2
-    } else if fraction % 10 == 0 {
-        3
-    } else {
-        4
-    };
-    line.put(&text[..len]);
+        .saturating_mul(1000)
+        .saturating_add(u64::from(duration.subsec_millis()));
+    put_u64(line, millis);
+    let [hundreds, tens, ones] = three_digits(duration.subsec_micros() % 1000);
+    line.put(&[b'.', hundreds, tens, ones]);
 }
 
 /// Whether `bytes` can go into a JSON string as they are (no control
@@ -534,9 +575,14 @@ pub(super) fn format(record: &AccessLogRecord<'_>, clock: &mut CachedClock) -> V
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use http::HeaderValue;
     use std::time::UNIX_EPOCH;
 
-    static REQUEST_ID: HeaderValue = HeaderValue::from_static("req-1");
+    fn request_id() -> &'static RequestId {
+        static ID: std::sync::LazyLock<Option<RequestId>> =
+            std::sync::LazyLock::new(|| RequestId::checked(&HeaderValue::from_static("req-1")));
+        ID.as_ref().expect("a sane request id")
+    }
     static POST: http::Method = http::Method::POST;
     static GET: http::Method = http::Method::GET;
 
@@ -563,7 +609,7 @@ pub(super) mod tests {
     /// A record with every field set.
     pub(in super::super) fn record(path: &str) -> AccessLogRecord<'_> {
         let mut record = AccessLogRecord::new(received(), &POST);
-        record.request_id = Some(&REQUEST_ID);
+        record.request_id = Some(request_id());
         record.trace_id = Some(0x4bf92f3577b34da6a3ce929d0e0e4736);
         record.client_ip = "10.1.2.3".parse().ok();
         record.host = Some(b"api.example.com");
@@ -677,7 +723,10 @@ pub(super) mod tests {
 
     #[test]
     fn hostile_values_stay_valid_json() {
-        let invalid_id = HeaderValue::from_bytes(&[0xff, 0xfe]).ok();
+        // Ids that would need escaping never become a `RequestId`.
+        let invalid_id = HeaderValue::from_bytes(&[0xff, b'"'])
+            .ok()
+            .and_then(|value| RequestId::checked(&value));
         let mut record = record("/a\"b\\c");
         record.host = Some(b"evil\"host\n");
         record.request_id = invalid_id.as_ref();
@@ -708,7 +757,7 @@ pub(super) mod tests {
         record.bytes_out = u64::MAX;
         let text = String::from_utf8(format(&record, &mut test_clock())).unwrap_or_default();
         assert!(
-            text.contains("\"total_latency_ms\":18446744073709551.615,"),
+            text.contains("\"total_latency_ms\":18446744073709551615.999,"),
             "{text}"
         );
         let line = line_of(&record);
@@ -728,6 +777,37 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn numbers_are_decimal() {
+        let mut record = record("/");
+        for n in [
+            0,
+            7,
+            10,
+            42,
+            99,
+            100,
+            999,
+            1000,
+            4096,
+            123_456_789,
+            u64::MAX,
+        ] {
+            record.bytes_in = n;
+            record.bytes_out = n;
+            record.upstream_latency = Some(Duration::from_millis(n.min(1 << 40)));
+            let line = line_of(&record);
+            assert_eq!(line["bytes_in"], n);
+            assert_eq!(line["bytes_out"], n);
+            let text = String::from_utf8(format(&record, &mut test_clock())).unwrap_or_default();
+            assert!(text.contains(&format!(",\"bytes_in\":{n},")), "{text}");
+            assert!(
+                text.contains(&format!(",\"upstream_latency_ms\":{}.000,", n.min(1 << 40))),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn strings_and_numbers_match_json_semantics() {
         let mut record = record("/x");
         let nasty = "tab\there \"quoted\" back\\slash \u{1} \u{1f} é 漢";
@@ -735,10 +815,11 @@ pub(super) mod tests {
         record.client_ip = "2001:db8::1".parse().ok();
         record.trace_id = Some(0xab);
         for (micros, text) in [
-            (0, "0.0"),
-            (1_500, "1.5"),
+            (0, "0.000"),
+            (1_500, "1.500"),
             (1_001, "1.001"),
-            (1_010, "1.01"),
+            (1_010, "1.010"),
+            (42, "0.042"),
             (1_234_567, "1234.567"),
         ] {
             record.total_latency = Duration::from_micros(micros);
