@@ -287,14 +287,15 @@ pub fn span_trace_id(span: &tracing::Span) -> Option<u128> {
 /// The trace id of a well-formed W3C `traceparent` header, without any
 /// tracing machinery: what the access log records when export is off.
 pub fn traceparent_trace_id(headers: &http::HeaderMap) -> Option<u128> {
-    // A scan, not `get`: hashing a non-standard name costs more than
-    // comparing it with each of a request's usual dozen names (a standard
-    // name differs from it at the enum tag), and most requests have none.
+    // A scan of the names, not `get`: hashing a non-standard name costs more
+    // than comparing it with each of a request's usual dozen names (a
+    // standard name differs from it at the enum tag), and most requests
+    // have none; the lookup runs only when it is there.
     const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
-    let value = headers
-        .iter()
-        .find_map(|(name, value)| (*name == TRACEPARENT).then_some(value))?
-        .as_bytes();
+    if !headers.keys().any(|name| *name == TRACEPARENT) {
+        return None;
+    }
+    let value = headers.get(TRACEPARENT)?.as_bytes();
     // version "-" trace-id(32) "-" parent-id(16) "-" flags(2)
     if value.len() < 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
         return None;

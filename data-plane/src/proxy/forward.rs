@@ -292,6 +292,40 @@ impl RequestId {
     }
 }
 
+/// Longest request id [`KeptRequestId`] holds by value (a UUID's 36 fit).
+const KEPT_INLINE: usize = 40;
+
+/// A [`RequestId`] kept past its request (for the access log): by value when
+/// it is short, as generated ids are, so keeping it costs no reference count
+/// now and no release later. As sane as the id it came from.
+#[derive(Debug, Clone)]
+pub enum KeptRequestId {
+    Inline { bytes: [u8; KEPT_INLINE], len: u8 },
+    Shared(RequestId),
+}
+
+impl KeptRequestId {
+    pub fn new(id: &RequestId) -> Self {
+        let text = id.as_bytes();
+        let mut bytes = [0; KEPT_INLINE];
+        match (bytes.get_mut(..text.len()), u8::try_from(text.len())) {
+            (Some(slot), Ok(len)) => {
+                slot.copy_from_slice(text);
+                Self::Inline { bytes, len }
+            }
+            _ => Self::Shared(id.clone()),
+        }
+    }
+
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { bytes, len } => bytes.get(..usize::from(*len)).unwrap_or_default(),
+            Self::Shared(id) => id.as_bytes(),
+        }
+    }
+}
+
 impl PartialEq<&str> for RequestId {
     fn eq(&self, other: &&str) -> bool {
         self.0 == *other
@@ -490,6 +524,19 @@ mod tests {
         assert_eq!(RequestId::checked(&long), None);
         let max = HeaderValue::from_bytes(&[b'a'; MAX_REQUEST_ID_LEN]).expect("max");
         assert!(RequestId::checked(&max).is_some());
+    }
+
+    #[test]
+    fn kept_request_ids_keep_their_text() {
+        let generated = generate_request_id();
+        let kept = KeptRequestId::new(&generated);
+        assert!(matches!(kept, KeptRequestId::Inline { .. }));
+        assert_eq!(kept.as_bytes(), generated.as_bytes());
+        for len in [1, KEPT_INLINE, KEPT_INLINE + 1, MAX_REQUEST_ID_LEN] {
+            let value = HeaderValue::from_bytes(&vec![b'k'; len]).expect("value");
+            let id = RequestId::checked(&value).expect("sane");
+            assert_eq!(KeptRequestId::new(&id).as_bytes(), value.as_bytes());
+        }
     }
 
     #[test]

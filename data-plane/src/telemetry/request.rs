@@ -36,7 +36,7 @@ use tracing::Instrument;
 use super::access_log::{AccessLog, AccessLogRecord};
 use super::metrics::{self, AuthFailure, RateLimitResult, RouteMetrics};
 use crate::proxy::body::ResponseBody;
-use crate::proxy::forward::{Peer, RequestId};
+use crate::proxy::forward::{KeptRequestId, Peer, RequestId};
 use crate::proxy::handler::{handle, ProxyState};
 
 /// What the handler learns about a request that the metrics and the access
@@ -48,7 +48,7 @@ pub struct Exchange {
     pub route: Option<Arc<RouteMetrics>>,
     pub client_ip: Option<IpAddr>,
     pub upstream_latency: Option<Duration>,
-    request_id: Option<RequestId>,
+    request_id: Option<KeptRequestId>,
     /// The `Host` the client addressed, as received.
     host: Option<HeaderValue>,
     /// The URI as received (moved here once the upstream URI replaces it).
@@ -71,7 +71,7 @@ impl Exchange {
     #[inline]
     pub fn set_request_id(&mut self, id: &RequestId) {
         if self.log {
-            self.request_id = Some(id.clone());
+            self.request_id = Some(KeptRequestId::new(id));
         }
     }
 

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::clock::CachedClock;
-use crate::proxy::forward::RequestId;
+use crate::proxy::forward::KeptRequestId;
 
 /// What is known about one request when it ends, borrowed from wherever it
 /// lives; formatted at once into the worker's buffer.
@@ -27,8 +27,9 @@ pub struct AccessLogRecord<'a> {
     /// worker's clock when the line is formatted, so the request path reads
     /// no wall clock).
     pub time: Instant,
-    /// Needs no escaping (see [`RequestId`]): copied as it is.
-    pub request_id: Option<&'a RequestId>,
+    /// Needs no escaping (see [`crate::proxy::forward::RequestId`]):
+    /// copied as it is.
+    pub request_id: Option<&'a KeptRequestId>,
     /// The request's trace id (its span's, or its `traceparent`'s).
     pub trace_id: Option<u128>,
     pub client_ip: Option<IpAddr>,
@@ -575,12 +576,14 @@ pub(super) fn format(record: &AccessLogRecord<'_>, clock: &mut CachedClock) -> V
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use crate::proxy::forward::RequestId;
     use http::HeaderValue;
     use std::time::UNIX_EPOCH;
 
-    fn request_id() -> &'static RequestId {
-        static ID: std::sync::LazyLock<Option<RequestId>> =
-            std::sync::LazyLock::new(|| RequestId::checked(&HeaderValue::from_static("req-1")));
+    fn request_id() -> &'static KeptRequestId {
+        static ID: std::sync::LazyLock<Option<KeptRequestId>> = std::sync::LazyLock::new(|| {
+            RequestId::checked(&HeaderValue::from_static("req-1")).map(|id| KeptRequestId::new(&id))
+        });
         ID.as_ref().expect("a sane request id")
     }
     static POST: http::Method = http::Method::POST;
@@ -726,7 +729,8 @@ pub(super) mod tests {
         // Ids that would need escaping never become a `RequestId`.
         let invalid_id = HeaderValue::from_bytes(&[0xff, b'"'])
             .ok()
-            .and_then(|value| RequestId::checked(&value));
+            .and_then(|value| RequestId::checked(&value))
+            .map(|id| KeptRequestId::new(&id));
         let mut record = record("/a\"b\\c");
         record.host = Some(b"evil\"host\n");
         record.request_id = invalid_id.as_ref();
