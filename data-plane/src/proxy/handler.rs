@@ -90,18 +90,13 @@ pub async fn handle(
     if let Err(kind) = check_head(&parts, &state.limits) {
         let request_id = forward::generate_request_id();
         exchange.set_request_id(&request_id);
-        return refuse(exchange, parts.uri, kind, request_id.header());
+        return refuse(exchange, parts.uri, kind, &request_id);
     }
     let request_id = forward::ensure_request_id(&mut parts.headers);
     exchange.set_request_id(&request_id);
 
     let Some(snapshot) = state.store.load() else {
-        return refuse(
-            exchange,
-            parts.uri,
-            ProxyError::NotReady,
-            request_id.header(),
-        );
+        return refuse(exchange, parts.uri, ProxyError::NotReady, &request_id);
     };
 
     // Route on the normalized path; compute the upstream path+query from it.
@@ -110,12 +105,7 @@ pub async fn handle(
             Ok(path) => path,
             Err(err) => {
                 tracing::debug!(error = %err, "rejecting a path that cannot be normalized");
-                return refuse(
-                    exchange,
-                    parts.uri,
-                    ProxyError::BadPath,
-                    request_id.header(),
-                );
+                return refuse(exchange, parts.uri, ProxyError::BadPath, &request_id);
             }
         };
         // The router strips the port and lower-cases.
@@ -127,20 +117,10 @@ pub async fn handle(
             .router
             .find(host, &normalized, &parts.method, &parts.headers)
         else {
-            return refuse(
-                exchange,
-                parts.uri,
-                ProxyError::NoRoute,
-                request_id.header(),
-            );
+            return refuse(exchange, parts.uri, ProxyError::NoRoute, &request_id);
         };
         let Some(route) = snapshot.routes.get(matched.route_index) else {
-            return refuse(
-                exchange,
-                parts.uri,
-                ProxyError::NoRoute,
-                request_id.header(),
-            );
+            return refuse(exchange, parts.uri, ProxyError::NoRoute, &request_id);
         };
         let upstream_path: Cow<'_, str> = if route.strip_path {
             Cow::Owned(strip_prefix(&normalized, matched.matched_len).into_owned())
@@ -159,22 +139,12 @@ pub async fn handle(
             }
         };
         let Some(path_and_query) = path_and_query else {
-            return refuse(
-                exchange,
-                parts.uri,
-                ProxyError::BadPath,
-                request_id.header(),
-            );
+            return refuse(exchange, parts.uri, ProxyError::BadPath, &request_id);
         };
         (matched.route_index, path_and_query)
     };
     let Some(route) = snapshot.routes.get(route_index) else {
-        return refuse(
-            exchange,
-            parts.uri,
-            ProxyError::NoRoute,
-            request_id.header(),
-        );
+        return refuse(exchange, parts.uri, ProxyError::NoRoute, &request_id);
     };
     let service = &route.service;
     exchange.route = Some(route.metrics.clone());
@@ -339,10 +309,10 @@ fn refuse(
     exchange: &mut Exchange,
     uri: Uri,
     error: ProxyError,
-    request_id: &HeaderValue,
+    request_id: &forward::RequestId,
 ) -> Response<ResponseBody> {
     exchange.set_uri(uri);
-    error.into_response(Some(request_id))
+    error.into_response(Some(request_id.header()))
 }
 
 /// One of the identity headers only the gateway may set.
