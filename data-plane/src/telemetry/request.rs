@@ -15,9 +15,9 @@
 //! Costs on the hot path when tracing and the access log are off: two
 //! `Instant`s, a disabled span (one atomic load), one `Arc` clone of the
 //! route's metric handles, and atomic increments. With the access log on,
-//! add four reference-counted clones (host, request id, upstream address,
-//! the log handle) and the line's formatting into the worker's log buffer
-//! (see [`super::access_log`]).
+//! add three reference-counted clones (host, upstream address, the log
+//! handle), a copy of the request id, and the line's formatting into the
+//! worker's log buffer (see [`super::access_log`]).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -328,57 +328,56 @@ impl<'a> Text<'a> {
         }
     }
 
-    /// The field: `key` (with its colon) and the value. Inlined for the
-    /// usual plain text, so the constant key is copied inline.
+    /// The field: `key` (with its colon) and the value. Inlined (the usual
+    /// plain text and `null` are one or two copies of a constant key); the
+    /// rare escaping is out of line.
     #[inline]
     fn write(self, line: &mut Cursor<'_>, key: &[u8]) {
         match self {
             Self::Plain(bytes) => line.put_quoted(key, bytes),
-            _ => self.write_other(line, key),
-        }
-    }
-
-    fn write_other(self, line: &mut Cursor<'_>, key: &[u8]) {
-        match self {
             Self::Null => {
                 line.put(key);
                 line.put(b"null");
             }
-            Self::Plain(bytes) => line.put_quoted(key, bytes),
-            Self::Escaped(text) => {
-                line.put(key);
-                line.put(b"\"");
-                for &b in text.as_bytes() {
-                    match b {
-                        b'"' => line.put(b"\\\""),
-                        b'\\' => line.put(b"\\\\"),
-                        b'\n' => line.put(b"\\n"),
-                        b'\r' => line.put(b"\\r"),
-                        b'\t' => line.put(b"\\t"),
-                        0x08 => line.put(b"\\b"),
-                        0x0c => line.put(b"\\f"),
-                        0x00..=0x1f => line.put(&[
-                            b'\\',
-                            b'u',
-                            b'0',
-                            b'0',
-                            HEX[usize::from(b >> 4)],
-                            HEX[usize::from(b & 0xf)],
-                        ]),
-                        _ => line.put(&[b]),
-                    }
-                }
-                line.put(b"\"");
-            }
+            Self::Escaped(text) => write_escaped(line, key, text),
         }
     }
+}
+
+/// `key` and `text` as an escaped JSON string.
+#[cold]
+fn write_escaped(line: &mut Cursor<'_>, key: &[u8], text: &str) {
+    line.put(key);
+    line.put(b"\"");
+    for &b in text.as_bytes() {
+        match b {
+            b'"' => line.put(b"\\\""),
+            b'\\' => line.put(b"\\\\"),
+            b'\n' => line.put(b"\\n"),
+            b'\r' => line.put(b"\\r"),
+            b'\t' => line.put(b"\\t"),
+            0x08 => line.put(b"\\b"),
+            0x0c => line.put(b"\\f"),
+            0x00..=0x1f => line.put(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]),
+            _ => line.put(&[b]),
+        }
+    }
+    line.put(b"\"");
 }
 
 /// A JSON string of text that cannot need escaping, unchecked: the method
 /// (an HTTP token), the upstream address (an `Authority`, which `http`
 /// validated) and consumer names (the control plane and the data plane both
-/// validate them to letters, digits, `-`, `_`, `.`). Client-supplied text
-/// (host, path, request id) goes through [`Text`].
+/// validate them to letters, digits, `-`, `_`, `.`). The request id needs
+/// no check either (a `RequestId` is sane by construction); other
+/// client-supplied text (host, path) goes through [`Text`].
 fn put_plain(line: &mut Cursor<'_>, key: &[u8], text: &str) {
     debug_assert!(is_plain(text.as_bytes()), "{text:?}");
     line.put_quoted(key, text.as_bytes());
