@@ -21,7 +21,13 @@ set -euo pipefail
 PORT="${1:?usage: nginx-target.sh PORT [off|accesslog]}"
 VARIANT="${2:-off}"
 UPSTREAM_ADDR="${UPSTREAM_ADDR:-127.0.0.1:18080}"
-WORKERS="${PROXY_WORKERS:-1}"
+# One process (no master, so compare.sh counts its CPU as this script's
+# child): nginx then runs one worker whatever `worker_processes` says, so a
+# multi-worker run (PIN=none) would compare unlike with unlike.
+if [ "${PROXY_WORKERS:-1}" != 1 ]; then
+  echo "nginx-target.sh runs one nginx worker; use PIN=split (PROXY_WORKERS=1)" >&2
+  exit 2
+fi
 WORK="$(mktemp -d -t nginx-bench.XXXXXX)"
 NGINX_PID=""
 stop() {
@@ -40,7 +46,6 @@ case "$VARIANT" in
 esac
 
 cat >"$WORK/nginx.conf" <<CONF
-worker_processes $WORKERS;
 pid $WORK/nginx.pid;
 error_log $WORK/error.log warn;
 events { worker_connections 8192; }
@@ -77,8 +82,6 @@ http {
 }
 CONF
 
-# One process (no master), so the harness counts the worker's CPU as this
-# script's child.
 nginx -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon off; master_process off;' &
 NGINX_PID=$!
 wait "$NGINX_PID"
