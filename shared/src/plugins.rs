@@ -186,14 +186,18 @@ pub fn is_gateway_owned_header(name: &str) -> bool {
 /// A header name as HTTP allows it (RFC 9110 token).
 pub fn check_header_name(field: &str, name: &str) -> Result<(), String> {
     let valid = !name.is_empty()
-        && name.len() <= 256
+        && name.len() <= crate::limits::MAX_HEADER_NAME_LEN
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if valid {
         Ok(())
     } else {
-        Err(format!("{field}: {name:?} is not a valid header name"))
+        Err(format!(
+            "{field}: {} is not a valid header name (at most {} bytes of letters, digits and !#$%&'*+-.^_`|~)",
+            crate::limits::show(name),
+            crate::limits::MAX_HEADER_NAME_LEN
+        ))
     }
 }
 
@@ -312,20 +316,30 @@ fn default_true() -> bool {
 pub struct Window(pub Duration);
 
 impl Window {
+    /// Total: any text gives a window or an error (the unit is split off on
+    /// a character boundary, so `"1é"` is an error, not a panic).
     pub fn parse(text: &str) -> Result<Window, String> {
-        let (digits, unit) = text.split_at(text.len().saturating_sub(1));
-        let count: u64 = digits
-            .parse()
-            .map_err(|_| format!("{text:?} is not a window like 1s, 1m, 1h or 1d"))?;
+        let bad = || {
+            format!(
+                "{} is not a window like 1s, 1m, 1h or 1d",
+                crate::limits::show(text)
+            )
+        };
+        let unit_len = text.chars().next_back().map_or(0, char::len_utf8);
+        let (digits, unit) = text.split_at(text.len() - unit_len);
+        if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let count: u64 = digits.parse().map_err(|_| bad())?;
         let seconds = match unit {
             "s" => 1,
             "m" => 60,
             "h" => 3_600,
             "d" => 86_400,
-            _ => return Err(format!("{text:?} is not a window like 1s, 1m, 1h or 1d")),
+            _ => return Err(bad()),
         };
         if count == 0 || count > 366 * 86_400 / seconds {
-            return Err(format!("{text:?} must be between 1s and 366d"));
+            return Err(format!("{} must be between 1s and 366d", crate::limits::show(text)));
         }
         Ok(Window(Duration::from_secs(count * seconds)))
     }
@@ -403,7 +417,8 @@ impl<'de> Deserialize<'de> for Scope {
                 Some(name) => Scope::Header(name.to_ascii_lowercase()),
                 None => {
                     return Err(de::Error::custom(format!(
-                        "{other:?} is not one of consumer, credential, route, service, ip, header:<name>"
+                        "{} is not one of consumer, credential, route, service, ip, header:<name>",
+                        crate::limits::show(other)
                     )))
                 }
             },
@@ -505,6 +520,19 @@ mod tests {
         assert!(err.contains("lmit"), "{err}");
         let err = PluginConfig::parse("nope", &json!({})).unwrap_err();
         assert!(err.starts_with("name:"), "{err}");
+    }
+
+    #[test]
+    fn window_parse_is_total() {
+        for bad in ["1é", "é", "1日", "mé", "", "m", "+5m", "-1m", " 1m", "1 m", "99999999999999999999999m"] {
+            let err = Window::parse(bad).expect_err(bad);
+            assert!(err.contains("window") || err.contains("between"), "{err}");
+        }
+        assert_eq!(Window::parse("366d"), Ok(Window(Duration::from_secs(366 * 86_400))));
+        assert!(Window::parse("367d").is_err());
+        let err = PluginConfig::parse("rate-limit", &json!({"limit": 1, "window": "1é"}))
+            .expect_err("refused");
+        assert!(err.starts_with("config.window"), "{err}");
     }
 
     #[test]
