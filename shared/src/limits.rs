@@ -129,7 +129,7 @@ pub fn json_size_and_depth(value: &serde_json::Value) -> (usize, usize) {
         if value.is_array() || value.is_object() {
             max_depth = max_depth.max(depth);
         }
-        size = size.saturating_add(match value {
+        let own = match value {
             serde_json::Value::Null => 4,
             serde_json::Value::Bool(b) => 4 + usize::from(!*b),
             serde_json::Value::Number(n) => n.to_string().len(),
@@ -139,13 +139,15 @@ pub fn json_size_and_depth(value: &serde_json::Value) -> (usize, usize) {
                 2 + items.len().saturating_sub(1)
             }
             serde_json::Value::Object(map) => {
+                let mut keys = 0usize;
                 for (key, v) in map {
-                    size = size.saturating_add(key.len() + 3);
+                    keys = keys.saturating_add(key.len() + 3);
                     stack.push((v, depth + 1));
                 }
-                2 + map.len().saturating_sub(1)
+                keys.saturating_add(2 + map.len().saturating_sub(1))
             }
-        });
+        };
+        size = size.saturating_add(own);
     }
     (size, max_depth)
 }
