@@ -29,6 +29,10 @@ pub struct ConfigError {
     pub entity: String,
     /// `service "ordrs" does not exist`, `paths[0]: must start with "/"`.
     pub message: String,
+    /// Whether the config as a whole is over a limit (entities per kind):
+    /// the control plane answers `RESOURCE_EXHAUSTED` rather than
+    /// `INVALID_ARGUMENT`.
+    pub over_limit: bool,
 }
 
 impl ConfigError {
@@ -38,14 +42,16 @@ impl ConfigError {
         ConfigError {
             entity: format!("{kind} {}", Shown(name)),
             message: message.into(),
+            over_limit: false,
         }
     }
 
-    /// An error about the config as a whole (entity counts, total size).
-    pub fn whole(message: impl Into<String>) -> Self {
+    /// The config as a whole is over a limit (entity counts, total size).
+    pub fn whole_over_limit(message: impl Into<String>) -> Self {
         ConfigError {
             entity: "config".into(),
             message: message.into(),
+            over_limit: true,
         }
     }
 }
@@ -69,7 +75,8 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
             limits::MAX_CERTIFICATES,
         ),
     ] {
-        check_len(count, max, "entities").map_err(|m| ConfigError::whole(format!("{kind}: {m}")))?;
+        check_len(count, max, "entities")
+            .map_err(|m| ConfigError::whole_over_limit(format!("{kind}: {m}")))?;
     }
 
     let mut service_names = HashSet::new();

@@ -61,14 +61,12 @@ impl Admin for AdminService {
     ) -> Result<Response<EntityResponse>, Status> {
         let new = Entity::from_pb(request.into_inner().entity)?;
         let (kind, name) = (new.kind(), new.name().to_string());
+        let taken = name.clone();
         let outcome = self
             .model
-            .write(false, |config| {
-                if entity::find(config, kind, &name).is_some() {
-                    return Err(CpError::AlreadyExists {
-                        kind,
-                        name: name.clone(),
-                    });
+            .write(false, move |config| {
+                if entity::find(config, kind, &taken).is_some() {
+                    return Err(CpError::AlreadyExists { kind, name: taken });
                 }
                 entity::insert(config, new);
                 Ok(())
@@ -83,15 +81,16 @@ impl Admin for AdminService {
     ) -> Result<Response<EntityResponse>, Status> {
         let new = Entity::from_pb(request.into_inner().entity)?;
         let (kind, name) = (new.kind(), new.name().to_string());
+        let missing = name.clone();
         let outcome = self
             .model
-            .write(false, |config| {
+            .write(false, move |config| {
                 if entity::replace(config, new) {
                     Ok(())
                 } else {
                     Err(CpError::NotFound {
                         kind,
-                        name: name.clone(),
+                        name: missing,
                     })
                 }
             })
@@ -133,14 +132,11 @@ impl Admin for AdminService {
         let name = reference.name;
         let outcome = self
             .model
-            .write(false, |config| {
+            .write(false, move |config| {
                 if entity::remove(config, kind, &name) {
                     Ok(())
                 } else {
-                    Err(CpError::NotFound {
-                        kind,
-                        name: name.clone(),
-                    })
+                    Err(CpError::NotFound { kind, name })
                 }
             })
             .await?;
@@ -160,11 +156,13 @@ impl Admin for AdminService {
         let wire = request
             .config
             .ok_or_else(|| CpError::BadRequest("config: required".into()))?;
-        let desired = GatewayConfig::try_from(&wire).map_err(CpError::from)?;
+        // Converted on the write's blocking thread, with the rest of the
+        // CPU-bound work (a large Apply must not hold an async worker).
         let outcome = self
             .model
             .write(request.dry_run, move |config| {
-                *config = desired;
+                *config = GatewayConfig::try_from(&wire)?;
+                drop(wire);
                 Ok(())
             })
             .await?;
