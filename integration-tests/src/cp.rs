@@ -80,6 +80,8 @@ pub struct CpOptions {
     pub separate_stream_port: bool,
     /// Extra environment, e.g. `RUST_LOG`.
     pub env: Vec<(String, String)>,
+    /// Run the server under this `RLIMIT_NOFILE` (through `prlimit`).
+    pub nofile_limit: Option<u64>,
 }
 
 /// A running `tollgate-cp`.
@@ -174,12 +176,29 @@ impl ControlPlane {
         if let Some(old) = self.process.take() {
             self.past_logs.push_str(&old.logs());
         }
-        let process = ChildProcess::spawn(
-            "tollgate-cp",
-            &bin_path("tollgate-cp"),
-            &self.args(),
-            &self.env(),
-        );
+        let process = match self.options.nofile_limit {
+            None => ChildProcess::spawn(
+                "tollgate-cp",
+                &bin_path("tollgate-cp"),
+                &self.args(),
+                &self.env(),
+            ),
+            // prlimit execs the server: the child's PID is the server's.
+            Some(limit) => {
+                let mut args = vec![
+                    format!("--nofile={limit}:{limit}"),
+                    "--".to_string(),
+                    bin_path("tollgate-cp").display().to_string(),
+                ];
+                args.extend(self.args());
+                ChildProcess::spawn(
+                    "tollgate-cp",
+                    std::path::Path::new("prlimit"),
+                    &args,
+                    &self.env(),
+                )
+            }
+        };
         self.process = Some(process);
         self.wait_healthy().await;
     }
