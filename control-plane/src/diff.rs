@@ -63,8 +63,22 @@ impl Change {
 /// What changes from `old` to `new`, sorted by kind then name.
 pub fn diff(old: &GatewayConfig, new: &GatewayConfig) -> Vec<Change> {
     let mut changes = Vec::new();
-    diff_kind(EntityKind::Service, &old.services, &new.services, |e| &e.name, same, &mut changes);
-    diff_kind(EntityKind::Route, &old.routes, &new.routes, |e| &e.name, same, &mut changes);
+    diff_kind(
+        EntityKind::Service,
+        &old.services,
+        &new.services,
+        |e| &e.name,
+        same,
+        &mut changes,
+    );
+    diff_kind(
+        EntityKind::Route,
+        &old.routes,
+        &new.routes,
+        |e| &e.name,
+        same,
+        &mut changes,
+    );
     diff_kind(
         EntityKind::Consumer,
         &old.consumers,

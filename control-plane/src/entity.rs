@@ -172,7 +172,11 @@ impl<'a> NameIndex<'a> {
             items: &'a [T],
             name: impl Fn(&'a T) -> &'a str,
         ) -> std::collections::HashMap<&'a str, usize> {
-            items.iter().enumerate().map(|(i, e)| (name(e), i)).collect()
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (name(e), i))
+                .collect()
         }
         // In `EntityKind::index` order.
         NameIndex {

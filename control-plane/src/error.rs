@@ -127,7 +127,9 @@ impl From<CpError> for tonic::Status {
         use tonic::Status;
         let cut = |text: String| truncate(&text, MAX_STATUS_MESSAGE);
         match error {
-            CpError::Invalid(err) if err.over_limit => Status::resource_exhausted(cut(err.to_string())),
+            CpError::Invalid(err) if err.over_limit => {
+                Status::resource_exhausted(cut(err.to_string()))
+            }
             CpError::Invalid(err) => Status::invalid_argument(cut(err.to_string())),
             CpError::BadRequest(message) => Status::invalid_argument(cut(message)),
             err @ CpError::NotFound { .. } => Status::not_found(cut(err.to_string())),

@@ -539,16 +539,18 @@ pub fn fix_status(headers: &mut http::HeaderMap) {
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .unwrap_or_default();
     let replacement = match code.as_slice() {
-        b"13" if message.starts_with("failed%20to%20decode")
-            || message.starts_with("failed to decode") =>
+        b"13"
+            if message.starts_with("failed%20to%20decode")
+                || message.starts_with("failed to decode") =>
         {
             Some((
                 "3",
                 "request: not a valid protobuf message of the method's request type".to_string(),
             ))
         }
-        b"11" if message.contains("message%20length%20too%20large")
-            || message.contains("message length too large") =>
+        b"11"
+            if message.contains("message%20length%20too%20large")
+                || message.contains("message length too large") =>
         {
             Some((
                 "8",
@@ -594,7 +596,10 @@ mod tests {
 
         let mut headers = http::HeaderMap::new();
         headers.insert("grpc-status", http::HeaderValue::from_static("13"));
-        headers.insert("grpc-message", http::HeaderValue::from_static("internal%20error"));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("internal%20error"),
+        );
         fix_status(&mut headers);
         assert_eq!(headers["grpc-status"], "13");
     }
@@ -626,10 +631,7 @@ mod tests {
         let started = Instant::now();
         let mut buf = [0u8; 16];
         let result = accepted.read(&mut buf).await;
-        assert_eq!(
-            result.expect_err("closed").kind(),
-            io::ErrorKind::TimedOut
-        );
+        assert_eq!(result.expect_err("closed").kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 }

@@ -319,7 +319,9 @@ consumers:
     credentials: [{ api_key: "alice-secret-key" }]
 "#;
 
-    fn apply(yaml: &str) -> impl FnOnce(&mut GatewayConfig) -> Result<(), CpError> + Send + 'static {
+    fn apply(
+        yaml: &str,
+    ) -> impl FnOnce(&mut GatewayConfig) -> Result<(), CpError> + Send + 'static {
         let parsed = GatewayConfig::from_yaml(yaml).expect("parses");
         move |config| {
             *config = parsed;

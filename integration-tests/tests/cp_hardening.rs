@@ -51,7 +51,11 @@ fn routes(count: usize) -> GatewayConfig {
 }
 
 /// Applies `config` and returns the status on refusal.
-async fn try_apply(cp: &ControlPlane, config: &GatewayConfig, dry_run: bool) -> Result<u64, tonic::Status> {
+async fn try_apply(
+    cp: &ControlPlane,
+    config: &GatewayConfig,
+    dry_run: bool,
+) -> Result<u64, tonic::Status> {
     let mut admin = cp.admin().await;
     admin
         .apply(ApplyRequest {
@@ -63,7 +67,9 @@ async fn try_apply(cp: &ControlPlane, config: &GatewayConfig, dry_run: bool) -> 
 }
 
 async fn revision(cp: &ControlPlane) -> u64 {
-    try_apply(cp, &current(cp).await, true).await.expect("dry run of the current state")
+    try_apply(cp, &current(cp).await, true)
+        .await
+        .expect("dry run of the current state")
 }
 
 async fn current(cp: &ControlPlane) -> GatewayConfig {
@@ -86,7 +92,11 @@ fn assert_refused(status: &tonic::Status, code: Code, needles: &[&str]) {
             status.message()
         );
     }
-    assert!(status.message().len() <= 4096, "message of {} bytes", status.message().len());
+    assert!(
+        status.message().len() <= 4096,
+        "message of {} bytes",
+        status.message().len()
+    );
 }
 
 async fn assert_healthy(cp: &ControlPlane, after: &str) {
@@ -109,7 +119,11 @@ fn base64(bytes: &[u8]) -> String {
     const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             out.push(if i <= chunk.len() {
@@ -173,7 +187,11 @@ fn time_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<Duration
         match stream.read(&mut buf) {
             Ok(0) => return Some(started.elapsed()),
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => return Some(started.elapsed()),
         }
     }
@@ -187,7 +205,10 @@ async fn idle_connections_under_a_low_fd_limit_cannot_stop_the_server() {
     let mut cp = ControlPlane::start_with(CpOptions {
         nofile_limit: Some(256),
         env: vec![
-            ("TOLLGATE_CP_HANDSHAKE_TIMEOUT_MS".into(), HANDSHAKE_MS.to_string()),
+            (
+                "TOLLGATE_CP_HANDSHAKE_TIMEOUT_MS".into(),
+                HANDSHAKE_MS.to_string(),
+            ),
             ("TOLLGATE_CP_IDLE_TIMEOUT_MS".into(), IDLE_MS.to_string()),
         ],
         ..Default::default()
@@ -214,26 +235,44 @@ async fn idle_connections_under_a_low_fd_limit_cannot_stop_the_server() {
             held.len()
         });
         opened += wave.await.expect("wave");
-        assert!(started.elapsed() < Duration::from_secs(60), "waves took too long");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "waves took too long"
+        );
     }
-    eprintln!("opened and closed {opened} idle connections in {:?}", started.elapsed());
+    eprintln!(
+        "opened and closed {opened} idle connections in {:?}",
+        started.elapsed()
+    );
     assert!(opened >= 900, "only {opened} connections opened");
 
     // Still serving (health and an admin call), within a few seconds.
     let deadline = Instant::now() + Duration::from_secs(10);
     while cp.health().await != Some(ServingStatus::Serving) {
-        assert!(Instant::now() < deadline, "not serving after the idle storm:\n{}", cp.logs());
+        assert!(
+            Instant::now() < deadline,
+            "not serving after the idle storm:\n{}",
+            cp.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    try_apply(&cp, &base(), false).await.expect("an apply after the storm");
+    try_apply(&cp, &base(), false)
+        .await
+        .expect("an apply after the storm");
 
     // The server closes a silent connection after the handshake timeout...
     let mut silent = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     let closed = time_until_closed(&mut silent, Duration::from_secs(10))
         .expect("a connection without preface is closed");
     eprintln!("no-preface connection closed after {closed:?} (timeout {HANDSHAKE_MS} ms)");
-    assert!(closed >= Duration::from_millis(HANDSHAKE_MS - 100), "{closed:?}");
-    assert!(closed < Duration::from_millis(HANDSHAKE_MS + 2_000), "{closed:?}");
+    assert!(
+        closed >= Duration::from_millis(HANDSHAKE_MS - 100),
+        "{closed:?}"
+    );
+    assert!(
+        closed < Duration::from_millis(HANDSHAKE_MS + 2_000),
+        "{closed:?}"
+    );
 
     // ...and an HTTP/2 connection with no call after the idle timeout.
     let mut idle = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -243,7 +282,10 @@ async fn idle_connections_under_a_low_fd_limit_cannot_stop_the_server() {
         .expect("an idle HTTP/2 connection is closed");
     eprintln!("idle HTTP/2 connection closed after {closed:?} (timeout {IDLE_MS} ms)");
     assert!(closed >= Duration::from_millis(IDLE_MS - 100), "{closed:?}");
-    assert!(closed < Duration::from_millis(IDLE_MS + 2_000), "{closed:?}");
+    assert!(
+        closed < Duration::from_millis(IDLE_MS + 2_000),
+        "{closed:?}"
+    );
 
     // A config stream is a call in progress: never closed as idle.
     let mut dp = cp.subscribe("dp-idle", None).await.expect("subscribe");
@@ -291,7 +333,9 @@ async fn fifty_thousand_route_apply_keeps_health_and_reads_answering() {
         while !probe_stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
             let t = Instant::now();
             health
-                .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
                 .await
                 .expect("health during the write");
             worst_health = worst_health.max(t.elapsed());
@@ -329,8 +373,14 @@ async fn fifty_thousand_route_apply_keeps_health_and_reads_answering() {
     );
     assert!(revision >= 2);
     assert!(took < Duration::from_secs(60), "{took:?}");
-    assert!(worst_health < Duration::from_millis(100), "health took {worst_health:?}");
-    assert!(worst_read < Duration::from_millis(100), "read took {worst_read:?}");
+    assert!(
+        worst_health < Duration::from_millis(100),
+        "health took {worst_health:?}"
+    );
+    assert!(
+        worst_read < Duration::from_millis(100),
+        "read took {worst_read:?}"
+    );
 
     // The same again is a no-op, and a dry run is quick too.
     let started = Instant::now();
@@ -339,7 +389,9 @@ async fn fifty_thousand_route_apply_keeps_health_and_reads_answering() {
     let listed = cp
         .admin()
         .await
-        .list(ListRequest { kind: Kind::Route as i32 })
+        .list(ListRequest {
+            kind: Kind::Route as i32,
+        })
         .await
         .expect("list")
         .into_inner();
@@ -365,8 +417,16 @@ async fn a_config_whose_snapshot_exceeds_the_message_limit_is_refused() {
     big.consumers = config(&format!("consumers:\n{}\n", consumers.join("\n"))).consumers;
     let started = Instant::now();
     let status = try_apply(&cp, &big, false).await.expect_err("refused");
-    eprintln!("oversized snapshot refused in {:?}: {}", started.elapsed(), status.message());
-    assert_refused(&status, Code::ResourceExhausted, &["config:", "67043328", "byte limit"]);
+    eprintln!(
+        "oversized snapshot refused in {:?}: {}",
+        started.elapsed(),
+        status.message()
+    );
+    assert_refused(
+        &status,
+        Code::ResourceExhausted,
+        &["config:", "67043328", "byte limit"],
+    );
     assert_eq!(revision(&cp).await, before, "nothing stored");
     assert_healthy(&cp, "the oversized snapshot").await;
 }
@@ -393,7 +453,9 @@ async fn stream_readers_that_stop_reading_are_cut_off_and_memory_stays_bounded()
             .unwrap_or(0)
             / 1024
     };
-    try_apply(&cp, &routes(10_000), false).await.expect("10,000 routes");
+    try_apply(&cp, &routes(10_000), false)
+        .await
+        .expect("10,000 routes");
     let start_rss = rss();
 
     // 20 subscribers that say hello and never read, with small HTTP/2
@@ -410,7 +472,10 @@ async fn stream_readers_that_stop_reading_are_cut_off_and_memory_stays_bounded()
         peak = peak.max(rss());
     }
     eprintln!("RSS: {start_rss} MiB before, {peak} MiB peak with 20 stuck readers over 20 changes");
-    assert!(peak < start_rss + 400, "memory grew from {start_rss} to {peak} MiB");
+    assert!(
+        peak < start_rss + 400,
+        "memory grew from {start_rss} to {peak} MiB"
+    );
 
     // After the lag bound they are disconnected.
     let deadline = Instant::now() + Duration::from_millis(MAX_LAG_MS + 10_000);
@@ -427,14 +492,20 @@ async fn stream_readers_that_stop_reading_are_cut_off_and_memory_stays_bounded()
         if connected == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "{connected} stuck readers still connected");
+        assert!(
+            Instant::now() < deadline,
+            "{connected} stuck readers still connected"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let after = rss();
     eprintln!("RSS after the stuck readers were cut off: {after} MiB");
     // A reading data plane gets the newest version.
     let mut fresh = cp.subscribe("fresh", None).await.expect("subscribe");
-    let snapshot = fresh.next_snapshot(Duration::from_secs(10)).await.expect("snapshot");
+    let snapshot = fresh
+        .next_snapshot(Duration::from_secs(10))
+        .await
+        .expect("snapshot");
     let got = snapshot.config.expect("config");
     assert!(got.routes.iter().any(|r| r.paths == ["/changed/19"]));
     drop(stuck);
@@ -473,7 +544,11 @@ async fn stuck_subscriber(
         })
         .await
         .expect("hello");
-    let inbound = client.subscribe(receiver).await.expect("subscribe").into_inner();
+    let inbound = client
+        .subscribe(receiver)
+        .await
+        .expect("subscribe")
+        .into_inner();
     (outbound, inbound)
 }
 
@@ -536,7 +611,10 @@ async fn each_reported_bad_input_gets_a_field_naming_error_and_nothing_is_stored
         cases.push((
             format!("query name {name:?}"),
             transformer(serde_json::json!({"add": {"querystring": {name: "v"}}})),
-            vec!["plugins[0].config.add.querystring".into(), "must not contain".into()],
+            vec![
+                "plugins[0].config.add.querystring".into(),
+                "must not contain".into(),
+            ],
         ));
         cases.push((
             format!("removed query name {name:?}"),
@@ -617,22 +695,39 @@ async fn huge_values_are_refused_with_short_errors() {
         name: "x-big".into(),
         value: Some("v".repeat(50 * 1024 * 1024)),
     }];
-    let status = try_apply(&cp, &big_value, false).await.expect_err("refused");
-    assert_refused(&status, Code::InvalidArgument, &["headers[0].value: at most 4096 bytes"]);
+    let status = try_apply(&cp, &big_value, false)
+        .await
+        .expect_err("refused");
+    assert_refused(
+        &status,
+        Code::InvalidArgument,
+        &["headers[0].value: at most 4096 bytes"],
+    );
     assert_healthy(&cp, "a 50 MiB header value").await;
 
     // A 48 MiB invalid name: the error is short and the name cut.
     let mut big_name = base();
     big_name.routes[0].name = format!("{}!", "n".repeat(48 * 1024 * 1024));
     let status = try_apply(&cp, &big_name, false).await.expect_err("refused");
-    assert_refused(&status, Code::InvalidArgument, &["route \"nnnn", "…", "name: must be at most 128"]);
-    eprintln!("48 MiB name refused with a {}-byte message", status.message().len());
+    assert_refused(
+        &status,
+        Code::InvalidArgument,
+        &["route \"nnnn", "…", "name: must be at most 128"],
+    );
+    eprintln!(
+        "48 MiB name refused with a {}-byte message",
+        status.message().len()
+    );
     assert_healthy(&cp, "a 48 MiB name").await;
 
     // Over the 64 MiB message limit.
-    let status = raw_call(&cp, "/tollgate.admin.v1.Admin/Apply", vec![0u8; 65 * 1024 * 1024])
-        .await
-        .expect_err("refused");
+    let status = raw_call(
+        &cp,
+        "/tollgate.admin.v1.Admin/Apply",
+        vec![0u8; 65 * 1024 * 1024],
+    )
+    .await
+    .expect_err("refused");
     assert_refused(&status, Code::ResourceExhausted, &["67108864"]);
     assert_healthy(&cp, "a 65 MiB message").await;
     assert_eq!(revision(&cp).await, before, "nothing stored");
@@ -641,7 +736,11 @@ async fn huge_values_are_refused_with_short_errors() {
 // ---------------------------------------------------------------- status codes
 
 /// Sends `body` as the raw protobuf of a unary call to `path`.
-async fn raw_call(cp: &ControlPlane, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
+async fn raw_call(
+    cp: &ControlPlane,
+    path: &'static str,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(cp.url())
         .expect("url")
         .connect()
@@ -678,7 +777,11 @@ impl tonic::codec::Codec for RawCodec {
 impl tonic::codec::Encoder for RawCodec {
     type Item = Vec<u8>;
     type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
         use bytes::BufMut;
         dst.put_slice(&item);
         Ok(())
@@ -688,7 +791,10 @@ impl tonic::codec::Encoder for RawCodec {
 impl tonic::codec::Decoder for RawCodec {
     type Item = Vec<u8>;
     type Error = tonic::Status;
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
         use bytes::Buf;
         let mut out = vec![0u8; src.remaining()];
         src.copy_to_slice(&mut out);
@@ -718,33 +824,53 @@ async fn status_codes_say_whose_fault_it_was() {
     for garbage in [vec![0xff, 0xff, 0xff, 0xff], vec![0x0a, 0x80], vec![0x08]] {
         grpc.ready().await.expect("ready");
         let mut request = tonic::Request::new(garbage);
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {TOKEN}").parse().expect("ascii"));
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {TOKEN}").parse().expect("ascii"),
+        );
         let status = grpc
             .unary(
                 request,
-                tonic::codegen::http::uri::PathAndQuery::from_static("/tollgate.admin.v1.Admin/Apply"),
+                tonic::codegen::http::uri::PathAndQuery::from_static(
+                    "/tollgate.admin.v1.Admin/Apply",
+                ),
                 RawCodec,
             )
             .await
             .expect_err("undecodable");
-        assert_refused(&status, Code::InvalidArgument, &["not a valid protobuf message"]);
+        assert_refused(
+            &status,
+            Code::InvalidArgument,
+            &["not a valid protobuf message"],
+        );
     }
 
     // The right token followed by spaces is refused; the exact one accepted.
-    for token in ["admin-token-for-tests ", "admin-token-for-tests\t", "admin-token-for-test", " admin-token-for-tests"] {
+    for token in [
+        "admin-token-for-tests ",
+        "admin-token-for-tests\t",
+        "admin-token-for-test",
+        " admin-token-for-tests",
+    ] {
         let status = cp
             .admin_with_token(Some(token))
             .await
-            .list(ListRequest { kind: Kind::Route as i32 })
+            .list(ListRequest {
+                kind: Kind::Route as i32,
+            })
             .await
             .expect_err("wrong token");
-        assert_eq!(status.code(), Code::Unauthenticated, "{token:?}: {status:?}");
+        assert_eq!(
+            status.code(),
+            Code::Unauthenticated,
+            "{token:?}: {status:?}"
+        );
     }
     cp.admin()
         .await
-        .list(ListRequest { kind: Kind::Route as i32 })
+        .list(ListRequest {
+            kind: Kind::Route as i32,
+        })
         .await
         .expect("exact token");
 
@@ -768,7 +894,9 @@ async fn status_codes_say_whose_fault_it_was() {
     }
     let mut codes = std::collections::BTreeMap::new();
     for task in tasks {
-        *codes.entry(format!("{:?}", task.await.expect("task"))).or_insert(0) += 1;
+        *codes
+            .entry(format!("{:?}", task.await.expect("task")))
+            .or_insert(0) += 1;
     }
     assert_eq!(codes.len(), 1, "{codes:?}");
     assert_eq!(codes.get("Unauthenticated"), Some(&500), "{codes:?}");
@@ -800,7 +928,11 @@ async fn two_hundred_concurrent_applies_get_contiguous_revisions_and_the_last_wi
     let expected: Vec<u64> = (start + 1..=start + 200).collect();
     assert_eq!(revisions, expected, "distinct and contiguous");
     let last_priority = results.last().map(|(_, p)| *p).unwrap_or_default();
-    assert_eq!(current(&cp).await.routes[0].priority, last_priority, "the last one wins");
+    assert_eq!(
+        current(&cp).await.routes[0].priority,
+        last_priority,
+        "the last one wins"
+    );
     assert_healthy(&cp, "200 concurrent applies").await;
 }
 
@@ -821,10 +953,17 @@ async fn tollgatectl_bounds_what_it_reads() {
     let started = Instant::now();
     let output = cp.ctl(&["diff", "-f", &path]);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    eprintln!("wide alias file ({} bytes) refused in {:?}", wide.len(), started.elapsed());
+    eprintln!(
+        "wide alias file ({} bytes) refused in {:?}",
+        wide.len(),
+        started.elapsed()
+    );
     assert!(!output.status.success());
     assert!(stderr.contains("wide.yaml:"), "{stderr}");
-    assert!(stderr.contains("the document expands to more than 5000000 values"), "{stderr}");
+    assert!(
+        stderr.contains("the document expands to more than 5000000 values"),
+        "{stderr}"
+    );
     assert!(started.elapsed() < Duration::from_secs(30));
 
     // Deep nesting.
@@ -845,11 +984,18 @@ async fn tollgatectl_bounds_what_it_reads() {
     assert!(stderr.contains("larger than 67108864 bytes"), "{stderr}");
 
     // The nested-DER key through `tollgatectl diff`, as reported.
-    let path = write_file(&cp, "der.yaml", jwt_consumer_yaml(&nested_pem(5_000)).as_bytes());
+    let path = write_file(
+        &cp,
+        "der.yaml",
+        jwt_consumer_yaml(&nested_pem(5_000)).as_bytes(),
+    );
     let output = cp.ctl(&["diff", "-f", &path]);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(!output.status.success());
-    assert!(stderr.contains("consumer \"svc\": credentials[0].jwt.public_key"), "{stderr}");
+    assert!(
+        stderr.contains("consumer \"svc\": credentials[0].jwt.public_key"),
+        "{stderr}"
+    );
 
     assert_eq!(revision(&cp).await, before, "nothing stored");
     assert_healthy(&cp, "tollgatectl's bad files").await;

@@ -342,7 +342,11 @@ mod tests {
             b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut text = String::new();
         for chunk in der.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..4 {
                 if i <= chunk.len() {
@@ -401,12 +405,14 @@ mod tests {
 
     #[test]
     fn json_size_matches_serde_json() {
-        let value = serde_json::json!({"a": [1, 2, {"b": null, "c": true, "d": false}], "e": "x\"y"});
+        let value =
+            serde_json::json!({"a": [1, 2, {"b": null, "c": true, "d": false}], "e": "x\"y"});
         let (size, depth) = json_size_and_depth(&value);
         // Escapes make serde_json's output longer; the count is a lower bound.
         assert!(size <= serde_json::to_string(&value).map(|s| s.len()).unwrap_or(0));
         assert_eq!(depth, 3);
-        let plain = serde_json::json!({"a": [1, 22, {"b": null, "c": true, "d": false}], "e": "xy"});
+        let plain =
+            serde_json::json!({"a": [1, 22, {"b": null, "c": true, "d": false}], "e": "xy"});
         let text = serde_json::to_string(&plain).unwrap_or_default();
         assert_eq!(json_size_and_depth(&plain).0, text.len(), "{text}");
     }

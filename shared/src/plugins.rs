@@ -339,7 +339,10 @@ impl Window {
             _ => return Err(bad()),
         };
         if count == 0 || count > 366 * 86_400 / seconds {
-            return Err(format!("{} must be between 1s and 366d", crate::limits::show(text)));
+            return Err(format!(
+                "{} must be between 1s and 366d",
+                crate::limits::show(text)
+            ));
         }
         Ok(Window(Duration::from_secs(count * seconds)))
     }
@@ -524,11 +527,26 @@ mod tests {
 
     #[test]
     fn window_parse_is_total() {
-        for bad in ["1é", "é", "1日", "mé", "", "m", "+5m", "-1m", " 1m", "1 m", "99999999999999999999999m"] {
+        for bad in [
+            "1é",
+            "é",
+            "1日",
+            "mé",
+            "",
+            "m",
+            "+5m",
+            "-1m",
+            " 1m",
+            "1 m",
+            "99999999999999999999999m",
+        ] {
             let err = Window::parse(bad).expect_err(bad);
             assert!(err.contains("window") || err.contains("between"), "{err}");
         }
-        assert_eq!(Window::parse("366d"), Ok(Window(Duration::from_secs(366 * 86_400))));
+        assert_eq!(
+            Window::parse("366d"),
+            Ok(Window(Duration::from_secs(366 * 86_400)))
+        );
         assert!(Window::parse("367d").is_err());
         let err = PluginConfig::parse("rate-limit", &json!({"limit": 1, "window": "1é"}))
             .expect_err("refused");

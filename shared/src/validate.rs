@@ -97,7 +97,10 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
             return Err(err("name: defined more than once".into()));
         }
         if !service_names.contains(route.service.as_str()) {
-            return Err(err(format!("service {} does not exist", show(&route.service))));
+            return Err(err(format!(
+                "service {} does not exist",
+                show(&route.service)
+            )));
         }
         validate_route(route).map_err(err)?;
     }
@@ -307,7 +310,9 @@ pub fn check_address(address: &str) -> Result<(), String> {
         };
     }
     if host.contains(':') {
-        return Err(bad("is an IPv6 address without brackets: write [addr]:port"));
+        return Err(bad(
+            "is an IPv6 address without brackets: write [addr]:port",
+        ));
     }
     if host.parse::<Ipv4Addr>().is_ok() {
         return Ok(());
@@ -329,12 +334,7 @@ pub fn check_host(host: &str, allow_wildcard: bool) -> Result<(), String> {
     }
     let (bare, wildcard) = match host.strip_prefix("*.") {
         Some(rest) if allow_wildcard => (rest, true),
-        Some(_) => {
-            return Err(format!(
-                "{}: wildcards are not allowed here",
-                show(host)
-            ))
-        }
+        Some(_) => return Err(format!("{}: wildcards are not allowed here", show(host))),
         None => (host, false),
     };
     if bare.is_empty() {
@@ -378,10 +378,7 @@ pub fn check_host(host: &str, allow_wildcard: bool) -> Result<(), String> {
 /// value could never match or would not be sent as written).
 pub fn check_header_value(value: &str) -> Result<(), String> {
     check_len(value.len(), limits::MAX_HEADER_VALUE_LEN, "bytes")?;
-    if value
-        .bytes()
-        .any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
-    {
+    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
         return Err("must not contain control characters (CR, LF, NUL, DEL...)".into());
     }
     if value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']) {
@@ -514,8 +511,16 @@ pub fn check_route_path(path: &str) -> Result<(), String> {
             let name = segment
                 .strip_prefix('{')
                 .and_then(|s| s.strip_suffix('}'))
-                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-                .ok_or_else(|| format!("{}: template segment {} must be a whole segment like {{id}}", show(path), show(segment)))?;
+                .filter(|n| {
+                    !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "{}: template segment {} must be a whole segment like {{id}}",
+                        show(path),
+                        show(segment)
+                    )
+                })?;
             if !params.insert(name) {
                 return Err(format!(
                     "{}: template parameter {} is used twice",
@@ -853,7 +858,9 @@ consumers:
         if let Err(err) = validate(ok) {
             panic!("the limit itself must be accepted: {err}");
         }
-        let err = validate(bad).expect_err("limit + 1 must be refused").to_string();
+        let err = validate(bad)
+            .expect_err("limit + 1 must be refused")
+            .to_string();
         for needle in needles {
             assert!(err.contains(needle), "{err:?} should contain {needle:?}");
         }
@@ -864,11 +871,17 @@ consumers:
     /// not with `needle`); `f(limit + 1)` fails with `needle`.
     fn size_boundary(limit: usize, needle: &str, f: impl Fn(usize) -> GatewayConfig) {
         if let Err(err) = validate(&f(limit)) {
-            assert!(!err.to_string().contains(needle), "limit itself refused: {err}");
+            assert!(
+                !err.to_string().contains(needle),
+                "limit itself refused: {err}"
+            );
         }
         let err = validate(&f(limit + 1)).expect_err("limit + 1").to_string();
         assert!(err.contains(needle), "{err:?} should contain {needle:?}");
-        assert!(err.contains(&limit.to_string()), "{err:?} should name the limit");
+        assert!(
+            err.contains(&limit.to_string()),
+            "{err:?} should name the limit"
+        );
     }
 
     fn service(name: &str) -> Service {
@@ -890,7 +903,13 @@ consumers:
 
     /// A valid DNS name of exactly `n` bytes (labels of at most 62 bytes).
     fn dns_name(n: usize) -> String {
-        let mut name: String = "a".repeat(62).chars().chain(['.']).cycle().take(n).collect();
+        let mut name: String = "a"
+            .repeat(62)
+            .chars()
+            .chain(['.'])
+            .cycle()
+            .take(n)
+            .collect();
         if name.ends_with('.') {
             name.pop();
             name.push('b');
@@ -938,9 +957,17 @@ consumers:
             services: (0..n).map(|i| service(&format!("s{i}"))).collect(),
             ..GatewayConfig::default()
         };
-        boundary(&services(l::MAX_SERVICES), &services(l::MAX_SERVICES + 1), &["config: services", "10000"]);
+        boundary(
+            &services(l::MAX_SERVICES),
+            &services(l::MAX_SERVICES + 1),
+            &["config: services", "10000"],
+        );
         let routes = |n: usize| with_routes((0..n).map(|i| route(&format!("r{i}"))).collect());
-        boundary(&routes(l::MAX_ROUTES), &routes(l::MAX_ROUTES + 1), &["config: routes", "100000"]);
+        boundary(
+            &routes(l::MAX_ROUTES),
+            &routes(l::MAX_ROUTES + 1),
+            &["config: routes", "100000"],
+        );
         let consumers = |n: usize| GatewayConfig {
             consumers: (0..n)
                 .map(|i| Consumer {
@@ -951,7 +978,11 @@ consumers:
                 .collect(),
             ..GatewayConfig::default()
         };
-        boundary(&consumers(l::MAX_CONSUMERS), &consumers(l::MAX_CONSUMERS + 1), &["config: consumers"]);
+        boundary(
+            &consumers(l::MAX_CONSUMERS),
+            &consumers(l::MAX_CONSUMERS + 1),
+            &["config: consumers"],
+        );
         let plugins = |n: usize| GatewayConfig {
             plugins: (0..n)
                 .map(|i| GlobalPlugin {
@@ -963,28 +994,45 @@ consumers:
                 .collect(),
             ..GatewayConfig::default()
         };
-        boundary(&plugins(l::MAX_GLOBAL_PLUGINS), &plugins(l::MAX_GLOBAL_PLUGINS + 1), &["config: plugins"]);
+        boundary(
+            &plugins(l::MAX_GLOBAL_PLUGINS),
+            &plugins(l::MAX_GLOBAL_PLUGINS + 1),
+            &["config: plugins"],
+        );
         let certificates = |n: usize| GatewayConfig {
             certificates: (0..n)
                 .map(|i| Certificate {
                     name: format!("c{i}"),
-                    cert_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
-                    key_pem: Some("-----BEGIN PRIVATE KEY-----\nMC4CAQAw\n-----END PRIVATE KEY-----\n".into()),
+                    cert_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+                        .into(),
+                    key_pem: Some(
+                        "-----BEGIN PRIVATE KEY-----\nMC4CAQAw\n-----END PRIVATE KEY-----\n".into(),
+                    ),
                     key_fingerprint: None,
                     snis: vec!["api.example.com".into()],
                 })
                 .collect(),
             ..GatewayConfig::default()
         };
-        boundary(&certificates(l::MAX_CERTIFICATES), &certificates(l::MAX_CERTIFICATES + 1), &["config: certificates"]);
+        boundary(
+            &certificates(l::MAX_CERTIFICATES),
+            &certificates(l::MAX_CERTIFICATES + 1),
+            &["config: certificates"],
+        );
     }
 
     #[test]
     fn names_at_the_boundary() {
         let named = |n: usize| with_routes(vec![route(&"r".repeat(n))]);
-        boundary(&named(l::MAX_NAME_LEN), &named(l::MAX_NAME_LEN + 1), &["name: must be at most 128"]);
+        boundary(
+            &named(l::MAX_NAME_LEN),
+            &named(l::MAX_NAME_LEN + 1),
+            &["name: must be at most 128"],
+        );
         // A huge invalid name is echoed cut, never whole.
-        let err = validate(&named(1_000_000)).expect_err("refused").to_string();
+        let err = validate(&named(1_000_000))
+            .expect_err("refused")
+            .to_string();
         assert!(err.len() < 400, "{} bytes", err.len());
         assert!(err.contains('…'));
         let group = |n: usize| GatewayConfig {
@@ -995,7 +1043,11 @@ consumers:
             }],
             ..GatewayConfig::default()
         };
-        boundary(&group(l::MAX_GROUPS), &group(l::MAX_GROUPS + 1), &["groups: at most 64"]);
+        boundary(
+            &group(l::MAX_GROUPS),
+            &group(l::MAX_GROUPS + 1),
+            &["groups: at most 64"],
+        );
     }
 
     #[test]
@@ -1013,7 +1065,11 @@ consumers:
                 ..GatewayConfig::default()
             }
         };
-        boundary(&targets(l::MAX_TARGETS), &targets(l::MAX_TARGETS + 1), &["upstream.targets: at most 1024"]);
+        boundary(
+            &targets(l::MAX_TARGETS),
+            &targets(l::MAX_TARGETS + 1),
+            &["upstream.targets: at most 1024"],
+        );
         // Address: a DNS name of labels up to 63 bytes, then ":65535".
         let address = |n: usize| {
             let mut s = service("orders");
@@ -1023,32 +1079,65 @@ consumers:
                 ..GatewayConfig::default()
             }
         };
-        size_boundary(l::MAX_ADDRESS_LEN, "upstream.targets[0].address: at most", address);
+        size_boundary(
+            l::MAX_ADDRESS_LEN,
+            "upstream.targets[0].address: at most",
+            address,
+        );
         let plugins = |n: usize| {
             let mut s = service("orders");
             s.plugins = (0..n)
-                .map(|_| PluginInstance::new("rate-limit", serde_json::json!({"limit": 1, "window": "1s"})))
+                .map(|_| {
+                    PluginInstance::new(
+                        "rate-limit",
+                        serde_json::json!({"limit": 1, "window": "1s"}),
+                    )
+                })
                 .collect();
             GatewayConfig {
                 services: vec![s],
                 ..GatewayConfig::default()
             }
         };
-        boundary(&plugins(l::MAX_PLUGINS_PER_ENTITY), &plugins(l::MAX_PLUGINS_PER_ENTITY + 1), &["plugins: at most 32"]);
+        boundary(
+            &plugins(l::MAX_PLUGINS_PER_ENTITY),
+            &plugins(l::MAX_PLUGINS_PER_ENTITY + 1),
+            &["plugins: at most 32"],
+        );
     }
 
     #[test]
     fn route_fields_at_the_boundary() {
         let host = dns_name;
-        size_boundary(l::MAX_HOST_LEN, "hosts[0]: at most", |n| one_route(|r| r.hosts = vec![host(n)]));
-        let hosts = |n: usize| one_route(|r| r.hosts = (0..n).map(|i| format!("h{i}.example.com")).collect());
-        boundary(&hosts(l::MAX_HOSTS), &hosts(l::MAX_HOSTS + 1), &["hosts: at most 64"]);
+        size_boundary(l::MAX_HOST_LEN, "hosts[0]: at most", |n| {
+            one_route(|r| r.hosts = vec![host(n)])
+        });
+        let hosts = |n: usize| {
+            one_route(|r| r.hosts = (0..n).map(|i| format!("h{i}.example.com")).collect())
+        };
+        boundary(
+            &hosts(l::MAX_HOSTS),
+            &hosts(l::MAX_HOSTS + 1),
+            &["hosts: at most 64"],
+        );
         let paths = |n: usize| one_route(|r| r.paths = (0..n).map(|i| format!("/p{i}")).collect());
-        boundary(&paths(l::MAX_PATHS), &paths(l::MAX_PATHS + 1), &["paths: at most 64"]);
+        boundary(
+            &paths(l::MAX_PATHS),
+            &paths(l::MAX_PATHS + 1),
+            &["paths: at most 64"],
+        );
         let path = |n: usize| one_route(|r| r.paths = vec![format!("/{}", "a".repeat(n - 1))]);
-        boundary(&path(l::MAX_PATH_LEN), &path(l::MAX_PATH_LEN + 1), &["paths[0]: at most 512"]);
+        boundary(
+            &path(l::MAX_PATH_LEN),
+            &path(l::MAX_PATH_LEN + 1),
+            &["paths[0]: at most 512"],
+        );
         let exact = |n: usize| one_route(|r| r.paths = vec![format!("=/{}", "a".repeat(n - 1))]);
-        boundary(&exact(l::MAX_PATH_LEN), &exact(l::MAX_PATH_LEN + 1), &["paths[0]: at most 512"]);
+        boundary(
+            &exact(l::MAX_PATH_LEN),
+            &exact(l::MAX_PATH_LEN + 1),
+            &["paths[0]: at most 512"],
+        );
         let headers = |n: usize| {
             one_route(|r| {
                 r.headers = (0..n)
@@ -1059,7 +1148,11 @@ consumers:
                     .collect()
             })
         };
-        boundary(&headers(l::MAX_HEADER_MATCHES), &headers(l::MAX_HEADER_MATCHES + 1), &["headers: at most 32"]);
+        boundary(
+            &headers(l::MAX_HEADER_MATCHES),
+            &headers(l::MAX_HEADER_MATCHES + 1),
+            &["headers: at most 32"],
+        );
         let name = |n: usize| {
             one_route(|r| {
                 r.headers = vec![HeaderMatch {
@@ -1068,7 +1161,11 @@ consumers:
                 }]
             })
         };
-        boundary(&name(l::MAX_HEADER_NAME_LEN), &name(l::MAX_HEADER_NAME_LEN + 1), &["headers[0].name", "256"]);
+        boundary(
+            &name(l::MAX_HEADER_NAME_LEN),
+            &name(l::MAX_HEADER_NAME_LEN + 1),
+            &["headers[0].name", "256"],
+        );
         let value = |n: usize| {
             one_route(|r| {
                 r.headers = vec![HeaderMatch {
@@ -1077,25 +1174,41 @@ consumers:
                 }]
             })
         };
-        boundary(&value(l::MAX_HEADER_VALUE_LEN), &value(l::MAX_HEADER_VALUE_LEN + 1), &["headers[0].value: at most 4096"]);
+        boundary(
+            &value(l::MAX_HEADER_VALUE_LEN),
+            &value(l::MAX_HEADER_VALUE_LEN + 1),
+            &["headers[0].value: at most 4096"],
+        );
         let plugins = |n: usize| {
             one_route(|r| {
                 r.plugins = (0..n)
-                    .map(|_| PluginInstance::new("rate-limit", serde_json::json!({"limit": 1, "window": "1s"})))
+                    .map(|_| {
+                        PluginInstance::new(
+                            "rate-limit",
+                            serde_json::json!({"limit": 1, "window": "1s"}),
+                        )
+                    })
                     .collect()
             })
         };
-        boundary(&plugins(l::MAX_PLUGINS_PER_ENTITY), &plugins(l::MAX_PLUGINS_PER_ENTITY + 1), &["plugins: at most 32"]);
+        boundary(
+            &plugins(l::MAX_PLUGINS_PER_ENTITY),
+            &plugins(l::MAX_PLUGINS_PER_ENTITY + 1),
+            &["plugins: at most 32"],
+        );
     }
 
     #[test]
     fn plugin_config_at_the_boundary() {
         let acl = |pad: usize| serde_json::json!({"allow": ["x".repeat(pad)]});
         let base = l::json_size_and_depth(&acl(0)).0;
-        let config = |n: usize| {
-            one_route(|r| r.plugins = vec![PluginInstance::new("acl", acl(n - base))])
-        };
-        boundary(&config(l::MAX_PLUGIN_CONFIG_BYTES), &config(l::MAX_PLUGIN_CONFIG_BYTES + 1), &["plugins[0].config: at most 65536 bytes"]);
+        let config =
+            |n: usize| one_route(|r| r.plugins = vec![PluginInstance::new("acl", acl(n - base))]);
+        boundary(
+            &config(l::MAX_PLUGIN_CONFIG_BYTES),
+            &config(l::MAX_PLUGIN_CONFIG_BYTES + 1),
+            &["plugins[0].config: at most 65536 bytes"],
+        );
         let nested = |depth: usize| {
             let mut value = serde_json::json!(1);
             for _ in 0..depth {
@@ -1104,18 +1217,35 @@ consumers:
             value
         };
         assert!(l::check_plugin_config_size(&nested(l::MAX_PLUGIN_CONFIG_DEPTH)).is_ok());
-        let err = l::check_plugin_config_size(&nested(l::MAX_PLUGIN_CONFIG_DEPTH + 1)).expect_err("deep");
+        let err =
+            l::check_plugin_config_size(&nested(l::MAX_PLUGIN_CONFIG_DEPTH + 1)).expect_err("deep");
         assert!(err.contains("16 levels"), "{err}");
     }
 
     #[test]
     fn transformer_values_at_the_boundary() {
-        let header = |n: usize| transformer(serde_json::json!({"add": {"headers": {"x-a": "v".repeat(n)}}}));
-        boundary(&header(l::MAX_HEADER_VALUE_LEN), &header(l::MAX_HEADER_VALUE_LEN + 1), &["config.add.headers.\"x-a\": at most 4096"]);
-        let qname = |n: usize| transformer(serde_json::json!({"remove": {"querystring": ["q".repeat(n)]}}));
-        boundary(&qname(l::MAX_QUERY_NAME_LEN), &qname(l::MAX_QUERY_NAME_LEN + 1), &["config.remove.querystring[0]: at most 256"]);
-        let qvalue = |n: usize| transformer(serde_json::json!({"add": {"querystring": {"q": "v".repeat(n)}}}));
-        boundary(&qvalue(l::MAX_QUERY_VALUE_LEN), &qvalue(l::MAX_QUERY_VALUE_LEN + 1), &["config.add.querystring.\"q\": at most 4096"]);
+        let header =
+            |n: usize| transformer(serde_json::json!({"add": {"headers": {"x-a": "v".repeat(n)}}}));
+        boundary(
+            &header(l::MAX_HEADER_VALUE_LEN),
+            &header(l::MAX_HEADER_VALUE_LEN + 1),
+            &["config.add.headers.\"x-a\": at most 4096"],
+        );
+        let qname =
+            |n: usize| transformer(serde_json::json!({"remove": {"querystring": ["q".repeat(n)]}}));
+        boundary(
+            &qname(l::MAX_QUERY_NAME_LEN),
+            &qname(l::MAX_QUERY_NAME_LEN + 1),
+            &["config.remove.querystring[0]: at most 256"],
+        );
+        let qvalue = |n: usize| {
+            transformer(serde_json::json!({"add": {"querystring": {"q": "v".repeat(n)}}}))
+        };
+        boundary(
+            &qvalue(l::MAX_QUERY_VALUE_LEN),
+            &qvalue(l::MAX_QUERY_VALUE_LEN + 1),
+            &["config.add.querystring.\"q\": at most 4096"],
+        );
     }
 
     fn jwt_consumer(jwt: JwtCredential) -> GatewayConfig {
@@ -1147,7 +1277,11 @@ consumers:
             }],
             ..GatewayConfig::default()
         };
-        boundary(&credentials(l::MAX_CREDENTIALS), &credentials(l::MAX_CREDENTIALS + 1), &["credentials: at most 32"]);
+        boundary(
+            &credentials(l::MAX_CREDENTIALS),
+            &credentials(l::MAX_CREDENTIALS + 1),
+            &["credentials: at most 32"],
+        );
         let key = |n: usize| {
             jwt_consumer(JwtCredential {
                 key: "k".repeat(n),
@@ -1156,7 +1290,11 @@ consumers:
                 ..JwtCredential::default()
             })
         };
-        boundary(&key(512), &key(513), &["jwt.key: must be between 1 and 512"]);
+        boundary(
+            &key(512),
+            &key(513),
+            &["jwt.key: must be between 1 and 512"],
+        );
         let secret = |n: usize| {
             jwt_consumer(JwtCredential {
                 key: "iss".into(),
@@ -1165,7 +1303,11 @@ consumers:
                 ..JwtCredential::default()
             })
         };
-        boundary(&secret(l::MAX_SECRET_LEN), &secret(l::MAX_SECRET_LEN + 1), &["jwt.secret: at most 4096"]);
+        boundary(
+            &secret(l::MAX_SECRET_LEN),
+            &secret(l::MAX_SECRET_LEN + 1),
+            &["jwt.secret: at most 4096"],
+        );
         let api_key = |n: usize| GatewayConfig {
             consumers: vec![Consumer {
                 name: "c".into(),
@@ -1177,8 +1319,16 @@ consumers:
             }],
             ..GatewayConfig::default()
         };
-        boundary(&api_key(512), &api_key(513), &["api_key: must be between 8 and 512"]);
-        boundary(&api_key(8), &api_key(7), &["api_key: must be between 8 and 512"]);
+        boundary(
+            &api_key(512),
+            &api_key(513),
+            &["api_key: must be between 8 and 512"],
+        );
+        boundary(
+            &api_key(8),
+            &api_key(7),
+            &["api_key: must be between 8 and 512"],
+        );
         // A valid key padded with trailing newlines up to the size.
         let public_key = |n: usize| {
             jwt_consumer(JwtCredential {
@@ -1241,10 +1391,18 @@ consumers:
         let table = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut b64 = String::new();
         for chunk in der.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..4 {
-                b64.push(if i <= chunk.len() { table[((n >> (18 - 6 * i)) & 63) as usize] as char } else { '=' });
+                b64.push(if i <= chunk.len() {
+                    table[((n >> (18 - 6 * i)) & 63) as usize] as char
+                } else {
+                    '='
+                });
             }
         }
         let pem = format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n");
@@ -1264,29 +1422,71 @@ consumers:
             .expect("no stack overflow")
             .expect_err("refused")
             .to_string();
-        assert!(err.contains("credentials[0].jwt.public_key: DER nested more than 32"), "{err}");
+        assert!(
+            err.contains("credentials[0].jwt.public_key: DER nested more than 32"),
+            "{err}"
+        );
     }
 
     #[test]
     fn addresses_the_data_plane_cannot_dial_are_refused() {
         for bad in [
-            "h:+80", "::1:80", "[1.2.3.4]:80", "h:0", "h:65536", "h:", ":80", "h", "[::1]", "[::1:80",
-            "[fe80::1%eth0]:80", "1.2.3:80", "999.1.1.1:80", "h:080080", "h h:80", "h\u{1}:80", "é:80",
+            "h:+80",
+            "::1:80",
+            "[1.2.3.4]:80",
+            "h:0",
+            "h:65536",
+            "h:",
+            ":80",
+            "h",
+            "[::1]",
+            "[::1:80",
+            "[fe80::1%eth0]:80",
+            "1.2.3:80",
+            "999.1.1.1:80",
+            "h:080080",
+            "h h:80",
+            "h\u{1}:80",
+            "é:80",
         ] {
             let err = check_address(bad).expect_err(bad);
             assert!(err.len() < 400, "{err}");
         }
-        for good in ["127.0.0.1:80", "[::1]:8080", "api.internal:443", "h:65535", "h:1", "my-svc:9000"] {
+        for good in [
+            "127.0.0.1:80",
+            "[::1]:8080",
+            "api.internal:443",
+            "h:65535",
+            "h:1",
+            "my-svc:9000",
+        ] {
             check_address(good).unwrap_or_else(|e| panic!("{good}: {e}"));
         }
     }
 
     #[test]
     fn host_patterns_are_checked() {
-        for bad in ["*.com", "*.", "*", "a.*.com", "*.*.com", "Ex ample.com", "-a.com", "a..com", "1.2.3", "*.1.2"] {
+        for bad in [
+            "*.com",
+            "*.",
+            "*",
+            "a.*.com",
+            "*.*.com",
+            "Ex ample.com",
+            "-a.com",
+            "a..com",
+            "1.2.3",
+            "*.1.2",
+        ] {
             assert!(check_host(bad, true).is_err(), "{bad}");
         }
-        for good in ["*.example.com", "api.example.com", "localhost", "127.0.0.1", "x1.example.c0m"] {
+        for good in [
+            "*.example.com",
+            "api.example.com",
+            "localhost",
+            "127.0.0.1",
+            "x1.example.c0m",
+        ] {
             check_host(good, true).unwrap_or_else(|e| panic!("{good}: {e}"));
         }
         let err = validate(&one_route(|r| r.hosts = vec!["*.com".into()])).expect_err("refused");
@@ -1295,7 +1495,9 @@ consumers:
 
     #[test]
     fn header_values_with_control_characters_are_refused() {
-        for bad in ["a\u{1}b", "a\u{7f}", "a\rb", "a\nb", "\0", " lead", "trail\t"] {
+        for bad in [
+            "a\u{1}b", "a\u{7f}", "a\rb", "a\nb", "\0", " lead", "trail\t",
+        ] {
             let err = validate(&one_route(|r| {
                 r.headers = vec![HeaderMatch {
                     name: "x-v".into(),
@@ -1304,13 +1506,17 @@ consumers:
             }))
             .expect_err(bad);
             assert!(err.to_string().contains("headers[0].value"), "{err}");
-            let err = validate(&transformer(serde_json::json!({"add": {"headers": {"x-a": bad}}})))
-                .expect_err(bad);
+            let err = validate(&transformer(
+                serde_json::json!({"add": {"headers": {"x-a": bad}}}),
+            ))
+            .expect_err(bad);
             assert!(err.to_string().contains("config.add.headers"), "{err}");
         }
         for good in ["2", "a b", "tab\tinside", "UTF-8 é"] {
-            validate(&transformer(serde_json::json!({"add": {"headers": {"x-a": good}}})))
-                .unwrap_or_else(|e| panic!("{good}: {e}"));
+            validate(&transformer(
+                serde_json::json!({"add": {"headers": {"x-a": good}}}),
+            ))
+            .unwrap_or_else(|e| panic!("{good}: {e}"));
         }
     }
 
@@ -1323,12 +1529,19 @@ consumers:
                 serde_json::json!({"rename": {"querystring": {"x": bad}}}),
                 serde_json::json!({"add": {"querystring": {bad: "x"}}}),
             ] {
-                let err = validate(&transformer(config.clone())).expect_err(bad).to_string();
-                assert!(err.contains("config.") && err.contains("querystring"), "{err}");
+                let err = validate(&transformer(config.clone()))
+                    .expect_err(bad)
+                    .to_string();
+                assert!(
+                    err.contains("config.") && err.contains("querystring"),
+                    "{err}"
+                );
             }
         }
-        validate(&transformer(serde_json::json!({"add": {"querystring": {"user_id": "a&b=c"}}})))
-            .expect("values are percent-encoded, so & and = are fine there");
+        validate(&transformer(
+            serde_json::json!({"add": {"querystring": {"user_id": "a&b=c"}}}),
+        ))
+        .expect("values are percent-encoded, so & and = are fine there");
     }
 
     #[test]
@@ -1357,7 +1570,10 @@ consumers:
             ..GatewayConfig::default()
         };
         let err = validate(&config).expect_err("duplicate").to_string();
-        assert!(err.contains("consumer \"b\": credentials[0].api_key: the same key"), "{err}");
+        assert!(
+            err.contains("consumer \"b\": credentials[0].api_key: the same key"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -179,7 +179,11 @@ mod tests {
     fn deep_nesting_is_refused() {
         let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
         assert!(parse_bounded(&deep).is_err());
-        let ok = format!("x: {}1{}", "[".repeat(MAX_YAML_DEPTH - 1), "]".repeat(MAX_YAML_DEPTH - 1));
+        let ok = format!(
+            "x: {}1{}",
+            "[".repeat(MAX_YAML_DEPTH - 1),
+            "]".repeat(MAX_YAML_DEPTH - 1)
+        );
         // Within the depth bound the counting pass passes; the model then
         // refuses the unknown field `x`, naming it.
         let err = parse_bounded(&ok).expect_err("unknown field");
