@@ -43,6 +43,15 @@ impl AdminService {
     }
 }
 
+/// Runs CPU-bound work for a read on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, CpError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| CpError::Internal(format!("read task failed: {e}")))
+}
+
 fn kind_of(raw: i32) -> Result<EntityKind, CpError> {
     EntityKind::from_pb(raw).ok_or_else(|| {
         CpError::BadRequest(
@@ -116,10 +125,14 @@ impl Admin for AdminService {
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let kind = kind_of(request.into_inner().kind)?;
         let current = self.model.current();
-        let entities = entity::list(&current.config, kind)
-            .into_iter()
-            .map(|e| e.redacted().to_pb())
-            .collect();
+        // Listing 100,000 routes is CPU work: off the async workers.
+        let entities = blocking(move || {
+            entity::list(&current.config, kind)
+                .into_iter()
+                .map(|e| e.redacted().to_pb())
+                .collect()
+        })
+        .await?;
         Ok(Response::new(ListResponse { entities }))
     }
 
@@ -178,12 +191,16 @@ impl Admin for AdminService {
         _request: Request<ExportRequest>,
     ) -> Result<Response<ExportResponse>, Status> {
         let current = self.model.current();
-        let mut config = current.config.redacted();
-        config.sort();
-        Ok(Response::new(ExportResponse {
-            config: Some(pb_config::GatewayConfig::from(&config)),
-            version: Some(current.version.to_pb()),
-        }))
+        let response = blocking(move || {
+            let mut config = current.config.redacted();
+            config.sort();
+            ExportResponse {
+                config: Some(pb_config::GatewayConfig::from(&config)),
+                version: Some(current.version.to_pb()),
+            }
+        })
+        .await?;
+        Ok(Response::new(response))
     }
 
     async fn list_data_planes(
