@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::proxy::forward::TrustedProxies;
-use crate::telemetry::AccessLogTarget;
+use tollgate_proxy::forward::TrustedProxies;
+use tollgate_telemetry::AccessLogTarget;
 
 #[derive(Debug, Clone)]
 pub struct DpConfig {
@@ -74,5 +74,8 @@ impl Default for DpConfig {
 pub fn default_node_id() -> String {
     use rand::Rng;
     let suffix: u32 = rand::thread_rng().gen_range(0..0x100_0000);
-    format!("{}-{suffix:06x}", crate::snapshot::subscribe::hostname())
+    format!(
+        "{}-{suffix:06x}",
+        tollgate_proxy::snapshot::subscribe::hostname()
+    )
 }
