@@ -44,6 +44,9 @@ pub struct DpConfig {
     pub request_metrics: bool,
     /// Redis holding fleet-wide rate-limit counters (`--redis-url`).
     pub redis_url: Option<String>,
+    /// The plugins this node loads (`None`: every bundled plugin). A
+    /// snapshot using another is NACKed by this node, whole.
+    pub plugins: Option<Vec<String>>,
 }
 
 impl Default for DpConfig {
@@ -66,6 +69,7 @@ impl Default for DpConfig {
             access_log: AccessLogTarget::Stdout,
             request_metrics: true,
             redis_url: None,
+            plugins: None,
         }
     }
 }

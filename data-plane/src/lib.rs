@@ -117,9 +117,13 @@ impl DataPlane {
             Some(url) => Some(plugins::RedisStore::start(url).await),
             None => None,
         };
-        let registry = Arc::new(plugins::registry(&plugins::PluginOptions {
+        let mut registry = plugins::registry(&plugins::PluginOptions {
             rate_limiters: Arc::new(plugins::RateLimiters::new(redis)),
-        }));
+        });
+        if let Some(enabled) = &config.plugins {
+            registry = registry.only(enabled).map_err(DpError::Plugins)?;
+        }
+        let registry = Arc::new(registry);
         let applier = Arc::new(Applier::new(
             store.clone(),
             config.config_cache.clone().map(ConfigCache::new),

@@ -9,7 +9,10 @@ use tollgate_integration_tests::cp::ControlPlane;
 use tollgate_integration_tests::dp::DataPlane;
 use tollgate_integration_tests::upstream::Upstream;
 
-async fn gateway(routes: serde_json::Value, consumers: serde_json::Value) -> (ControlPlane, DataPlane, Upstream) {
+async fn gateway(
+    routes: serde_json::Value,
+    consumers: serde_json::Value,
+) -> (ControlPlane, DataPlane, Upstream) {
     let cp = ControlPlane::start().await;
     let upstream = Upstream::start("edge").await;
     let revision = cp
@@ -47,7 +50,11 @@ async fn ip_restriction_allows_and_denies_by_client_ip() {
         assert_eq!(body["error"], "ip_forbidden", "{path}");
         assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()));
     }
-    assert_eq!(upstream.requests(), before, "refused requests never reach the upstream");
+    assert_eq!(
+        upstream.requests(),
+        before,
+        "refused requests never reach the upstream"
+    );
 }
 
 #[tokio::test]
@@ -81,16 +88,25 @@ async fn cors_answers_preflights_before_auth_and_marks_allowed_origins_only() {
         .expect("preflight");
     assert_eq!(preflight.status(), 204);
     let headers = preflight.headers();
-    assert_eq!(headers["access-control-allow-origin"], "https://a.partners.test");
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://a.partners.test"
+    );
     assert_eq!(headers["access-control-allow-methods"], "GET, POST");
-    assert_eq!(headers["access-control-allow-headers"], "apikey, content-type");
+    assert_eq!(
+        headers["access-control-allow-headers"],
+        "apikey, content-type"
+    );
     assert_eq!(headers["access-control-allow-credentials"], "true");
     assert_eq!(headers["access-control-max-age"], "600");
     assert!(headers.get("x-request-id").is_some());
 
     // A preflight from a disallowed origin or for a disallowed method: no
     // CORS headers (the browser blocks it), and never a 5xx.
-    for (origin, method) in [("https://evil.test", "GET"), ("https://app.example.com", "DELETE")] {
+    for (origin, method) in [
+        ("https://evil.test", "GET"),
+        ("https://app.example.com", "DELETE"),
+    ] {
         let refused = dp
             .request(reqwest::Method::OPTIONS, "api.test", "/api")
             .header("origin", origin)
@@ -99,9 +115,16 @@ async fn cors_answers_preflights_before_auth_and_marks_allowed_origins_only() {
             .await
             .expect("preflight");
         assert_eq!(refused.status(), 204, "{origin} {method}");
-        assert!(refused.headers().get("access-control-allow-origin").is_none());
+        assert!(refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none());
     }
-    assert_eq!(upstream.requests(), before, "preflights never reach the upstream");
+    assert_eq!(
+        upstream.requests(),
+        before,
+        "preflights never reach the upstream"
+    );
 
     // An actual call: auth still applies, CORS headers on the response.
     let ok = dp
@@ -112,7 +135,10 @@ async fn cors_answers_preflights_before_auth_and_marks_allowed_origins_only() {
         .await
         .expect("call");
     assert_eq!(ok.status(), 200);
-    assert_eq!(ok.headers()["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
     assert_eq!(ok.headers()["access-control-expose-headers"], "x-total");
     assert_eq!(ok.headers()["vary"], "Origin");
     let no_key = dp
@@ -170,5 +196,8 @@ async fn unsupported_values_are_refused_by_the_control_plane_naming_the_field() 
     let export = cp.ctl(&["export"]);
     assert!(export.status.success());
     let text = String::from_utf8_lossy(&export.stdout);
-    assert!(!text.contains("orders") && !text.contains("ip-restriction"), "{text}");
+    assert!(
+        !text.contains("orders") && !text.contains("ip-restriction"),
+        "{text}"
+    );
 }

@@ -158,9 +158,11 @@ impl PluginChain {
         service: &[CompiledInstance],
         route: &[CompiledInstance],
     ) -> PluginChain {
-        let mut chosen: Vec<&CompiledInstance> = Vec::new();
+        // Chosen from the most specific level down, then laid out global
+        // first, keeping each level's own order (the order in the config).
+        let mut levels: [Vec<&CompiledInstance>; 3] = Default::default();
         let mut taken: Vec<&str> = Vec::new();
-        for level in [route, service, global] {
+        for (chosen, level) in levels.iter_mut().zip([route, service, global]) {
             let mut taken_here: Vec<&str> = Vec::new();
             for instance in level {
                 if instance.stackable || !taken.contains(&instance.name.as_str()) {
@@ -170,7 +172,7 @@ impl PluginChain {
             }
             taken.extend(taken_here);
         }
-        chosen.reverse();
+        let mut chosen: Vec<&CompiledInstance> = levels.into_iter().rev().flatten().collect();
         chosen.sort_by_key(|instance| instance.plugin.phase());
         let mut plugins: Vec<Arc<dyn Plugin>> =
             chosen.into_iter().map(|i| i.plugin.clone()).collect();
@@ -434,6 +436,21 @@ mod tests {
             *log.lock().expect("log"),
             ["auth-b@global#0", "auth-a@route:r#0"]
         );
+        // Within a level, the config's order.
+        let both = level(
+            &registry,
+            "r",
+            &[("auth-a", json!({})), ("auth-b", json!({}))],
+        )
+        .expect("route");
+        let mut request = parts();
+        let Outcome::Refuse(refusal) = runtime.block_on(
+            PluginChain::assemble(&[], &[], &both).run_request(&mut ctx, &mut request, &()),
+        ) else {
+            panic!("refused");
+        };
+        let challenges: Vec<&HeaderValue> = refusal.headers.iter().map(|(_, v)| v).collect();
+        assert_eq!(challenges, ["auth-a", "auth-b"]);
 
         // Without authentication, the refusing gate ends the chain.
         log.lock().expect("log").clear();

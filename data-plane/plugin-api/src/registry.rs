@@ -112,6 +112,23 @@ impl Registry {
         self
     }
 
+    /// Keeps only the named plugins (a node's `--plugins`); an unknown
+    /// name is an error naming the known ones.
+    pub fn only(mut self, names: &[String]) -> Result<Self, String> {
+        if let Some(unknown) = names
+            .iter()
+            .find(|n| !self.factories.contains_key(n.as_str()))
+        {
+            return Err(format!(
+                "unknown plugin {unknown:?} (known: {})",
+                self.names().join(", ")
+            ));
+        }
+        self.factories
+            .retain(|name, _| names.iter().any(|wanted| wanted == name));
+        Ok(self)
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<dyn PluginFactory>> {
         self.factories.get(name)
     }
@@ -152,5 +169,38 @@ impl Registry {
                 self.names().join(", ")
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Named(&'static str);
+
+    impl PluginFactory for Named {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn phase(&self) -> Phase {
+            Phase::Admit
+        }
+        fn build(
+            &self,
+            _config: &serde_json::Value,
+            _ctx: &BuildCtx<'_>,
+        ) -> Result<Arc<dyn Plugin>, String> {
+            Err("not built in this test".into())
+        }
+    }
+
+    #[test]
+    fn a_node_can_load_a_subset_and_unknown_names_are_refused() {
+        let registry = Registry::new().with(Named("a")).with(Named("b"));
+        assert_eq!(registry.names(), ["a", "b"]);
+        let only = registry.clone().only(&["b".into()]).expect("known");
+        assert_eq!(only.names(), ["b"]);
+        let err = registry.only(&["c".into()]).expect_err("unknown");
+        assert_eq!(err, "unknown plugin \"c\" (known: a, b)");
     }
 }

@@ -20,6 +20,8 @@ pub enum DpError {
     ControlPlaneAddress { address: String, message: String },
     #[error("invalid --cluster-token: {0}")]
     ClusterToken(String),
+    #[error("invalid --plugins: {0}")]
+    Plugins(String),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot install signal handlers: {0}")]

@@ -166,7 +166,7 @@ impl Cors {
     /// The gateway's answer to a preflight.
     fn preflight(&self, request: &request::Parts, origin: &HeaderValue) -> Reply {
         let mut headers = HeaderMap::new();
-        if !(self.any_origin && !self.credentials) {
+        if !self.any_origin || self.credentials {
             headers.insert(VARY, VARY_ORIGIN);
         }
         let requested_method = request.headers.get(ACCESS_CONTROL_REQUEST_METHOD);
