@@ -10,7 +10,7 @@
 #   BENCH_HEADER="apikey: $TOKEN" TARGETS_FILE=bench/targets-auth.txt ../shared/bench/compare.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-KEY="$ROOT/data-plane/src/plugins/testdata/rsa_private.pem"
+KEY="$ROOT/data-plane/plugins/src/testdata/rsa_private.pem"
 b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
 HEADER="$(printf '{"alg":"RS256","typ":"JWT"}' | b64url)"
 EXP=$(( $(date +%s) + 86400 ))

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::proxy::forward::TrustedProxies;
-use crate::telemetry::AccessLogTarget;
+use tollgate_proxy::forward::TrustedProxies;
+use tollgate_telemetry::AccessLogTarget;
 
 #[derive(Debug, Clone)]
 pub struct DpConfig {
@@ -44,6 +44,9 @@ pub struct DpConfig {
     pub request_metrics: bool,
     /// Redis holding fleet-wide rate-limit counters (`--redis-url`).
     pub redis_url: Option<String>,
+    /// The plugins this node loads (`None`: every bundled plugin). A
+    /// snapshot using another is NACKed by this node, whole.
+    pub plugins: Option<Vec<String>>,
 }
 
 impl Default for DpConfig {
@@ -66,6 +69,7 @@ impl Default for DpConfig {
             access_log: AccessLogTarget::Stdout,
             request_metrics: true,
             redis_url: None,
+            plugins: None,
         }
     }
 }
@@ -74,5 +78,8 @@ impl Default for DpConfig {
 pub fn default_node_id() -> String {
     use rand::Rng;
     let suffix: u32 = rand::thread_rng().gen_range(0..0x100_0000);
-    format!("{}-{suffix:06x}", crate::snapshot::subscribe::hostname())
+    format!(
+        "{}-{suffix:06x}",
+        tollgate_proxy::snapshot::subscribe::hostname()
+    )
 }

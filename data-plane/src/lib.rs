@@ -1,41 +1,36 @@
 //! `tollgate-dp`: Tollgate's data plane, a reverse proxy fed by the control
-//! plane's config stream.
+//! plane's config stream. This crate is the wiring only: flags
+//! ([`config`]) -> the plugin registry (`tollgate_plugins::registry`) ->
+//! the proxy core (`tollgate_proxy`) -> run.
 //!
-//! The tree reads as the path a request (and a config) takes:
+//! The layers, each a crate under `data-plane/` (arrows point at what a
+//! crate uses; nothing points up, and cargo refuses a cycle):
 //!
-//! - [`snapshot`]: configs arrive on the stream ([`snapshot::subscribe`]), are
-//!   validated and compiled once ([`snapshot::compile`]) into one
-//!   [`snapshot::CompiledSnapshot`] behind one pointer ([`snapshot::store`]),
-//!   and are written to the optional disk cache ([`snapshot::cache`]).
-//! - [`proxy`]: the listener ([`proxy::server`], one accept loop per proxy
-//!   worker thread, each with its own single-threaded runtime) hands each
-//!   request to [`proxy::handler`], which routes it, runs the plugin chain,
-//!   forwards it ([`proxy::forward`], [`proxy::upstream`]) over pooled
-//!   upstream connections ([`proxy::pool`]) and streams bodies
-//!   ([`proxy::body`]).
-//! - [`router`]: the compiled route table and path normalization.
-//! - [`plugins`]: the per-request phases and the plugin implementations.
-//! - [`lb`]: load-balancing algorithms.
-//! - [`status`]: `/healthz`, `/readyz`, `/status`, `/metrics` on the status port.
-//! - [`telemetry`]: Prometheus metrics, the JSON access log, request spans.
-//! - [`shutdown`]: signals and draining.
-//! - [`error`]: [`DpError`] and the one table from proxy failure to response.
+//! ```text
+//! tollgate-data-plane (this crate: bin tollgate-dp, wiring)
+//!   -> tollgate-proxy      server, handler, respond, forward, connector, pool,
+//!                          router, snapshot (compile/swap/cache), status
+//!   -> tollgate-plugins    one folder per plugin + registry()
+//!        tollgate-proxy -> tollgate-lb, tollgate-telemetry, tollgate-plugin-api
+//!        tollgate-plugins -> tollgate-plugin-api
+//!        tollgate-telemetry -> tollgate-plugin-api (refusal kinds)
+//!   -> tollgate-plugin-api Plugin, PluginFactory, Registry, RequestCtx,
+//!                          Outcome, Refusal (the one table), AuthSet, chain
+//!   -> tollgate-shared     config model, validation, proto, telemetry setup
+//! ```
 //!
 //! `main.rs` only parses flags and builds the main thread's single-threaded
-//! runtime; [`run`] (or
-//! [`DataPlane::bind`] + [`DataPlane::serve`], which tests use to learn the
-//! bound ports) does the rest.
+//! runtime; [`run`] (or [`DataPlane::bind`] + [`DataPlane::serve`], which
+//! tests use to learn the bound ports) does the rest.
 
 pub mod config;
-pub mod error;
-pub mod lb;
-pub mod plugins;
-pub mod proxy;
-pub mod router;
-pub mod shutdown;
-pub mod snapshot;
-pub mod status;
-pub mod telemetry;
+
+/// The layers below, re-exported for tests and tools that drive a whole
+/// data plane.
+pub use tollgate_plugins as plugins;
+pub use tollgate_proxy as proxy;
+pub use tollgate_proxy::snapshot;
+pub use tollgate_telemetry as telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -46,13 +41,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use config::DpConfig;
-pub use error::DpError;
+pub use tollgate_proxy::DpError;
 
-use proxy::handler::{ProxyState, RequestLimits};
-use proxy::server::ServerSettings;
-use snapshot::subscribe::{ConnectionState, Subscriber};
-use snapshot::{Applier, ConfigCache, SnapshotStore};
-use status::NodeStatus;
+use tollgate_proxy::handler::{ProxyState, RequestLimits};
+use tollgate_proxy::server::ServerSettings;
+use tollgate_proxy::snapshot::subscribe::{ConnectionState, Subscriber};
+use tollgate_proxy::snapshot::{Applier, ConfigCache, SnapshotStore};
+use tollgate_proxy::status::{self, NodeStatus};
+use tollgate_proxy::{server, shutdown};
 
 /// A data plane with its listeners bound, not yet serving.
 #[derive(Debug)]
@@ -68,8 +64,8 @@ pub struct DataPlane {
 impl DataPlane {
     /// Binds the proxy and status listeners (port 0 picks a free port).
     pub async fn bind(config: DpConfig) -> Result<DataPlane, DpError> {
-        let proxy_listener = proxy::server::bind("proxy", config.listen).await?;
-        let status_listener = proxy::server::bind("status", config.status_listen).await?;
+        let proxy_listener = server::bind("proxy", config.listen).await?;
+        let status_listener = server::bind("status", config.status_listen).await?;
         let proxy_addr = proxy_listener.local_addr().unwrap_or(config.listen);
         let status_addr = status_listener.local_addr().unwrap_or(config.status_listen);
         Ok(DataPlane {
@@ -118,17 +114,22 @@ impl DataPlane {
         // Fleet-wide rate limits: one Redis connection for every snapshot.
         // A wrong or unreachable URL is logged; the data plane serves anyway.
         let redis = match &config.redis_url {
-            Some(url) => Some(plugins::rate_limit::RedisStore::start(url).await),
+            Some(url) => Some(plugins::RedisStore::start(url).await),
             None => None,
         };
-        let rate_limiters = Arc::new(plugins::RateLimiters::new(redis));
-        let applier = Arc::new(
-            Applier::new(
-                store.clone(),
-                config.config_cache.clone().map(ConfigCache::new),
-            )
-            .with_rate_limiters(rate_limiters),
-        );
+        let mut registry = plugins::registry(&plugins::PluginOptions {
+            rate_limiters: Arc::new(plugins::RateLimiters::new(redis)),
+        });
+        if let Some(enabled) = &config.plugins {
+            registry = registry.only(enabled).map_err(DpError::Plugins)?;
+        }
+        let registry = Arc::new(registry);
+        let applier = Arc::new(Applier::new(
+            store.clone(),
+            config.config_cache.clone().map(ConfigCache::new),
+            registry,
+        ));
+        let clients = applier.clients();
         // Serve the cached config (if any) before the control plane answers.
         let cache_applier = applier.clone();
         let _ = tokio::task::spawn_blocking(move || cache_applier.load_cache()).await;
@@ -154,7 +155,8 @@ impl DataPlane {
             )
             .map_err(DpError::AccessLog)?,
         );
-        let pool_maintenance = tokio::spawn(proxy::pool::maintain(store.clone(), stop_rx.clone()));
+        let pool_maintenance =
+            tokio::spawn(tollgate_proxy::pool::maintain(clients, stop_rx.clone()));
         let state = Arc::new(ProxyState {
             store,
             access_log: access_log.clone(),
@@ -180,7 +182,7 @@ impl DataPlane {
         let subscriber_task = tokio::spawn(subscriber.run(stop_rx.clone()));
         let (stop_status, status_rx) = watch::channel(false);
         let status_task = tokio::spawn(status::serve(status_listener, status.clone(), status_rx));
-        let proxy_task = tokio::spawn(proxy::server::serve_workers(
+        let proxy_task = tokio::spawn(server::serve_workers(
             proxy_listener,
             workers,
             state,

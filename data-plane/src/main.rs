@@ -103,6 +103,11 @@ struct Args {
     /// logged and those limits run under their `on_redis_failure`.
     #[arg(long, env = "TOLLGATE_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
+
+    /// Comma-separated plugins this node loads (default: all bundled). A
+    /// config using another plugin is rejected (NACKed) by this node.
+    #[arg(long, env = "TOLLGATE_PLUGINS", value_delimiter = ',')]
+    plugins: Option<Vec<String>>,
 }
 
 fn main() -> ExitCode {
@@ -174,6 +179,7 @@ fn main() -> ExitCode {
         access_log: args.access_log,
         request_metrics: args.request_metrics,
         redis_url: args.redis_url.filter(|url| !url.is_empty()),
+        plugins: args.plugins,
     };
 
     let result = runtime.block_on(tollgate_data_plane::run(config, workers));

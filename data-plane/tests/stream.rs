@@ -244,7 +244,7 @@ routes:
     assert_eq!(nack.version, Some(version(2)));
     assert!(
         nack.error
-            .contains("\"consistent_hash\" is not implemented by this data plane"),
+            .contains("\"consistent_hash\" is not supported yet"),
         "{}",
         nack.error
     );

@@ -22,12 +22,12 @@ use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::admin as admin_pb;
 use tollgate_shared::proto::config as config_pb;
 
-const RSA_PRIVATE: &str = include_str!("../../data-plane/src/plugins/testdata/rsa_private.pem");
-const RSA_PUBLIC: &str = include_str!("../../data-plane/src/plugins/testdata/rsa_public.pem");
-const RSA2_PRIVATE: &str = include_str!("../../data-plane/src/plugins/testdata/rsa2_private.pem");
-const RSA2_PUBLIC: &str = include_str!("../../data-plane/src/plugins/testdata/rsa2_public.pem");
-const EC_PRIVATE: &str = include_str!("../../data-plane/src/plugins/testdata/ec_private.pem");
-const EC_PUBLIC: &str = include_str!("../../data-plane/src/plugins/testdata/ec_public.pem");
+const RSA_PRIVATE: &str = include_str!("../../data-plane/plugins/src/testdata/rsa_private.pem");
+const RSA_PUBLIC: &str = include_str!("../../data-plane/plugins/src/testdata/rsa_public.pem");
+const RSA2_PRIVATE: &str = include_str!("../../data-plane/plugins/src/testdata/rsa2_private.pem");
+const RSA2_PUBLIC: &str = include_str!("../../data-plane/plugins/src/testdata/rsa2_public.pem");
+const EC_PRIVATE: &str = include_str!("../../data-plane/plugins/src/testdata/ec_private.pem");
+const EC_PUBLIC: &str = include_str!("../../data-plane/plugins/src/testdata/ec_public.pem");
 
 // Canary secrets: each must appear nowhere but in the requests that carry it.
 const ALICE_KEY: &str = "canary-alice-key-7f3a9c1e";

@@ -94,6 +94,13 @@ impl LoadBalancing {
         ("least_request", LoadBalancing::LeastRequest),
         ("consistent_hash", LoadBalancing::ConsistentHash),
     ];
+    /// Whether data planes of this version serve it: the control plane
+    /// refuses the others at write time. `tollgate-lb`'s tests check that it
+    /// builds exactly these.
+    pub const fn is_served(self) -> bool {
+        matches!(self, LoadBalancing::RoundRobin)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             LoadBalancing::RoundRobin => "round_robin",
@@ -118,6 +125,12 @@ impl Protocol {
         ("https", Protocol::Https),
         ("h2c", Protocol::H2c),
     ];
+    /// Whether data planes of this version serve it (`tollgate-proxy`'s
+    /// connector tests check that it connects exactly these).
+    pub const fn is_served(self) -> bool {
+        matches!(self, Protocol::Http)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Http => "http",

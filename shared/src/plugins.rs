@@ -13,13 +13,19 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 
+mod edge;
+
+pub use edge::{parse_network, CorsConfig, IpRestrictionConfig};
+
 /// Every plugin name the schema knows.
-pub const KNOWN_PLUGINS: [&str; 5] = [
+pub const KNOWN_PLUGINS: [&str; 7] = [
     "key-auth",
     "jwt",
     "acl",
     "rate-limit",
     "request-transformer",
+    "ip-restriction",
+    "cors",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +35,8 @@ pub enum PluginConfig {
     Acl(AclConfig),
     RateLimit(RateLimitConfig),
     RequestTransformer(RequestTransformerConfig),
+    IpRestriction(IpRestrictionConfig),
+    Cors(CorsConfig),
 }
 
 impl PluginConfig {
@@ -48,6 +56,8 @@ impl PluginConfig {
             "acl" => PluginConfig::Acl(typed(config)?),
             "rate-limit" => PluginConfig::RateLimit(typed(config)?),
             "request-transformer" => PluginConfig::RequestTransformer(typed(config)?),
+            "ip-restriction" => PluginConfig::IpRestriction(typed(config)?),
+            "cors" => PluginConfig::Cors(typed(config)?),
             other => {
                 return Err(format!(
                     "name: unknown plugin {other:?} (known: {})",
@@ -116,6 +126,8 @@ impl PluginConfig {
                     return Err("config.redis_timeout_ms: must be between 1 and 10000".into());
                 }
             }
+            PluginConfig::IpRestriction(c) => c.check()?,
+            PluginConfig::Cors(c) => c.check()?,
             PluginConfig::RequestTransformer(c) => {
                 for (name, _) in c.add.headers.iter().chain(c.rename.headers.iter()) {
                     check_header_name("config.add/rename.headers", name)?;
@@ -145,7 +157,18 @@ impl PluginConfig {
             PluginConfig::Acl(_) => "acl",
             PluginConfig::RateLimit(_) => "rate-limit",
             PluginConfig::RequestTransformer(_) => "request-transformer",
+            PluginConfig::IpRestriction(_) => "ip-restriction",
+            PluginConfig::Cors(_) => "cors",
         }
+    }
+}
+
+/// At most 64 characters of an echoed value, so an error never repeats a
+/// huge input.
+fn truncated(value: &str) -> &str {
+    match value.char_indices().nth(64) {
+        Some((end, _)) => &value[..end],
+        None => value,
     }
 }
 

@@ -199,6 +199,14 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The served names of a value type, for errors.
+fn served<'a>(all: impl Iterator<Item = (&'a str, bool)>) -> String {
+    all.filter(|(_, served)| *served)
+        .map(|(name, _)| name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn check_anonymous(plugin: &PluginConfig, consumers: &HashSet<&str>) -> Result<(), String> {
     let anonymous = match plugin {
         PluginConfig::KeyAuth(c) => c.anonymous.as_deref(),
@@ -239,6 +247,21 @@ pub fn check_name(name: &str) -> Result<(), String> {
 }
 
 fn validate_service(service: &Service) -> Result<(), String> {
+    let balancing = service.upstream.load_balancing;
+    if !balancing.is_served() {
+        return Err(format!(
+            "upstream.load_balancing: {:?} is not supported yet (supported: {})",
+            balancing.as_str(),
+            served(LoadBalancing::ALL.iter().map(|(n, v)| (*n, v.is_served())))
+        ));
+    }
+    if !service.protocol.is_served() {
+        return Err(format!(
+            "protocol: {:?} is not supported yet (supported: {})",
+            service.protocol.as_str(),
+            served(Protocol::ALL.iter().map(|(n, v)| (*n, v.is_served())))
+        ));
+    }
     if service.upstream.targets.is_empty() {
         return Err("upstream.targets: at least one target is required".into());
     }
@@ -851,7 +874,7 @@ consumers:
 
     use crate::limits::{self as l, MAX_ECHO_CHARS};
 
-    const RSA_PUBLIC: &str = include_str!("../../data-plane/src/plugins/testdata/rsa_public.pem");
+    const RSA_PUBLIC: &str = include_str!("../../data-plane/plugins/src/testdata/rsa_public.pem");
 
     /// `ok` passes; `bad` fails with an error containing every `needle`.
     fn boundary(ok: &GatewayConfig, bad: &GatewayConfig, needles: &[&str]) {

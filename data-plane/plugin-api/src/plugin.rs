@@ -1,0 +1,131 @@
+//! The [`Plugin`] trait: a plugin's hooks into the phases of a request.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use http::{request, response, HeaderMap, StatusCode};
+
+use crate::auth::Authenticator;
+use crate::context::RequestCtx;
+use crate::refusal::Refusal;
+
+/// The phases of a request, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    /// Cheap checks that need no identity and run first: `ip-restriction`,
+    /// CORS preflights (a browser sends them without credentials).
+    Admit,
+    /// Who is calling (`key-auth`, `jwt`: run as one any-of set).
+    Authenticate,
+    /// May they (`acl`).
+    Authorize,
+    /// Within their quota (`rate-limit`).
+    RateLimit,
+    /// Edit what goes upstream (`request-transformer`).
+    TransformRequest,
+    /// Edit what goes back (response headers).
+    TransformResponse,
+    /// Runs once the response is known.
+    Log,
+}
+
+impl Phase {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Phase::Admit => "admit",
+            Phase::Authenticate => "authenticate",
+            Phase::Authorize => "authorize",
+            Phase::RateLimit => "rate_limit",
+            Phase::TransformRequest => "transform_request",
+            Phase::TransformResponse => "transform_response",
+            Phase::Log => "log",
+        }
+    }
+}
+
+/// A small answer a plugin makes itself that is not a refusal (a CORS
+/// preflight's 204).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// What a request-phase hook decided.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Go on with the next plugin, then the upstream.
+    Continue,
+    /// Refuse the request; the core answers from the refusal table.
+    Refuse(Refusal),
+    /// Answer the client with this reply now; the upstream is not called.
+    Reply(Reply),
+}
+
+/// A hook's result: decided now, or after waiting (a Redis round trip).
+/// Only waiting allocates (the boxed future).
+pub enum Step<'a> {
+    Done(Outcome),
+    Wait(Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>),
+}
+
+impl Step<'_> {
+    pub const CONTINUE: Step<'static> = Step::Done(Outcome::Continue);
+}
+
+impl From<Outcome> for Step<'_> {
+    fn from(outcome: Outcome) -> Self {
+        Step::Done(outcome)
+    }
+}
+
+impl From<Result<(), Refusal>> for Step<'_> {
+    fn from(result: Result<(), Refusal>) -> Self {
+        Step::Done(match result {
+            Ok(()) => Outcome::Continue,
+            Err(refusal) => Outcome::Refuse(refusal),
+        })
+    }
+}
+
+/// One compiled plugin instance. Every hook is a no-op by default; a plugin
+/// implements the phases it takes part in. Instances are built once per
+/// snapshot (see [`crate::PluginFactory`]) and shared by the requests of
+/// every route whose chain holds them.
+pub trait Plugin: Send + Sync + std::fmt::Debug {
+    /// The plugin's registered name (`key-auth`).
+    fn name(&self) -> &'static str;
+
+    /// The phase whose position in the chain this plugin takes.
+    fn phase(&self) -> Phase;
+
+    /// The request-side hook (phases up to `transform_request`).
+    fn on_request<'a>(
+        &'a self,
+        _ctx: &'a mut RequestCtx<'_>,
+        _request: &'a mut request::Parts,
+    ) -> Step<'a> {
+        Step::CONTINUE
+    }
+
+    /// The response-side hook, before the response head goes to the client;
+    /// runs for every routed request, whoever produced the response.
+    fn on_response(&self, _ctx: &mut RequestCtx<'_>, _response: &mut response::Parts) {}
+
+    /// The `log` hook, run once per routed request with the final status.
+    fn on_log(&self, _ctx: &RequestCtx<'_>, _status: StatusCode) {}
+
+    /// Whether [`Plugin::on_response`] / [`Plugin::on_log`] do anything, so
+    /// chains without such hooks skip those loops entirely.
+    fn has_response_hook(&self) -> bool {
+        false
+    }
+
+    /// An authentication method: the chain merges the authenticate-phase
+    /// plugins of a route into one any-of set ([`crate::AuthSet`]).
+    fn authenticator(&self) -> Option<&dyn Authenticator> {
+        None
+    }
+}

@@ -1,0 +1,51 @@
+//! `request-transformer` as a plugin: its factory and its hook.
+
+use std::sync::Arc;
+
+use http::request;
+use tollgate_plugin_api::{BuildCtx, Phase, Plugin, PluginFactory, RequestCtx, Step};
+use tollgate_shared::plugins::PluginConfig;
+
+use super::RequestTransformer;
+
+pub struct RequestTransformerFactory;
+
+impl PluginFactory for RequestTransformerFactory {
+    fn name(&self) -> &'static str {
+        "request-transformer"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::TransformRequest
+    }
+
+    fn build(
+        &self,
+        config: &serde_json::Value,
+        _ctx: &BuildCtx<'_>,
+    ) -> Result<Arc<dyn Plugin>, String> {
+        let config = crate::config_of(self.name(), config, |parsed| match parsed {
+            PluginConfig::RequestTransformer(config) => Some(config),
+            _ => None,
+        })?;
+        Ok(Arc::new(RequestTransformer::new(&config)?))
+    }
+}
+
+impl Plugin for RequestTransformer {
+    fn name(&self) -> &'static str {
+        "request-transformer"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::TransformRequest
+    }
+
+    fn on_request<'a>(
+        &'a self,
+        _ctx: &'a mut RequestCtx<'_>,
+        request: &'a mut request::Parts,
+    ) -> Step<'a> {
+        self.apply(request).into()
+    }
+}

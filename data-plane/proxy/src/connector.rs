@@ -1,0 +1,85 @@
+//! How a request reaches one target: the upstream connector seam.
+//!
+//! A service's `protocol` picks a [`Connector`] for each of its targets when
+//! a snapshot compiles; the handler only ever calls [`Connector::send`].
+//! Today's one connector is the HTTP/1.1 keep-alive pool ([`crate::pool`]);
+//! TLS and HTTP/2 upstreams are further variants here (and a body variant
+//! in [`crate::body`]), with no change to the handler. An enum rather than a
+//! boxed trait object so the pool's fast path stays a direct, inlinable call
+//! with no boxed future per request.
+//!
+//! [`PROTOCOLS`] is the one list of what this data plane serves; the control
+//! plane validates `protocol` against it.
+
+use std::sync::Arc;
+
+use http::uri::Authority;
+use http::{Request, Response};
+use tollgate_plugin_api::RefusalKind;
+use tollgate_shared::model::Protocol;
+
+use crate::body::UpstreamBody;
+use crate::pool::{PooledBody, TargetConnections};
+use crate::upstream::ClientCache;
+
+/// The upstream protocols this data plane implements, by config name.
+pub const PROTOCOLS: [&str; 1] = ["http"];
+
+/// How requests reach one target.
+#[derive(Debug, Clone)]
+pub enum Connector {
+    /// Plain HTTP/1.1 over pooled keep-alive connections.
+    Http1(Arc<TargetConnections>),
+}
+
+impl Connector {
+    /// The connector for `protocol`; a protocol this data plane does not
+    /// implement is an error (the snapshot is NACKed, never served wrong).
+    pub fn build(
+        protocol: Protocol,
+        clients: &ClientCache,
+        authority: &Authority,
+        connect_timeout_ms: u64,
+    ) -> Result<Connector, String> {
+        match protocol {
+            Protocol::Http => Ok(Connector::Http1(
+                clients.target(authority, connect_timeout_ms),
+            )),
+            other => Err(format!(
+                "{:?} is not supported yet (supported: {})",
+                other.as_str(),
+                PROTOCOLS.join(", ")
+            )),
+        }
+    }
+
+    /// Sends a request (origin-form URI, `Host` set) and waits for the
+    /// response head.
+    #[inline]
+    pub async fn send(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, RefusalKind> {
+        match self {
+            Connector::Http1(connections) => connections.send(request).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The control plane refuses what `Protocol::is_served` says no data
+    /// plane serves: this keeps the two lists one.
+    #[test]
+    fn the_control_planes_list_is_exactly_what_connects() {
+        let clients = ClientCache::default();
+        let authority: Authority = "127.0.0.1:1".parse().expect("authority");
+        for (name, protocol) in Protocol::ALL {
+            let built = Connector::build(protocol, &clients, &authority, 1_000);
+            assert_eq!(built.is_ok(), protocol.is_served(), "{name}");
+            assert_eq!(PROTOCOLS.contains(&name), protocol.is_served(), "{name}");
+        }
+    }
+}

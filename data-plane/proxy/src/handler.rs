@@ -1,0 +1,406 @@
+//! One request through the gateway, start to end:
+//!
+//! 1. bounds: URI length (414), header count and bytes (431);
+//! 2. `X-Request-Id` kept or generated;
+//! 3. the snapshot in service is loaded once (503 `not_ready` without one);
+//! 4. the path is normalized (400 when it cannot be) and routed on host,
+//!    normalized path, method and headers (404 `no_route`);
+//! 5. the upstream path is that normalized path (minus the matched prefix
+//!    with `strip_path`) plus the original query;
+//! 6. hop-by-hop headers and client-sent `X-Consumer-*` identity headers are
+//!    dropped and `X-Forwarded-*` set;
+//! 7. the route's plugin chain runs its request phases (any may answer now);
+//! 8. a target is picked (503 when none has weight), the request is sent with
+//!    its body streamed, bounded by `max_body_bytes` (413) and the body-idle
+//!    timeout (408), and the response head awaited within the service's
+//!    request timeout (504);
+//! 9. the response is relayed with its body streamed (hop-by-hop headers
+//!    dropped, `X-Request-Id` added when the upstream did not echo it), after
+//!    the response and log phases.
+
+use std::borrow::Cow;
+use std::time::{Duration, Instant};
+
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
+use http::uri::PathAndQuery;
+use http::{request, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+
+use tollgate_shared::telemetry::{self, TRACE_TARGET};
+use tracing::Instrument;
+
+use tollgate_plugin_api::identity::{is_identity_header, strip_identity_headers};
+use tollgate_plugin_api::request_id::{ensure_request_id, generate_request_id, RequestId};
+use tollgate_plugin_api::{Outcome, Refusal, RefusalKind, RequestCtx};
+
+use crate::body::{ResponseBody, UpstreamBody};
+use crate::forward::{self, Peer, TrustedProxies};
+use crate::observe::Exchange;
+use crate::respond;
+use crate::router::{normalize_path, strip_prefix};
+use crate::snapshot::{CompiledRoute, SnapshotStore};
+use tollgate_telemetry::AccessLog;
+
+/// Bounds on what a client may send, from the command line.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    /// Sum over header fields of name + value + 4 bytes (`: ` and CRLF).
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// Length of the request target as received.
+    pub max_uri_bytes: usize,
+    pub body_idle_timeout: Duration,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            max_header_bytes: 60 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+            body_idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every request of the proxy listener shares.
+#[derive(Debug)]
+pub struct ProxyState {
+    pub store: std::sync::Arc<SnapshotStore>,
+    /// Where each request's line goes (see [`crate::telemetry::request`]).
+    pub access_log: std::sync::Arc<AccessLog>,
+    /// Whether requests are counted in the per-route request metrics.
+    pub request_metrics: bool,
+    pub trusted_proxies: TrustedProxies,
+    pub limits: RequestLimits,
+}
+
+/// Handles one request; never fails (errors become responses). What the
+/// metrics and the access log need is noted in `exchange`.
+pub async fn handle(
+    state: &ProxyState,
+    peer: &Peer,
+    request: Request<Incoming>,
+    exchange: &mut Exchange,
+) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let (mut parts, body) = request.into_parts();
+    let client_host = client_host(&parts);
+    exchange.set_host(client_host.as_ref());
+    if let Err(kind) = check_head(&parts, &state.limits) {
+        let request_id = generate_request_id();
+        exchange.set_request_id(&request_id);
+        return refuse(exchange, parts.uri, kind, &request_id);
+    }
+    let request_id = ensure_request_id(&mut parts.headers);
+    exchange.set_request_id(&request_id);
+
+    let Some(snapshot) = state.store.load() else {
+        return refuse(exchange, parts.uri, RefusalKind::NotReady, &request_id);
+    };
+
+    // Route on the normalized path; compute the upstream path+query from it.
+    let (route_index, upstream_path_and_query) = {
+        let normalized = match normalize_path(parts.uri.path()) {
+            Ok(path) => path,
+            Err(err) => {
+                tracing::debug!(error = %err, "rejecting a path that cannot be normalized");
+                return refuse(exchange, parts.uri, RefusalKind::BadPath, &request_id);
+            }
+        };
+        // The router strips the port and lower-cases.
+        let host = client_host
+            .as_ref()
+            .and_then(|host| host.to_str().ok())
+            .unwrap_or("");
+        let Some(matched) = snapshot
+            .router
+            .find(host, &normalized, &parts.method, &parts.headers)
+        else {
+            return refuse(exchange, parts.uri, RefusalKind::NoRoute, &request_id);
+        };
+        let Some(route) = snapshot.routes.get(matched.route_index) else {
+            return refuse(exchange, parts.uri, RefusalKind::NoRoute, &request_id);
+        };
+        let upstream_path: Cow<'_, str> = if route.strip_path {
+            Cow::Owned(strip_prefix(&normalized, matched.matched_len).into_owned())
+        } else {
+            normalized
+        };
+        let path_and_query = match upstream_path {
+            // Unchanged path: reuse the received path+query, no allocation.
+            Cow::Borrowed(_) => parts.uri.path_and_query().cloned(),
+            Cow::Owned(path) => {
+                let text = match parts.uri.query() {
+                    Some(query) => format!("{path}?{query}"),
+                    None => path,
+                };
+                PathAndQuery::from_maybe_shared(bytes::Bytes::from(text)).ok()
+            }
+        };
+        let Some(path_and_query) = path_and_query else {
+            return refuse(exchange, parts.uri, RefusalKind::BadPath, &request_id);
+        };
+        (matched.route_index, path_and_query)
+    };
+    let Some(route) = snapshot.routes.get(route_index) else {
+        return refuse(exchange, parts.uri, RefusalKind::NoRoute, &request_id);
+    };
+    let service = &route.service;
+    exchange.route = Some(route.metrics.clone());
+
+    exchange.set_uri(std::mem::replace(
+        &mut parts.uri,
+        Uri::from(upstream_path_and_query),
+    ));
+    forward::remove_hop_by_hop(&mut parts.headers);
+    let client_ip = forward::client_ip(peer, &parts.headers, &state.trusted_proxies);
+    exchange.client_ip = Some(client_ip);
+    forward::set_forwarded(&mut parts.headers, peer, client_host.as_ref());
+    // Only the gateway says who is calling: client copies of the identity
+    // headers go on every route, authenticated or not.
+    // (A scan of the names hashes nothing; the removal runs only when one
+    // is present.)
+    if parts.headers.keys().any(is_identity_header) {
+        strip_identity_headers(&mut parts.headers);
+    }
+
+    let mut ctx = RequestCtx::new(
+        client_ip,
+        request_id.header(),
+        &route.name,
+        &service.name,
+        started,
+    );
+    let response = forward_route(state, route, &mut ctx, parts, body, client_host, exchange).await;
+    exchange.set_consumer(ctx.consumer.as_ref().map(|identity| &identity.consumer));
+    finish(route, &mut ctx, response)
+}
+
+/// From a matched route to a response: body limit, request phases, target
+/// choice, the upstream call. Every outcome (plugin answer, gateway error,
+/// upstream response) comes back as a response for [`finish`].
+async fn forward_route(
+    state: &ProxyState,
+    route: &CompiledRoute,
+    ctx: &mut RequestCtx<'_>,
+    mut parts: request::Parts,
+    body: Incoming,
+    client_host: Option<HeaderValue>,
+    exchange: &mut Exchange,
+) -> Response<ResponseBody> {
+    let service = &route.service;
+    if let Some(limit) = route.max_body_bytes {
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit) {
+            return refused(exchange, ctx, RefusalKind::BodyTooLarge.into());
+        }
+    }
+
+    if !route.plugins.is_empty() {
+        match route
+            .plugins
+            .run_request(ctx, &mut parts, &*route.metrics)
+            .await
+        {
+            Outcome::Continue => {}
+            Outcome::Refuse(refusal) => return refused(exchange, ctx, refusal),
+            Outcome::Reply(reply) => return respond::reply(reply, Some(ctx.request_id)),
+        }
+    }
+
+    let Some(target) = service.upstream.pick() else {
+        return refused(exchange, ctx, RefusalKind::NoHealthyTarget.into());
+    };
+    exchange.set_upstream(&target.authority);
+    // hyper's client connection writes the URI as is: origin form
+    // (`/path?query`), which `parts.uri` already is.
+    parts.version = Version::HTTP_11;
+    match (&service.host_header, client_host) {
+        (Some(host), _) => {
+            parts.headers.insert(HOST, host.clone());
+        }
+        (None, Some(host)) => {
+            parts.headers.insert(HOST, host);
+        }
+        (None, None) => {
+            parts
+                .headers
+                .entry(HOST)
+                .or_insert_with(|| target.host.clone());
+        }
+    }
+
+    let mut body = UpstreamBody::new(body, route.max_body_bytes, state.limits.body_idle_timeout);
+    if body.has_body() {
+        body.count_into(exchange.body_counter());
+    }
+    // The upstream call's span; its context replaces the client's
+    // `traceparent` (tracing off: the client's passes through untouched).
+    let span = tracing::info_span!(
+        target: TRACE_TARGET,
+        "upstream",
+        otel.kind = "client",
+        server.address = %target.authority,
+        http.response.status_code = tracing::field::Empty,
+    );
+    telemetry::inject_context(&span, &mut parts.headers);
+    let upstream_request = Request::from_parts(parts, body);
+    let upstream_started = Instant::now();
+    let result = service
+        .upstream
+        .send(target, upstream_request, service.request_timeout)
+        .instrument(span.clone())
+        .await;
+    exchange.upstream_latency = Some(upstream_started.elapsed());
+    if let Ok(response) = &result {
+        span.record("http.response.status_code", response.status().as_u16());
+    }
+    drop(span);
+    match result {
+        Ok(response) => {
+            let (mut response_parts, response_body) = response.into_parts();
+            forward::remove_hop_by_hop(&mut response_parts.headers);
+            Response::from_parts(response_parts, ResponseBody::Upstream(response_body))
+        }
+        Err(kind) => {
+            if kind.status().is_server_error() {
+                tracing::warn!(
+                    route = %route.name,
+                    upstream = %target.address,
+                    error = kind.code(),
+                    request_id = ?ctx.request_id,
+                    "upstream request failed"
+                );
+            }
+            refused(exchange, ctx, kind.into())
+        }
+    }
+}
+
+/// The answer to a routed request the gateway refuses itself; its kind
+/// goes to the exchange for metrics and the access log.
+fn refused(
+    exchange: &mut Exchange,
+    ctx: &RequestCtx<'_>,
+    refusal: Refusal,
+) -> Response<ResponseBody> {
+    exchange.refusal = Some(refusal.kind);
+    respond::refusal(refusal, Some(ctx.request_id))
+}
+
+/// The last step of every routed request, whoever produced the response:
+/// `X-Request-Id` when missing, then the response and `log` phases (the
+/// rate limiter's `RateLimit-*` headers among them).
+fn finish(
+    route: &CompiledRoute,
+    ctx: &mut RequestCtx<'_>,
+    response: Response<ResponseBody>,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = response.into_parts();
+    parts
+        .headers
+        .entry(forward::X_REQUEST_ID)
+        .or_insert_with(|| ctx.request_id.clone());
+    route.plugins.run_response(ctx, &mut parts);
+    route.plugins.run_log(ctx, parts.status);
+    Response::from_parts(parts, body)
+}
+
+/// The answer to a request refused before it was routed; its URI goes to
+/// the exchange (moved) for the access log.
+fn refuse(
+    exchange: &mut Exchange,
+    uri: Uri,
+    kind: RefusalKind,
+    request_id: &RequestId,
+) -> Response<ResponseBody> {
+    exchange.set_uri(uri);
+    exchange.refusal = Some(kind);
+    respond::refusal(kind, Some(request_id.header()))
+}
+
+/// URI length, header count and header bytes.
+fn check_head(parts: &request::Parts, limits: &RequestLimits) -> Result<(), RefusalKind> {
+    let uri_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len())
+        + parts.uri.authority().map_or(0, |a| a.as_str().len());
+    if uri_len > limits.max_uri_bytes {
+        return Err(RefusalKind::UriTooLong);
+    }
+    if parts.headers.len() > limits.max_headers {
+        return Err(RefusalKind::HeadersTooLarge);
+    }
+    let header_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        return Err(RefusalKind::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+/// The Host the client addressed: the `:authority` / absolute-form authority
+/// when present (HTTP/2, proxies), else the `Host` header.
+fn client_host(parts: &request::Parts) -> Option<HeaderValue> {
+    match parts.uri.authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => parts.headers.get(HOST).cloned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_limits() {
+        let limits = RequestLimits {
+            max_header_bytes: 100,
+            max_headers: 2,
+            max_uri_bytes: 20,
+            body_idle_timeout: Duration::from_secs(1),
+        };
+        let ok = Request::builder()
+            .uri("/short")
+            .header("a", "b")
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0;
+        assert_eq!(check_head(&ok, &limits), Ok(()));
+        let long_uri = Request::builder()
+            .uri("/a-very-long-path-indeed")
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0;
+        assert_eq!(check_head(&long_uri, &limits), Err(RefusalKind::UriTooLong));
+        let many = Request::builder()
+            .uri("/")
+            .header("a", "1")
+            .header("b", "2")
+            .header("c", "3")
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0;
+        assert_eq!(
+            check_head(&many, &limits),
+            Err(RefusalKind::HeadersTooLarge)
+        );
+        let big = Request::builder()
+            .uri("/")
+            .header("a", "x".repeat(200))
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0;
+        assert_eq!(check_head(&big, &limits), Err(RefusalKind::HeadersTooLarge));
+    }
+}

@@ -1,0 +1,43 @@
+//! The proxy core of the data plane, in the order a request meets it:
+//!
+//! - [`server`]: the listener: accept loop, connection cap, HTTP/1.1 and h2c
+//!   (prior knowledge) on one port, header-read timeout, HTTP/2 limits,
+//!   graceful drain.
+//! - [`observe`]: wraps the handler: the request span, metrics and the
+//!   access-log line of each request.
+//! - [`handler`]: one request from bounds checks to relayed response: route
+//!   ([`router`]), plugin chain (through `tollgate_plugin_api` only: the core
+//!   never names a plugin), target pick (`tollgate_lb`), upstream call.
+//! - [`respond`]: the one place a refusal becomes a response.
+//! - [`forward`]: hop-by-hop headers out, `X-Forwarded-*` and `X-Request-Id` in.
+//! - [`upstream`]: a service's targets, balancer and connector; timeouts,
+//!   response checks.
+//! - [`connector`]: how a request reaches a target (the seam where TLS and
+//!   HTTP/2 upstreams plug in beside the HTTP/1.1 pool).
+//! - [`pool`]: keep-alive HTTP/1.1 upstream connections, pooled per target
+//!   and worker thread.
+//! - [`body`]: the streamed body types and their size/idle guards.
+//! - [`snapshot`]: configs received, validated, compiled (with the plugin
+//!   [`tollgate_plugin_api::Registry`] the binary hands in), swapped, cached.
+//! - [`status`], [`shutdown`], [`error`]: the status port, signals and
+//!   draining, startup errors.
+//!
+//! Layers (enforced by crate dependencies): this crate uses the plugin API,
+//! the balancers and telemetry; none of them uses it.
+
+pub mod body;
+pub mod connector;
+pub mod error;
+pub mod forward;
+pub mod handler;
+pub mod observe;
+pub mod pool;
+pub mod respond;
+pub mod router;
+pub mod server;
+pub mod shutdown;
+pub mod snapshot;
+pub mod status;
+pub mod upstream;
+
+pub use error::DpError;

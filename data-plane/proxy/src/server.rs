@@ -1,0 +1,285 @@
+//! The proxy listener.
+//!
+//! One port speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c), chosen per
+//! connection by hyper-util's `auto` builder from the connection preface.
+//!
+//! Defences at this layer (see `shared/docs/hardening.md`):
+//! - HTTP/1 header-read timeout (slowloris). hyper ignores it unless a timer
+//!   is installed, so [`TokioTimer`] is installed on both protocols.
+//! - header limits: hyper's parser is bounded slightly above the configured
+//!   count and bytes so the handler can answer the JSON 431 itself; anything
+//!   far beyond gets hyper's own 431. HTTP/2 header lists are bounded too.
+//! - HTTP/2: at most 100 concurrent streams, 64 KiB stream / 1 MiB connection
+//!   windows, keepalive pings, and caps on reset streams (rapid reset).
+//! - a connection cap: beyond it a connection gets a one-shot 503 and is
+//!   closed, instead of the process running out of memory or descriptors.
+//!
+//! Runtime shape ([`serve_workers`]): like nginx workers, each proxy worker
+//! is one thread with its own single-threaded tokio runtime and its own
+//! accept loop, and a connection stays on the thread that accepted it, with
+//! its upstream connections (see [`crate::pool`]). Measured against
+//! one multi-threaded runtime with one worker, this cut CPU per request by
+//! about a tenth: no work-stealing queues, no cross-thread wake-ups. Worker 0
+//! is the caller's runtime (which also runs the data plane's background
+//! tasks); the others accept on duplicates of the same listening socket, so
+//! binding keeps its usual semantics (no `SO_REUSEPORT`: a second process
+//! cannot join the port by mistake) and the kernel hands each new connection
+//! to whichever worker accepts first. The connection cap is shared.
+//!
+//! Shutdown: the accept loops stop, every connection is told to finish its
+//! in-flight requests and close (HTTP/1 after the current response, HTTP/2
+//! with GOAWAY), and the caller waits for them up to the drain deadline.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use crate::forward::Peer;
+use crate::handler::ProxyState;
+use crate::observe;
+use tollgate_plugin_api::RefusalKind;
+use tollgate_telemetry::metrics;
+
+/// Listener settings from the command line.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+    pub drain_timeout: Duration,
+}
+
+/// Per-connection state: the shared proxy state and who is on the other end.
+struct ConnectionContext {
+    state: Arc<ProxyState>,
+    peer: Peer,
+}
+
+fn builder(state: &ProxyState, settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
+    let limits = &state.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .keep_alive(true)
+        .writev(false)
+        .max_headers(limits.max_headers.saturating_add(1))
+        .max_buf_size((limits.max_header_bytes + limits.max_uri_bytes + 4096).max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(100)
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .max_header_list_size(
+            u32::try_from(limits.max_header_bytes.saturating_add(4096)).unwrap_or(u32::MAX),
+        )
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .max_pending_accept_reset_streams(Some(100))
+        .max_local_error_reset_streams(Some(1024));
+    builder
+}
+
+/// Serves on `workers` threads (at least one: the caller's runtime) until
+/// `shutdown` turns true, then drains connections for at most
+/// `settings.drain_timeout` and returns when every worker has.
+pub async fn serve_workers(
+    listener: TcpListener,
+    workers: usize,
+    state: Arc<ProxyState>,
+    settings: ServerSettings,
+    shutdown: watch::Receiver<bool>,
+) {
+    let connection_slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let mut finished = Vec::new();
+    let mut listener = listener;
+    if workers > 1 {
+        match listener.into_std() {
+            Ok(shared) => {
+                for index in 1..workers {
+                    match spawn_worker(
+                        index,
+                        &shared,
+                        &state,
+                        &settings,
+                        &connection_slots,
+                        &shutdown,
+                    ) {
+                        Ok(done) => finished.push(done),
+                        Err(err) => {
+                            tracing::warn!(error = %err, worker = index, "cannot start a proxy worker; serving with fewer");
+                            break;
+                        }
+                    }
+                }
+                listener = match TcpListener::from_std(shared) {
+                    Ok(listener) => listener,
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot register the proxy listener");
+                        for done in finished {
+                            let _ = done.await;
+                        }
+                        return;
+                    }
+                };
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot share the proxy listener");
+                return;
+            }
+        }
+    }
+    serve(listener, state, settings, connection_slots, shutdown).await;
+    for done in finished {
+        let _ = done.await;
+    }
+}
+
+/// Starts proxy worker `index` on its own thread and runtime, accepting on
+/// a duplicate of `listener`; the receiver resolves when it has drained.
+fn spawn_worker(
+    index: usize,
+    listener: &std::net::TcpListener,
+    state: &Arc<ProxyState>,
+    settings: &ServerSettings,
+    connection_slots: &Arc<Semaphore>,
+    shutdown: &watch::Receiver<bool>,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let listener = listener.try_clone()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let (state, settings, slots, shutdown) = (
+        Arc::clone(state),
+        settings.clone(),
+        Arc::clone(connection_slots),
+        shutdown.clone(),
+    );
+    std::thread::Builder::new()
+        .name(format!("tollgate-dp-{index}"))
+        .spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => serve(listener, state, settings, slots, shutdown).await,
+                    Err(err) => {
+                        tracing::warn!(error = %err, worker = index, "cannot register the proxy listener");
+                    }
+                }
+            });
+            // Leftover tasks (idle upstream connections) end with the runtime.
+            drop(runtime);
+            let _ = done.send(());
+        })?;
+    Ok(finished)
+}
+
+/// One worker's accept loop: serves until `shutdown` turns true, then drains
+/// its connections for at most `settings.drain_timeout`.
+async fn serve(
+    listener: TcpListener,
+    state: Arc<ProxyState>,
+    settings: ServerSettings,
+    connection_slots: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let builder = builder(&state, &settings);
+    let graceful = GracefulShutdown::new();
+
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let (stream, remote) = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = connection_slots.clone().try_acquire_owned() else {
+            tokio::spawn(reject_overloaded(stream));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let context = Arc::new(ConnectionContext {
+            peer: Peer::new(remote.ip(), &state.trusted_proxies),
+            state: state.clone(),
+        });
+        let service = service_fn(move |req| {
+            let context = context.clone();
+            async move { Ok::<_, Infallible>(observe::serve(&context.state, &context.peer, req).await) }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        let open = metrics::global().connection_opened();
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(peer = %remote, error = %err, "client connection ended with an error");
+            }
+            drop(open);
+            drop(slot);
+        });
+    }
+    drop(listener);
+
+    let open = graceful.count();
+    tracing::info!(open_connections = open, deadline = ?settings.drain_timeout, "proxy stopped accepting; draining");
+    match tokio::time::timeout(settings.drain_timeout, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all client connections drained"),
+        Err(_) => tracing::warn!("drain deadline reached; closing the remaining connections"),
+    }
+}
+
+/// A minimal HTTP/1.1 503 for connections beyond the cap.
+///
+/// The request is never read, so after the answer the socket lingers: it
+/// reads and discards what the client sent until the client closes (or a
+/// second passes). Closing with unread bytes would make the kernel send a
+/// reset, which can destroy the 503 before the client reads it.
+async fn reject_overloaded(mut stream: TcpStream) {
+    let body = crate::respond::refusal_body(&RefusalKind::Overloaded.into(), None);
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let answer_and_linger = async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        let mut discard = [0u8; 1024];
+        while let Ok(read) = stream.read(&mut discard).await {
+            if read == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer_and_linger).await;
+}
+
+/// Binds a listener, naming what failed.
+pub async fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<TcpListener, crate::error::DpError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| crate::error::DpError::Bind { what, addr, source })
+}

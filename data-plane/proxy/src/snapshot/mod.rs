@@ -1,0 +1,142 @@
+//! Configuration snapshots: received, checked, compiled, swapped in, cached.
+//!
+//! - [`subscribe`]: the gRPC stream from the control plane (hello, snapshots,
+//!   ACK/NACK, reconnect with backoff).
+//! - [`compile`]: config -> [`CompiledSnapshot`] (routes, pools, chains).
+//! - [`store`]: the single pointer requests load.
+//! - [`cache`]: the on-disk copy used at boot.
+//!
+//! [`Applier`] is the one path every snapshot takes, from the stream or from
+//! the cache: convert from protobuf, validate, compile, swap. Any failure
+//! leaves the config in service untouched.
+
+pub mod cache;
+pub mod compile;
+pub mod store;
+pub mod subscribe;
+
+use std::sync::Arc;
+
+use tollgate_shared::model::GatewayConfig;
+use tollgate_shared::proto::config::ConfigVersion;
+use tollgate_shared::proto::stream::Snapshot;
+
+pub use cache::ConfigCache;
+pub use compile::{CompiledRoute, CompiledService, CompiledSnapshot};
+pub use store::SnapshotStore;
+
+use tollgate_plugin_api::Registry;
+
+use crate::upstream::ClientCache;
+
+/// Applies snapshots to the store.
+#[derive(Debug)]
+pub struct Applier {
+    store: Arc<SnapshotStore>,
+    /// Every target's connections, shared across snapshots (and swept by
+    /// [`crate::pool::maintain`]).
+    clients: Arc<ClientCache>,
+    cache: Option<ConfigCache>,
+    /// The plugins this data plane implements, by name.
+    registry: Arc<Registry>,
+}
+
+/// `store_id@revision`, for logs.
+pub fn version_label(version: &ConfigVersion) -> String {
+    format!("{}@{}", version.store_id, version.revision)
+}
+
+impl Applier {
+    /// An applier compiling plugins from `registry` (the binary's list).
+    pub fn new(
+        store: Arc<SnapshotStore>,
+        cache: Option<ConfigCache>,
+        registry: Arc<Registry>,
+    ) -> Applier {
+        Applier {
+            store,
+            clients: Arc::default(),
+            cache,
+            registry,
+        }
+    }
+
+    /// The upstream targets' connections, for the idle sweeper.
+    pub fn clients(&self) -> Arc<ClientCache> {
+        self.clients.clone()
+    }
+
+    pub fn store(&self) -> &SnapshotStore {
+        &self.store
+    }
+
+    /// Converts, validates and compiles without touching the store.
+    pub fn prepare(&self, snapshot: &Snapshot) -> Result<CompiledSnapshot, String> {
+        let version = snapshot
+            .version
+            .clone()
+            .ok_or("snapshot carries no version")?;
+        let config = snapshot
+            .config
+            .as_ref()
+            .ok_or("snapshot carries no config")?;
+        let config = GatewayConfig::try_from(config).map_err(|e| e.to_string())?;
+        tollgate_shared::validate::validate(&config).map_err(|e| e.to_string())?;
+        let previous = self.store.load();
+        compile::compile(
+            &config,
+            version,
+            previous.as_deref(),
+            &self.clients,
+            &self.registry,
+        )
+    }
+
+    /// Applies a snapshot: on success it is in service when this returns.
+    /// On failure the old config stays in service, whole.
+    pub fn apply(&self, snapshot: &Snapshot) -> Result<ConfigVersion, String> {
+        let compiled = self.prepare(snapshot)?;
+        let version = compiled.version.clone();
+        self.store.swap(Arc::new(compiled));
+        tollgate_telemetry::metrics::global().config_applied(&version.store_id, version.revision);
+        Ok(version)
+    }
+
+    /// Writes an applied snapshot to the cache file (blocking I/O: call from
+    /// a blocking thread). Failures are logged, never fatal.
+    pub fn write_cache(&self, snapshot: &Snapshot) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        if let Err(err) = cache.store(snapshot) {
+            tracing::warn!(path = %cache.path().display(), error = %err, "cannot write the config cache");
+        }
+    }
+
+    /// Loads and applies the cached snapshot at boot, if there is one.
+    pub fn load_cache(&self) -> Option<ConfigVersion> {
+        let cache = self.cache.as_ref()?;
+        let path = cache.path().display().to_string();
+        let snapshot = match cache.load() {
+            Ok(Some(snapshot)) => snapshot,
+            Ok(None) => {
+                tracing::info!(path, "no config cache yet");
+                return None;
+            }
+            Err(err) => {
+                tracing::warn!(path, error = %err, "ignoring unreadable config cache");
+                return None;
+            }
+        };
+        match self.apply(&snapshot) {
+            Ok(version) => {
+                tracing::info!(path, version = %version_label(&version), "serving the cached config");
+                Some(version)
+            }
+            Err(err) => {
+                tracing::warn!(path, error = %err, "ignoring a cached config that cannot be applied");
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! Upstream pools: where a service's requests go, over which connections.
+//!
+//! A service's [`UpstreamPool`] holds its targets and its balancer. Each
+//! target holds its keep-alive connections ([`TargetConnections`], see
+//! [`crate::pool`] for why we pool them ourselves), shared by every
+//! service that targets the same `host:port` with the same connect timeout
+//! and kept across snapshot swaps through [`ClientCache`], so a config
+//! change does not drop warm connections. A service's whole pool (targets +
+//! round-robin position) is reused by the next snapshot when its targets,
+//! weights, balancing and timeouts did not change.
+//!
+//! Failures map onto the proxy's error table: connect/request timeout -> 504,
+//! refused/reset -> 502, malformed response -> 502. A response with both
+//! `Content-Length` and `Transfer-Encoding`, or with conflicting
+//! `Content-Length`s, is never forwarded and its connection is closed rather
+//! than returned to the pool (hyper's client does not reject the former).
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::uri::Authority;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use tollgate_shared::model::{LoadBalancing, Protocol, Service};
+
+use crate::body::{BodyError, UpstreamBody};
+use crate::connector::Connector;
+use crate::pool::{PooledBody, TargetConnections};
+use tollgate_lb::{Balancer, PickContext};
+use tollgate_plugin_api::RefusalKind;
+
+/// Every target's connections by `(address, connect timeout)`, so services
+/// and snapshots naming the same target share them; lives as long as the
+/// data plane and holds them weakly (a target no snapshot uses any more
+/// closes its connections).
+#[derive(Debug, Default)]
+pub struct ClientCache {
+    targets: Mutex<HashMap<(String, u64), Weak<TargetConnections>>>,
+}
+
+impl ClientCache {
+    /// The connections of this target, created on first use. Called when a
+    /// snapshot compiles, never per request.
+    pub fn target(&self, authority: &Authority, connect_timeout_ms: u64) -> Arc<TargetConnections> {
+        let mut targets = match self.targets.lock() {
+            Ok(targets) => targets,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        targets.retain(|_, weak| weak.strong_count() > 0);
+        let key = (authority.as_str().to_owned(), connect_timeout_ms);
+        if let Some(existing) = targets.get(&key).and_then(Weak::upgrade) {
+            return existing;
+        }
+        let created = Arc::new(TargetConnections::new(
+            authority,
+            Duration::from_millis(connect_timeout_ms),
+        ));
+        targets.insert(key, Arc::downgrade(&created));
+        created
+    }
+
+    /// The targets some snapshot still uses (for idle-connection sweeps).
+    pub fn live(&self) -> Vec<Arc<TargetConnections>> {
+        let targets = match self.targets.lock() {
+            Ok(targets) => targets,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        targets.values().filter_map(Weak::upgrade).collect()
+    }
+}
+
+/// One upstream instance, parsed once.
+#[derive(Debug)]
+pub struct UpstreamTarget {
+    pub address: String,
+    pub authority: Authority,
+    /// `authority` as a `Host` value, for requests that came without one.
+    pub host: HeaderValue,
+    pub weight: u32,
+    /// How requests reach this target (the protocol's connector).
+    pub connector: Connector,
+}
+
+/// What decides whether a pool can be carried over to the next snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolKey {
+    targets: Vec<(String, u32)>,
+    load_balancing: LoadBalancing,
+    protocol: Protocol,
+    connect_timeout_ms: u64,
+}
+
+impl PoolKey {
+    pub fn of(service: &Service) -> PoolKey {
+        PoolKey {
+            targets: service
+                .upstream
+                .targets
+                .iter()
+                .map(|t| (t.address.clone(), t.weight))
+                .collect(),
+            load_balancing: service.upstream.load_balancing,
+            protocol: service.protocol,
+            connect_timeout_ms: service.timeouts.connect_ms(),
+        }
+    }
+}
+
+/// A service's targets, balancer and connection pool.
+#[derive(Debug)]
+pub struct UpstreamPool {
+    pub key: PoolKey,
+    pub targets: Box<[UpstreamTarget]>,
+    balancer: Box<dyn Balancer>,
+}
+
+impl UpstreamPool {
+    /// Builds the pool; refuses what this data plane cannot do faithfully.
+    pub fn build(service: &Service, clients: &ClientCache) -> Result<UpstreamPool, String> {
+        let mut targets = Vec::with_capacity(service.upstream.targets.len());
+        for (i, target) in service.upstream.targets.iter().enumerate() {
+            let authority: Authority = target.address.parse().map_err(|_| {
+                format!(
+                    "upstream.targets[{i}].address: {:?} is not a valid host:port",
+                    target.address
+                )
+            })?;
+            let host = HeaderValue::from_str(authority.as_str()).map_err(|_| {
+                format!(
+                    "upstream.targets[{i}].address: {:?} is not a valid host:port",
+                    target.address
+                )
+            })?;
+            targets.push(UpstreamTarget {
+                address: target.address.clone(),
+                connector: Connector::build(
+                    service.protocol,
+                    clients,
+                    &authority,
+                    service.timeouts.connect_ms(),
+                )
+                .map_err(|m| format!("protocol: {m}"))?,
+                authority,
+                host,
+                weight: target.weight,
+            });
+        }
+        let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
+        Ok(UpstreamPool {
+            key: PoolKey::of(service),
+            targets: targets.into_boxed_slice(),
+            balancer: tollgate_lb::build(service.upstream.load_balancing.as_str(), &weights)
+                .map_err(|m| format!("upstream.load_balancing: {m}"))?,
+        })
+    }
+
+    /// The target the service's balancer picks; `None` when every weight is 0.
+    #[inline]
+    pub fn pick(&self) -> Option<&UpstreamTarget> {
+        self.balancer
+            .pick(&PickContext::default())
+            .and_then(|i| self.targets.get(i))
+    }
+
+    /// Sends the request (origin-form URI, `Host` set) to `target` and
+    /// waits for the response head, at most `timeout` (connecting included).
+    pub async fn send(
+        &self,
+        target: &UpstreamTarget,
+        request: Request<UpstreamBody>,
+        timeout: Duration,
+    ) -> Result<Response<PooledBody>, RefusalKind> {
+        let mut response = match tokio::time::timeout(timeout, target.connector.send(request)).await
+        {
+            Err(_elapsed) => return Err(RefusalKind::UpstreamTimeout),
+            Ok(result) => result?,
+        };
+        if has_ambiguous_framing(response.headers()) {
+            response.body_mut().discard_connection();
+            tracing::warn!(
+                upstream = %target.address,
+                "upstream response with ambiguous framing rejected; connection closed"
+            );
+            return Err(RefusalKind::UpstreamMalformed);
+        }
+        Ok(response)
+    }
+}
+
+/// Both Content-Length and Transfer-Encoding, or Content-Lengths that
+/// disagree or do not parse: a request-smuggling shape, never forwarded.
+/// One pass over the fields (a response has a handful), no hashing.
+pub fn has_ambiguous_framing(headers: &HeaderMap) -> bool {
+    let mut length: Option<u64> = None;
+    let mut transfer_encoding = false;
+    for (name, value) in headers.iter() {
+        if name == CONTENT_LENGTH {
+            match (parse_content_length(value), length) {
+                (None, _) => return true,
+                (Some(n), Some(previous)) if n != previous => return true,
+                (Some(n), _) => length = Some(n),
+            }
+        } else if name == TRANSFER_ENCODING {
+            transfer_encoding = true;
+        }
+    }
+    length.is_some() && transfer_encoding
+}
+
+/// A Content-Length value: digits, or a list of equal digit strings.
+fn parse_content_length(value: &HeaderValue) -> Option<u64> {
+    let bytes = value.as_bytes();
+    if !bytes.is_empty() && bytes.len() <= 18 && bytes.iter().all(u8::is_ascii_digit) {
+        return Some(bytes.iter().fold(0u64, |n, b| n * 10 + u64::from(b - b'0')));
+    }
+    let text = value.to_str().ok()?;
+    let mut result = None;
+    for part in text.split(',') {
+        let part = part.trim();
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n: u64 = part.parse().ok()?;
+        match result {
+            Some(previous) if previous != n => return None,
+            _ => result = Some(n),
+        }
+    }
+    result
+}
+
+/// Maps an upstream failure onto the error table by walking the error and
+/// its causes.
+pub fn classify(err: &(dyn StdError + 'static)) -> RefusalKind {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(cause) = source {
+        if let Some(body) = cause.downcast_ref::<BodyError>() {
+            return match body {
+                BodyError::TooLarge { .. } => RefusalKind::BodyTooLarge,
+                BodyError::IdleTimeout(_) => RefusalKind::BodyTimeout,
+                BodyError::Client(_) => RefusalKind::BadRequest,
+            };
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return RefusalKind::UpstreamTimeout;
+            }
+        }
+        if let Some(hyper_err) = cause.downcast_ref::<hyper::Error>() {
+            if hyper_err.is_parse() || hyper_err.is_parse_status() {
+                return RefusalKind::UpstreamMalformed;
+            }
+            if hyper_err.is_timeout() {
+                return RefusalKind::UpstreamTimeout;
+            }
+        }
+        source = cause.source();
+    }
+    RefusalKind::UpstreamUnavailable
+}
+
+/// Formats an error with its causes, for logs.
+pub struct DisplayChain<'a>(pub &'a (dyn StdError + 'static));
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+/// Shared handle so compiled services can hold a pool cheaply.
+pub type SharedPool = Arc<UpstreamPool>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, http::HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn ambiguous_framing_is_detected() {
+        assert!(!has_ambiguous_framing(&headers(&[("content-length", "5")])));
+        assert!(!has_ambiguous_framing(&headers(&[(
+            "transfer-encoding",
+            "chunked"
+        )])));
+        assert!(!has_ambiguous_framing(&headers(&[
+            ("content-length", "5"),
+            ("content-length", "5")
+        ])));
+        assert!(has_ambiguous_framing(&headers(&[
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked")
+        ])));
+        assert!(has_ambiguous_framing(&headers(&[
+            ("content-length", "5"),
+            ("content-length", "6")
+        ])));
+        assert!(has_ambiguous_framing(&headers(&[(
+            "content-length",
+            "5, 6"
+        )])));
+        assert!(has_ambiguous_framing(&headers(&[("content-length", "-1")])));
+        assert!(has_ambiguous_framing(&headers(&[
+            ("transfer-encoding", "chunked"),
+            ("content-length", "5")
+        ])));
+        assert!(!has_ambiguous_framing(&headers(&[
+            ("content-length", "5, 5"),
+            ("content-length", "005")
+        ])));
+        assert!(has_ambiguous_framing(&headers(&[(
+            "content-length",
+            "99999999999999999999999"
+        )])));
+    }
+
+    fn service(yaml: &str) -> Service {
+        serde_yaml::from_str(yaml).expect("service")
+    }
+
+    #[test]
+    fn unimplemented_protocols_and_balancers_are_refused() {
+        let clients = ClientCache::default();
+        let err = UpstreamPool::build(
+            &service("{name: s, upstream: {targets: [{address: 'a:1'}]}, protocol: h2c}"),
+            &clients,
+        )
+        .expect_err("must be refused");
+        assert!(
+            err.contains("protocol: \"h2c\" is not supported yet"),
+            "{err}"
+        );
+        let err = UpstreamPool::build(
+            &service(
+                "{name: s, upstream: {targets: [{address: 'a:1'}], load_balancing: least_request}}",
+            ),
+            &clients,
+        )
+        .expect_err("must be refused");
+        assert!(
+            err.contains("upstream.load_balancing: \"least_request\" is not supported yet"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,268 @@
+//! Schemas of the edge plugins: `ip-restriction` and `cors`. Both run in
+//! the admit phase, before authentication.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::check_header_name;
+
+// ---------------------------------------------------------------- ip-restriction
+
+/// `allow` or `deny` (exactly one non-empty) lists of IPs and CIDRs, IPv4
+/// and IPv6, matched against the client IP (after `--trusted-proxies`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpRestrictionConfig {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+/// Longest list of addresses one instance takes.
+pub const MAX_IP_ENTRIES: usize = 10_000;
+
+impl IpRestrictionConfig {
+    pub(super) fn check(&self) -> Result<(), String> {
+        let (field, list) = match (self.allow.is_empty(), self.deny.is_empty()) {
+            (false, true) => ("allow", &self.allow),
+            (true, false) => ("deny", &self.deny),
+            _ => {
+                return Err("config: exactly one of allow or deny must be a non-empty list".into())
+            }
+        };
+        if list.len() > MAX_IP_ENTRIES {
+            return Err(format!(
+                "config.{field}: at most {MAX_IP_ENTRIES} entries (got {})",
+                list.len()
+            ));
+        }
+        for (i, entry) in list.iter().enumerate() {
+            parse_network(entry).ok_or_else(|| {
+                format!(
+                    "config.{field}[{i}]: {:?} is not an IP address or CIDR",
+                    super::truncated(entry)
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The networks of the non-empty list and whether it is an allow list.
+    pub fn networks(&self) -> (bool, Vec<IpNet>) {
+        let allow = !self.allow.is_empty();
+        let list = if allow { &self.allow } else { &self.deny };
+        (
+            allow,
+            list.iter().filter_map(|e| parse_network(e)).collect(),
+        )
+    }
+}
+
+/// `10.0.0.0/8`, `2001:db8::/32`, or a single address (`/32` or `/128`).
+pub fn parse_network(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Some(net.trunc());
+    }
+    text.parse::<IpAddr>().ok().map(IpNet::from)
+}
+
+// ---------------------------------------------------------------- cors
+
+/// Cross-origin resource sharing: which browser origins may call the route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// `*`, exact origins (`https://app.example.com`) and patterns with a
+    /// leading wildcard label (`https://*.example.com`).
+    pub origins: Vec<String>,
+    /// Methods a preflight may ask for.
+    pub methods: Vec<String>,
+    /// Request headers a preflight may ask for; empty = any requested.
+    pub headers: Vec<String>,
+    /// Response headers the browser may expose to the page.
+    pub exposed_headers: Vec<String>,
+    /// Whether the page may send cookies/credentials.
+    pub credentials: bool,
+    /// How long (seconds) a browser may cache a preflight answer.
+    pub max_age: Option<u32>,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        CorsConfig {
+            origins: vec!["*".into()],
+            methods: ["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE"]
+                .map(String::from)
+                .to_vec(),
+            headers: Vec::new(),
+            exposed_headers: Vec::new(),
+            credentials: false,
+            max_age: None,
+        }
+    }
+}
+
+/// Longest list in a CORS config.
+pub const MAX_CORS_ENTRIES: usize = 256;
+
+impl CorsConfig {
+    pub(super) fn check(&self) -> Result<(), String> {
+        for (field, list) in [
+            ("origins", &self.origins),
+            ("methods", &self.methods),
+            ("headers", &self.headers),
+            ("exposed_headers", &self.exposed_headers),
+        ] {
+            if list.len() > MAX_CORS_ENTRIES {
+                return Err(format!(
+                    "config.{field}: at most {MAX_CORS_ENTRIES} entries"
+                ));
+            }
+        }
+        if self.origins.is_empty() {
+            return Err("config.origins: must not be empty".into());
+        }
+        for (i, origin) in self.origins.iter().enumerate() {
+            check_origin(origin)
+                .map_err(|m| format!("config.origins[{i}]: {:?} {m}", super::truncated(origin)))?;
+        }
+        if self.credentials && self.origins.iter().any(|o| o == "*") {
+            return Err(
+                "config.credentials: browsers refuse credentials with origin \"*\"; list the origins"
+                    .into(),
+            );
+        }
+        if self.methods.is_empty() {
+            return Err("config.methods: must not be empty".into());
+        }
+        for (i, method) in self.methods.iter().enumerate() {
+            if method.is_empty()
+                || method.len() > 32
+                || !method.bytes().all(|b| b.is_ascii_uppercase())
+            {
+                return Err(format!(
+                    "config.methods[{i}]: {:?} is not an upper-case HTTP method",
+                    super::truncated(method)
+                ));
+            }
+        }
+        for (i, name) in self.headers.iter().enumerate() {
+            check_header_name(&format!("config.headers[{i}]"), name)?;
+        }
+        for (i, name) in self.exposed_headers.iter().enumerate() {
+            check_header_name(&format!("config.exposed_headers[{i}]"), name)?;
+        }
+        if self.max_age.is_some_and(|age| age > 86_400) {
+            return Err("config.max_age: must be at most 86400 (one day)".into());
+        }
+        Ok(())
+    }
+}
+
+/// `*`, or `scheme://host[:port]` with an optional leading `*.` label.
+fn check_origin(origin: &str) -> Result<(), &'static str> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return Err("is not an origin (scheme://host[:port])");
+    };
+    if scheme != "http" && scheme != "https" {
+        return Err("must use http or https");
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (rest, None),
+    };
+    if let Some(port) = port {
+        if port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err("has an invalid port");
+        }
+    }
+    let host = host.strip_prefix("*.").unwrap_or(host);
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err("has an invalid host (lower-case letters, digits, '-' and '.'; no path)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_lists_take_addresses_and_cidrs_of_both_families() {
+        let ok = IpRestrictionConfig {
+            allow: vec![
+                "10.0.0.0/8".into(),
+                "192.168.1.7".into(),
+                "2001:db8::/32".into(),
+                "::1".into(),
+            ],
+            deny: vec![],
+        };
+        assert_eq!(ok.check(), Ok(()));
+        let (allow, nets) = ok.networks();
+        assert!(allow);
+        assert_eq!(nets.len(), 4);
+        let bad = IpRestrictionConfig {
+            allow: vec![],
+            deny: vec!["10.0.0.0/8".into(), "10.0.0.0/33".into()],
+        };
+        assert_eq!(
+            bad.check(),
+            Err("config.deny[1]: \"10.0.0.0/33\" is not an IP address or CIDR".into())
+        );
+        assert!(IpRestrictionConfig::default().check().is_err());
+    }
+
+    #[test]
+    fn cors_origins_methods_and_credentials_are_checked() {
+        assert_eq!(CorsConfig::default().check(), Ok(()));
+        let mut config = CorsConfig {
+            origins: vec![
+                "https://app.example.com".into(),
+                "http://*.example.com:8080".into(),
+            ],
+            credentials: true,
+            ..CorsConfig::default()
+        };
+        assert_eq!(config.check(), Ok(()));
+        for (origin, expected) in [
+            ("app.example.com", "is not an origin"),
+            ("ftp://x.example", "must use http or https"),
+            ("https://x.example/path", "has an invalid host"),
+            ("https://x.example:0", "has an invalid port"),
+        ] {
+            config.origins = vec![origin.into()];
+            let err = config.check().expect_err(origin);
+            assert!(
+                err.starts_with("config.origins[0]:") && err.contains(expected),
+                "{err}"
+            );
+        }
+        config.origins = vec!["*".into()];
+        assert!(config
+            .check()
+            .expect_err("credentials")
+            .starts_with("config.credentials"));
+        config.credentials = false;
+        config.methods = vec!["get".into()];
+        assert!(config
+            .check()
+            .expect_err("method")
+            .starts_with("config.methods[0]"));
+    }
+}
