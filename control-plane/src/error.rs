@@ -147,3 +147,43 @@ impl From<CpError> for tonic::Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_gets_the_code_of_whose_fault_it_was() {
+        let internal = tonic::Status::from(CpError::Internal("sled went away".into()));
+        assert_eq!(internal.code(), tonic::Code::Internal);
+        assert!(internal.message().contains("request id "), "{internal:?}");
+        assert!(
+            !internal.message().contains("sled"),
+            "detail stays in the log"
+        );
+
+        let over = tonic::Status::from(CpError::Invalid(ConfigError::whole_over_limit(
+            "routes: at most 100000 entities allowed (got 100001)",
+        )));
+        assert_eq!(over.code(), tonic::Code::ResourceExhausted);
+        let invalid = tonic::Status::from(CpError::Invalid(ConfigError::new(
+            "route",
+            "r",
+            "paths[0]: bad",
+        )));
+        assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
+
+        let huge = tonic::Status::from(CpError::BadRequest("x".repeat(1 << 20)));
+        assert!(huge.message().len() <= MAX_STATUS_MESSAGE);
+        let missing = tonic::Status::from(CpError::NotFound {
+            kind: EntityKind::Route,
+            name: "n".repeat(1 << 20),
+        });
+        assert_eq!(missing.code(), tonic::Code::NotFound);
+        assert!(
+            missing.message().len() < 400,
+            "{} bytes",
+            missing.message().len()
+        );
+    }
+}

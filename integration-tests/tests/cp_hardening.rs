@@ -773,6 +773,45 @@ async fn two_hundred_concurrent_applies_get_contiguous_revisions_and_the_last_wi
     assert_healthy(&cp, "200 concurrent applies").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_large_apply_leaves_the_old_or_the_new_state_whole() {
+    let mut cp = ControlPlane::start().await;
+    try_apply(&cp, &base(), false).await.expect("base");
+    let big = routes(60_000);
+    // Kill at three points inside the write (decode, validate, commit, fsync).
+    for (round, delay_ms) in [1_000u64, 3_000, 3_600].into_iter().enumerate() {
+        let before = revision(&cp).await;
+        let before_routes = current(&cp).await.routes.len();
+        let mut next = big.clone();
+        next.routes[0].priority = round as i32 + 1;
+        let request = ApplyRequest {
+            config: Some((&next).into()),
+            dry_run: false,
+        };
+        let mut admin = cp.admin().await;
+        let call = tokio::spawn(async move { admin.apply(request).await });
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        cp.kill_9();
+        let _ = tokio::time::timeout(Duration::from_secs(10), call).await;
+        cp.restart().await;
+        let after = revision(&cp).await;
+        let state = current(&cp).await;
+        eprintln!(
+            "kill -9 {delay_ms} ms into a 60,000-route apply: revision {before} -> {after}, \
+             {before_routes} -> {} routes",
+            state.routes.len()
+        );
+        if after == before {
+            assert_eq!(state.routes.len(), before_routes, "old state whole");
+        } else {
+            assert_eq!(after, before + 1, "one revision, never more, never less");
+            assert_eq!(state.routes.len(), 60_000, "new state whole");
+            assert_eq!(state.routes[0].priority, round as i32 + 1);
+        }
+    }
+    assert_healthy(&cp, "kill -9 during a large apply").await;
+}
+
 // ---------------------------------------------------------------- tollgatectl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
