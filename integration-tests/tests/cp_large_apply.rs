@@ -58,7 +58,12 @@ async fn try_apply(
 async fn fifty_thousand_route_apply_keeps_health_and_reads_answering() {
     let cp = ControlPlane::start().await;
     try_apply(&cp, &base(), false).await.expect("base");
-    let big = routes(50_000);
+    // `TOLLGATE_LARGE_APPLY_ROUTES` measures another size (at most 100,000).
+    let count = std::env::var("TOLLGATE_LARGE_APPLY_ROUTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000usize);
+    let big = routes(count);
     // Encoded before the probes start and sent as raw bytes, so the test's
     // own CPU work does not compete with the server while it is measured.
     let request = prost::Message::encode_to_vec(&ApplyRequest {
@@ -132,7 +137,7 @@ async fn fifty_thousand_route_apply_keeps_health_and_reads_answering() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (worst_health, worst_read, probes) = probe.await.expect("probe");
     eprintln!(
-        "50,000-route apply: {took:?}; {probes} probes during it, slowest health check \
+        "{count}-route apply: {took:?}; {probes} probes during it, slowest health check \
          {worst_health:?}, slowest read {worst_read:?}"
     );
     assert!(revision >= 2);
@@ -149,7 +154,10 @@ async fn fifty_thousand_route_apply_keeps_health_and_reads_answering() {
     // The same again is a no-op, and a dry run is quick too.
     let started = Instant::now();
     assert_eq!(try_apply(&cp, &big, true).await.expect("dry run"), revision);
-    eprintln!("50,000-route dry run (no changes): {:?}", started.elapsed());
+    eprintln!(
+        "{count}-route dry run (no changes): {:?}",
+        started.elapsed()
+    );
     let listed = cp
         .admin()
         .await
@@ -159,6 +167,6 @@ async fn fifty_thousand_route_apply_keeps_health_and_reads_answering() {
         .await
         .expect("list")
         .into_inner();
-    assert_eq!(listed.entities.len(), 50_000);
+    assert_eq!(listed.entities.len(), count);
     assert_eq!(cp.health().await, Some(ServingStatus::Serving));
 }
