@@ -21,6 +21,11 @@
 //!   tonic's own request errors the status code that says whose fault they
 //!   are (an undecodable message is `INVALID_ARGUMENT`, not `INTERNAL`; an
 //!   oversized one `RESOURCE_EXHAUSTED`).
+//! - It also runs `Apply` calls on a runtime of their own ([`write_runtime`]):
+//!   tonic decodes a request (up to 64 MiB) inside the call, and a worker
+//!   busy with that can hold back tasks queued behind it (tokio keeps a
+//!   just-woken task in a per-worker slot others cannot steal). Health
+//!   checks, reads and config streams never share a worker with that.
 
 use std::future::Future;
 use std::io;
@@ -425,15 +430,53 @@ impl Connected for GuardedStream {
 
 // ---------------------------------------------------------------- per-call layer
 
+/// The runtime `Apply` calls run on (two workers, created once). `None`
+/// if it cannot be created; calls then run where they arrive.
+pub fn write_runtime() -> Option<tokio::runtime::Handle> {
+    static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Runtime>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("tollgate-cp-write")
+                .thread_stack_size(8 * 1024 * 1024)
+                .enable_all()
+                .build()
+                .map_err(|e| tracing::warn!(error = %e, "no separate runtime for writes"))
+                .ok()
+        })
+        .as_ref()
+        .map(|runtime| runtime.handle().clone())
+}
+
+/// Whether a call is one whose request can be large enough to keep a worker
+/// busy while it is decoded.
+fn is_bulk_write(path: &str) -> bool {
+    path == "/tollgate.admin.v1.Admin/Apply"
+}
+
 /// Wraps every service of a server: see [`ConnService`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ConnLayer;
+#[derive(Debug, Clone, Default)]
+pub struct ConnLayer {
+    writes: Option<tokio::runtime::Handle>,
+}
+
+impl ConnLayer {
+    /// `writes`: where `Apply` calls run (see [`write_runtime`]).
+    pub fn new(writes: Option<tokio::runtime::Handle>) -> ConnLayer {
+        ConnLayer { writes }
+    }
+}
 
 impl<S> tower_layer::Layer<S> for ConnLayer {
     type Service = ConnService<S>;
 
     fn layer(&self, inner: S) -> ConnService<S> {
-        ConnService { inner }
+        ConnService {
+            inner,
+            writes: self.writes.clone(),
+        }
     }
 }
 
@@ -443,6 +486,7 @@ impl<S> tower_layer::Layer<S> for ConnLayer {
 #[derive(Debug, Clone)]
 pub struct ConnService<S> {
     inner: S,
+    writes: Option<tokio::runtime::Handle>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -477,10 +521,28 @@ where
             }
             None => None,
         };
+        let writes = self
+            .writes
+            .clone()
+            .filter(|_| is_bulk_write(request.uri().path()));
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let response = inner.call(request).await?;
+            let pending = inner.call(request);
+            let response = match writes {
+                None => pending.await?,
+                Some(runtime) => match runtime.spawn(pending).await {
+                    Ok(response) => response?,
+                    Err(error) => {
+                        let request_id = uuid::Uuid::new_v4().simple().to_string();
+                        tracing::error!(%error, %request_id, "write call failed");
+                        let status = tonic::Status::internal(format!(
+                            "internal error (request id {request_id}); see the control plane log"
+                        ));
+                        return Ok(status.into_http());
+                    }
+                },
+            };
             let (mut parts, body) = response.into_parts();
             fix_status(&mut parts.headers);
             let body = CallBody {

@@ -281,7 +281,7 @@ fn builder() -> Server<tower_layer::Stack<ConnLayer, tower_layer::Identity>> {
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
-        .layer(ConnLayer)
+        .layer(ConnLayer::new(crate::listener::write_runtime()))
 }
 
 async fn stop_signal(mut stopped: watch::Receiver<bool>) {

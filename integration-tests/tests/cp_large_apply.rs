@@ -74,46 +74,58 @@ async fn fifty_thousand_route_apply_keeps_health_and_reads_answering() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let probe_stop = stop.clone();
     let url = cp.url();
-    let mut admin = cp.admin().await;
     let t0 = Instant::now();
-    let probe = tokio::spawn(async move {
-        let channel = tonic::transport::Endpoint::from_shared(url)
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect");
-        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-        let (mut worst_health, mut worst_read, mut probes) = (Duration::ZERO, Duration::ZERO, 0u32);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !probe_stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
-            let t = Instant::now();
-            health
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                })
+    // On a thread and runtime of its own: the test's own work (sending 5 MB)
+    // must not delay the probes.
+    let probe = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("probe runtime");
+        runtime.block_on(async move {
+            let channel = tonic::transport::Endpoint::from_shared(url.clone())
+                .expect("url")
+                .connect()
                 .await
-                .expect("health during the write");
-            if t.elapsed() > Duration::from_millis(30) {
-                eprintln!(
-                    "slow health probe: {:?} at {:?}",
-                    t.elapsed(),
-                    t.duration_since(t0)
-                );
+                .expect("connect");
+            let mut admin = tollgate_shared::proto::admin::admin_client::AdminClient::connect(url)
+                .await
+                .expect("admin");
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+            let (mut worst_health, mut worst_read, mut probes) =
+                (Duration::ZERO, Duration::ZERO, 0u32);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !probe_stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline
+            {
+                let t = Instant::now();
+                health
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .expect("health during the write");
+                if t.elapsed() > Duration::from_millis(30) {
+                    eprintln!(
+                        "slow health probe: {:?} at {:?}",
+                        t.elapsed(),
+                        t.duration_since(t0)
+                    );
+                }
+                worst_health = worst_health.max(t.elapsed());
+                let t = Instant::now();
+                admin
+                    .get(EntityRef {
+                        kind: Kind::Service as i32,
+                        name: "orders".into(),
+                    })
+                    .await
+                    .expect("read during the write");
+                worst_read = worst_read.max(t.elapsed());
+                probes += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            worst_health = worst_health.max(t.elapsed());
-            let t = Instant::now();
-            admin
-                .get(EntityRef {
-                    kind: Kind::Service as i32,
-                    name: "orders".into(),
-                })
-                .await
-                .expect("read during the write");
-            worst_read = worst_read.max(t.elapsed());
-            probes += 1;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        (worst_health, worst_read, probes)
+            (worst_health, worst_read, probes)
+        })
     });
 
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -135,7 +147,10 @@ async fn fifty_thousand_route_apply_keeps_health_and_reads_answering() {
         t0.elapsed()
     );
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (worst_health, worst_read, probes) = probe.await.expect("probe");
+    let (worst_health, worst_read, probes) = tokio::task::spawn_blocking(move || probe.join())
+        .await
+        .expect("join task")
+        .expect("probe thread");
     eprintln!(
         "{count}-route apply: {took:?}; {probes} probes during it, slowest health check \
          {worst_health:?}, slowest read {worst_read:?}"

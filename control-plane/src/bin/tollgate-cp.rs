@@ -14,14 +14,9 @@ fn main() -> ExitCode {
     // A known, generous stack for every runtime thread: config writes are
     // validated on the blocking threads (see `model`), and nothing they run
     // recurses on request input beyond small fixed bounds.
-    //
-    // tonic decodes a request (up to 64 MiB) on the async worker that runs
-    // the call; twice as many workers as cores (at least 4) keep health
-    // checks and reads answering while one worker is busy with that.
-    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    // (Apply calls run on a runtime of their own: see `listener`.)
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .worker_threads((cores * 2).max(4))
         .thread_stack_size(THREAD_STACK_BYTES)
         .build()
     {
