@@ -88,7 +88,7 @@ case "$VARIANT" in
         echo "          key: bench"
         echo "          algorithm: RS256"
         echo "          public_key: |"
-        sed 's/^/            /' "$ROOT/data-plane/src/plugins/testdata/rsa_public.pem"
+        sed 's/^/            /' "$ROOT/data-plane/plugins/src/testdata/rsa_public.pem"
       fi
     } >>"$WORK/gateway.yaml"
     ;;

@@ -852,6 +852,7 @@ async fn access_log_lines_are_json_and_carry_no_credentials() {
         "service",
         "consumer",
         "status",
+        "error",
         "upstream_addr",
         "upstream_latency_ms",
         "total_latency_ms",
@@ -895,6 +896,7 @@ async fn access_log_lines_are_json_and_carry_no_credentials() {
     assert_eq!(header["service"], "svc");
     assert_eq!(header["consumer"], "alice");
     assert_eq!(header["status"], 200);
+    assert!(header["error"].is_null(), "the upstream answered");
     assert_eq!(header["upstream_addr"], upstream.address());
     assert!(header["upstream_latency_ms"].as_f64().is_some());
     assert!(header["bytes_out"].as_u64().is_some_and(|b| b > 0));
@@ -905,6 +907,10 @@ async fn access_log_lines_are_json_and_carry_no_credentials() {
 
     let rejected = line("req-2");
     assert_eq!(rejected["status"], 401);
+    assert_eq!(
+        rejected["error"], "invalid_api_key",
+        "the refusal's kind: {rejected}"
+    );
     assert_eq!(rejected["route"], "logged-route");
     assert!(rejected["consumer"].is_null());
     assert!(rejected["upstream_addr"].is_null());

@@ -273,6 +273,7 @@ impl ObservedBody {
             record.route = exchange.route.as_deref().map(RouteMetrics::log_fields);
             record.consumer = exchange.consumer.as_deref();
             record.status = pending.status.as_u16();
+            record.error = exchange.refusal.map(RefusalKind::code);
             record.upstream_addr = exchange.upstream.as_ref().map(Authority::as_str);
             record.upstream_latency = exchange.upstream_latency;
             record.total_latency = elapsed;

@@ -42,6 +42,9 @@ pub struct AccessLogRecord<'a> {
     pub route: Option<&'a RouteFields>,
     pub consumer: Option<&'a str>,
     pub status: u16,
+    /// The `error` code of the gateway's own answer (a refusal), from its
+    /// kind: `None` when the upstream answered.
+    pub error: Option<&'static str>,
     pub upstream_addr: Option<&'a str>,
     pub upstream_latency: Option<Duration>,
     pub total_latency: Duration,
@@ -65,6 +68,7 @@ impl<'a> AccessLogRecord<'a> {
             route: None,
             consumer: None,
             status: 0,
+            error: None,
             upstream_addr: None,
             upstream_latency: None,
             total_latency: Duration::ZERO,
@@ -122,6 +126,7 @@ impl<'r, 'a> Line<'r, 'a> {
             + record.method.as_str().len()
             + record.route.map_or(0, |fields| fields.0.len())
             + record.consumer.map_or(0, str::len)
+            + record.error.map_or(0, str::len)
             + record.upstream_addr.map_or(0, str::len);
         Self {
             record,
@@ -198,6 +203,7 @@ impl<'r, 'a> Line<'r, 'a> {
             line.put(b",\"status\":");
             put_u64(line, u64::from(record.status));
         }
+        put_plain_or_null(line, b",\"error\":", record.error);
         put_plain_or_null(line, b",\"upstream_addr\":", record.upstream_addr);
         line.put(b",\"upstream_latency_ms\":");
         match record.upstream_latency {
@@ -653,7 +659,7 @@ pub(super) mod tests {
         assert_eq!(line["total_latency_ms"], 2.25);
         assert_eq!(line["bytes_in"], 10);
         assert_eq!(line["bytes_out"], 20);
-        assert_eq!(line.as_object().map(|fields| fields.len()), Some(16));
+        assert_eq!(line.as_object().map(|fields| fields.len()), Some(17));
     }
 
     #[test]
@@ -703,6 +709,15 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn refusals_log_their_code() {
+        let mut record = record("/v1/orders/42");
+        assert!(line_of(&record)["error"].is_null(), "the upstream answered");
+        record.status = 429;
+        record.error = Some("rate_limited");
+        assert_eq!(line_of(&record)["error"], "rate_limited");
+    }
+
+    #[test]
     fn unknown_fields_are_null() {
         let line = line_of(&AccessLogRecord::new(received(), &GET));
         assert_eq!(line["time"], "2025-11-26T13:57:54.123Z");
@@ -716,6 +731,7 @@ pub(super) mod tests {
             "route",
             "service",
             "consumer",
+            "error",
             "upstream_addr",
             "upstream_latency_ms",
         ] {
