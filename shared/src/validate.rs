@@ -19,7 +19,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::limits::{self, check_len, show, Shown};
 use crate::model::*;
-use crate::plugins::{check_header_name, PluginConfig, RequestTransformerConfig};
+use crate::plugins::{check_header_name, Checked};
 
 /// A rejected configuration: which entity, and what is wrong with which field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -170,7 +170,7 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
     // Plugins on routes and services may name an anonymous consumer: check it exists.
     for route in &config.routes {
         for (i, plugin) in route.plugins.iter().enumerate() {
-            if let Ok(parsed) = PluginConfig::parse(&plugin.name, &plugin.config) {
+            if let Ok(parsed) = crate::plugins::check(&plugin.name, &plugin.config) {
                 check_anonymous(&parsed, &consumer_names).map_err(|m| {
                     ConfigError::new("route", &route.name, format!("plugins[{i}].{m}"))
                 })?;
@@ -179,7 +179,7 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
     }
     for service in &config.services {
         for (i, plugin) in service.plugins.iter().enumerate() {
-            if let Ok(parsed) = PluginConfig::parse(&plugin.name, &plugin.config) {
+            if let Ok(parsed) = crate::plugins::check(&plugin.name, &plugin.config) {
                 check_anonymous(&parsed, &consumer_names).map_err(|m| {
                     ConfigError::new("service", &service.name, format!("plugins[{i}].{m}"))
                 })?;
@@ -207,13 +207,8 @@ fn served<'a>(all: impl Iterator<Item = (&'a str, bool)>) -> String {
         .join(", ")
 }
 
-fn check_anonymous(plugin: &PluginConfig, consumers: &HashSet<&str>) -> Result<(), String> {
-    let anonymous = match plugin {
-        PluginConfig::KeyAuth(c) => c.anonymous.as_deref(),
-        PluginConfig::Jwt(c) => c.anonymous.as_deref(),
-        _ => None,
-    };
-    match anonymous {
+fn check_anonymous(plugin: &Checked, consumers: &HashSet<&str>) -> Result<(), String> {
+    match plugin.anonymous.as_deref() {
         Some(name) if !consumers.contains(name) => Err(format!(
             "config.anonymous: consumer {} does not exist",
             show(name)
@@ -557,43 +552,18 @@ pub fn check_route_path(path: &str) -> Result<(), String> {
 }
 
 /// Size limits first (so nothing large is parsed or echoed), then the
-/// plugin's schema, then the value rules its schema cannot express.
-fn parse_plugin(name: &str, config: &serde_json::Value) -> Result<PluginConfig, String> {
-    if !crate::plugins::KNOWN_PLUGINS.contains(&name) {
+/// plugin's schema (its typed config and its own checks, see
+/// [`crate::plugins`]).
+fn parse_plugin(name: &str, config: &serde_json::Value) -> Result<Checked, String> {
+    if crate::plugins::schema(name).is_none() {
         return Err(format!(
             "name: unknown plugin {} (known: {})",
             show(name),
-            crate::plugins::KNOWN_PLUGINS.join(", ")
+            crate::plugins::known_names()
         ));
     }
     limits::check_plugin_config_size(config)?;
-    let parsed = PluginConfig::parse(name, config)?;
-    if let PluginConfig::RequestTransformer(c) = &parsed {
-        check_transformer(c)?;
-    }
-    Ok(parsed)
-}
-
-/// `request-transformer` values the data plane sends as written.
-fn check_transformer(c: &RequestTransformerConfig) -> Result<(), String> {
-    for (name, value) in &c.add.headers {
-        check_header_value(value)
-            .map_err(|m| format!("config.add.headers.{}: {m}", Shown(name)))?;
-    }
-    for (i, name) in c.remove.querystring.iter().enumerate() {
-        check_query_name(name).map_err(|m| format!("config.remove.querystring[{i}]: {m}"))?;
-    }
-    for (from, to) in &c.rename.querystring {
-        check_query_name(from).map_err(|m| format!("config.rename.querystring: {m}"))?;
-        check_query_name(to)
-            .map_err(|m| format!("config.rename.querystring.{}: {m}", Shown(from)))?;
-    }
-    for (name, value) in &c.add.querystring {
-        check_query_name(name).map_err(|m| format!("config.add.querystring: {m}"))?;
-        check_query_value(value)
-            .map_err(|m| format!("config.add.querystring.{}: {m}", Shown(name)))?;
-    }
-    Ok(())
+    crate::plugins::check(name, config)
 }
 
 fn validate_plugins(plugins: &[PluginInstance]) -> Result<(), String> {
@@ -602,8 +572,10 @@ fn validate_plugins(plugins: &[PluginInstance]) -> Result<(), String> {
     let mut seen = HashSet::new();
     for (i, plugin) in plugins.iter().enumerate() {
         parse_plugin(&plugin.name, &plugin.config).map_err(|m| format!("plugins[{i}].{m}"))?;
-        // Several rate limits may stack (per minute and per hour); others run once.
-        if plugin.name != "rate-limit" && !seen.insert(plugin.name.as_str()) {
+        // Stackable plugins (rate limits: per minute and per hour) may be
+        // attached several times; others run once.
+        let stackable = crate::plugins::schema(&plugin.name).is_some_and(|s| s.stackable());
+        if !stackable && !seen.insert(plugin.name.as_str()) {
             return Err(format!(
                 "plugins[{i}].name: {:?} is attached twice",
                 plugin.name
