@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tollgate_proxy::forward::TrustedProxies;
+use tollgate_proxy::router::PathPolicy;
 use tollgate_telemetry::AccessLogTarget;
 
 #[derive(Debug, Clone)]
@@ -22,6 +23,8 @@ pub struct DpConfig {
     pub config_cache: Option<PathBuf>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: TrustedProxies,
+    /// Encoded slashes and `;params` in request paths (routes may override).
+    pub path_policy: PathPolicy,
     /// Sent as `authorization: Bearer <token>` on the config stream.
     pub cluster_token: Option<String>,
     /// Request header limits (431 beyond them).
@@ -58,6 +61,7 @@ impl Default for DpConfig {
             node_id: None,
             config_cache: None,
             trusted_proxies: TrustedProxies::default(),
+            path_policy: PathPolicy::default(),
             cluster_token: None,
             max_header_bytes: 60 * 1024,
             max_headers: 100,

@@ -162,6 +162,7 @@ impl DataPlane {
             access_log: access_log.clone(),
             request_metrics: config.request_metrics,
             trusted_proxies: config.trusted_proxies.clone(),
+            path_policy: config.path_policy,
             limits: RequestLimits {
                 max_header_bytes: config.max_header_bytes,
                 max_headers: config.max_headers,

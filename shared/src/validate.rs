@@ -925,6 +925,8 @@ consumers:
             plugins: Vec::new(),
             max_body_bytes: None,
             metrics: RouteMetricsOptions::default(),
+            encoded_slashes: None,
+            path_parameters: None,
         }
     }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
-use tollgate_shared::model::GatewayConfig;
+use tollgate_shared::model::{EncodedSlashes, GatewayConfig, PathParameters};
 use tollgate_shared::proto::config::ConfigVersion;
 
 use crate::router::Router;
@@ -39,6 +39,9 @@ pub struct CompiledRoute {
     pub service: Arc<CompiledService>,
     pub strip_path: bool,
     pub max_body_bytes: Option<u64>,
+    /// This route's overrides of the gateway's [`crate::router::PathPolicy`].
+    pub encoded_slashes: Option<EncodedSlashes>,
+    pub path_parameters: Option<PathParameters>,
     pub plugins: PluginChain,
     /// This route's metric handles, resolved once here, not per request.
     pub metrics: Arc<RouteMetrics>,
@@ -162,6 +165,8 @@ pub fn compile(
             service,
             strip_path: route.strip_path,
             max_body_bytes: route.max_body_bytes,
+            encoded_slashes: route.encoded_slashes,
+            path_parameters: route.path_parameters,
             plugins,
             metrics: match &consumer_names {
                 Some(names) if route.metrics.consumer_labels => {
