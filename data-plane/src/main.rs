@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use tollgate_data_plane::proxy::forward::TrustedProxies;
 use tollgate_data_plane::proxy::router::PathPolicy;
+use tollgate_data_plane::proxy::untrusted::UntrustedHeaders;
 use tollgate_data_plane::telemetry::AccessLogTarget;
 use tollgate_data_plane::DpConfig;
 use tollgate_shared::model::{EncodedSlashes, PathParameters};
@@ -55,6 +56,10 @@ struct Args {
     /// containers do) or keep. Routes may override it.
     #[arg(long, env = "TOLLGATE_PATH_PARAMETERS", default_value = "reject")]
     path_parameters: String,
+    /// Comma-separated headers dropped from clients outside --trusted-proxies,
+    /// beyond the built-in list (X-Original-URL, X-Rewrite-URL, ...).
+    #[arg(long, env = "TOLLGATE_UNTRUSTED_HEADERS", value_delimiter = ',')]
+    untrusted_headers: Vec<String>,
     /// Proxy worker threads, each with its own single-threaded runtime, like
     /// nginx workers [default: one per CPU].
     #[arg(long, env = "TOLLGATE_WORKER_THREADS")]
@@ -182,6 +187,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let untrusted_headers = match UntrustedHeaders::new(&args.untrusted_headers) {
+        Ok(list) => list,
+        Err(err) => {
+            tracing::error!("invalid --untrusted-headers: {err}");
+            return ExitCode::from(2);
+        }
+    };
     if args.header_read_timeout_ms == 0 || args.body_idle_timeout_ms == 0 {
         tracing::error!("--header-read-timeout-ms and --body-idle-timeout-ms must be at least 1");
         return ExitCode::from(2);
@@ -194,6 +206,7 @@ fn main() -> ExitCode {
         config_cache: args.config_cache,
         trusted_proxies,
         path_policy,
+        untrusted_headers,
         cluster_token: args.cluster_token.filter(|t| !t.is_empty()),
         max_header_bytes: args.max_header_bytes,
         max_headers: args.max_headers,

@@ -39,6 +39,7 @@ use crate::observe::Exchange;
 use crate::respond;
 use crate::router::{normalize_path, strip_prefix, PathPolicy};
 use crate::snapshot::{CompiledRoute, SnapshotStore};
+use crate::untrusted::UntrustedHeaders;
 use tollgate_telemetry::AccessLog;
 
 /// Bounds on what a client may send, from the command line.
@@ -75,6 +76,8 @@ pub struct ProxyState {
     pub limits: RequestLimits,
     /// Encoded slashes and `;params` (routes may override).
     pub path_policy: PathPolicy,
+    /// Headers dropped or rewritten from clients outside `trusted_proxies`.
+    pub untrusted_headers: UntrustedHeaders,
 }
 
 /// Handles one request; never fails (errors become responses). What the
@@ -200,6 +203,9 @@ pub async fn handle(
     let client_ip = forward::client_ip(peer, &parts.headers, &state.trusted_proxies);
     exchange.client_ip = Some(client_ip);
     forward::set_forwarded(&mut parts.headers, peer, client_host.as_ref());
+    if !peer.trusted {
+        state.untrusted_headers.apply(&mut parts.headers, client_ip);
+    }
     // Only the gateway says who is calling: client copies of the identity
     // headers go on every route, authenticated or not.
     // (A scan of the names hashes nothing; the removal runs only when one
