@@ -289,7 +289,17 @@ pub enum RawBehaviour {
     ConflictingLength,
     /// Closes every connection as soon as it is accepted.
     CloseImmediately,
+    /// Reads the request head, answers `200` announcing 1,000 body bytes,
+    /// sends 10 of them and closes: an upstream dying mid-body.
+    TruncatedBody,
 }
+
+/// The response [`RawBehaviour::TruncatedBody`] sends before it closes.
+pub const TRUNCATED_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\n\
+Content-Type: text/plain\r\n\
+Content-Length: 1000\r\n\
+\r\n\
+0123456789";
 
 /// A TCP server on 127.0.0.1 that does not speak proper HTTP.
 pub struct RawUpstream {
@@ -326,7 +336,7 @@ impl RawUpstream {
                 counter.fetch_add(1, Ordering::SeqCst);
                 match behaviour {
                     RawBehaviour::CloseImmediately => drop(stream),
-                    RawBehaviour::ConflictingLength => {
+                    RawBehaviour::ConflictingLength | RawBehaviour::TruncatedBody => {
                         tokio::spawn(async move {
                             let mut head = Vec::new();
                             let mut buf = [0u8; 4096];
@@ -341,6 +351,11 @@ impl RawUpstream {
                                     Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
                                     _ => return,
                                 }
+                            }
+                            if behaviour == RawBehaviour::TruncatedBody {
+                                let _ = stream.write_all(TRUNCATED_RESPONSE).await;
+                                let _ = stream.flush().await;
+                                return;
                             }
                             let _ = stream.write_all(CONFLICTING_RESPONSE).await;
                             let _ = stream.flush().await;
