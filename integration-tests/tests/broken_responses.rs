@@ -2,7 +2,9 @@
 //! upstream that announces 1,000 body bytes, sends 10 and closes. The client
 //! sees a cut response (the status line was already sent); the access log
 //! says so in `error` and the route's `tollgate_upstream_body_errors_total`
-//! counts it, through the real binaries.
+//! counts it, through the real binaries. A body already broken when the head
+//! arrives (bad chunked framing) gets a 502 instead of a head and a dead
+//! connection.
 
 use serde_json::json;
 use tollgate_integration_tests::cp::config_from_json as config;
@@ -59,4 +61,23 @@ async fn a_body_cut_by_the_upstream_is_logged_and_counted() {
             .then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_broken_before_anything_was_sent_gets_a_502() {
+    let cp = ControlPlane::start().await;
+    let upstream = RawUpstream::start(RawBehaviour::BadChunk).await;
+    let revision = cp
+        .apply_revision(&config(json!({
+            "services": [{"name": "bad", "upstream": {"targets": [{"address": upstream.address()}]}}],
+            "routes": [{"name": "chunks", "service": "bad"}],
+        })))
+        .await;
+    let dp = DataPlane::start(cp.port(), "chunk-dp", &[]);
+    dp.wait_version(revision).await;
+    for _ in 0..3 {
+        let (status, body) = dp.get_json("chunk.test", "/x").await;
+        assert_eq!(status, 502, "{body}");
+        assert_eq!(body["error"], "upstream_malformed_response", "{body}");
+    }
 }
