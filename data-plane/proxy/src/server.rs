@@ -46,6 +46,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::forward::Peer;
 use crate::handler::ProxyState;
 use crate::observe;
+use crate::parse_errors::{ErrorAnswers, Recorder};
 use tollgate_plugin_api::RefusalKind;
 use tollgate_telemetry::metrics;
 
@@ -222,10 +223,19 @@ async fn serve(
             peer: Peer::new(remote.ip(), &state.trusted_proxies),
             state: state.clone(),
         });
+        let peer_ip = context.peer.ip;
         let service = service_fn(move |req| {
             let context = context.clone();
             async move { Ok::<_, Infallible>(observe::serve(&context.state, &context.peer, req).await) }
         });
+        let stream = ErrorAnswers::new(
+            stream,
+            Recorder {
+                access_log: state.access_log.clone(),
+                request_metrics: state.request_metrics,
+                client_ip: peer_ip,
+            },
+        );
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
