@@ -45,6 +45,15 @@ async fn unparseable_heads_get_json_are_counted_and_logged() {
         assert_eq!(answer.header("content-type"), Some("application/json"));
         ids.push(id);
     }
+    // Far over the header limits, hyper's parser stops reading and answers
+    // 431 itself: the same treatment.
+    let mut huge = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 300 * 1024));
+    huge.extend_from_slice(b"\r\n\r\n");
+    let answer = raw_http(dp.addr(), &huge).await.expect("an answer");
+    assert_eq!(answer.status, 431);
+    let body: Value = serde_json::from_slice(&answer.body).expect("a JSON body");
+    assert_eq!(body["error"], "request_headers_too_large", "{body}");
     assert_eq!(upstream.requests(), 0);
 
     let url = dp.status_url("/metrics");
