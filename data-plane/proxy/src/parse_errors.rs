@@ -63,6 +63,7 @@ impl<S> ErrorAnswers<S> {
 }
 
 /// The status and `date` value of hyper's own error answer, if `buf` is one.
+#[inline(never)]
 fn hyper_error_answer(buf: &[u8]) -> Option<(StatusCode, &[u8])> {
     let rest = buf.strip_prefix(STATUS_PREFIX)?;
     let status = StatusCode::from_bytes(rest.get(..3)?).ok()?;
@@ -85,6 +86,7 @@ fn refusal_for(status: StatusCode) -> RefusalKind {
 
 impl Recorder {
     /// Our answer for hyper's `status`, recorded in metrics and the log.
+    #[inline(never)]
     fn answer(&self, status: StatusCode, date: &[u8]) -> Vec<u8> {
         let kind = refusal_for(status);
         let request_id = generate_request_id();
@@ -127,6 +129,7 @@ impl Recorder {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for ErrorAnswers<S> {
+    #[inline]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -137,6 +140,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ErrorAnswers<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for ErrorAnswers<S> {
+    #[inline]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -144,6 +148,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ErrorAnswers<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.replacing.is_none() {
+            // Responses start with a status line; only error statuses from
+            // hyper are looked at further (out of line).
+            if !buf.starts_with(b"HTTP/1.1 4") && !buf.starts_with(b"HTTP/1.1 5") {
+                return Pin::new(&mut this.inner).poll_write(cx, buf);
+            }
             match hyper_error_answer(buf) {
                 Some((status, date)) => {
                     let ours = this.recorder.answer(status, date);
@@ -168,6 +177,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ErrorAnswers<S> {
         Poll::Ready(Ok(buf.len()))
     }
 
+    #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
