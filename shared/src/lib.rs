@@ -14,6 +14,7 @@
 //! generated at build time with a vendored `protoc`.
 
 pub mod calendar;
+pub mod certs;
 pub mod convert;
 pub mod model;
 pub mod plugins;

@@ -132,6 +132,8 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
     }
 
     let mut certificate_names = HashSet::new();
+    let mut sni_owner: HashMap<String, &str> = HashMap::new();
+    let mut default_owner: Option<&str> = None;
     for certificate in &config.certificates {
         let err = |msg: String| ConfigError::new("certificate", &certificate.name, msg);
         check_name(&certificate.name).map_err(|m| err(format!("name: {m}")))?;
@@ -139,6 +141,32 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
             return Err(err("name: defined more than once".into()));
         }
         validate_certificate(certificate).map_err(err)?;
+        for (i, sni) in certificate.snis.iter().enumerate() {
+            if let Some(other) = sni_owner.insert(sni.to_ascii_lowercase(), &certificate.name) {
+                return Err(err(format!(
+                    "snis[{i}]: {sni:?} is already served by certificate {other:?}"
+                )));
+            }
+        }
+        if certificate.default {
+            if let Some(other) = default_owner.replace(&certificate.name) {
+                return Err(err(format!(
+                    "default: certificate {other:?} is already the default"
+                )));
+            }
+        }
+    }
+    for service in &config.services {
+        let ca = service.tls.as_ref().and_then(|tls| tls.ca_certificate.as_ref());
+        if let Some(name) = ca {
+            if !certificate_names.contains(name.as_str()) {
+                return Err(ConfigError::new(
+                    "service",
+                    &service.name,
+                    format!("tls.ca_certificate: certificate {name:?} does not exist"),
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -201,6 +229,7 @@ fn validate_service(service: &Service) -> Result<(), String> {
             served(Protocol::ALL.iter().map(|(n, v)| (*n, v.is_served())))
         ));
     }
+    crate::certs::check_upstream_tls(service)?;
     if service.upstream.targets.is_empty() {
         return Err("upstream.targets: at least one target is required".into());
     }
@@ -291,6 +320,9 @@ pub const METHODS: [&str; 9] = [
 ];
 
 fn validate_route(route: &Route) -> Result<(), String> {
+    if route.https_redirect && !route.https_only {
+        return Err("https_redirect: only with https_only: true".into());
+    }
     for (i, host) in route.hosts.iter().enumerate() {
         if host != &host.to_ascii_lowercase() {
             return Err(format!("hosts[{i}]: {host:?} must be lower case"));
@@ -483,23 +515,10 @@ fn looks_like_pem(text: &str) -> bool {
 }
 
 fn validate_certificate(certificate: &Certificate) -> Result<(), String> {
-    if !certificate.cert_pem.contains("-----BEGIN CERTIFICATE-----") {
-        return Err("cert_pem: must be a PEM certificate chain".into());
-    }
-    match (&certificate.key_pem, &certificate.key_fingerprint) {
-        (Some(key), _) if !(looks_like_pem(key) && key.contains("PRIVATE KEY")) => {
-            return Err("key_pem: must be a PEM private key".into())
-        }
-        (None, None) => return Err("key_pem: required".into()),
-        _ => {}
-    }
-    if certificate.snis.is_empty() {
-        return Err("snis: at least one SNI name is required".into());
-    }
     for (i, sni) in certificate.snis.iter().enumerate() {
         check_host(sni, true).map_err(|m| format!("snis[{i}]: {m}"))?;
     }
-    Ok(())
+    crate::certs::check(certificate)
 }
 
 #[cfg(test)]
