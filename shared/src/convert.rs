@@ -59,6 +59,12 @@ impl From<&Service> for pb::Service {
             protocol: service.protocol.as_str().to_string(),
             host_header: service.host_header.clone().unwrap_or_default(),
             plugins: service.plugins.iter().map(plugin_to_pb).collect(),
+            tls: service.tls.as_ref().map(|tls| pb::UpstreamTls {
+                ca_pem: tls.ca_pem.clone().unwrap_or_default(),
+                ca_certificate: tls.ca_certificate.clone().unwrap_or_default(),
+                sni: tls.sni.clone().unwrap_or_default(),
+                verify: tls.verify,
+            }),
         }
     }
 }
@@ -87,6 +93,8 @@ impl From<&Route> for pb::Route {
             metrics: (!route.metrics.is_default()).then_some(pb::RouteMetricsOptions {
                 consumer_labels: route.metrics.consumer_labels,
             }),
+            https_only: route.https_only,
+            https_redirect: route.https_redirect,
         }
     }
 }
@@ -142,6 +150,16 @@ impl From<&Certificate> for pb::Certificate {
             key_pem: certificate.key_pem.clone().unwrap_or_default(),
             key_fingerprint: certificate.key_fingerprint.clone().unwrap_or_default(),
             snis: certificate.snis.clone(),
+            default: certificate.default,
+            info: certificate.info.as_ref().map(|info| pb::CertificateInfo {
+                subject: info.subject.clone(),
+                issuer: info.issuer.clone(),
+                sans: info.sans.clone(),
+                not_before: info.not_before.clone(),
+                not_after: info.not_after.clone(),
+                not_after_unix: info.not_after_unix,
+                fingerprint: info.fingerprint.clone(),
+            }),
         }
     }
 }
@@ -251,6 +269,12 @@ impl TryFrom<&pb::Service> for Service {
                 .map_err(|m| err(format!("protocol: {m}")))?,
             host_header: non_empty(&service.host_header),
             plugins: plugins_from_pb(&service.plugins).map_err(err)?,
+            tls: service.tls.as_ref().map(|tls| UpstreamTls {
+                ca_pem: non_empty(&tls.ca_pem),
+                ca_certificate: non_empty(&tls.ca_certificate),
+                sni: non_empty(&tls.sni),
+                verify: tls.verify,
+            }),
         })
     }
 }
@@ -287,6 +311,8 @@ impl TryFrom<&pb::Route> for Route {
                     consumer_labels: m.consumer_labels,
                 })
                 .unwrap_or_default(),
+            https_only: route.https_only,
+            https_redirect: route.https_redirect,
         })
     }
 }
@@ -358,6 +384,16 @@ impl From<&pb::Certificate> for Certificate {
             key_pem: non_empty(&certificate.key_pem),
             key_fingerprint: non_empty(&certificate.key_fingerprint),
             snis: certificate.snis.clone(),
+            default: certificate.default,
+            info: certificate.info.as_ref().map(|info| CertificateInfo {
+                subject: info.subject.clone(),
+                issuer: info.issuer.clone(),
+                sans: info.sans.clone(),
+                not_before: info.not_before.clone(),
+                not_after: info.not_after.clone(),
+                not_after_unix: info.not_after_unix,
+                fingerprint: info.fingerprint.clone(),
+            }),
         }
     }
 }
@@ -374,6 +410,10 @@ services:
   - name: s
     upstream: { targets: [{ address: "127.0.0.1:1", weight: 3 }], load_balancing: least_request }
     host_header: upstream.local
+  - name: tls
+    upstream: { targets: [{ address: "127.0.0.1:2" }] }
+    protocol: https
+    tls: { ca_certificate: ca, sni: up.internal, verify: false }
 routes:
   - name: r
     service: s
@@ -381,6 +421,8 @@ routes:
     headers: [{ name: x-v, value: "2" }, { name: x-present }]
     plugins: [{ name: acl, config: { allow: [g] } }, { name: key-auth, enabled: false }]
     metrics: { consumer_labels: true }
+    https_only: true
+    https_redirect: true
   - name: plain
     service: s
     paths: ["/p"]
