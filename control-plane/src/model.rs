@@ -65,6 +65,9 @@ pub struct WriteOutcome {
     pub version: ConfigVersion,
     /// The resulting state (on a dry run: the state it would produce).
     pub config: Arc<GatewayConfig>,
+    /// Accepted, but worth the operator's attention (a certificate expiring
+    /// soon, an upstream whose certificate is not verified).
+    pub warnings: Vec<String>,
 }
 
 pub struct Model {
@@ -123,7 +126,18 @@ impl Model {
         let mut next = (*current.config).clone();
         change(&mut next)?;
         secrets::restore_kept_secrets(&mut next, &current.config)?;
+        for certificate in &mut next.certificates {
+            certificate.info = None; // read-only: computed by reads
+        }
         tollgate_shared::validate::validate(&next)?;
+        let warnings = tollgate_shared::certs::check_write(
+            &current.config,
+            &next,
+            tollgate_shared::certs::unix_now(),
+        )?;
+        for warning in &warnings {
+            tracing::warn!(dry_run, "{warning}");
+        }
         secrets::hash_api_keys(&mut next);
         next.sort();
 
@@ -137,6 +151,7 @@ impl Model {
                 } else {
                     current.config.clone()
                 },
+                warnings,
             });
         }
 
@@ -178,6 +193,7 @@ impl Model {
             changes,
             version,
             config,
+            warnings,
         })
     }
 

@@ -24,7 +24,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::model::{Certificate, CertificateInfo, Protocol, Service};
+use crate::model::{Certificate, CertificateInfo, GatewayConfig, Protocol, Service};
+use crate::ConfigError;
 
 /// A certificate expiring sooner than this is accepted with a warning.
 pub const EXPIRY_WARNING_DAYS: i64 = 30;
@@ -227,6 +228,53 @@ pub fn check_validity(cert_pem: &str, now: i64) -> Result<Option<String>, String
         )));
     }
     Ok(None)
+}
+
+/// The write-time checks that need a clock or the previous state, run by
+/// the control plane after [`crate::validate::validate`]: each certificate
+/// the write adds or changes must be valid now (else an error naming it and
+/// the field); one expiring within [`EXPIRY_WARNING_DAYS`] is accepted with a
+/// warning, and so is a new or changed service with `tls.verify: false`.
+/// Returns the warnings, each naming its entity and field.
+pub fn check_write(
+    current: &GatewayConfig,
+    next: &GatewayConfig,
+    now: i64,
+) -> Result<Vec<String>, ConfigError> {
+    let mut warnings = Vec::new();
+    for certificate in &next.certificates {
+        let unchanged = current
+            .certificates
+            .iter()
+            .any(|old| old.name == certificate.name && old.cert_pem == certificate.cert_pem);
+        if unchanged {
+            continue;
+        }
+        let label = ConfigError::new("certificate", &certificate.name, "").entity;
+        match check_validity(&certificate.cert_pem, now) {
+            Err(message) => return Err(ConfigError::new("certificate", &certificate.name, message)),
+            Ok(Some(warning)) => warnings.push(format!("{label}: {warning}")),
+            Ok(None) => {}
+        }
+    }
+    for service in &next.services {
+        let insecure = service.tls.as_ref().is_some_and(|tls| !tls.verify());
+        let unchanged = current.services.iter().any(|old| old == service);
+        if insecure && !unchanged {
+            warnings.push(format!(
+                "{}: tls.verify: false: the certificates of its targets are NOT verified",
+                ConfigError::new("service", &service.name, "").entity
+            ));
+        }
+    }
+    Ok(warnings)
+}
+
+/// The current time in Unix seconds, for [`check_write`].
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// A service's `tls` block: only with `protocol: https`, one CA source at
