@@ -372,11 +372,12 @@ async fn rotation_under_load_drops_nothing_and_new_handshakes_get_the_new_certif
     let started = Instant::now();
     dp.wait_version(revision).await;
     let acked_at = now();
+    let ack_ms = started.elapsed().as_secs_f64() * 1000.0;
     let lines = client.join().expect("client thread");
     println!(
         "rotation: {} results, ACK seen {:.0} ms after apply",
         lines.len(),
-        started.elapsed().as_secs_f64() * 1000.0
+        ack_ms
     );
 
     let failed: Vec<&Value> = lines
