@@ -20,8 +20,7 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose,
-    SignatureAlgorithm,
+    BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose, SignatureAlgorithm,
 };
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -135,8 +134,7 @@ impl TlsUpstream {
                 .collect::<Result<_, _>>()
                 .expect("chain");
         let key: rustls_pki_types::PrivateKeyDer<'static> =
-            rustls_pki_types::pem::PemObject::from_pem_slice(leaf.key_pem.as_bytes())
-                .expect("key");
+            rustls_pki_types::pem::PemObject::from_pem_slice(leaf.key_pem.as_bytes()).expect("key");
         #[allow(deprecated)]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)

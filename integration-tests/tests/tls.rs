@@ -93,7 +93,10 @@ fn python_once(spec: Value) -> Value {
 /// A self-signed RSA certificate made by the `openssl` command line, as an
 /// operator would (the README's example).
 fn openssl_rsa(dir: &Path, name: &str) -> Leaf {
-    let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
     let out = run_bounded(
         Command::new("openssl").args([
             "req",
@@ -216,7 +219,8 @@ async fn https_by_sni_versions_alpn_default_and_refusals() {
                 got["fingerprint"], leaf.fingerprint,
                 "{sni:?} {version}: wrong certificate"
             );
-            let echo: Value = serde_json::from_str(got["body"].as_str().unwrap_or("")).expect("echo");
+            let echo: Value =
+                serde_json::from_str(got["body"].as_str().unwrap_or("")).expect("echo");
             assert_eq!(echo["headers"]["x-forwarded-proto"], "https", "{echo}");
         }
     }
@@ -234,15 +238,23 @@ async fn https_by_sni_versions_alpn_default_and_refusals() {
     let resolve = format!("api.example.com:{port}:127.0.0.1");
     let url = format!("https://api.example.com:{port}/hello");
     for (args, expected) in [
+        (vec!["--tlsv1.3", "--tls-max", "1.3", "--http2"], "200 2"),
         (
-            vec!["--tlsv1.3", "--tls-max", "1.3", "--http2"],
-            "200 2",
+            vec!["--tlsv1.2", "--tls-max", "1.2", "--http1.1"],
+            "200 1.1",
         ),
-        (vec!["--tlsv1.2", "--tls-max", "1.2", "--http1.1"], "200 1.1"),
     ] {
         let mut command = Command::new("curl");
         command
-            .args(["-sS", "--max-time", "10", "--resolve", &resolve, "--cacert", &ca_path])
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                "--resolve",
+                &resolve,
+                "--cacert",
+                &ca_path,
+            ])
             .args(["-o", "/dev/null", "-w", "%{http_code} %{http_version}"])
             .args(&args)
             .arg(&url);
@@ -273,8 +285,10 @@ async fn https_by_sni_versions_alpn_default_and_refusals() {
     let (status, body) = dp.get_json("api.example.com", "/secure").await;
     assert_eq!(status, 426, "{body}");
     assert_eq!(body["error"], "https_required");
-    let got = python_once(json!({"port": port, "sni": "api.example.com", "host": "api.example.com",
-                                 "path": "/secure", "ca": ca_path}));
+    let got = python_once(
+        json!({"port": port, "sni": "api.example.com", "host": "api.example.com",
+                                 "path": "/secure", "ca": ca_path}),
+    );
     assert_eq!(got["status"], 200, "{got}");
     let redirected = raw_get(dp.addr(), "api.example.com", "/redir?x=1")
         .await
@@ -292,11 +306,20 @@ async fn https_by_sni_versions_alpn_default_and_refusals() {
         "{exposition}"
     );
     assert!(
-        metric_value(&exposition, "tollgate_tls_handshakes_total{result=\"protocol\"}") >= 2.0,
+        metric_value(
+            &exposition,
+            "tollgate_tls_handshakes_total{result=\"protocol\"}"
+        ) >= 2.0,
         "{exposition}"
     );
-    let expiry = metric_value(&exposition, "tollgate_certificate_expiry_seconds{certificate=\"api\"}");
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs_f64();
+    let expiry = metric_value(
+        &exposition,
+        "tollgate_certificate_expiry_seconds{certificate=\"api\"}",
+    );
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
     assert!(expiry > now + 300.0 * 86_400.0, "{expiry}");
 
     // The access log carries the TLS version and ALPN.
@@ -309,7 +332,10 @@ async fn https_by_sni_versions_alpn_default_and_refusals() {
     // No private key reaches the data plane's output.
     for leaf in [&api, &wild, &fallback, &rsa] {
         let body_line = leaf.key_pem.lines().nth(1).unwrap_or("-----");
-        assert!(!logs.contains(body_line), "a private key in the data plane's logs");
+        assert!(
+            !logs.contains(body_line),
+            "a private key in the data plane's logs"
+        );
     }
 
     // Without a default certificate, no SNI (or an unknown one) is refused.
@@ -334,7 +360,10 @@ async fn https_by_sni_versions_alpn_default_and_refusals() {
         "tollgate_tls_handshakes_total{result=\"no_certificate\"}",
     );
     assert!(after >= before + 2.0, "{before} -> {after}");
-    assert!(!metrics(&dp).await.contains("certificate=\"wild\""), "gauge follows the config");
+    assert!(
+        !metrics(&dp).await.contains("certificate=\"wild\""),
+        "gauge follows the config"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,21 +413,38 @@ async fn rotation_under_load_drops_nothing_and_new_handshakes_get_the_new_certif
         .iter()
         .filter(|l| l["ok"] != true || l["status"] != 200)
         .collect();
-    assert!(failed.is_empty(), "failed requests during rotation: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "failed requests during rotation: {failed:?}"
+    );
     let new_handshakes: Vec<&Value> = lines.iter().filter(|l| l["kind"] == "new").collect();
     let t = |l: &Value| l["t"].as_f64().unwrap_or(0.0);
-    let before: Vec<_> = new_handshakes.iter().filter(|l| t(l) < applied_at).collect();
+    let before: Vec<_> = new_handshakes
+        .iter()
+        .filter(|l| t(l) < applied_at)
+        .collect();
     let after: Vec<_> = new_handshakes.iter().filter(|l| t(l) > acked_at).collect();
-    assert!(before.len() >= 5 && after.len() >= 5, "{} before, {} after", before.len(), after.len());
-    assert!(before.iter().all(|l| l["fingerprint"] == old.fingerprint.as_str()));
     assert!(
-        after.iter().all(|l| l["fingerprint"] == new.fingerprint.as_str()),
+        before.len() >= 5 && after.len() >= 5,
+        "{} before, {} after",
+        before.len(),
+        after.len()
+    );
+    assert!(before
+        .iter()
+        .all(|l| l["fingerprint"] == old.fingerprint.as_str()));
+    assert!(
+        after
+            .iter()
+            .all(|l| l["fingerprint"] == new.fingerprint.as_str()),
         "a handshake after the ACK presented the old certificate"
     );
     // The connection opened before the rotation kept working on its own.
     let kept: Vec<_> = lines.iter().filter(|l| l["kind"] == "kept").collect();
     assert!(kept.len() >= 10, "{}", kept.len());
-    assert!(kept.iter().all(|l| l["fingerprint"] == old.fingerprint.as_str()));
+    assert!(kept
+        .iter()
+        .all(|l| l["fingerprint"] == old.fingerprint.as_str()));
     println!(
         "rotation: {} new-connection requests ({} before apply, {} after ACK), {} keep-alive requests, 0 failed",
         new_handshakes.len(),
@@ -431,22 +477,61 @@ async fn invalid_certificates_are_refused_naming_the_field_and_nothing_is_stored
         ..other.clone()
     };
     let garbage = Leaf {
-        cert_pem: "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n".into(),
+        cert_pem: "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+            .into(),
         ..other.clone()
     };
-    let expired = ca.issue_with(&["bad.example.com"], &rcgen::PKCS_ECDSA_P256_SHA256, -40, -2);
+    let expired = ca.issue_with(
+        &["bad.example.com"],
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+        -40,
+        -2,
+    );
     let future = ca.issue_with(&["bad.example.com"], &rcgen::PKCS_ECDSA_P256_SHA256, 5, 90);
     let cases: [(&str, &Leaf, &[&str], &str); 6] = [
-        ("unparsable PEM", &garbage, &["bad.example.com"], "cert_pem:"),
-        ("key of another certificate", &mismatched, &["bad.example.com"], "key_pem: does not match"),
-        ("expired", &expired, &["bad.example.com"], "cert_pem: expired"),
-        ("not yet valid", &future, &["bad.example.com"], "cert_pem: not valid before"),
-        ("SNI outside the SANs", &other, &["elsewhere.example.com"], "snis[0]:"),
-        ("SNI already served", &good, &["good.example.com"], "snis[0]: \"good.example.com\" is already served"),
+        (
+            "unparsable PEM",
+            &garbage,
+            &["bad.example.com"],
+            "cert_pem:",
+        ),
+        (
+            "key of another certificate",
+            &mismatched,
+            &["bad.example.com"],
+            "key_pem: does not match",
+        ),
+        (
+            "expired",
+            &expired,
+            &["bad.example.com"],
+            "cert_pem: expired",
+        ),
+        (
+            "not yet valid",
+            &future,
+            &["bad.example.com"],
+            "cert_pem: not valid before",
+        ),
+        (
+            "SNI outside the SANs",
+            &other,
+            &["elsewhere.example.com"],
+            "snis[0]:",
+        ),
+        (
+            "SNI already served",
+            &good,
+            &["good.example.com"],
+            "snis[0]: \"good.example.com\" is already served",
+        ),
     ];
     let mut seen = String::new();
     for (what, leaf, snis, field) in cases {
-        let yaml = format!("certificates:\n{base}{}", certificate_yaml("bad", leaf, snis, false));
+        let yaml = format!(
+            "certificates:\n{base}{}",
+            certificate_yaml("bad", leaf, snis, false)
+        );
         let (out, _) = apply(&cp, "bad.yaml", &yaml).await;
         let stderr = text(&out.stderr);
         assert!(!out.status.success(), "{what}: accepted");
@@ -460,8 +545,16 @@ async fn invalid_certificates_are_refused_naming_the_field_and_nothing_is_stored
     }
 
     // Expiring within 30 days: accepted, with a warning.
-    let soon = ca.issue_with(&["soon.example.com"], &rcgen::PKCS_ECDSA_P256_SHA256, -1, 10);
-    let yaml = format!("certificates:\n{base}{}", certificate_yaml("soon", &soon, &["soon.example.com"], false));
+    let soon = ca.issue_with(
+        &["soon.example.com"],
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+        -1,
+        10,
+    );
+    let yaml = format!(
+        "certificates:\n{base}{}",
+        certificate_yaml("soon", &soon, &["soon.example.com"], false)
+    );
     let (out, _) = apply(&cp, "soon.yaml", &yaml).await;
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -473,7 +566,14 @@ async fn invalid_certificates_are_refused_naming_the_field_and_nothing_is_stored
 
     // Reads show the facts, never the key; the table shows days left.
     let read = text(&cp.ctl(&["get", "certificate", "good", "-o", "yaml"]).stdout);
-    for fact in ["subject:", "issuer:", "sans:", "not_after:", "fingerprint: sha256:", "key_fingerprint:"] {
+    for fact in [
+        "subject:",
+        "issuer:",
+        "sans:",
+        "not_after:",
+        "fingerprint: sha256:",
+        "key_fingerprint:",
+    ] {
         assert!(read.contains(fact), "{fact} missing from {read}");
     }
     assert!(read.contains("Validation CA"), "{read}");
@@ -489,7 +589,11 @@ async fn invalid_certificates_are_refused_naming_the_field_and_nothing_is_stored
     let exported = text(&cp.ctl(&["export"]).stdout);
     let (out, _) = apply(&cp, "export.yaml", &exported).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("no changes"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("no changes"),
+        "{}",
+        text(&out.stdout)
+    );
 
     // No private key anywhere an operator looks.
     for leaf in [&good, &other, &expired, &future, &soon] {
@@ -547,7 +651,10 @@ routes:
     }
     let handshakes = upstream.handshakes() - handshakes_before;
     println!("upstream TLS: {handshakes} handshakes for 1000 requests");
-    assert!(handshakes <= 4, "{handshakes} upstream handshakes for 1000 requests");
+    assert!(
+        handshakes <= 4,
+        "{handshakes} upstream handshakes for 1000 requests"
+    );
     assert!(upstream.requests() >= 1000);
 
     // The wrong CA: 502 upstream_tls_error, the reason only in the log.
@@ -555,10 +662,16 @@ routes:
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"], "upstream_tls_error");
     let body_text = body.to_string();
-    assert!(!body_text.contains("UnknownIssuer") && !body_text.contains("certificate"), "{body_text}");
+    assert!(
+        !body_text.contains("UnknownIssuer") && !body_text.contains("certificate"),
+        "{body_text}"
+    );
     let logs = dp.logs();
     assert!(logs.contains("upstream TLS handshake failed"), "{logs}");
-    assert!(logs.contains("UnknownIssuer") || logs.contains("invalid peer certificate"), "{logs}");
+    assert!(
+        logs.contains("UnknownIssuer") || logs.contains("invalid peer certificate"),
+        "{logs}"
+    );
 
     // verify: false connects anyway (and was warned about at apply).
     let (status, _) = dp.get_json("any.test", "/insecure").await;

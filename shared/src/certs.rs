@@ -35,8 +35,9 @@ pub fn parse_chain(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let mut chain = Vec::new();
     for (i, item) in CertificateDer::pem_slice_iter(pem.as_bytes()).enumerate() {
         let der = item.map_err(|_| format!("certificate {i} of the chain is not valid PEM"))?;
-        X509Certificate::from_der(der.as_ref())
-            .map_err(|_| format!("certificate {i} of the chain is not a valid X.509 certificate"))?;
+        X509Certificate::from_der(der.as_ref()).map_err(|_| {
+            format!("certificate {i} of the chain is not a valid X.509 certificate")
+        })?;
         chain.push(der);
     }
     if chain.is_empty() {
@@ -47,9 +48,8 @@ pub fn parse_chain(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
 
 /// The private key in `pem`. The error never quotes the input.
 pub fn parse_key(pem: &str) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| {
-        "must be a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC)".to_string()
-    })
+    PrivateKeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|_| "must be a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC)".to_string())
 }
 
 /// The chain and key as rustls serves them, after checking that the key is
@@ -252,7 +252,9 @@ pub fn check_write(
         }
         let label = ConfigError::new("certificate", &certificate.name, "").entity;
         match check_validity(&certificate.cert_pem, now) {
-            Err(message) => return Err(ConfigError::new("certificate", &certificate.name, message)),
+            Err(message) => {
+                return Err(ConfigError::new("certificate", &certificate.name, message))
+            }
             Ok(Some(warning)) => warnings.push(format!("{label}: {warning}")),
             Ok(None) => {}
         }
@@ -274,7 +276,9 @@ pub fn check_write(
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX))
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+        })
 }
 
 /// A service's `tls` block: only with `protocol: https`, one CA source at
@@ -352,7 +356,8 @@ mod tests {
         cert.cert_pem = "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n".into();
         assert!(check(&cert).unwrap_err().starts_with("cert_pem:"));
         let mut cert = certificate(&["a.example.com"], &["a.example.com"]);
-        cert.key_pem = Some("-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n".into());
+        cert.key_pem =
+            Some("-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n".into());
         assert!(check(&cert).unwrap_err().starts_with("key_pem:"));
     }
 
@@ -370,7 +375,10 @@ mod tests {
     fn validity_in_time() {
         let cert = certificate(&["a.example.com"], &["a.example.com"]);
         let facts = leaf_facts(&cert.cert_pem).expect("facts");
-        assert_eq!(check_validity(&cert.cert_pem, facts.not_before + 1), Ok(None));
+        assert_eq!(
+            check_validity(&cert.cert_pem, facts.not_before + 1),
+            Ok(None)
+        );
         assert!(check_validity(&cert.cert_pem, facts.not_after)
             .unwrap_err()
             .contains("expired"));

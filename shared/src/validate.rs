@@ -157,7 +157,10 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
         }
     }
     for service in &config.services {
-        let ca = service.tls.as_ref().and_then(|tls| tls.ca_certificate.as_ref());
+        let ca = service
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.ca_certificate.as_ref());
         if let Some(name) = ca {
             if !certificate_names.contains(name.as_str()) {
                 return Err(ConfigError::new(

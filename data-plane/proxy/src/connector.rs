@@ -58,7 +58,9 @@ impl Connector {
                     .host()
                     .trim_start_matches('[')
                     .trim_end_matches(']');
-                let server_name = client.name_for(host)?;
+                let server_name = client
+                    .name_for(host)
+                    .map_err(|m| format!("https: {m} (set tls.sni)"))?;
                 Ok(Connector::Https1(clients.target_with_tls(
                     authority,
                     connect_timeout_ms,

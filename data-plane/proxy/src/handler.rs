@@ -154,9 +154,8 @@ pub async fn handle(
     if route.https_only && peer.tls.is_none() {
         let refusal = match https_location(route, client_host.as_ref(), &parts.uri, state.tls_port)
         {
-            Some(location) => {
-                Refusal::new(RefusalKind::HttpsRedirect).with_header(http::header::LOCATION, location)
-            }
+            Some(location) => Refusal::new(RefusalKind::HttpsRedirect)
+                .with_header(http::header::LOCATION, location),
             None => Refusal::new(RefusalKind::HttpsRequired),
         };
         exchange.set_uri(parts.uri);

@@ -255,7 +255,10 @@ impl TargetConnections {
         match &self.tls {
             None => self.http1(stream).await,
             Some(tls) => {
-                let handshake = tls.client.connector.connect(tls.server_name.clone(), stream);
+                let handshake = tls
+                    .client
+                    .connector
+                    .connect(tls.server_name.clone(), stream);
                 match tokio::time::timeout(self.connect_timeout, handshake).await {
                     Err(_elapsed) => {
                         tracing::warn!(upstream = %self.address, "upstream TLS handshake timed out");

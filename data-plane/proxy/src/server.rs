@@ -55,9 +55,9 @@ use crate::forward::Peer;
 use crate::handler::ProxyState;
 use crate::observe;
 use crate::tls::TlsInfo;
-use tollgate_telemetry::metrics::HandshakeResult;
 use tollgate_plugin_api::RefusalKind;
 use tollgate_telemetry::metrics;
+use tollgate_telemetry::metrics::HandshakeResult;
 
 /// Listener settings from the command line.
 #[derive(Debug, Clone)]

@@ -41,8 +41,11 @@ use tollgate_plugin_api::RefusalKind;
 /// share a connection.
 #[derive(Debug, Default)]
 pub struct ClientCache {
-    targets: Mutex<HashMap<(String, u64, Option<String>), Weak<TargetConnections>>>,
+    targets: Mutex<HashMap<TargetKey, Weak<TargetConnections>>>,
 }
+
+/// `(address, connect timeout ms, TLS identity and server name)`.
+type TargetKey = (String, u64, Option<String>);
 
 impl ClientCache {
     /// The connections of this target, created on first use. Called when a
@@ -169,7 +172,7 @@ impl UpstreamPool {
                     service.timeouts.connect_ms(),
                     tls,
                 )
-                .map_err(|m| format!("upstream.targets[{i}]: {m}"))?,
+                .map_err(|m| format!("protocol: {m}"))?,
                 authority,
                 host,
                 weight: target.weight,
@@ -367,6 +370,7 @@ mod tests {
         let err = UpstreamPool::build(
             &service("{name: s, upstream: {targets: [{address: 'a:1'}]}, protocol: h2c}"),
             &clients,
+            None,
         )
         .expect_err("must be refused");
         assert!(
@@ -378,6 +382,7 @@ mod tests {
                 "{name: s, upstream: {targets: [{address: 'a:1'}], load_balancing: least_request}}",
             ),
             &clients,
+            None,
         )
         .expect_err("must be refused");
         assert!(

@@ -391,7 +391,10 @@ impl Metrics {
 
     /// Replaces the certificate expiry series with those of the config now
     /// in service: `(certificate name, notAfter as Unix seconds)`.
-    pub fn set_certificate_expiry<'a>(&self, certificates: impl IntoIterator<Item = (&'a str, i64)>) {
+    pub fn set_certificate_expiry<'a>(
+        &self,
+        certificates: impl IntoIterator<Item = (&'a str, i64)>,
+    ) {
         self.certificate_expiry.clear();
         for (name, not_after) in certificates {
             self.certificate_expiry

@@ -262,7 +262,10 @@ mod tests {
         assert_ne!(exact, wild);
         assert_ne!(wild, deep);
         assert_eq!(end_entity(&resolver.pick(Some("API.example.com."))), exact);
-        assert!(resolver.pick(Some("example.org")).is_none(), "no match, no default");
+        assert!(
+            resolver.pick(Some("example.org")).is_none(),
+            "no match, no default"
+        );
         assert!(resolver.pick(None).is_none(), "no SNI, no default");
 
         let config = config_with_default();
@@ -284,7 +287,10 @@ mod tests {
         let server = server_config(&config_with_default(), &shared)
             .expect("builds")
             .expect("has certificates");
-        assert_eq!(server.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(
+            server.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
         assert!(server.ticketer.enabled());
         assert!(server_config(&GatewayConfig::default(), &shared)
             .expect("builds")

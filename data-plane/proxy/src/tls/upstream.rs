@@ -87,15 +87,17 @@ pub fn client_for(
                 .iter()
                 .find(|c| &c.name == name)
                 .map(|c| c.cert_pem.clone())
-                .ok_or_else(|| format!("tls.ca_certificate: certificate {name:?} does not exist"))?,
+                .ok_or_else(|| {
+                    format!("tls.ca_certificate: certificate {name:?} does not exist")
+                })?,
         ),
         (None, None) => None,
     };
     let roots = match &ca_pem {
         Some(pem) => {
             let mut store = RootCertStore::empty();
-            for der in tollgate_shared::certs::parse_chain(pem)
-                .map_err(|m| format!("tls.ca_pem: {m}"))?
+            for der in
+                tollgate_shared::certs::parse_chain(pem).map_err(|m| format!("tls.ca_pem: {m}"))?
             {
                 store
                     .add(der)
@@ -136,9 +138,10 @@ pub fn client_for(
     };
     let identity = format!(
         "{}|{}|{}",
-        ca_pem
-            .as_deref()
-            .map_or_else(|| "platform".to_string(), tollgate_shared::secrets::fingerprint),
+        ca_pem.as_deref().map_or_else(
+            || "platform".to_string(),
+            tollgate_shared::secrets::fingerprint
+        ),
         server_name
             .as_ref()
             .map_or_else(String::new, |n| n.to_str().into_owned()),

@@ -640,6 +640,8 @@ pub(super) mod tests {
         record.total_latency = Duration::from_micros(2250);
         record.bytes_in = 10;
         record.bytes_out = 20;
+        record.tls_version = Some("TLSv1.3");
+        record.alpn = Some("h2");
         record
     }
 
@@ -669,7 +671,9 @@ pub(super) mod tests {
         assert_eq!(line["total_latency_ms"], 2.25);
         assert_eq!(line["bytes_in"], 10);
         assert_eq!(line["bytes_out"], 20);
-        assert_eq!(line.as_object().map(|fields| fields.len()), Some(17));
+        assert_eq!(line["tls_version"], "TLSv1.3");
+        assert_eq!(line["alpn"], "h2");
+        assert_eq!(line.as_object().map(|fields| fields.len()), Some(19));
     }
 
     #[test]
