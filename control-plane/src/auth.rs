@@ -1,11 +1,15 @@
 //! Bearer-token checks for the admin API (`--admin-token`) and the config
 //! stream (`--cluster-token`).
 //!
-//! A call carries `authorization: Bearer <token>` metadata. The comparison is
-//! on SHA-256 digests, byte by byte without early exit, so neither the token's
-//! content nor its length leaks through timing. The token itself is never
-//! logged or echoed in an error.
+//! A call carries `authorization: Bearer <token>` metadata. Accepted is
+//! exactly: the scheme `Bearer` (any letter case, as RFC 6750 allows), one
+//! space, and the configured token byte for byte; nothing is trimmed, so the
+//! token followed by a space, a tab or anything else is refused. The
+//! comparison is on SHA-256 digests in constant time (`subtle`), so neither
+//! the token's content nor its length leaks through timing. The token itself
+//! is never logged or echoed in an error.
 
+use subtle::ConstantTimeEq;
 use tollgate_shared::secrets::api_key_digest;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
@@ -37,27 +41,21 @@ impl BearerAuth {
             .ok_or(CpError::Unauthenticated(
                 "missing authorization metadata (Bearer token)",
             ))?;
-        let token = presented
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .ok_or(CpError::Unauthenticated(
-                "authorization metadata must be \"Bearer <token>\"",
-            ))?;
-        if constant_time_eq(&api_key_digest(token.trim().as_bytes()), expected) {
+        let value = presented.as_bytes();
+        let token = match value.split_at_checked(7) {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"Bearer ") => token,
+            _ => {
+                return Err(CpError::Unauthenticated(
+                    "authorization metadata must be \"Bearer <token>\"",
+                ))
+            }
+        };
+        if bool::from(api_key_digest(token).ct_eq(expected)) {
             Ok(())
         } else {
             Err(CpError::Unauthenticated("invalid token"))
         }
     }
-}
-
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let difference = a
-        .iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(difference) == 0
 }
 
 impl Interceptor for BearerAuth {
@@ -95,11 +93,19 @@ mod tests {
     fn checks_the_bearer_token() {
         let auth = BearerAuth::new(Some("s3cret-token"));
         assert!(auth.check(&request(Some("Bearer s3cret-token"))).is_ok());
+        assert!(auth.check(&request(Some("bearer s3cret-token"))).is_ok());
         for bad in [
             None,
             Some("Bearer nope"),
             Some("s3cret-token"),
             Some("Basic x"),
+            Some("Bearer s3cret-token "),
+            Some("Bearer s3cret-token\t"),
+            Some("Bearer  s3cret-token"),
+            Some("Bearer s3cret-tokenX"),
+            Some("Bearer s3cret-toke"),
+            Some("Bearer"),
+            Some(""),
         ] {
             let err = auth.check(&request(bad)).expect_err("must fail");
             assert!(matches!(err, CpError::Unauthenticated(_)));

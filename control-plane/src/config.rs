@@ -3,9 +3,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::auth::check_token_text;
 use crate::error::CpError;
+use crate::listener::ConnLimits;
 
 /// Command-line flags of `tollgate-cp`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -59,6 +61,30 @@ pub struct CpArgs {
     /// sampled W3C traceparent are always traced.
     #[arg(long, env = "TOLLGATE_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
     pub trace_sample_ratio: f64,
+
+    /// Open connections per listener; beyond it a new connection is closed at
+    /// once. Lowered automatically to the open-files limit less 64.
+    #[arg(long, env = "TOLLGATE_CP_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// A connection that has not sent the HTTP/2 preface this long after
+    /// connecting is closed.
+    #[arg(long, env = "TOLLGATE_CP_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub handshake_timeout_ms: u64,
+
+    /// A connection with no call in progress for this long is closed (an open
+    /// config stream is a call in progress); 0 = never.
+    #[arg(long, env = "TOLLGATE_CP_IDLE_TIMEOUT_MS", default_value_t = 300_000)]
+    pub idle_timeout_ms: u64,
+
+    /// A data plane whose stream cannot take a newer snapshot for this long
+    /// (it stopped reading) is disconnected; meanwhile it is sent only the
+    /// newest version.
+    #[arg(long, env = "TOLLGATE_STREAM_MAX_LAG_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stream_max_lag_ms: u64,
 }
 
 /// What [`crate::run`] needs.
@@ -71,7 +97,14 @@ pub struct CpConfig {
     pub cluster_token: Option<String>,
     /// Where `GET /metrics` is served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Connection cap and timeouts of the gRPC listeners.
+    pub conn_limits: ConnLimits,
+    /// How long a stream may fall behind before it is cut off.
+    pub stream_max_lag: Duration,
 }
+
+/// Default of `--stream-max-lag-ms`.
+pub const DEFAULT_STREAM_MAX_LAG: Duration = Duration::from_secs(60);
 
 impl From<CpArgs> for CpConfig {
     fn from(args: CpArgs) -> CpConfig {
@@ -84,6 +117,13 @@ impl From<CpArgs> for CpConfig {
             admin_token: non_empty(args.admin_token),
             cluster_token: non_empty(args.cluster_token),
             metrics_listen: args.metrics_listen,
+            conn_limits: ConnLimits {
+                max_connections: args.max_connections as usize,
+                handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
+                idle_timeout: (args.idle_timeout_ms > 0)
+                    .then(|| Duration::from_millis(args.idle_timeout_ms)),
+            },
+            stream_max_lag: Duration::from_millis(args.stream_max_lag_ms),
         }
     }
 }
@@ -98,6 +138,8 @@ impl CpConfig {
             admin_token: None,
             cluster_token: None,
             metrics_listen: None,
+            conn_limits: ConnLimits::default(),
+            stream_max_lag: DEFAULT_STREAM_MAX_LAG,
         }
     }
 

@@ -159,6 +159,52 @@ pub fn find(config: &GatewayConfig, kind: EntityKind, name: &str) -> Option<Enti
     }
 }
 
+/// Every entity of a config by kind and name, for looking many of them up
+/// (a commit's writes) without a scan per lookup.
+pub struct NameIndex<'a> {
+    config: &'a GatewayConfig,
+    by_kind: [std::collections::HashMap<&'a str, usize>; 5],
+}
+
+impl<'a> NameIndex<'a> {
+    pub fn new(config: &'a GatewayConfig) -> NameIndex<'a> {
+        fn index<'a, T>(
+            items: &'a [T],
+            name: impl Fn(&'a T) -> &'a str,
+        ) -> std::collections::HashMap<&'a str, usize> {
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (name(e), i))
+                .collect()
+        }
+        // In `EntityKind::index` order.
+        NameIndex {
+            config,
+            by_kind: [
+                index(&config.services, |e| &e.name),
+                index(&config.routes, |e| &e.name),
+                index(&config.consumers, |e| &e.name),
+                index(&config.plugins, |e| e.instance_name()),
+                index(&config.certificates, |e| &e.name),
+            ],
+        }
+    }
+
+    /// The entity of `kind` named `name`, if any.
+    pub fn get(&self, kind: EntityKind, name: &str) -> Option<Entity> {
+        let i = *self.by_kind.get(kind.index())?.get(name)?;
+        let config = self.config;
+        Some(match kind {
+            EntityKind::Service => Entity::Service(config.services.get(i)?.clone()),
+            EntityKind::Route => Entity::Route(config.routes.get(i)?.clone()),
+            EntityKind::Consumer => Entity::Consumer(config.consumers.get(i)?.clone()),
+            EntityKind::Plugin => Entity::Plugin(config.plugins.get(i)?.clone()),
+            EntityKind::Certificate => Entity::Certificate(config.certificates.get(i)?.clone()),
+        })
+    }
+}
+
 /// Adds `entity` (the caller checked that the name is free).
 pub fn insert(config: &mut GatewayConfig, entity: Entity) {
     match entity {

@@ -6,11 +6,24 @@
 //! failure never depends on which handler hit it. Storage failures are logged
 //! here with their detail and reported to the caller as a bare `INTERNAL`:
 //! the caller cannot act on sled internals, and they may name paths.
+//!
+//! Codes say whose fault it was: `INVALID_ARGUMENT` for a request that is
+//! wrong whatever the server holds (bad field, undecodable message: see
+//! `crate::listener::fix_status`), `UNAUTHENTICATED` for a missing or wrong
+//! token, `RESOURCE_EXHAUSTED` for a config over a whole-config limit (entity
+//! counts, encoded size) or a message over the size cap, and `INTERNAL` only
+//! for faults of the server, logged with a request id that the message
+//! carries. No message is longer than [`MAX_STATUS_MESSAGE`] bytes.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use tollgate_shared::limits::truncate;
 use tollgate_shared::ConfigError;
+
+/// Longest `grpc-message` sent: errors quote input only in cut form, and
+/// this caps whatever a message holds.
+pub const MAX_STATUS_MESSAGE: usize = 4 * 1024;
 
 use crate::kind::EntityKind;
 
@@ -24,11 +37,15 @@ pub enum CpError {
     #[error("{0}")]
     BadRequest(String),
 
-    #[error("{kind} {name:?} does not exist")]
+    #[error("{kind} {} does not exist", tollgate_shared::limits::show(.name))]
     NotFound { kind: EntityKind, name: String },
 
-    #[error("{kind} {name:?} already exists")]
+    #[error("{kind} {} already exists", tollgate_shared::limits::show(.name))]
     AlreadyExists { kind: EntityKind, name: String },
+
+    /// The resulting config would be over a whole-config limit.
+    #[error("{0}")]
+    OverLimit(String),
 
     #[error("{0}")]
     Unauthenticated(&'static str),
@@ -92,6 +109,7 @@ fn describe_status(status: &tonic::Status) -> String {
         Code::InvalidArgument | Code::NotFound | Code::AlreadyExists => {
             status.message().to_string()
         }
+        Code::ResourceExhausted => format!("over a limit: {}", status.message()),
         Code::Unauthenticated => format!("unauthenticated: {}", status.message()),
         Code::Unavailable => format!("control plane unavailable: {}", status.message()),
         code => format!("{}: {}", code.description(), status.message()),
@@ -107,17 +125,65 @@ impl From<tonic::Status> for CpError {
 impl From<CpError> for tonic::Status {
     fn from(error: CpError) -> Self {
         use tonic::Status;
+        let cut = |text: String| truncate(&text, MAX_STATUS_MESSAGE);
         match error {
-            CpError::Invalid(err) => Status::invalid_argument(err.to_string()),
-            CpError::BadRequest(message) => Status::invalid_argument(message),
-            err @ CpError::NotFound { .. } => Status::not_found(err.to_string()),
-            err @ CpError::AlreadyExists { .. } => Status::already_exists(err.to_string()),
+            CpError::Invalid(err) if err.over_limit => {
+                Status::resource_exhausted(cut(err.to_string()))
+            }
+            CpError::Invalid(err) => Status::invalid_argument(cut(err.to_string())),
+            CpError::BadRequest(message) => Status::invalid_argument(cut(message)),
+            err @ CpError::NotFound { .. } => Status::not_found(cut(err.to_string())),
+            err @ CpError::AlreadyExists { .. } => Status::already_exists(cut(err.to_string())),
+            CpError::OverLimit(message) => Status::resource_exhausted(cut(message)),
             CpError::Unauthenticated(message) => Status::unauthenticated(message),
             CpError::Rpc(status) => *status,
             other => {
-                tracing::error!(error = %other, "request failed");
-                Status::internal("internal error; see the control plane log")
+                let request_id = uuid::Uuid::new_v4().simple().to_string();
+                tracing::error!(error = %other, %request_id, "request failed");
+                Status::internal(format!(
+                    "internal error (request id {request_id}); see the control plane log"
+                ))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_gets_the_code_of_whose_fault_it_was() {
+        let internal = tonic::Status::from(CpError::Internal("sled went away".into()));
+        assert_eq!(internal.code(), tonic::Code::Internal);
+        assert!(internal.message().contains("request id "), "{internal:?}");
+        assert!(
+            !internal.message().contains("sled"),
+            "detail stays in the log"
+        );
+
+        let over = tonic::Status::from(CpError::Invalid(ConfigError::whole_over_limit(
+            "routes: at most 100000 entities allowed (got 100001)",
+        )));
+        assert_eq!(over.code(), tonic::Code::ResourceExhausted);
+        let invalid = tonic::Status::from(CpError::Invalid(ConfigError::new(
+            "route",
+            "r",
+            "paths[0]: bad",
+        )));
+        assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
+
+        let huge = tonic::Status::from(CpError::BadRequest("x".repeat(1 << 20)));
+        assert!(huge.message().len() <= MAX_STATUS_MESSAGE);
+        let missing = tonic::Status::from(CpError::NotFound {
+            kind: EntityKind::Route,
+            name: "n".repeat(1 << 20),
+        });
+        assert_eq!(missing.code(), tonic::Code::NotFound);
+        assert!(
+            missing.message().len() < 400,
+            "{} bytes",
+            missing.message().len()
+        );
     }
 }

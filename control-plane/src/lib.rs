@@ -18,7 +18,8 @@
 //!
 //! Around them: [`entity`] and [`kind`] (the five entity kinds and their
 //! names), [`config`] (flags and exposure checks), [`server`] (listeners and
-//! graceful shutdown), [`error`] (one error type, one mapping to gRPC status),
+//! graceful shutdown), [`listener`] (the accept loop: connection cap,
+//! handshake and idle timeouts, status codes of tonic's own errors), [`error`] (one error type, one mapping to gRPC status),
 //! [`metrics`] (Prometheus metrics on `--metrics-listen`, traced admin calls)
 //! and [`ctl`] (the `tollgatectl` operator CLI).
 
@@ -30,6 +31,7 @@ pub mod diff;
 pub mod entity;
 pub mod error;
 pub mod kind;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod secrets;

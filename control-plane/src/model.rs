@@ -11,16 +11,28 @@
 //! the current state, commit the changed entities and the revision bump to sled
 //! (fsynced), and only then publish. An error at any step writes nothing, and a
 //! write that changes nothing does not move the version.
+//!
+//! Everything from "apply the change" to "diff" runs on a blocking thread
+//! ([`prepare`]), never on an async worker: a 50,000-route Apply takes CPU
+//! for a while, and health checks, reads and config streams keep answering
+//! meanwhile (reads only borrow the published state; the write lock is held
+//! by writers alone). The blocking threads have the runtime's known stack
+//! (8 MiB in `tollgate-cp`), and validation recurses on nothing the request
+//! controls. The encoded size of the resulting snapshot (and export) is
+//! checked there too: a config that could never be streamed to a data plane
+//! is refused at write time with `RESOURCE_EXHAUSTED`.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use prost::Message;
 use tokio::sync::{watch, Mutex};
+use tollgate_shared::limits::{MAX_MESSAGE_BYTES, MAX_SNAPSHOT_BYTES};
 use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::config as pb;
 
 use crate::diff::{self, Action, Change};
-use crate::entity;
+use crate::entity::NameIndex;
 use crate::error::CpError;
 use crate::secrets;
 use crate::store::{EntityWrite, Store};
@@ -116,32 +128,21 @@ impl Model {
     /// Applies `change` to a copy of the current state and, unless `dry_run`
     /// or nothing changed, commits and publishes the result.
     #[tracing::instrument(target = "tollgate::trace", name = "config_write", skip_all, fields(dry_run = dry_run))]
-    pub async fn write(
-        &self,
-        dry_run: bool,
-        change: impl FnOnce(&mut GatewayConfig) -> Result<(), CpError>,
-    ) -> Result<WriteOutcome, CpError> {
+    pub async fn write<F>(&self, dry_run: bool, change: F) -> Result<WriteOutcome, CpError>
+    where
+        F: FnOnce(&mut GatewayConfig) -> Result<(), CpError> + Send + 'static,
+    {
         let _serialized = self.write_lock.lock().await;
         let current = self.current();
-        let mut next = (*current.config).clone();
-        change(&mut next)?;
-        secrets::restore_kept_secrets(&mut next, &current.config)?;
-        for certificate in &mut next.certificates {
-            certificate.info = None; // read-only: computed by reads
-        }
-        tollgate_shared::validate::validate(&next)?;
-        let warnings = tollgate_shared::certs::check_write(
-            &current.config,
-            &next,
-            tollgate_shared::certs::unix_now(),
-        )?;
-        for warning in &warnings {
-            tracing::warn!(dry_run, "{warning}");
-        }
-        secrets::hash_api_keys(&mut next);
-        next.sort();
-
-        let changes = diff::diff(&current.config, &next);
+        let base = current.config.clone();
+        let Prepared {
+            next,
+            changes,
+            writes,
+            warnings,
+        } = tokio::task::spawn_blocking(move || prepare(&base, change, dry_run))
+            .await
+            .map_err(|e| CpError::Internal(format!("config write task failed: {e}")))??;
         if dry_run || changes.is_empty() {
             return Ok(WriteOutcome {
                 changes,
@@ -155,19 +156,6 @@ impl Model {
             });
         }
 
-        let mut writes = Vec::with_capacity(changes.len());
-        for change in &changes {
-            match change.action {
-                Action::Delete => writes.push(EntityWrite::delete(change.kind, &change.name)),
-                Action::Create | Action::Update => {
-                    let stored =
-                        entity::find(&next, change.kind, &change.name).ok_or_else(|| {
-                            CpError::Internal(format!("{} {:?} vanished", change.kind, change.name))
-                        })?;
-                    writes.push(EntityWrite::put(&stored)?);
-                }
-            }
-        }
         let version = ConfigVersion {
             store_id: current.version.store_id.clone(),
             revision: current.version.revision + 1,
@@ -227,6 +215,111 @@ impl Model {
     }
 }
 
+/// What [`prepare`] computed for a write.
+struct Prepared {
+    next: GatewayConfig,
+    changes: Vec<Change>,
+    writes: Vec<EntityWrite>,
+    /// Accepted, but worth the operator's attention (see `WriteOutcome`).
+    warnings: Vec<String>,
+}
+
+/// The CPU-bound part of a write (blocking): change a copy, restore kept
+/// secrets, validate, hash API keys, sort, check the encoded size, diff, and
+/// encode the entity writes.
+fn prepare<F>(current: &GatewayConfig, change: F, dry_run: bool) -> Result<Prepared, CpError>
+where
+    F: FnOnce(&mut GatewayConfig) -> Result<(), CpError>,
+{
+    let mut next = current.clone();
+    change(&mut next)?;
+    secrets::restore_kept_secrets(&mut next, current)?;
+    for certificate in &mut next.certificates {
+        certificate.info = None; // read-only: computed by reads
+    }
+    tollgate_shared::validate::validate(&next)?;
+    let warnings =
+        tollgate_shared::certs::check_write(current, &next, tollgate_shared::certs::unix_now())?;
+    for warning in &warnings {
+        tracing::warn!(dry_run, "{warning}");
+    }
+    secrets::hash_api_keys(&mut next);
+    next.sort();
+    check_encoded_size(&next)?;
+    let changes = diff::diff(current, &next);
+    let mut writes = Vec::new();
+    if !dry_run {
+        let index = NameIndex::new(&next);
+        writes.reserve(changes.len());
+        for change in &changes {
+            match change.action {
+                Action::Delete => writes.push(EntityWrite::delete(change.kind, &change.name)),
+                Action::Create | Action::Update => {
+                    let stored = index.get(change.kind, &change.name).ok_or_else(|| {
+                        CpError::Internal(format!("{} {:?} vanished", change.kind, change.name))
+                    })?;
+                    writes.push(EntityWrite::put(&stored)?);
+                }
+            }
+        }
+    }
+    Ok(Prepared {
+        next,
+        changes,
+        writes,
+        warnings,
+    })
+}
+
+/// Refuses a config whose snapshot (secrets in clear) or export (secrets as
+/// fingerprints, which can be longer) would not fit in one gRPC message.
+fn check_encoded_size(config: &GatewayConfig) -> Result<(), CpError> {
+    let snapshot = pb::GatewayConfig::from(config).encoded_len();
+    // Only consumers and certificates change when redacted: measure those
+    // two lists in both forms instead of encoding the whole config twice.
+    let secret_part = |consumers: &[tollgate_shared::model::Consumer],
+                       certificates: &[tollgate_shared::model::Certificate]| {
+        pb::GatewayConfig::from(&GatewayConfig {
+            consumers: consumers.to_vec(),
+            certificates: certificates.to_vec(),
+            ..GatewayConfig::default()
+        })
+        .encoded_len()
+    };
+    let mut export = snapshot;
+    if !config.consumers.is_empty() || !config.certificates.is_empty() {
+        let redacted: Vec<_> = config
+            .consumers
+            .iter()
+            .map(|c| {
+                let mut c = c.clone();
+                c.redact();
+                c
+            })
+            .collect();
+        let redacted_certificates: Vec<_> = config
+            .certificates
+            .iter()
+            .map(|c| {
+                let mut c = c.clone();
+                c.redact();
+                c
+            })
+            .collect();
+        export = snapshot - secret_part(&config.consumers, &config.certificates)
+            + secret_part(&redacted, &redacted_certificates);
+    }
+    let largest = snapshot.max(export);
+    if largest > MAX_SNAPSHOT_BYTES {
+        return Err(CpError::OverLimit(format!(
+            "config: the resulting config encodes to {largest} bytes, over the {MAX_SNAPSHOT_BYTES} \
+             byte limit for a snapshot (the config stream's and export's message limit is \
+             {MAX_MESSAGE_BYTES} bytes); split it or remove entities"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,7 +336,9 @@ consumers:
     credentials: [{ api_key: "alice-secret-key" }]
 "#;
 
-    fn apply(yaml: &str) -> impl FnOnce(&mut GatewayConfig) -> Result<(), CpError> {
+    fn apply(
+        yaml: &str,
+    ) -> impl FnOnce(&mut GatewayConfig) -> Result<(), CpError> + Send + 'static {
         let parsed = GatewayConfig::from_yaml(yaml).expect("parses");
         move |config| {
             *config = parsed;

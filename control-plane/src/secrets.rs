@@ -81,13 +81,16 @@ pub fn restore_kept_secrets(
     Ok(())
 }
 
-/// Replaces every plaintext `api_key` by its hash. Run after validation, so
+/// Replaces every plaintext `api_key` by its hash, and writes every given
+/// hash in lower-case hex (one key, one spelling). Run after validation, so
 /// the key's own rules (length, charset) were checked on the plaintext.
 pub fn hash_api_keys(config: &mut GatewayConfig) {
     for consumer in &mut config.consumers {
         for credential in &mut consumer.credentials {
             if let Some(key) = credential.api_key.take() {
                 credential.api_key_hash = Some(hash_api_key(&key));
+            } else if let Some(hash) = credential.api_key_hash.as_mut() {
+                hash.make_ascii_lowercase();
             }
         }
     }
@@ -139,6 +142,18 @@ certificates:
             config.certificates[0].key_fingerprint,
             Some(fingerprint(KEY_PEM))
         );
+    }
+
+    #[test]
+    fn api_key_hashes_are_stored_in_lower_case() {
+        let hash = hash_api_key("bob-key-123456");
+        let mut config = GatewayConfig::from_yaml(&format!(
+            "consumers: [{{name: c, credentials: [{{api_key_hash: \"{}\"}}]}}]",
+            hash.to_ascii_uppercase().replacen("SHA256", "sha256", 1)
+        ))
+        .expect("parses");
+        hash_api_keys(&mut config);
+        assert_eq!(config.consumers[0].credentials[0].api_key_hash, Some(hash));
     }
 
     #[test]

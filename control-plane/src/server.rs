@@ -17,13 +17,13 @@ use tokio::sync::watch;
 use tollgate_shared::proto::admin::admin_server::AdminServer;
 use tollgate_shared::proto::stream::config_stream_server::ConfigStreamServer;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::admin::AdminService;
 use crate::auth::BearerAuth;
 use crate::config::CpConfig;
 use crate::error::CpError;
+use crate::listener::{ConnLayer, Incoming};
 use crate::metrics::{self, CpMetrics, DataPlaneView, ObservedService};
 use crate::model::Model;
 use crate::stream::registry::Registry;
@@ -31,11 +31,11 @@ use crate::stream::StreamService;
 
 /// Largest gRPC message either way: a 10,000-route Apply or snapshot is a
 /// few MiB; this leaves room without letting one call take unbounded memory.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// A write whose snapshot or export would not fit is refused at write time.
+pub const MAX_MESSAGE_BYTES: usize = tollgate_shared::limits::MAX_MESSAGE_BYTES;
 /// HTTP/2 pings find dead data planes (and operators) behind silent networks.
 const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// How long shutdown waits for in-flight calls.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -171,7 +171,9 @@ impl Bound {
                 self.registry.clone(),
                 self.metrics.clone(),
                 stopped.clone(),
+                self.config.stream_max_lag,
             ))
+            .max_decoding_message_size(STREAM_MAX_DECODING_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
             BearerAuth::new(self.config.cluster_token.as_deref()),
         );
@@ -187,7 +189,7 @@ impl Bound {
             .add_service(admin)
             .add_optional_service(stream_on_admin)
             .serve_with_incoming_shutdown(
-                incoming(self.admin_listener)?,
+                Incoming::new(self.admin_listener, self.config.conn_limits, "admin"),
                 stop_signal(stopped.clone()),
             );
         tracing::info!(address = %admin_addr, "admin API listening on {admin_addr}");
@@ -222,7 +224,7 @@ impl Bound {
                         .add_service(health_service)
                         .add_service(stream)
                         .serve_with_incoming_shutdown(
-                            incoming(listener)?,
+                            Incoming::new(listener, self.config.conn_limits, "stream"),
                             stop_signal(stopped.clone()),
                         );
                     tracing::info!(address = %stream_addr, "config stream listening on {stream_addr}");
@@ -241,7 +243,15 @@ impl Bound {
         tokio::pin!(servers);
 
         let result = tokio::select! {
-            result = &mut servers => result,
+            // The listeners never end on their own: a server that returns
+            // unasked is a fault, and the process must exit non-zero so a
+            // supervisor restarts it.
+            result = &mut servers => match result {
+                Ok(()) => Err(CpError::Internal(
+                    "the gRPC server stopped without being asked to".into(),
+                )),
+                Err(err) => Err(err),
+            },
             () = shutdown => {
                 tracing::info!("shutting down");
                 health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
@@ -263,16 +273,15 @@ impl Bound {
     }
 }
 
-fn builder() -> Server {
+/// Data planes send hellos and ACK/NACKs: small messages.
+const STREAM_MAX_DECODING_BYTES: usize = 1024 * 1024;
+
+fn builder() -> Server<tower_layer::Stack<ConnLayer, tower_layer::Identity>> {
     Server::builder()
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
-}
-
-fn incoming(listener: TcpListener) -> Result<TcpIncoming, CpError> {
-    TcpIncoming::from_listener(listener, true, Some(TCP_KEEPALIVE))
-        .map_err(|e| CpError::Internal(format!("listener: {e}")))
+        .layer(ConnLayer::new(crate::listener::write_runtime()))
 }
 
 async fn stop_signal(mut stopped: watch::Receiver<bool>) {

@@ -80,6 +80,8 @@ pub struct CpOptions {
     pub separate_stream_port: bool,
     /// Extra environment, e.g. `RUST_LOG`.
     pub env: Vec<(String, String)>,
+    /// Run the server under this `RLIMIT_NOFILE` (through `prlimit`).
+    pub nofile_limit: Option<u64>,
 }
 
 /// A running `tollgate-cp`.
@@ -174,12 +176,29 @@ impl ControlPlane {
         if let Some(old) = self.process.take() {
             self.past_logs.push_str(&old.logs());
         }
-        let process = ChildProcess::spawn(
-            "tollgate-cp",
-            &bin_path("tollgate-cp"),
-            &self.args(),
-            &self.env(),
-        );
+        let process = match self.options.nofile_limit {
+            None => ChildProcess::spawn(
+                "tollgate-cp",
+                &bin_path("tollgate-cp"),
+                &self.args(),
+                &self.env(),
+            ),
+            // prlimit execs the server: the child's PID is the server's.
+            Some(limit) => {
+                let mut args = vec![
+                    format!("--nofile={limit}:{limit}"),
+                    "--".to_string(),
+                    bin_path("tollgate-cp").display().to_string(),
+                ];
+                args.extend(self.args());
+                ChildProcess::spawn(
+                    "tollgate-cp",
+                    std::path::Path::new("prlimit"),
+                    &args,
+                    &self.env(),
+                )
+            }
+        };
         self.process = Some(process);
         self.wait_healthy().await;
     }
@@ -360,6 +379,67 @@ impl ControlPlane {
             held,
         )
         .await
+    }
+}
+
+impl ControlPlane {
+    /// Sends `body` as the raw protobuf of a unary call to `path` (no token):
+    /// lets a test send what no generated client would.
+    pub async fn raw_call(&self, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
+        let channel = Self::channel(self.url()).await;
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        grpc.unary(
+            Request::new(body),
+            tonic::codegen::http::uri::PathAndQuery::from_static(path),
+            RawCodec,
+        )
+        .await
+        .map(tonic::Response::into_inner)
+    }
+}
+
+/// Bytes in, bytes out: a gRPC codec for raw protobuf.
+#[derive(Debug, Clone, Copy)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        use bytes::Buf;
+        let mut out = vec![0u8; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
     }
 }
 

@@ -5,6 +5,7 @@
 //! - [`plugins`]: the typed configuration schema of every plugin.
 //! - [`validate`]: the checks every write passes, with errors naming the entity
 //!   and field.
+//! - [`limits`]: the size limit of every field and of the whole config.
 //! - [`secrets`]: API-key hashing and secret fingerprints.
 //! - [`calendar`]: UTC dates from Unix time (no date-time dependency).
 //! - [`convert`]: model <-> protobuf conversion (the wire types live in [`proto`]).
@@ -16,6 +17,7 @@
 pub mod calendar;
 pub mod certs;
 pub mod convert;
+pub mod limits;
 pub mod model;
 pub mod plugins;
 pub mod secrets;

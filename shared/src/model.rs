@@ -3,7 +3,7 @@
 //!
 //! Every entity has a unique `name` within its kind. Plugin configurations are
 //! kept as JSON objects here and parsed into their typed schema
-//! ([`crate::plugins::PluginConfig`]) by validation and by the data plane's
+//! ([`crate::plugins::SCHEMAS`]) by validation and by the data plane's
 //! compiler, so the model itself stays plugin-agnostic.
 //!
 //! Secrets: an API key is only ever held as `api_key_hash` once stored; JWT HMAC

@@ -4,11 +4,22 @@
 //!
 //! Errors name the entity and the field, e.g.
 //! `route "orders-api": service "ordrs" does not exist`.
+//!
+//! Every check here is total: it returns an error (never panics, never
+//! recurses on input) for any string, and every field is bounded by a limit
+//! from [`crate::limits`]. There is one rule per value type (addresses, host
+//! patterns, header names and values, query names, PEM keys), written to
+//! accept exactly what the data plane can serve as written: a value it would
+//! NACK, or turn into a different request upstream, is refused here, naming
+//! the field. Values echoed in errors are cut to
+//! [`crate::limits::MAX_ECHO_CHARS`] characters.
 
 use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
+use crate::limits::{self, check_len, show, Shown};
 use crate::model::*;
-use crate::plugins::{check_header_name, PluginConfig};
+use crate::plugins::{check_header_name, Checked};
 
 /// A rejected configuration: which entity, and what is wrong with which field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,25 +29,56 @@ pub struct ConfigError {
     pub entity: String,
     /// `service "ordrs" does not exist`, `paths[0]: must start with "/"`.
     pub message: String,
+    /// Whether the config as a whole is over a limit (entities per kind):
+    /// the control plane answers `RESOURCE_EXHAUSTED` rather than
+    /// `INVALID_ARGUMENT`.
+    pub over_limit: bool,
 }
 
 impl ConfigError {
+    /// `name` is shown cut to [`limits::MAX_ECHO_CHARS`] characters, so an
+    /// oversized name never comes back whole in an error.
     pub fn new(kind: &str, name: &str, message: impl Into<String>) -> Self {
         ConfigError {
-            entity: format!("{kind} {name:?}"),
+            entity: format!("{kind} {}", Shown(name)),
             message: message.into(),
+            over_limit: false,
+        }
+    }
+
+    /// The config as a whole is over a limit (entity counts, total size).
+    pub fn whole_over_limit(message: impl Into<String>) -> Self {
+        ConfigError {
+            entity: "config".into(),
+            message: message.into(),
+            over_limit: true,
         }
     }
 }
 
 /// Longest entity name accepted.
-pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_NAME_LEN: usize = limits::MAX_NAME_LEN;
 /// Upper bounds that keep one config from exhausting a data plane.
 pub const MAX_TIMEOUT_MS: u64 = 24 * 3_600 * 1_000;
-pub const MAX_TARGETS: usize = 1_024;
+pub const MAX_TARGETS: usize = limits::MAX_TARGETS;
 
 /// Checks a whole desired state.
 pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
+    for (kind, count, max) in [
+        ("services", config.services.len(), limits::MAX_SERVICES),
+        ("routes", config.routes.len(), limits::MAX_ROUTES),
+        ("consumers", config.consumers.len(), limits::MAX_CONSUMERS),
+        ("plugins", config.plugins.len(), limits::MAX_GLOBAL_PLUGINS),
+        (
+            "certificates",
+            config.certificates.len(),
+            limits::MAX_CERTIFICATES,
+        ),
+    ] {
+        check_len(count, max, "entities")
+            .map_err(|m| ConfigError::whole_over_limit(format!("{kind}: {m}")))?;
+    }
+
     let mut service_names = HashSet::new();
     for service in &config.services {
         let err = |msg: String| ConfigError::new("service", &service.name, msg);
@@ -55,13 +97,17 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
             return Err(err("name: defined more than once".into()));
         }
         if !service_names.contains(route.service.as_str()) {
-            return Err(err(format!("service {:?} does not exist", route.service)));
+            return Err(err(format!(
+                "service {} does not exist",
+                show(&route.service)
+            )));
         }
         validate_route(route).map_err(err)?;
     }
 
     let mut consumer_names = HashSet::new();
-    let mut api_key_owner: HashMap<String, &str> = HashMap::new();
+    // Keyed by the hash's 32 bytes, so hex case cannot make one key two.
+    let mut api_key_owner: HashMap<[u8; 32], &str> = HashMap::new();
     let mut jwt_owner: HashMap<(JwtKeyClaim, &str), &str> = HashMap::new();
     for consumer in &config.consumers {
         let err = |msg: String| ConfigError::new("consumer", &consumer.name, msg);
@@ -69,20 +115,29 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
         if !consumer_names.insert(consumer.name.as_str()) {
             return Err(err("name: defined more than once".into()));
         }
+        check_len(consumer.groups.len(), limits::MAX_GROUPS, "groups")
+            .map_err(|m| err(format!("groups: {m}")))?;
         for (i, group) in consumer.groups.iter().enumerate() {
             check_name(group).map_err(|m| err(format!("groups[{i}]: {m}")))?;
         }
+        check_len(
+            consumer.credentials.len(),
+            limits::MAX_CREDENTIALS,
+            "credentials",
+        )
+        .map_err(|m| err(format!("credentials: {m}")))?;
         for (i, credential) in consumer.credentials.iter().enumerate() {
             validate_credential(credential).map_err(|m| err(format!("credentials[{i}].{m}")))?;
-            let hash = match (&credential.api_key, &credential.api_key_hash) {
-                (Some(key), _) => Some(crate::secrets::hash_api_key(key)),
-                (None, Some(hash)) => Some(hash.clone()),
+            let digest = match (&credential.api_key, &credential.api_key_hash) {
+                (Some(key), _) => Some(crate::secrets::api_key_digest(key.as_bytes())),
+                (None, Some(hash)) => crate::secrets::parse_hash(hash),
                 _ => None,
             };
-            if let Some(hash) = hash {
-                if let Some(other) = api_key_owner.insert(hash, &consumer.name) {
+            if let Some(digest) = digest {
+                if let Some(other) = api_key_owner.insert(digest, &consumer.name) {
                     return Err(err(format!(
-                        "credentials[{i}].api_key: the same key is already a credential of consumer {other:?}"
+                        "credentials[{i}].api_key: the same key is already a credential of consumer {}",
+                        show(other)
                     )));
                 }
             }
@@ -91,8 +146,9 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
                     jwt_owner.insert((jwt.key_claim, jwt.key.as_str()), &consumer.name)
                 {
                     return Err(err(format!(
-                        "credentials[{i}].jwt.key: {:?} is already a JWT key of consumer {other:?}",
-                        jwt.key
+                        "credentials[{i}].jwt.key: {} is already a JWT key of consumer {}",
+                        show(&jwt.key),
+                        show(other)
                     )));
                 }
             }
@@ -107,14 +163,14 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
         if !plugin_names.insert(name) {
             return Err(err("instance: defined more than once".into()));
         }
-        let parsed = PluginConfig::parse(&plugin.name, &plugin.config).map_err(&err)?;
+        let parsed = parse_plugin(&plugin.name, &plugin.config).map_err(&err)?;
         check_anonymous(&parsed, &consumer_names).map_err(err)?;
     }
 
     // Plugins on routes and services may name an anonymous consumer: check it exists.
     for route in &config.routes {
         for (i, plugin) in route.plugins.iter().enumerate() {
-            if let Ok(parsed) = PluginConfig::parse(&plugin.name, &plugin.config) {
+            if let Ok(parsed) = crate::plugins::check(&plugin.name, &plugin.config) {
                 check_anonymous(&parsed, &consumer_names).map_err(|m| {
                     ConfigError::new("route", &route.name, format!("plugins[{i}].{m}"))
                 })?;
@@ -123,7 +179,7 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
     }
     for service in &config.services {
         for (i, plugin) in service.plugins.iter().enumerate() {
-            if let Ok(parsed) = PluginConfig::parse(&plugin.name, &plugin.config) {
+            if let Ok(parsed) = crate::plugins::check(&plugin.name, &plugin.config) {
                 check_anonymous(&parsed, &consumer_names).map_err(|m| {
                     ConfigError::new("service", &service.name, format!("plugins[{i}].{m}"))
                 })?;
@@ -182,15 +238,11 @@ fn served<'a>(all: impl Iterator<Item = (&'a str, bool)>) -> String {
         .join(", ")
 }
 
-fn check_anonymous(plugin: &PluginConfig, consumers: &HashSet<&str>) -> Result<(), String> {
-    let anonymous = match plugin {
-        PluginConfig::KeyAuth(c) => c.anonymous.as_deref(),
-        PluginConfig::Jwt(c) => c.anonymous.as_deref(),
-        _ => None,
-    };
-    match anonymous {
+fn check_anonymous(plugin: &Checked, consumers: &HashSet<&str>) -> Result<(), String> {
+    match plugin.anonymous.as_deref() {
         Some(name) if !consumers.contains(name) => Err(format!(
-            "config.anonymous: consumer {name:?} does not exist"
+            "config.anonymous: consumer {} does not exist",
+            show(name)
         )),
         _ => Ok(()),
     }
@@ -203,14 +255,18 @@ pub fn check_name(name: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(format!("must be at most {MAX_NAME_LEN} characters"));
+        return Err(format!(
+            "must be at most {MAX_NAME_LEN} characters (got {})",
+            name.len()
+        ));
     }
     if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
     {
         return Err(format!(
-            "{name:?} may only contain letters, digits, '-', '_' and '.'"
+            "{} may only contain letters, digits, '-', '_' and '.'",
+            show(name)
         ));
     }
     Ok(())
@@ -236,17 +292,16 @@ fn validate_service(service: &Service) -> Result<(), String> {
     if service.upstream.targets.is_empty() {
         return Err("upstream.targets: at least one target is required".into());
     }
-    if service.upstream.targets.len() > MAX_TARGETS {
-        return Err(format!("upstream.targets: at most {MAX_TARGETS} targets"));
-    }
+    check_len(service.upstream.targets.len(), MAX_TARGETS, "targets")
+        .map_err(|m| format!("upstream.targets: {m}"))?;
     let mut seen = HashSet::new();
     for (i, target) in service.upstream.targets.iter().enumerate() {
         check_address(&target.address)
             .map_err(|m| format!("upstream.targets[{i}].address: {m}"))?;
         if !seen.insert(target.address.as_str()) {
             return Err(format!(
-                "upstream.targets[{i}].address: {:?} is listed twice",
-                target.address
+                "upstream.targets[{i}].address: {} is listed twice",
+                show(&target.address)
             ));
         }
         if target.weight > MAX_WEIGHT {
@@ -271,37 +326,75 @@ fn validate_service(service: &Service) -> Result<(), String> {
     validate_plugins(&service.plugins)
 }
 
-/// `host:port` with a port in 1..=65535 and a plausible host.
+/// A target address, exactly as the data plane connects to it:
+/// `name:port`, `1.2.3.4:port` or `[v6]:port`, with a port of 1 to 5 ASCII
+/// digits in 1..=65535. Refused: an unbracketed IPv6 (`::1:80`), a bracketed
+/// IPv4 (`[1.2.3.4]:80`), a signed port (`h:+80`), zone ids, a name whose
+/// last label is all digits (`1.2.3:80`, not an IPv4 and not a DNS name).
 pub fn check_address(address: &str) -> Result<(), String> {
+    if address.len() > limits::MAX_ADDRESS_LEN {
+        return Err(format!(
+            "at most {} bytes allowed (got {})",
+            limits::MAX_ADDRESS_LEN,
+            address.len()
+        ));
+    }
+    let bad = |why: &str| format!("{} {why}", show(address));
     let (host, port) = address
         .rsplit_once(':')
-        .ok_or_else(|| format!("{address:?} must be host:port"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("{address:?} has an invalid port"))?;
-    if port == 0 {
-        return Err(format!("{address:?} has port 0"));
+        .ok_or_else(|| bad("must be host:port"))?;
+    if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("has an invalid port (1 to 65535, digits only)"));
     }
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.parse::<std::net::IpAddr>().is_ok() {
+    match port.parse::<u32>() {
+        Ok(1..=65_535) => {}
+        _ => return Err(bad("has an invalid port (1 to 65535, digits only)")),
+    }
+    if let Some(inner) = host.strip_prefix('[') {
+        let inner = inner
+            .strip_suffix(']')
+            .ok_or_else(|| bad("has an unclosed '['"))?;
+        return match inner.parse::<Ipv6Addr>() {
+            Ok(_) => Ok(()),
+            Err(_) => Err(bad("must hold an IPv6 address inside [...]")),
+        };
+    }
+    if host.contains(':') {
+        return Err(bad(
+            "is an IPv6 address without brackets: write [addr]:port",
+        ));
+    }
+    if host.parse::<Ipv4Addr>().is_ok() {
         return Ok(());
     }
-    check_host(host, false).map_err(|m| format!("{address:?}: {m}"))
+    check_host(host, false).map_err(|m| format!("{}: {m}", show(address)))
 }
 
-/// A DNS host name, optionally with one leading `*.` wildcard label.
+/// A DNS host name (or an IPv4 address), optionally with one leading `*.`
+/// wildcard label that must cover at least two labels (`*.example.com`, not
+/// `*.com`). The last label of a name is never all digits.
 pub fn check_host(host: &str, allow_wildcard: bool) -> Result<(), String> {
-    let bare = match host.strip_prefix("*.") {
-        Some(rest) if allow_wildcard => rest,
-        Some(_) => return Err(format!("{host:?}: wildcards are not allowed here")),
-        None => host,
-    };
-    if bare.is_empty() || bare.len() > 253 {
-        return Err(format!("{host:?} is not a valid host name"));
+    let invalid = || format!("{} is not a valid host name", show(host));
+    if host.len() > limits::MAX_HOST_LEN {
+        return Err(format!(
+            "at most {} bytes allowed (got {})",
+            limits::MAX_HOST_LEN,
+            host.len()
+        ));
     }
+    let (bare, wildcard) = match host.strip_prefix("*.") {
+        Some(rest) if allow_wildcard => (rest, true),
+        Some(_) => return Err(format!("{}: wildcards are not allowed here", show(host))),
+        None => (host, false),
+    };
+    if bare.is_empty() {
+        return Err(invalid());
+    }
+    if !wildcard && bare.parse::<Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    let mut labels = 0usize;
+    let mut last = "";
     for label in bare.split('.') {
         let ok = !label.is_empty()
             && label.len() <= 63
@@ -311,8 +404,65 @@ pub fn check_host(host: &str, allow_wildcard: bool) -> Result<(), String> {
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !ok {
-            return Err(format!("{host:?} is not a valid host name"));
+            return Err(invalid());
         }
+        labels += 1;
+        last = label;
+    }
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    if wildcard && labels < 2 {
+        return Err(format!(
+            "{}: a wildcard must cover at least two labels, like *.example.com",
+            show(host)
+        ));
+    }
+    Ok(())
+}
+
+/// A header value as both planes handle it: at most
+/// [`limits::MAX_HEADER_VALUE_LEN`] bytes of visible characters, spaces and
+/// tabs (and non-ASCII bytes), no control characters (CR, LF, NUL, `\x01`,
+/// DEL...), and no leading or trailing whitespace (HTTP strips it, so such a
+/// value could never match or would not be sent as written).
+pub fn check_header_value(value: &str) -> Result<(), String> {
+    check_len(value.len(), limits::MAX_HEADER_VALUE_LEN, "bytes")?;
+    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err("must not contain control characters (CR, LF, NUL, DEL...)".into());
+    }
+    if value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']) {
+        return Err("must not start or end with spaces or tabs".into());
+    }
+    Ok(())
+}
+
+/// A query parameter name in `request-transformer`: 1 to
+/// [`limits::MAX_QUERY_NAME_LEN`] bytes, no control characters, and none of
+/// `&`, `=`, `#` (they would split or add parameters).
+pub fn check_query_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    check_len(name.len(), limits::MAX_QUERY_NAME_LEN, "bytes")?;
+    if name
+        .bytes()
+        .any(|b| b < 0x20 || b == 0x7f || matches!(b, b'&' | b'=' | b'#'))
+    {
+        return Err(format!(
+            "{} must not contain '&', '=', '#' or control characters",
+            show(name)
+        ));
+    }
+    Ok(())
+}
+
+/// A query parameter value to add (sent percent-encoded): at most
+/// [`limits::MAX_QUERY_VALUE_LEN`] bytes, no control characters.
+pub fn check_query_value(value: &str) -> Result<(), String> {
+    check_len(value.len(), limits::MAX_QUERY_VALUE_LEN, "bytes")?;
+    if value.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err("must not contain control characters".into());
     }
     Ok(())
 }
@@ -326,35 +476,44 @@ fn validate_route(route: &Route) -> Result<(), String> {
     if route.https_redirect && !route.https_only {
         return Err("https_redirect: only with https_only: true".into());
     }
+    check_len(route.hosts.len(), limits::MAX_HOSTS, "hosts").map_err(|m| format!("hosts: {m}"))?;
     for (i, host) in route.hosts.iter().enumerate() {
-        if host != &host.to_ascii_lowercase() {
-            return Err(format!("hosts[{i}]: {host:?} must be lower case"));
-        }
         check_host(host, true).map_err(|m| format!("hosts[{i}]: {m}"))?;
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(format!("hosts[{i}]: {} must be lower case", show(host)));
+        }
     }
+    check_len(route.paths.len(), limits::MAX_PATHS, "paths").map_err(|m| format!("paths: {m}"))?;
     let mut seen_paths = HashSet::new();
     for (i, path) in route.paths.iter().enumerate() {
         check_route_path(path).map_err(|m| format!("paths[{i}]: {m}"))?;
         if !seen_paths.insert(path.as_str()) {
-            return Err(format!("paths[{i}]: {path:?} is listed twice"));
+            return Err(format!("paths[{i}]: {} is listed twice", show(path)));
         }
     }
+    let mut seen_methods = HashSet::new();
     for (i, method) in route.methods.iter().enumerate() {
         if !METHODS.contains(&method.as_str()) {
             return Err(format!(
-                "methods[{i}]: {method:?} is not one of {}",
+                "methods[{i}]: {} is not one of {}",
+                show(method),
                 METHODS.join(", ")
             ));
         }
+        if !seen_methods.insert(method.as_str()) {
+            return Err(format!("methods[{i}]: {method:?} is listed twice"));
+        }
     }
+    check_len(
+        route.headers.len(),
+        limits::MAX_HEADER_MATCHES,
+        "header conditions",
+    )
+    .map_err(|m| format!("headers: {m}"))?;
     for (i, header) in route.headers.iter().enumerate() {
         check_header_name(&format!("headers[{i}].name"), &header.name)?;
         if let Some(value) = &header.value {
-            if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                return Err(format!(
-                    "headers[{i}].value: must not contain CR, LF or NUL"
-                ));
-            }
+            check_header_value(value).map_err(|m| format!("headers[{i}].value: {m}"))?;
         }
     }
     if route.max_body_bytes == Some(0) {
@@ -368,41 +527,58 @@ fn validate_route(route: &Route) -> Result<(), String> {
 /// themselves: no `//`, no `.`/`..` segments, no `%` escapes, no `?`/`#`.
 pub fn check_route_path(path: &str) -> Result<(), String> {
     let body = path.strip_prefix('=').unwrap_or(path);
-    if !body.starts_with('/') {
+    if body.len() > limits::MAX_PATH_LEN {
         return Err(format!(
-            "{path:?} must start with \"/\" (or \"=/\" for an exact match)"
+            "at most {} bytes allowed (got {})",
+            limits::MAX_PATH_LEN,
+            body.len()
         ));
     }
-    if body.len() > 1024 {
-        return Err(format!("{path:?} is longer than 1024 characters"));
+    if !body.starts_with('/') {
+        return Err(format!(
+            "{} must start with \"/\" (or \"=/\" for an exact match)",
+            show(path)
+        ));
     }
     if body.contains("//") {
-        return Err(format!("{path:?} must not contain \"//\""));
+        return Err(format!("{} must not contain \"//\"", show(path)));
     }
     if body
         .bytes()
         .any(|b| matches!(b, b'?' | b'#' | b'%' | b'\\' | b';') || b <= b' ' || b >= 0x7f)
     {
         return Err(format!(
-            "{path:?} must not contain spaces, '?', '#', '%', '\\\\' or ';'"
+            "{} must not contain spaces, '?', '#', '%', '\\\\' or ';'",
+            show(path)
         ));
     }
     let mut params = HashSet::new();
     for segment in body.split('/').skip(1) {
         if segment == "." || segment == ".." {
             return Err(format!(
-                "{path:?} must not contain \".\" or \"..\" segments"
+                "{} must not contain \".\" or \"..\" segments",
+                show(path)
             ));
         }
         if segment.contains('{') || segment.contains('}') {
             let name = segment
                 .strip_prefix('{')
                 .and_then(|s| s.strip_suffix('}'))
-                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-                .ok_or_else(|| format!("{path:?}: template segment {segment:?} must be a whole segment like {{id}}"))?;
+                .filter(|n| {
+                    !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "{}: template segment {} must be a whole segment like {{id}}",
+                        show(path),
+                        show(segment)
+                    )
+                })?;
             if !params.insert(name) {
                 return Err(format!(
-                    "{path:?}: template parameter {name:?} is used twice"
+                    "{}: template parameter {} is used twice",
+                    show(path),
+                    show(name)
                 ));
             }
         }
@@ -410,18 +586,45 @@ pub fn check_route_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Size limits first (so nothing large is parsed or echoed), then the
+/// plugin's schema (its typed config and its own checks, see
+/// [`crate::plugins`]).
+fn parse_plugin(name: &str, config: &serde_json::Value) -> Result<Checked, String> {
+    if crate::plugins::schema(name).is_none() {
+        return Err(format!(
+            "name: unknown plugin {} (known: {})",
+            show(name),
+            crate::plugins::known_names()
+        ));
+    }
+    limits::check_plugin_config_size(config)?;
+    crate::plugins::check(name, config)
+}
+
 fn validate_plugins(plugins: &[PluginInstance]) -> Result<(), String> {
+    check_len(plugins.len(), limits::MAX_PLUGINS_PER_ENTITY, "plugins")
+        .map_err(|m| format!("plugins: {m}"))?;
     let mut seen = HashSet::new();
     for (i, plugin) in plugins.iter().enumerate() {
-        PluginConfig::parse(&plugin.name, &plugin.config)
-            .map_err(|m| format!("plugins[{i}].{m}"))?;
-        // Several rate limits may stack (per minute and per hour); others run once.
-        if plugin.name != "rate-limit" && !seen.insert(plugin.name.as_str()) {
+        parse_plugin(&plugin.name, &plugin.config).map_err(|m| format!("plugins[{i}].{m}"))?;
+        // Stackable plugins (rate limits: per minute and per hour) may be
+        // attached several times; others run once.
+        let stackable = crate::plugins::schema(&plugin.name).is_some_and(|s| s.stackable());
+        if !stackable && !seen.insert(plugin.name.as_str()) {
             return Err(format!(
                 "plugins[{i}].name: {:?} is attached twice",
                 plugin.name
             ));
         }
+    }
+    Ok(())
+}
+
+fn check_fingerprint(field: &str, value: &str) -> Result<(), String> {
+    if crate::secrets::parse_hash(value).is_none() {
+        return Err(format!(
+            "{field}: must be \"sha256:\" followed by 64 hex digits"
+        ));
     }
     Ok(())
 }
@@ -447,9 +650,7 @@ fn validate_credential(credential: &Credential) -> Result<(), String> {
         }
     }
     if let Some(hash) = &credential.api_key_hash {
-        if crate::secrets::parse_hash(hash).is_none() {
-            return Err("api_key_hash: must be \"sha256:\" followed by 64 hex digits".into());
-        }
+        check_fingerprint("api_key_hash", hash)?;
     }
     if let Some(jwt) = &credential.jwt {
         if jwt.key.is_empty() || jwt.key.len() > 512 {
@@ -457,10 +658,13 @@ fn validate_credential(credential: &Credential) -> Result<(), String> {
         }
         if !JWT_ALGORITHMS.contains(&jwt.algorithm.as_str()) {
             return Err(format!(
-                "jwt.algorithm: {:?} is not one of {}",
-                jwt.algorithm,
+                "jwt.algorithm: {} is not one of {}",
+                show(&jwt.algorithm),
                 JWT_ALGORITHMS.join(", ")
             ));
+        }
+        if let Some(fingerprint) = &jwt.secret_fingerprint {
+            check_fingerprint("jwt.secret_fingerprint", fingerprint)?;
         }
         let hmac = jwt.algorithm.starts_with("HS");
         if hmac {
@@ -473,6 +677,13 @@ fn validate_credential(credential: &Credential) -> Result<(), String> {
             match (&jwt.secret, &jwt.secret_fingerprint) {
                 (Some(secret), _) if secret.len() < 16 => {
                     return Err("jwt.secret: must be at least 16 bytes".into())
+                }
+                (Some(secret), _) if secret.len() > limits::MAX_SECRET_LEN => {
+                    return Err(format!(
+                        "jwt.secret: at most {} bytes allowed (got {})",
+                        limits::MAX_SECRET_LEN,
+                        secret.len()
+                    ))
                 }
                 (Some(secret), _) if looks_like_pem(secret) => {
                     return Err("jwt.secret: a PEM key is never an HMAC secret".into())
@@ -488,6 +699,13 @@ fn validate_credential(credential: &Credential) -> Result<(), String> {
                 ));
             }
             match &jwt.public_key {
+                Some(key) if key.len() > limits::MAX_KEY_PEM_BYTES => {
+                    return Err(format!(
+                        "jwt.public_key: at most {} bytes allowed (got {})",
+                        limits::MAX_KEY_PEM_BYTES,
+                        key.len()
+                    ))
+                }
                 Some(key) if looks_like_pem(key) && key.contains("PUBLIC KEY") => {
                     check_public_key(&jwt.algorithm, key)?
                 }
@@ -500,9 +718,12 @@ fn validate_credential(credential: &Credential) -> Result<(), String> {
 }
 
 /// Parses the PEM for the algorithm's key family, so a key every data plane
-/// would reject (and NACK) is refused at write time instead.
+/// would reject (and NACK) is refused at write time instead. The DER inside
+/// is first walked without recursion and refused when nested too deep: the
+/// key parsers recurse once per level.
 fn check_public_key(algorithm: &str, pem: &str) -> Result<(), String> {
     use jsonwebtoken::DecodingKey;
+    limits::check_pem_der_depth(pem).map_err(|m| format!("jwt.public_key: {m}"))?;
     let parsed = match algorithm {
         "RS256" | "RS384" | "RS512" => DecodingKey::from_rsa_pem(pem.as_bytes()),
         "ES256" | "ES384" => DecodingKey::from_ec_pem(pem.as_bytes()),
@@ -518,6 +739,38 @@ fn looks_like_pem(text: &str) -> bool {
 }
 
 fn validate_certificate(certificate: &Certificate) -> Result<(), String> {
+    check_len(
+        certificate.cert_pem.len(),
+        limits::MAX_CERT_PEM_BYTES,
+        "bytes",
+    )
+    .map_err(|m| format!("cert_pem: {m}"))?;
+    if !certificate.cert_pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err("cert_pem: must be a PEM certificate chain".into());
+    }
+    limits::check_pem_der_depth(&certificate.cert_pem).map_err(|m| format!("cert_pem: {m}"))?;
+    if let Some(fingerprint) = &certificate.key_fingerprint {
+        check_fingerprint("key_fingerprint", fingerprint)?;
+    }
+    match (&certificate.key_pem, &certificate.key_fingerprint) {
+        (Some(key), _) if key.len() > limits::MAX_KEY_PEM_BYTES => {
+            return Err(format!(
+                "key_pem: at most {} bytes allowed (got {})",
+                limits::MAX_KEY_PEM_BYTES,
+                key.len()
+            ))
+        }
+        (Some(key), _) if !(looks_like_pem(key) && key.contains("PRIVATE KEY")) => {
+            return Err("key_pem: must be a PEM private key".into())
+        }
+        (Some(key), _) => {
+            limits::check_pem_der_depth(key).map_err(|m| format!("key_pem: {m}"))?;
+        }
+        (None, None) => return Err("key_pem: required".into()),
+        _ => {}
+    }
+    check_len(certificate.snis.len(), limits::MAX_HOSTS, "SNI names")
+        .map_err(|m| format!("snis: {m}"))?;
     for (i, sni) in certificate.snis.iter().enumerate() {
         check_host(sni, true).map_err(|m| format!("snis[{i}]: {m}"))?;
     }
@@ -619,5 +872,760 @@ consumers:
         });
         let err = validate(&config).unwrap_err().to_string();
         assert!(err.contains("credentials[1].jwt.public_key"), "{err}");
+    }
+
+    // ------------------------------------------------------------ limits at the boundary
+
+    use crate::limits::{self as l, MAX_ECHO_CHARS};
+
+    const RSA_PUBLIC: &str = include_str!("../../data-plane/plugins/src/testdata/rsa_public.pem");
+
+    /// `ok` passes; `bad` fails with an error containing every `needle`.
+    fn boundary(ok: &GatewayConfig, bad: &GatewayConfig, needles: &[&str]) {
+        if let Err(err) = validate(ok) {
+            panic!("the limit itself must be accepted: {err}");
+        }
+        let err = validate(bad)
+            .expect_err("limit + 1 must be refused")
+            .to_string();
+        for needle in needles {
+            assert!(err.contains(needle), "{err:?} should contain {needle:?}");
+        }
+        assert!(err.len() < 1_024, "error too long: {} bytes", err.len());
+    }
+
+    /// `f(limit)` passes the size check (other rules may still object, but
+    /// not with `needle`); `f(limit + 1)` fails with `needle`.
+    fn size_boundary(limit: usize, needle: &str, f: impl Fn(usize) -> GatewayConfig) {
+        if let Err(err) = validate(&f(limit)) {
+            assert!(
+                !err.to_string().contains(needle),
+                "limit itself refused: {err}"
+            );
+        }
+        let err = validate(&f(limit + 1)).expect_err("limit + 1").to_string();
+        assert!(err.contains(needle), "{err:?} should contain {needle:?}");
+        assert!(
+            err.contains(&limit.to_string()),
+            "{err:?} should name the limit"
+        );
+    }
+
+    /// A real certificate for `*.example.com` and its key (PEM), made once.
+    fn test_pair() -> &'static (String, String) {
+        static PAIR: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+        PAIR.get_or_init(|| {
+            let key =
+                rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("test key");
+            let cert = rcgen::CertificateParams::new(vec!["*.example.com".to_string()])
+                .expect("params")
+                .self_signed(&key)
+                .expect("test certificate");
+            (cert.pem(), key.serialize_pem())
+        })
+    }
+
+    fn service(name: &str) -> Service {
+        Service {
+            name: name.into(),
+            upstream: Upstream {
+                targets: vec![Target {
+                    address: "127.0.0.1:9001".into(),
+                    weight: 1,
+                }],
+                load_balancing: LoadBalancing::RoundRobin,
+            },
+            timeouts: Timeouts::default(),
+            protocol: Protocol::Http,
+            host_header: None,
+            plugins: Vec::new(),
+            tls: None,
+        }
+    }
+
+    /// A valid DNS name of exactly `n` bytes (labels of at most 62 bytes).
+    fn dns_name(n: usize) -> String {
+        let mut name: String = "a"
+            .repeat(62)
+            .chars()
+            .chain(['.'])
+            .cycle()
+            .take(n)
+            .collect();
+        if name.ends_with('.') {
+            name.pop();
+            name.push('b');
+        }
+        name
+    }
+
+    fn route(name: &str) -> Route {
+        Route {
+            name: name.into(),
+            service: "orders".into(),
+            hosts: Vec::new(),
+            paths: Vec::new(),
+            methods: Vec::new(),
+            headers: Vec::new(),
+            strip_path: false,
+            priority: 0,
+            plugins: Vec::new(),
+            max_body_bytes: None,
+            metrics: RouteMetricsOptions::default(),
+            https_only: false,
+            https_redirect: false,
+        }
+    }
+
+    fn with_routes(routes: Vec<Route>) -> GatewayConfig {
+        GatewayConfig {
+            services: vec![service("orders")],
+            routes,
+            ..GatewayConfig::default()
+        }
+    }
+
+    fn one_route(edit: impl Fn(&mut Route)) -> GatewayConfig {
+        let mut r = route("r");
+        edit(&mut r);
+        with_routes(vec![r])
+    }
+
+    fn transformer(config: serde_json::Value) -> GatewayConfig {
+        one_route(|r| r.plugins = vec![PluginInstance::new("request-transformer", config.clone())])
+    }
+
+    #[test]
+    fn entity_counts_at_the_boundary() {
+        let services = |n: usize| GatewayConfig {
+            services: (0..n).map(|i| service(&format!("s{i}"))).collect(),
+            ..GatewayConfig::default()
+        };
+        boundary(
+            &services(l::MAX_SERVICES),
+            &services(l::MAX_SERVICES + 1),
+            &["config: services", "10000"],
+        );
+        let routes = |n: usize| with_routes((0..n).map(|i| route(&format!("r{i}"))).collect());
+        boundary(
+            &routes(l::MAX_ROUTES),
+            &routes(l::MAX_ROUTES + 1),
+            &["config: routes", "100000"],
+        );
+        let consumers = |n: usize| GatewayConfig {
+            consumers: (0..n)
+                .map(|i| Consumer {
+                    name: format!("c{i}"),
+                    groups: Vec::new(),
+                    credentials: Vec::new(),
+                })
+                .collect(),
+            ..GatewayConfig::default()
+        };
+        boundary(
+            &consumers(l::MAX_CONSUMERS),
+            &consumers(l::MAX_CONSUMERS + 1),
+            &["config: consumers"],
+        );
+        let plugins = |n: usize| GatewayConfig {
+            plugins: (0..n)
+                .map(|i| GlobalPlugin {
+                    instance: Some(format!("p{i}")),
+                    name: "key-auth".into(),
+                    config: serde_json::json!({}),
+                    enabled: true,
+                })
+                .collect(),
+            ..GatewayConfig::default()
+        };
+        boundary(
+            &plugins(l::MAX_GLOBAL_PLUGINS),
+            &plugins(l::MAX_GLOBAL_PLUGINS + 1),
+            &["config: plugins"],
+        );
+        let certificates = |n: usize| GatewayConfig {
+            certificates: (0..n)
+                .map(|i| Certificate {
+                    name: format!("c{i}"),
+                    cert_pem: test_pair().0.clone(),
+                    key_pem: Some(test_pair().1.clone()),
+                    key_fingerprint: None,
+                    snis: vec![format!("c{i}.example.com")],
+                    default: false,
+                    info: None,
+                })
+                .collect(),
+            ..GatewayConfig::default()
+        };
+        boundary(
+            &certificates(l::MAX_CERTIFICATES),
+            &certificates(l::MAX_CERTIFICATES + 1),
+            &["config: certificates"],
+        );
+    }
+
+    #[test]
+    fn names_at_the_boundary() {
+        let named = |n: usize| with_routes(vec![route(&"r".repeat(n))]);
+        boundary(
+            &named(l::MAX_NAME_LEN),
+            &named(l::MAX_NAME_LEN + 1),
+            &["name: must be at most 128"],
+        );
+        // A huge invalid name is echoed cut, never whole.
+        let err = validate(&named(1_000_000))
+            .expect_err("refused")
+            .to_string();
+        assert!(err.len() < 400, "{} bytes", err.len());
+        assert!(err.contains('…'));
+        let group = |n: usize| GatewayConfig {
+            consumers: vec![Consumer {
+                name: "c".into(),
+                groups: (0..n).map(|i| format!("g{i}")).collect(),
+                credentials: Vec::new(),
+            }],
+            ..GatewayConfig::default()
+        };
+        boundary(
+            &group(l::MAX_GROUPS),
+            &group(l::MAX_GROUPS + 1),
+            &["groups: at most 64"],
+        );
+    }
+
+    #[test]
+    fn service_fields_at_the_boundary() {
+        let targets = |n: usize| {
+            let mut s = service("orders");
+            s.upstream.targets = (0..n)
+                .map(|i| Target {
+                    address: format!("10.0.{}.{}:80", i / 250, i % 250 + 1),
+                    weight: 1,
+                })
+                .collect();
+            GatewayConfig {
+                services: vec![s],
+                ..GatewayConfig::default()
+            }
+        };
+        boundary(
+            &targets(l::MAX_TARGETS),
+            &targets(l::MAX_TARGETS + 1),
+            &["upstream.targets: at most 1024"],
+        );
+        // Address: a DNS name of labels up to 63 bytes, then ":65535".
+        let address = |n: usize| {
+            let mut s = service("orders");
+            s.upstream.targets[0].address = format!("{}:65535", dns_name(n - 6));
+            GatewayConfig {
+                services: vec![s],
+                ..GatewayConfig::default()
+            }
+        };
+        size_boundary(
+            l::MAX_ADDRESS_LEN,
+            "upstream.targets[0].address: at most",
+            address,
+        );
+        let plugins = |n: usize| {
+            let mut s = service("orders");
+            s.plugins = (0..n)
+                .map(|_| {
+                    PluginInstance::new(
+                        "rate-limit",
+                        serde_json::json!({"limit": 1, "window": "1s"}),
+                    )
+                })
+                .collect();
+            GatewayConfig {
+                services: vec![s],
+                ..GatewayConfig::default()
+            }
+        };
+        boundary(
+            &plugins(l::MAX_PLUGINS_PER_ENTITY),
+            &plugins(l::MAX_PLUGINS_PER_ENTITY + 1),
+            &["plugins: at most 32"],
+        );
+    }
+
+    #[test]
+    fn route_fields_at_the_boundary() {
+        let host = dns_name;
+        size_boundary(l::MAX_HOST_LEN, "hosts[0]: at most", |n| {
+            one_route(|r| r.hosts = vec![host(n)])
+        });
+        let hosts = |n: usize| {
+            one_route(|r| r.hosts = (0..n).map(|i| format!("h{i}.example.com")).collect())
+        };
+        boundary(
+            &hosts(l::MAX_HOSTS),
+            &hosts(l::MAX_HOSTS + 1),
+            &["hosts: at most 64"],
+        );
+        let paths = |n: usize| one_route(|r| r.paths = (0..n).map(|i| format!("/p{i}")).collect());
+        boundary(
+            &paths(l::MAX_PATHS),
+            &paths(l::MAX_PATHS + 1),
+            &["paths: at most 64"],
+        );
+        let path = |n: usize| one_route(|r| r.paths = vec![format!("/{}", "a".repeat(n - 1))]);
+        boundary(
+            &path(l::MAX_PATH_LEN),
+            &path(l::MAX_PATH_LEN + 1),
+            &["paths[0]: at most 512"],
+        );
+        let exact = |n: usize| one_route(|r| r.paths = vec![format!("=/{}", "a".repeat(n - 1))]);
+        boundary(
+            &exact(l::MAX_PATH_LEN),
+            &exact(l::MAX_PATH_LEN + 1),
+            &["paths[0]: at most 512"],
+        );
+        let headers = |n: usize| {
+            one_route(|r| {
+                r.headers = (0..n)
+                    .map(|i| HeaderMatch {
+                        name: format!("x-h{i}"),
+                        value: None,
+                    })
+                    .collect()
+            })
+        };
+        boundary(
+            &headers(l::MAX_HEADER_MATCHES),
+            &headers(l::MAX_HEADER_MATCHES + 1),
+            &["headers: at most 32"],
+        );
+        let name = |n: usize| {
+            one_route(|r| {
+                r.headers = vec![HeaderMatch {
+                    name: "x".repeat(n),
+                    value: None,
+                }]
+            })
+        };
+        boundary(
+            &name(l::MAX_HEADER_NAME_LEN),
+            &name(l::MAX_HEADER_NAME_LEN + 1),
+            &["headers[0].name", "256"],
+        );
+        let value = |n: usize| {
+            one_route(|r| {
+                r.headers = vec![HeaderMatch {
+                    name: "x-v".into(),
+                    value: Some("v".repeat(n)),
+                }]
+            })
+        };
+        boundary(
+            &value(l::MAX_HEADER_VALUE_LEN),
+            &value(l::MAX_HEADER_VALUE_LEN + 1),
+            &["headers[0].value: at most 4096"],
+        );
+        let plugins = |n: usize| {
+            one_route(|r| {
+                r.plugins = (0..n)
+                    .map(|_| {
+                        PluginInstance::new(
+                            "rate-limit",
+                            serde_json::json!({"limit": 1, "window": "1s"}),
+                        )
+                    })
+                    .collect()
+            })
+        };
+        boundary(
+            &plugins(l::MAX_PLUGINS_PER_ENTITY),
+            &plugins(l::MAX_PLUGINS_PER_ENTITY + 1),
+            &["plugins: at most 32"],
+        );
+    }
+
+    #[test]
+    fn plugin_config_at_the_boundary() {
+        let acl = |pad: usize| serde_json::json!({"allow": ["x".repeat(pad)]});
+        let base = l::json_size_and_depth(&acl(0)).0;
+        let config =
+            |n: usize| one_route(|r| r.plugins = vec![PluginInstance::new("acl", acl(n - base))]);
+        boundary(
+            &config(l::MAX_PLUGIN_CONFIG_BYTES),
+            &config(l::MAX_PLUGIN_CONFIG_BYTES + 1),
+            &["plugins[0].config: at most 65536 bytes"],
+        );
+        let nested = |depth: usize| {
+            let mut value = serde_json::json!(1);
+            for _ in 0..depth {
+                value = serde_json::json!([value]);
+            }
+            value
+        };
+        assert!(l::check_plugin_config_size(&nested(l::MAX_PLUGIN_CONFIG_DEPTH)).is_ok());
+        let err =
+            l::check_plugin_config_size(&nested(l::MAX_PLUGIN_CONFIG_DEPTH + 1)).expect_err("deep");
+        assert!(err.contains("16 levels"), "{err}");
+    }
+
+    #[test]
+    fn transformer_values_at_the_boundary() {
+        let header =
+            |n: usize| transformer(serde_json::json!({"add": {"headers": {"x-a": "v".repeat(n)}}}));
+        boundary(
+            &header(l::MAX_HEADER_VALUE_LEN),
+            &header(l::MAX_HEADER_VALUE_LEN + 1),
+            &["config.add.headers.\"x-a\": at most 4096"],
+        );
+        let qname =
+            |n: usize| transformer(serde_json::json!({"remove": {"querystring": ["q".repeat(n)]}}));
+        boundary(
+            &qname(l::MAX_QUERY_NAME_LEN),
+            &qname(l::MAX_QUERY_NAME_LEN + 1),
+            &["config.remove.querystring[0]: at most 256"],
+        );
+        let qvalue = |n: usize| {
+            transformer(serde_json::json!({"add": {"querystring": {"q": "v".repeat(n)}}}))
+        };
+        boundary(
+            &qvalue(l::MAX_QUERY_VALUE_LEN),
+            &qvalue(l::MAX_QUERY_VALUE_LEN + 1),
+            &["config.add.querystring.\"q\": at most 4096"],
+        );
+    }
+
+    fn jwt_consumer(jwt: JwtCredential) -> GatewayConfig {
+        GatewayConfig {
+            consumers: vec![Consumer {
+                name: "c".into(),
+                groups: Vec::new(),
+                credentials: vec![Credential {
+                    jwt: Some(jwt),
+                    ..Credential::default()
+                }],
+            }],
+            ..GatewayConfig::default()
+        }
+    }
+
+    #[test]
+    fn credential_fields_at_the_boundary() {
+        let credentials = |n: usize| GatewayConfig {
+            consumers: vec![Consumer {
+                name: "c".into(),
+                groups: Vec::new(),
+                credentials: (0..n)
+                    .map(|i| Credential {
+                        api_key: Some(format!("key-number-{i:04}")),
+                        ..Credential::default()
+                    })
+                    .collect(),
+            }],
+            ..GatewayConfig::default()
+        };
+        boundary(
+            &credentials(l::MAX_CREDENTIALS),
+            &credentials(l::MAX_CREDENTIALS + 1),
+            &["credentials: at most 32"],
+        );
+        let key = |n: usize| {
+            jwt_consumer(JwtCredential {
+                key: "k".repeat(n),
+                algorithm: "HS256".into(),
+                secret: Some("0123456789abcdef".into()),
+                ..JwtCredential::default()
+            })
+        };
+        boundary(
+            &key(512),
+            &key(513),
+            &["jwt.key: must be between 1 and 512"],
+        );
+        let secret = |n: usize| {
+            jwt_consumer(JwtCredential {
+                key: "iss".into(),
+                algorithm: "HS256".into(),
+                secret: Some("s".repeat(n)),
+                ..JwtCredential::default()
+            })
+        };
+        boundary(
+            &secret(l::MAX_SECRET_LEN),
+            &secret(l::MAX_SECRET_LEN + 1),
+            &["jwt.secret: at most 4096"],
+        );
+        let api_key = |n: usize| GatewayConfig {
+            consumers: vec![Consumer {
+                name: "c".into(),
+                groups: Vec::new(),
+                credentials: vec![Credential {
+                    api_key: Some("k".repeat(n)),
+                    ..Credential::default()
+                }],
+            }],
+            ..GatewayConfig::default()
+        };
+        boundary(
+            &api_key(512),
+            &api_key(513),
+            &["api_key: must be between 8 and 512"],
+        );
+        boundary(
+            &api_key(8),
+            &api_key(7),
+            &["api_key: must be between 8 and 512"],
+        );
+        // A valid key padded with trailing newlines up to the size.
+        let public_key = |n: usize| {
+            jwt_consumer(JwtCredential {
+                key: "iss".into(),
+                algorithm: "RS256".into(),
+                public_key: Some(format!("{RSA_PUBLIC}{}", "\n".repeat(n - RSA_PUBLIC.len()))),
+                ..JwtCredential::default()
+            })
+        };
+        size_boundary(l::MAX_KEY_PEM_BYTES, "jwt.public_key: at most", public_key);
+        validate(&public_key(RSA_PUBLIC.len())).expect("the real key is accepted");
+    }
+
+    #[test]
+    fn certificate_fields_at_the_boundary() {
+        let certificate = |cert: String, key: String, snis: usize| GatewayConfig {
+            certificates: vec![Certificate {
+                name: "c".into(),
+                cert_pem: cert,
+                key_pem: Some(key),
+                key_fingerprint: None,
+                snis: (0..snis).map(|i| format!("s{i}.example.com")).collect(),
+                default: false,
+                info: None,
+            }],
+            ..GatewayConfig::default()
+        };
+        let (cert, key) = (test_pair().0.as_str(), test_pair().1.as_str());
+        let pad = |text: &str, n: usize| format!("{text}{}", "\n".repeat(n - text.len()));
+        size_boundary(l::MAX_CERT_PEM_BYTES, "cert_pem: at most", |n| {
+            certificate(pad(cert, n), key.into(), 1)
+        });
+        size_boundary(l::MAX_KEY_PEM_BYTES, "key_pem: at most", |n| {
+            certificate(cert.into(), pad(key, n), 1)
+        });
+        boundary(
+            &certificate(cert.into(), key.into(), l::MAX_HOSTS),
+            &certificate(cert.into(), key.into(), l::MAX_HOSTS + 1),
+            &["snis: at most 64"],
+        );
+    }
+
+    // ------------------------------------------------------------ values a data plane cannot serve
+
+    #[test]
+    fn deeply_nested_der_names_the_field_without_recursing() {
+        // 3,000 levels with minimal length octets: about 11 KB of DER,
+        // under the PEM size limit, so the depth check is what answers.
+        let mut der = vec![0x05, 0x00];
+        for _ in 0..3_000 {
+            let len = der.len();
+            let mut wrapped = vec![0x30];
+            match len {
+                0..=0x7f => wrapped.push(len as u8),
+                0x80..=0xff => wrapped.extend([0x81, len as u8]),
+                _ => wrapped.extend([0x82, (len >> 8) as u8, len as u8]),
+            }
+            wrapped.extend_from_slice(&der);
+            der = wrapped;
+        }
+        let table = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut b64 = String::new();
+        for chunk in der.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                b64.push(if i <= chunk.len() {
+                    table[((n >> (18 - 6 * i)) & 63) as usize] as char
+                } else {
+                    '='
+                });
+            }
+        }
+        let pem = format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n");
+        // Run on a small stack: the check must not recurse per level.
+        let err = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                validate(&jwt_consumer(JwtCredential {
+                    key: "iss".into(),
+                    algorithm: "RS256".into(),
+                    public_key: Some(pem),
+                    ..JwtCredential::default()
+                }))
+            })
+            .expect("thread")
+            .join()
+            .expect("no stack overflow")
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains("credentials[0].jwt.public_key: DER nested more than 32"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn addresses_the_data_plane_cannot_dial_are_refused() {
+        for bad in [
+            "h:+80",
+            "::1:80",
+            "[1.2.3.4]:80",
+            "h:0",
+            "h:65536",
+            "h:",
+            ":80",
+            "h",
+            "[::1]",
+            "[::1:80",
+            "[fe80::1%eth0]:80",
+            "1.2.3:80",
+            "999.1.1.1:80",
+            "h:080080",
+            "h h:80",
+            "h\u{1}:80",
+            "é:80",
+        ] {
+            let err = check_address(bad).expect_err(bad);
+            assert!(err.len() < 400, "{err}");
+        }
+        for good in [
+            "127.0.0.1:80",
+            "[::1]:8080",
+            "api.internal:443",
+            "h:65535",
+            "h:1",
+            "my-svc:9000",
+        ] {
+            check_address(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+    }
+
+    #[test]
+    fn host_patterns_are_checked() {
+        for bad in [
+            "*.com",
+            "*.",
+            "*",
+            "a.*.com",
+            "*.*.com",
+            "Ex ample.com",
+            "-a.com",
+            "a..com",
+            "1.2.3",
+            "*.1.2",
+        ] {
+            assert!(check_host(bad, true).is_err(), "{bad}");
+        }
+        for good in [
+            "*.example.com",
+            "api.example.com",
+            "localhost",
+            "127.0.0.1",
+            "x1.example.c0m",
+        ] {
+            check_host(good, true).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        let err = validate(&one_route(|r| r.hosts = vec!["*.com".into()])).expect_err("refused");
+        assert!(err.to_string().contains("hosts[0]"), "{err}");
+    }
+
+    #[test]
+    fn header_values_with_control_characters_are_refused() {
+        for bad in [
+            "a\u{1}b", "a\u{7f}", "a\rb", "a\nb", "\0", " lead", "trail\t",
+        ] {
+            let err = validate(&one_route(|r| {
+                r.headers = vec![HeaderMatch {
+                    name: "x-v".into(),
+                    value: Some(bad.into()),
+                }]
+            }))
+            .expect_err(bad);
+            assert!(err.to_string().contains("headers[0].value"), "{err}");
+            let err = validate(&transformer(
+                serde_json::json!({"add": {"headers": {"x-a": bad}}}),
+            ))
+            .expect_err(bad);
+            assert!(err.to_string().contains("config.add.headers"), "{err}");
+        }
+        for good in ["2", "a b", "tab\tinside", "UTF-8 é"] {
+            validate(&transformer(
+                serde_json::json!({"add": {"headers": {"x-a": good}}}),
+            ))
+            .unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+    }
+
+    #[test]
+    fn query_names_that_would_split_parameters_are_refused() {
+        for bad in ["a&b", "a=b", "a#b", "a\rb", "a\nb", "", "a\u{1}"] {
+            for config in [
+                serde_json::json!({"remove": {"querystring": [bad]}}),
+                serde_json::json!({"rename": {"querystring": {bad: "x"}}}),
+                serde_json::json!({"rename": {"querystring": {"x": bad}}}),
+                serde_json::json!({"add": {"querystring": {bad: "x"}}}),
+            ] {
+                let err = validate(&transformer(config.clone()))
+                    .expect_err(bad)
+                    .to_string();
+                assert!(
+                    err.contains("config.") && err.contains("querystring"),
+                    "{err}"
+                );
+            }
+        }
+        validate(&transformer(
+            serde_json::json!({"add": {"querystring": {"user_id": "a&b=c"}}}),
+        ))
+        .expect("values are percent-encoded, so & and = are fine there");
+    }
+
+    #[test]
+    fn api_key_hashes_differing_in_case_are_one_key() {
+        let hash = crate::secrets::hash_api_key("alice-secret-key");
+        let upper = format!("sha256:{}", hash["sha256:".len()..].to_ascii_uppercase());
+        let config = GatewayConfig {
+            consumers: vec![
+                Consumer {
+                    name: "a".into(),
+                    groups: Vec::new(),
+                    credentials: vec![Credential {
+                        api_key_hash: Some(hash),
+                        ..Credential::default()
+                    }],
+                },
+                Consumer {
+                    name: "b".into(),
+                    groups: Vec::new(),
+                    credentials: vec![Credential {
+                        api_key_hash: Some(upper),
+                        ..Credential::default()
+                    }],
+                },
+            ],
+            ..GatewayConfig::default()
+        };
+        let err = validate(&config).expect_err("duplicate").to_string();
+        assert!(
+            err.contains("consumer \"b\": credentials[0].api_key: the same key"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn echoed_values_are_cut() {
+        let long = "x".repeat(10 * MAX_ECHO_CHARS);
+        let err = validate(&one_route(|r| r.methods = vec![long.clone()])).expect_err("bad");
+        assert!(err.to_string().len() < 500, "{err}");
+        let err = validate(&one_route(|r| r.service = long.clone())).expect_err("bad");
+        assert!(err.to_string().len() < 500, "{err}");
     }
 }

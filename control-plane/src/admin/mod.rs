@@ -44,6 +44,15 @@ impl AdminService {
     }
 }
 
+/// Runs CPU-bound work for a read on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, CpError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| CpError::Internal(format!("read task failed: {e}")))
+}
+
 fn kind_of(raw: i32) -> Result<EntityKind, CpError> {
     EntityKind::from_pb(raw).ok_or_else(|| {
         CpError::BadRequest(
@@ -62,14 +71,12 @@ impl Admin for AdminService {
     ) -> Result<Response<EntityResponse>, Status> {
         let new = Entity::from_pb(request.into_inner().entity)?;
         let (kind, name) = (new.kind(), new.name().to_string());
+        let taken = name.clone();
         let outcome = self
             .model
-            .write(false, |config| {
-                if entity::find(config, kind, &name).is_some() {
-                    return Err(CpError::AlreadyExists {
-                        kind,
-                        name: name.clone(),
-                    });
+            .write(false, move |config| {
+                if entity::find(config, kind, &taken).is_some() {
+                    return Err(CpError::AlreadyExists { kind, name: taken });
                 }
                 entity::insert(config, new);
                 Ok(())
@@ -84,15 +91,16 @@ impl Admin for AdminService {
     ) -> Result<Response<EntityResponse>, Status> {
         let new = Entity::from_pb(request.into_inner().entity)?;
         let (kind, name) = (new.kind(), new.name().to_string());
+        let missing = name.clone();
         let outcome = self
             .model
-            .write(false, |config| {
+            .write(false, move |config| {
                 if entity::replace(config, new) {
                     Ok(())
                 } else {
                     Err(CpError::NotFound {
                         kind,
-                        name: name.clone(),
+                        name: missing,
                     })
                 }
             })
@@ -118,10 +126,14 @@ impl Admin for AdminService {
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let kind = kind_of(request.into_inner().kind)?;
         let current = self.model.current();
-        let entities = entity::list(&current.config, kind)
-            .into_iter()
-            .map(|e| e.redacted().to_pb())
-            .collect();
+        // Listing 100,000 routes is CPU work: off the async workers.
+        let entities = blocking(move || {
+            entity::list(&current.config, kind)
+                .into_iter()
+                .map(|e| e.redacted().to_pb())
+                .collect()
+        })
+        .await?;
         Ok(Response::new(ListResponse { entities }))
     }
 
@@ -134,14 +146,11 @@ impl Admin for AdminService {
         let name = reference.name;
         let outcome = self
             .model
-            .write(false, |config| {
+            .write(false, move |config| {
                 if entity::remove(config, kind, &name) {
                     Ok(())
                 } else {
-                    Err(CpError::NotFound {
-                        kind,
-                        name: name.clone(),
-                    })
+                    Err(CpError::NotFound { kind, name })
                 }
             })
             .await?;
@@ -162,11 +171,13 @@ impl Admin for AdminService {
         let wire = request
             .config
             .ok_or_else(|| CpError::BadRequest("config: required".into()))?;
-        let desired = GatewayConfig::try_from(&wire).map_err(CpError::from)?;
+        // Converted on the write's blocking thread, with the rest of the
+        // CPU-bound work (a large Apply must not hold an async worker).
         let outcome = self
             .model
             .write(request.dry_run, move |config| {
-                *config = desired;
+                *config = GatewayConfig::try_from(&wire)?;
+                drop(wire);
                 Ok(())
             })
             .await?;
@@ -183,12 +194,16 @@ impl Admin for AdminService {
         _request: Request<ExportRequest>,
     ) -> Result<Response<ExportResponse>, Status> {
         let current = self.model.current();
-        let mut config = current.config.redacted();
-        config.sort();
-        Ok(Response::new(ExportResponse {
-            config: Some(pb_config::GatewayConfig::from(&config)),
-            version: Some(current.version.to_pb()),
-        }))
+        let response = blocking(move || {
+            let mut config = current.config.redacted();
+            config.sort();
+            ExportResponse {
+                config: Some(pb_config::GatewayConfig::from(&config)),
+                version: Some(current.version.to_pb()),
+            }
+        })
+        .await?;
+        Ok(Response::new(response))
     }
 
     async fn list_data_planes(

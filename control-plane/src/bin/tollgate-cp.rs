@@ -7,10 +7,17 @@ use clap::Parser;
 use tollgate_control_plane::{CpArgs, CpConfig};
 use tollgate_shared::telemetry::{self, TelemetryConfig};
 
+const THREAD_STACK_BYTES: usize = 8 * 1024 * 1024;
+
 fn main() -> ExitCode {
     let args = CpArgs::parse();
+    // A known, generous stack for every runtime thread: config writes are
+    // validated on the blocking threads (see `model`), and nothing they run
+    // recurses on request input beyond small fixed bounds.
+    // (Apply calls run on a runtime of their own: see `listener`.)
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(THREAD_STACK_BYTES)
         .build()
     {
         Ok(runtime) => runtime,

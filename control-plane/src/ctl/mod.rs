@@ -8,9 +8,10 @@
 //! the token flag hides its environment value from `--help`.
 
 pub mod client;
+pub mod input;
 pub mod output;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use tollgate_shared::model::GatewayConfig;
@@ -122,21 +123,18 @@ fn parse_kind(text: &str) -> Result<EntityKind, CpError> {
     })
 }
 
+/// Reads a config file (`-` = stdin), bounded in size, alias expansion and
+/// depth ([`input`]).
 fn read_config(path: &str) -> Result<GatewayConfig, CpError> {
     let file_error = |message: String| CpError::File {
         path: path.to_string(),
         message,
     };
-    let text = if path == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|e| file_error(e.to_string()))?;
-        text
-    } else {
-        std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?
-    };
-    GatewayConfig::from_yaml(&text).map_err(|e| file_error(e.to_string()))
+    if path == "-" {
+        return input::read_config(&mut std::io::stdin().lock()).map_err(file_error);
+    }
+    let mut file = std::fs::File::open(path).map_err(|e| file_error(e.to_string()))?;
+    input::read_config(&mut file).map_err(file_error)
 }
 
 /// Runs one command, writing its result to `out`.

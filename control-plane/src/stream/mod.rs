@@ -13,6 +13,7 @@ pub mod registry;
 pub mod session;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,6 +31,7 @@ pub struct StreamService {
     registry: Arc<Registry>,
     metrics: Arc<CpMetrics>,
     shutdown: watch::Receiver<bool>,
+    max_lag: Duration,
 }
 
 impl StreamService {
@@ -38,12 +40,14 @@ impl StreamService {
         registry: Arc<Registry>,
         metrics: Arc<CpMetrics>,
         shutdown: watch::Receiver<bool>,
+        max_lag: Duration,
     ) -> StreamService {
         StreamService {
             model,
             registry,
             metrics,
             shutdown,
+            max_lag,
         }
     }
 }
@@ -62,9 +66,12 @@ impl ConfigStream for StreamService {
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
             peer: request.remote_addr(),
+            max_lag: self.max_lag,
         };
-        // Small: a slow data plane holds back only its own session.
-        let (outbound, receiver) = mpsc::channel(2);
+        // One message queued at most: a snapshot is built only once there is
+        // room for it, so a slow reader holds at most this one plus what is
+        // in flight, and is always sent the newest version.
+        let (outbound, receiver) = mpsc::channel(1);
         tokio::spawn(session.run(request.into_inner(), outbound));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }

@@ -7,9 +7,14 @@
 //!    until writes pause for [`QUIET`] but never more than [`MAX_DELAY`] after
 //!    the first unsent change, and send the latest snapshot. A burst of writes
 //!    thus costs one snapshot, and no change waits longer than 100 ms.
-//! 4. The stream ends when the data plane goes away (HTTP/2 keepalive notices
-//!    a dead peer), when the server shuts down, or on a protocol error; the
-//!    registry entry stays, marked disconnected.
+//! 4. A snapshot is built only once the outbound queue (one message) has room,
+//!    and it is always the newest version: a data plane that reads slowly
+//!    skips the versions it missed instead of queueing them. One that cannot
+//!    take a pending newer version for `max_lag` (it stopped reading) is
+//!    disconnected, so a stuck reader holds memory for a bounded time.
+//! 5. The stream ends when the data plane goes away (HTTP/2 keepalive notices
+//!    a dead peer), when the server shuts down, when it falls behind, or on a
+//!    protocol error; the registry entry stays, marked disconnected.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +50,8 @@ pub struct Session {
     pub metrics: Arc<CpMetrics>,
     pub shutdown: watch::Receiver<bool>,
     pub peer: Option<SocketAddr>,
+    /// How long a pending newer version may wait for room on the stream.
+    pub max_lag: Duration,
 }
 
 impl Session {
@@ -126,26 +133,22 @@ impl Session {
         outbound: Outbound,
     ) {
         let mut updates = self.model.subscribe();
-        let current = updates.borrow_and_update().clone();
+        let current_version = updates.borrow_and_update().version.clone();
         let mut sent = held;
-        if sent.as_ref() != Some(&current.version) {
-            if send_snapshot(&outbound, &current, &self.metrics)
-                .await
-                .is_err()
-            {
-                return;
-            }
-            sent = Some(current.version.clone());
-        }
-
         let mut shutdown = self.shutdown.clone();
         // (first unsent change, latest unsent change) while a burst is open.
         let mut pending: Option<(Instant, Instant)> = None;
+        // Since when a newer version has waited for room on the stream.
+        let mut waiting: Option<Instant> =
+            (sent.as_ref() != Some(&current_version)).then(Instant::now);
         loop {
             let flush_at = pending.map(|(first, last)| (first + MAX_DELAY).min(last + QUIET));
+            let cut_off_at = waiting.map(|since| since + self.max_lag);
             tokio::select! {
                 () = stopped(&mut shutdown) => {
-                    let _ = outbound.send(Err(Status::unavailable("control plane shutting down"))).await;
+                    if let Ok(permit) = outbound.try_reserve() {
+                        permit.send(Err(Status::unavailable("control plane shutting down")));
+                    }
                     return;
                 }
                 message = inbound.message() => match message {
@@ -168,13 +171,28 @@ impl Session {
                 }
                 _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
                     pending = None;
+                    let latest = updates.borrow().version.clone();
+                    if sent.as_ref() != Some(&latest) && waiting.is_none() {
+                        waiting = Some(Instant::now());
+                    }
+                }
+                permit = outbound.reserve(), if waiting.is_some() => {
+                    let Ok(permit) = permit else { return };
+                    waiting = None;
                     let latest = updates.borrow_and_update().clone();
                     if sent.as_ref() != Some(&latest.version) {
-                        if send_snapshot(&outbound, &latest, &self.metrics).await.is_err() {
-                            return;
-                        }
+                        permit.send(Ok(snapshot_message(&latest, &self.metrics)));
+                        self.metrics.snapshot_pushed();
                         sent = Some(latest.version.clone());
                     }
+                }
+                _ = tokio::time::sleep_until(cut_off_at.unwrap_or_else(Instant::now)), if cut_off_at.is_some() => {
+                    tracing::warn!(
+                        node_id,
+                        max_lag_ms = self.max_lag.as_millis() as u64,
+                        "data plane fell behind (it does not read its stream); disconnecting it"
+                    );
+                    return;
                 }
             }
         }
@@ -206,13 +224,9 @@ impl Session {
     }
 }
 
-/// Builds and sends the full snapshot of `published` (traced and counted).
+/// The full snapshot of `published` (the build is traced and counted).
 /// Secrets are in clear: data planes need them (and only API-key hashes exist).
-async fn send_snapshot(
-    outbound: &Outbound,
-    published: &Published,
-    metrics: &CpMetrics,
-) -> Result<(), ()> {
+fn snapshot_message(published: &Published, metrics: &CpMetrics) -> ControlPlaneMessage {
     let span = tracing::info_span!(
         target: tollgate_shared::telemetry::TRACE_TARGET,
         "snapshot_build",
@@ -227,10 +241,7 @@ async fn send_snapshot(
         })),
     });
     metrics.snapshot_built(started.elapsed());
-    drop(span);
-    outbound.send(Ok(message)).await.map_err(|_| ())?;
-    metrics.snapshot_pushed();
-    Ok(())
+    message
 }
 
 /// Resolves once the server shuts down (or is gone).

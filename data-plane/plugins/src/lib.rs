@@ -23,7 +23,6 @@ pub mod request_transformer;
 use std::sync::Arc;
 
 use tollgate_plugin_api::Registry;
-use tollgate_shared::plugins::PluginConfig;
 
 pub use rate_limit::{RateLimiters, RedisStore};
 
@@ -48,12 +47,24 @@ pub fn registry(options: &PluginOptions) -> Registry {
         .with(cors::CorsFactory)
 }
 
-/// Parses a plugin's config with its schema and takes the typed config out.
-pub(crate) fn config_of<T>(
-    name: &str,
-    config: &serde_json::Value,
-    pick: impl FnOnce(PluginConfig) -> Option<T>,
-) -> Result<T, String> {
-    pick(PluginConfig::parse(name, config)?)
-        .ok_or_else(|| format!("name: {name:?} has no schema of its own"))
+#[cfg(test)]
+mod tests {
+    /// The control plane validates with `tollgate_shared::plugins::SCHEMAS`;
+    /// this registry must build exactly those plugins, each with the same
+    /// stacking rule, so what the control plane accepts every data plane of
+    /// this version serves.
+    #[test]
+    fn the_registry_and_the_schemas_name_the_same_plugins() {
+        let registry = super::registry(&Default::default());
+        let mut schemas: Vec<&str> = tollgate_shared::plugins::SCHEMAS
+            .iter()
+            .map(|schema| schema.name())
+            .collect();
+        schemas.sort_unstable();
+        assert_eq!(registry.names(), schemas);
+        for schema in tollgate_shared::plugins::SCHEMAS.iter() {
+            let factory = registry.get(schema.name()).expect("registered");
+            assert_eq!(factory.stackable(), schema.stackable(), "{}", schema.name());
+        }
+    }
 }

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use http::request;
 use tollgate_plugin_api::{BuildCtx, Phase, Plugin, PluginFactory, RequestCtx, Step};
-use tollgate_shared::plugins::PluginConfig;
 
 use super::Acl;
+use tollgate_shared::plugins::{parse, AclConfig};
 
 pub struct AclFactory;
 
@@ -24,10 +24,7 @@ impl PluginFactory for AclFactory {
         config: &serde_json::Value,
         _ctx: &BuildCtx<'_>,
     ) -> Result<Arc<dyn Plugin>, String> {
-        let config = crate::config_of(self.name(), config, |parsed| match parsed {
-            PluginConfig::Acl(config) => Some(config),
-            _ => None,
-        })?;
+        let config = parse::<AclConfig>(config)?;
         Ok(Arc::new(Acl::new(&config)?))
     }
 }

@@ -34,7 +34,7 @@ use http::{request, response, Method, StatusCode};
 use tollgate_plugin_api::{
     BuildCtx, Outcome, Phase, Plugin, PluginFactory, Reply, RequestCtx, Step,
 };
-use tollgate_shared::plugins::{CorsConfig, PluginConfig};
+use tollgate_shared::plugins::CorsConfig;
 
 const ANY: HeaderValue = HeaderValue::from_static("*");
 const TRUE: HeaderValue = HeaderValue::from_static("true");
@@ -237,10 +237,7 @@ impl PluginFactory for CorsFactory {
         config: &serde_json::Value,
         _ctx: &BuildCtx<'_>,
     ) -> Result<Arc<dyn Plugin>, String> {
-        let config = crate::config_of(self.name(), config, |parsed| match parsed {
-            PluginConfig::Cors(config) => Some(config),
-            _ => None,
-        })?;
+        let config = tollgate_shared::plugins::parse::<CorsConfig>(config)?;
         Ok(Arc::new(Cors::new(&config)?))
     }
 }
@@ -301,11 +298,7 @@ mod tests {
     use serde_json::json;
 
     fn cors(config: serde_json::Value) -> Cors {
-        let config = crate::config_of("cors", &config, |parsed| match parsed {
-            PluginConfig::Cors(config) => Some(config),
-            _ => None,
-        })
-        .expect("valid config");
+        let config = tollgate_shared::plugins::parse::<CorsConfig>(&config).expect("valid config");
         Cors::new(&config).expect("compiles")
     }
 

@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use tollgate_plugin_api::{
     BuildCtx, Phase, Plugin, PluginFactory, Refusal, RefusalKind, RequestCtx, Step,
 };
-use tollgate_shared::plugins::{IpRestrictionConfig, PluginConfig};
+use tollgate_shared::plugins::IpRestrictionConfig;
 
 /// One compiled instance.
 #[derive(Debug)]
@@ -54,10 +54,7 @@ impl PluginFactory for IpRestrictionFactory {
         config: &serde_json::Value,
         _ctx: &BuildCtx<'_>,
     ) -> Result<Arc<dyn Plugin>, String> {
-        let config = crate::config_of(self.name(), config, |parsed| match parsed {
-            PluginConfig::IpRestriction(config) => Some(config),
-            _ => None,
-        })?;
+        let config = tollgate_shared::plugins::parse::<IpRestrictionConfig>(config)?;
         Ok(Arc::new(IpRestriction::new(&config)))
     }
 }
@@ -90,11 +87,8 @@ mod tests {
     use serde_json::json;
 
     fn plugin(config: serde_json::Value) -> IpRestriction {
-        let config = crate::config_of("ip-restriction", &config, |parsed| match parsed {
-            PluginConfig::IpRestriction(config) => Some(config),
-            _ => None,
-        })
-        .expect("valid config");
+        let config =
+            tollgate_shared::plugins::parse::<IpRestrictionConfig>(&config).expect("valid config");
         IpRestriction::new(&config)
     }
 

@@ -7,11 +7,11 @@ use http::{request, HeaderValue};
 use tollgate_plugin_api::{
     AuthAttempt, Authenticator, BuildCtx, Identity, Phase, Plugin, PluginFactory,
 };
-use tollgate_shared::plugins::PluginConfig;
 
 use super::JwtAuth;
 use crate::auth::{anonymous_identity, to_api, BEARER_CHALLENGE};
 use crate::consumers::consumer_index;
+use tollgate_shared::plugins::{parse, JwtConfig};
 
 pub struct JwtFactory;
 
@@ -33,10 +33,7 @@ impl PluginFactory for JwtFactory {
         config: &serde_json::Value,
         ctx: &BuildCtx<'_>,
     ) -> Result<Arc<dyn Plugin>, String> {
-        let config = crate::config_of(self.name(), config, |parsed| match parsed {
-            PluginConfig::Jwt(config) => Some(config),
-            _ => None,
-        })?;
+        let config = parse::<JwtConfig>(config)?;
         Ok(Arc::new(JwtAuth::new(&config, &consumer_index(ctx)?)?))
     }
 }

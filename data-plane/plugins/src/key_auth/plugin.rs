@@ -6,11 +6,11 @@ use http::{request, HeaderValue};
 use tollgate_plugin_api::{
     AuthAttempt, Authenticator, BuildCtx, Identity, Phase, Plugin, PluginFactory,
 };
-use tollgate_shared::plugins::PluginConfig;
 
 use super::KeyAuth;
 use crate::auth::{anonymous_identity, to_api, KEY_CHALLENGE};
 use crate::consumers::consumer_index;
+use tollgate_shared::plugins::{parse, KeyAuthConfig};
 
 pub struct KeyAuthFactory;
 
@@ -32,10 +32,7 @@ impl PluginFactory for KeyAuthFactory {
         config: &serde_json::Value,
         ctx: &BuildCtx<'_>,
     ) -> Result<Arc<dyn Plugin>, String> {
-        let config = crate::config_of(self.name(), config, |parsed| match parsed {
-            PluginConfig::KeyAuth(config) => Some(config),
-            _ => None,
-        })?;
+        let config = parse::<KeyAuthConfig>(config)?;
         Ok(Arc::new(KeyAuth::new(&config, &consumer_index(ctx)?)?))
     }
 }

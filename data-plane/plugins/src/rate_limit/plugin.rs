@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use http::{request, response};
 use tollgate_plugin_api::{BuildCtx, Outcome, Phase, Plugin, PluginFactory, RequestCtx, Step};
-use tollgate_shared::plugins::PluginConfig;
 
 use super::{too_many_requests, unavailable, Quota, RateLimit, RateLimiters, Subject, Verdict};
+use tollgate_shared::plugins::{parse, RateLimitConfig};
 
 /// Builds `rate-limit` instances over the data plane's shared limiters.
 pub struct RateLimitFactory {
@@ -41,10 +41,7 @@ impl PluginFactory for RateLimitFactory {
         config: &serde_json::Value,
         ctx: &BuildCtx<'_>,
     ) -> Result<Arc<dyn Plugin>, String> {
-        let config = crate::config_of(self.name(), config, |parsed| match parsed {
-            PluginConfig::RateLimit(config) => Some(config),
-            _ => None,
-        })?;
+        let config = parse::<RateLimitConfig>(config)?;
         Ok(Arc::new(RateLimit::new(
             ctx.instance,
             &config,

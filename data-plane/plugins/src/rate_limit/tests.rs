@@ -6,14 +6,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tollgate_shared::plugins::PluginConfig;
 
 use super::*;
 
 fn config(value: serde_json::Value) -> RateLimitConfig {
-    match PluginConfig::parse("rate-limit", &value) {
-        Ok(PluginConfig::RateLimit(config)) => config,
-        other => panic!("not a rate-limit config: {other:?}"),
+    match tollgate_shared::plugins::parse::<RateLimitConfig>(&value) {
+        Ok(config) => config,
+        Err(err) => panic!("not a rate-limit config: {err}"),
     }
 }
 

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use http::request;
 use tollgate_plugin_api::{BuildCtx, Phase, Plugin, PluginFactory, RequestCtx, Step};
-use tollgate_shared::plugins::PluginConfig;
 
 use super::RequestTransformer;
+use tollgate_shared::plugins::{parse, RequestTransformerConfig};
 
 pub struct RequestTransformerFactory;
 
@@ -24,10 +24,7 @@ impl PluginFactory for RequestTransformerFactory {
         config: &serde_json::Value,
         _ctx: &BuildCtx<'_>,
     ) -> Result<Arc<dyn Plugin>, String> {
-        let config = crate::config_of(self.name(), config, |parsed| match parsed {
-            PluginConfig::RequestTransformer(config) => Some(config),
-            _ => None,
-        })?;
+        let config = parse::<RequestTransformerConfig>(config)?;
         Ok(Arc::new(RequestTransformer::new(&config)?))
     }
 }
