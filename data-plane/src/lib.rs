@@ -193,9 +193,9 @@ impl DataPlane {
         });
         let settings = ServerSettings {
             header_read_timeout: config.header_read_timeout,
-            max_connections: config.max_connections,
             drain_timeout: config.drain_timeout,
             tls: false,
+            connection_slots: ServerSettings::connection_slots(config.max_connections),
         };
 
         tracing::info!(%node_id, control_plane = %config.control_plane, "tollgate-dp starting");

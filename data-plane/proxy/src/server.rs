@@ -63,10 +63,19 @@ use tollgate_telemetry::metrics::HandshakeResult;
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub header_read_timeout: Duration,
-    pub max_connections: usize,
     pub drain_timeout: Duration,
     /// Terminate TLS on this listener.
     pub tls: bool,
+    /// The open-connection slots (`max_connections` of them), shared by
+    /// the plaintext and TLS listeners so the cap is one for the process.
+    pub connection_slots: Arc<Semaphore>,
+}
+
+impl ServerSettings {
+    /// Slots for `max_connections` open client connections.
+    pub fn connection_slots(max_connections: usize) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(max_connections.max(1)))
+    }
 }
 
 /// Per-connection state: the shared proxy state and who is on the other end.
@@ -112,7 +121,7 @@ pub async fn serve_workers(
     settings: ServerSettings,
     shutdown: watch::Receiver<bool>,
 ) {
-    let connection_slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let connection_slots = Arc::clone(&settings.connection_slots);
     let mut finished = Vec::new();
     let mut listener = listener;
     if workers > 1 {
@@ -226,7 +235,11 @@ async fn serve(
             },
         };
         let Ok(slot) = connection_slots.clone().try_acquire_owned() else {
-            tokio::spawn(reject_overloaded(stream));
+            // A plaintext 503 means nothing to a TLS client: that one is
+            // simply closed (a handshake costs more than the answer is worth).
+            if !settings.tls {
+                tokio::spawn(reject_overloaded(stream));
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
