@@ -623,10 +623,19 @@ async fn upstream_tls_verifies_with_a_private_ca_and_reuses_connections() {
     upstream: {{ targets: [{{ address: "{addr}" }}] }}
     protocol: https
     tls: {{ verify: false }}
+  - name: byname
+    upstream: {{ targets: [{{ address: "{addr}" }}] }}
+    protocol: https
+    host_header: upstream.internal
+    tls: {{ ca_certificate: upstream-ca }}
 routes:
+  - {{ name: byname, service: byname, paths: ["/byname"] }}
   - {{ name: good, service: good, paths: ["/good"] }}
   - {{ name: wrong, service: wrong, paths: ["/wrong"] }}
   - {{ name: insecure, service: insecure, paths: ["/insecure"] }}
+certificates:
+  - name: upstream-ca
+    cert_pem: {ca:?}
 "#,
         addr = upstream.address(),
         ca = private_ca.pem,
@@ -672,6 +681,11 @@ routes:
         logs.contains("UnknownIssuer") || logs.contains("invalid peer certificate"),
         "{logs}"
     );
+
+    // A CA stored as a certificate (no key: trusted, never served), with
+    // the name to verify taken from host_header.
+    let (status, body) = dp.get_json("any.test", "/byname").await;
+    assert_eq!(status, 200, "{body}");
 
     // verify: false connects anyway (and was warned about at apply).
     let (status, _) = dp.get_json("any.test", "/insecure").await;

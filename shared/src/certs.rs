@@ -185,11 +185,18 @@ pub fn check(certificate: &Certificate) -> Result<(), String> {
             certified_key(&certificate.cert_pem, key)?;
         }
         None if certificate.key_fingerprint.is_some() => {}
-        None => return Err("key_pem: required".into()),
+        // No key, no SNI, not the default: a CA certificate, only ever
+        // trusted (a service's `tls.ca_certificate`), never served.
+        None if certificate.snis.is_empty() && !certificate.default => return Ok(()),
+        None => return Err("key_pem: required to serve snis or as the default".into()),
     }
     let facts = facts_of(&chain[0]).map_err(|m| format!("cert_pem: {m}"))?;
     if certificate.snis.is_empty() && !certificate.default {
-        return Err("snis: at least one SNI name is required (or default: true)".into());
+        return Err(
+            "snis: at least one SNI name is required (or default: true; a CA for \
+                    tls.ca_certificate has no key_pem)"
+                .into(),
+        );
     }
     for (i, sni) in certificate.snis.iter().enumerate() {
         if !covers(&facts.sans, sni) {
@@ -369,6 +376,42 @@ mod tests {
         assert!(check(&cert).unwrap_err().starts_with("snis[0]:"));
         let cert = certificate(&["a.example.com"], &["*.example.com"]);
         assert!(check(&cert).unwrap_err().starts_with("snis[0]:"));
+    }
+
+    #[test]
+    fn a_ca_without_key_is_trusted_never_served_and_one_default_at_most() {
+        let mut ca = certificate(&["ca.example.com"], &[]);
+        ca.key_pem = None;
+        check(&ca).expect("a CA entry needs no key");
+        ca.snis = vec!["ca.example.com".into()];
+        assert!(check(&ca).unwrap_err().starts_with("key_pem: required"));
+
+        let mut first = certificate(&["a.example.com"], &["a.example.com"]);
+        first.default = true;
+        let mut second = certificate(&["b.example.com"], &["b.example.com"]);
+        second.name = "d".into();
+        second.default = true;
+        let config = GatewayConfig {
+            certificates: vec![first.clone(), second],
+            ..GatewayConfig::default()
+        };
+        let err = crate::validate::validate(&config).unwrap_err().to_string();
+        assert!(
+            err.contains("default: certificate \"c\" is already the default"),
+            "{err}"
+        );
+        let mut again = first.clone();
+        again.name = "e".into();
+        again.default = false;
+        let config = GatewayConfig {
+            certificates: vec![first, again],
+            ..GatewayConfig::default()
+        };
+        let err = crate::validate::validate(&config).unwrap_err().to_string();
+        assert!(
+            err.contains("snis[0]: \"a.example.com\" is already served"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -766,7 +766,8 @@ fn validate_certificate(certificate: &Certificate) -> Result<(), String> {
         (Some(key), _) => {
             limits::check_pem_der_depth(key).map_err(|m| format!("key_pem: {m}"))?;
         }
-        (None, None) => return Err("key_pem: required".into()),
+        // Without a key a certificate is only a CA for `tls.ca_certificate`
+        // (certs::check refuses it if it is also to be served).
         _ => {}
     }
     check_len(certificate.snis.len(), limits::MAX_HOSTS, "SNI names")

@@ -96,14 +96,14 @@ impl TlsInfo {
 }
 
 /// Builds the server config of a validated snapshot; `None` when it has no
-/// certificates (then every handshake is refused as `no_certificate`).
-/// Records each certificate's expiry in `tollgate_certificate_expiry_seconds`
-/// is left to the caller once the snapshot is in service.
+/// certificate to serve (then every handshake is refused as
+/// `no_certificate`). CA-only entries (no SNI, not the default) are skipped.
 pub fn server_config(
     config: &GatewayConfig,
     shared: &TlsShared,
 ) -> Result<Option<Arc<ServerConfig>>, String> {
-    if config.certificates.is_empty() {
+    let served = |c: &tollgate_shared::model::Certificate| !c.snis.is_empty() || c.default;
+    if !config.certificates.iter().any(served) {
         return Ok(None);
     }
     let resolver = SniResolver::build(config)?;
@@ -146,6 +146,9 @@ impl SniResolver {
         let mut resolver = SniResolver::default();
         for certificate in &config.certificates {
             let label = format!("certificate {:?}", certificate.name);
+            if certificate.snis.is_empty() && !certificate.default {
+                continue; // a CA for upstream TLS, never served
+            }
             let key = certificate
                 .key_pem
                 .as_deref()
