@@ -205,7 +205,8 @@ impl Drop for TlsUpstream {
 /// line out per request. Spec: `port`, `sni` (null: none sent), `host`,
 /// `path`, `ca` (file), `check_hostname` (default true), `version` (`TLSv1`, `TLSv1_1`, `TLSv1_2`, `TLSv1_3`),
 /// `alpn` (list), and for a loop `seconds` and `max` (new connection per
-/// request) plus `keepalive` (one more connection reused for every request).
+/// request) plus `keepalive` (one more connection reused for every request);
+/// `resume`: a second connection resuming the first one's session.
 pub const PYTHON_CLIENT: &str = r#"
 import hashlib, json, socket, ssl, sys, time
 
@@ -272,6 +273,23 @@ def once():
         return out
     except Exception as e:
         return {"ok": False, "error": "%s: %s" % (type(e).__name__, e), "t": started}
+
+if spec.get("resume"):
+    # Two connections, the second offering the first's session (a ticket).
+    try:
+        first = connect()
+        request(first, True)
+        session = first.session
+        first.close()
+        sock = socket.create_connection(("127.0.0.1", spec["port"]), timeout=5)
+        second = CTX.wrap_socket(sock, server_hostname=spec.get("sni"), session=session)
+        status, _, _ = request(second, True)
+        out = describe(second)
+        out.update({"ok": True, "status": status, "reused": second.session_reused})
+    except Exception as e:
+        out = {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
+    print(json.dumps(out), flush=True)
+    sys.exit(0)
 
 if "seconds" not in spec:
     print(json.dumps(once()), flush=True)

@@ -77,7 +77,12 @@ fn start_dp(cp: &ControlPlane, node: &str) -> (DataPlane, u16) {
     let dp = DataPlane::start(
         cp.port(),
         node,
-        &["--tls-listen".to_string(), format!("127.0.0.1:{tls_port}")],
+        &[
+            "--tls-listen".to_string(),
+            format!("127.0.0.1:{tls_port}"),
+            "--header-read-timeout-ms".to_string(),
+            "2000".to_string(),
+        ],
     );
     (dp, tls_port)
 }
@@ -234,6 +239,29 @@ async fn https_by_sni_versions_alpn_default_and_refusals() {
         assert!(error.contains("ALERT"), "{version}: {error}");
     }
 
+    // Session resumption (tickets), TLS 1.3 and 1.2.
+    for version in ["TLSv1_3", "TLSv1_2"] {
+        let mut resume = spec(Some("api.example.com"), version);
+        resume["resume"] = json!(true);
+        let got = python_once(resume);
+        assert_eq!(got["ok"], true, "{version}: {got}");
+        assert_eq!(got["reused"], true, "{version}: session not resumed: {got}");
+    }
+
+    // A client that connects and sends nothing is closed after the
+    // header-read timeout (2 s here), like a slowloris request head.
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut idle, &mut buf),
+    )
+    .await
+    .expect("closed within the timeout");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
     // curl --resolve over TLS 1.3 (ALPN h2 by default) and TLS 1.2 with HTTP/1.1.
     let resolve = format!("api.example.com:{port}:127.0.0.1");
     let url = format!("https://api.example.com:{port}/hello");
@@ -310,6 +338,13 @@ async fn https_by_sni_versions_alpn_default_and_refusals() {
             &exposition,
             "tollgate_tls_handshakes_total{result=\"protocol\"}"
         ) >= 2.0,
+        "{exposition}"
+    );
+    assert!(
+        metric_value(
+            &exposition,
+            "tollgate_tls_handshakes_total{result=\"timeout\"}"
+        ) >= 1.0,
         "{exposition}"
     );
     let expiry = metric_value(

@@ -171,17 +171,23 @@ impl SniResolver {
         Ok(resolver)
     }
 
-    /// The certificate for `server_name` (already lower-case per RFC 6066
-    /// as rustls hands it over; lower-cased again to be sure).
+    /// The certificate for `server_name` (compared lower-case, without a
+    /// trailing dot); no allocation unless the name needs lower-casing.
     pub fn pick(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         if let Some(name) = server_name {
-            let name = name.trim_end_matches('.').to_ascii_lowercase();
-            if let Some(found) = self.exact.get(&name) {
+            let name = name.trim_end_matches('.');
+            // rustls hands over lower-case names; copy only when it did not.
+            let name: std::borrow::Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                std::borrow::Cow::Owned(name.to_ascii_lowercase())
+            } else {
+                std::borrow::Cow::Borrowed(name)
+            };
+            if let Some(found) = self.exact.get(name.as_ref()) {
                 return Some(Arc::clone(found));
             }
             // Longest wildcard first: a.b.example.com tries b.example.com,
             // then example.com, then com.
-            let mut rest = name.as_str();
+            let mut rest = name.as_ref();
             while let Some((_, suffix)) = rest.split_once('.') {
                 if let Some(found) = self.wildcard.get(suffix) {
                     return Some(Arc::clone(found));
