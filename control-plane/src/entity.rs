@@ -63,7 +63,7 @@ impl Entity {
             PbEntity::Route(e) => Entity::Route(e.try_into()?),
             PbEntity::Consumer(e) => Entity::Consumer(e.try_into()?),
             PbEntity::Plugin(e) => Entity::Plugin(e.try_into()?),
-            PbEntity::Certificate(e) => Entity::Certificate(e.into()),
+            PbEntity::Certificate(e) => Entity::Certificate(e.try_into()?),
         })
     }
 

@@ -320,22 +320,12 @@ mod tests {
         let mut admin = AdminClient::connect(format!("http://{addr}"))
             .await
             .expect("connects");
-        let service = pb::Service {
-            name: "orders".into(),
-            upstream: Some(pb::Upstream {
-                targets: vec![pb::Target {
-                    address: "127.0.0.1:9001".into(),
-                    weight: None,
-                }],
-                load_balancing: String::new(),
-            }),
-            ..Default::default()
-        };
+        // The config as a client writes it: the same JSON as a config file.
         let applied = admin
             .apply(ApplyRequest {
                 config: Some(pb::GatewayConfig {
-                    services: vec![service],
-                    ..Default::default()
+                    json: r#"{"services":[{"name":"orders","upstream":{"targets":[{"address":"127.0.0.1:9001"}]}}]}"#
+                        .into(),
                 }),
                 dry_run: false,
             })
@@ -348,7 +338,12 @@ mod tests {
             .await
             .expect("exports")
             .into_inner();
-        assert_eq!(exported.config.map(|c| c.services.len()), Some(1));
+        let exported = exported
+            .config
+            .as_ref()
+            .map(tollgate_shared::model::GatewayConfig::try_from)
+            .and_then(Result::ok);
+        assert_eq!(exported.map(|c| c.services.len()), Some(1));
 
         let _ = stop.send(());
         let result = tokio::time::timeout(Duration::from_secs(15), server)

@@ -410,7 +410,8 @@ async fn stream_readers_that_stop_reading_are_cut_off_and_memory_stays_bounded()
         .next_snapshot(Duration::from_secs(10))
         .await
         .expect("snapshot");
-    let got = snapshot.config.expect("config");
+    let got = tollgate_shared::model::GatewayConfig::try_from(&snapshot.config.expect("config"))
+        .expect("model");
     assert!(got.routes.iter().any(|r| r.paths == ["/changed/19"]));
     drop(stuck);
     assert_healthy(&cp, "the stuck readers").await;

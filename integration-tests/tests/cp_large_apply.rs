@@ -157,12 +157,16 @@ async fn fifty_thousand_route_apply_keeps_health_and_reads_answering() {
     );
     assert!(revision >= 2);
     assert!(took < Duration::from_secs(60), "{took:?}");
+    // The figures (under 10 ms on a quiet machine) are reported above; the
+    // assertion is the property, with room for a loaded CI host: health and
+    // reads keep answering during the write instead of waiting for it (before
+    // the fix they stalled for the whole write, seconds to minutes).
     assert!(
-        worst_health < Duration::from_millis(100),
+        worst_health < Duration::from_secs(1),
         "health took {worst_health:?}"
     );
     assert!(
-        worst_read < Duration::from_millis(100),
+        worst_read < Duration::from_secs(1),
         "read took {worst_read:?}"
     );
 

@@ -1,402 +1,166 @@
-//! Conversion between the model ([`crate::model`]) and its protobuf form
-//! ([`crate::proto::config`]).
+//! The config on the wire: every protobuf config message
+//! ([`crate::proto::config`]) carries its entity as the JSON of the model
+//! ([`crate::model`]), so the model's serde declaration is the one schema of
+//! files, the admin API and the config stream (see `docs/architecture.md`,
+//! "One config schema").
 //!
 //! Model -> proto cannot fail. Proto -> model fails with a [`ConfigError`]
-//! naming the entity and field when a string enum or a plugin's JSON config is
-//! not understood, so a bad gRPC request is rejected as precisely as a bad
-//! YAML file.
+//! naming the entity and the field (`service "s": upstream.load_balancing:
+//! unknown variant ...`), so a bad gRPC request is rejected as precisely as a
+//! bad YAML file; echoed values are cut like every validation error.
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::limits::Shown;
 use crate::model::*;
 use crate::proto::config as pb;
 use crate::ConfigError;
 
-// ---------------------------------------------------------------- model -> proto
+/// The model's JSON. Serializing the model cannot fail (no non-string map
+/// keys, no custom serializer that errors); an empty string would be refused
+/// on the way back, never misread.
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// The `kind "name"` label of an entity whose JSON may not parse into the
+/// model: its name when the JSON has one.
+fn label(kind: &str, value: &serde_json::Value, name_fields: &[&str]) -> ConfigError {
+    let name = name_fields
+        .iter()
+        .find_map(|field| value.get(field).and_then(serde_json::Value::as_str));
+    match name {
+        Some(name) => ConfigError::new(kind, name, String::new()),
+        None => ConfigError {
+            entity: kind.to_string(),
+            message: String::new(),
+            over_limit: false,
+        },
+    }
+}
+
+/// What serde says, with its path as the field (`config.window: ...`).
+fn field_message(path: &str, inner: &serde_json::Error) -> String {
+    let inner = inner.to_string();
+    let inner = format!("{}", Shown(&inner));
+    if path.is_empty() || path == "." {
+        inner
+    } else {
+        format!("{path}: {inner}")
+    }
+}
+
+/// Parses one entity of `kind` from its JSON.
+fn entity_from_json<T: DeserializeOwned>(
+    kind: &str,
+    name_fields: &[&str],
+    json: &str,
+) -> Result<T, ConfigError> {
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|err| ConfigError {
+        entity: kind.to_string(),
+        message: format!("json: {}", Shown(&err.to_string())),
+        over_limit: false,
+    })?;
+    let base = label(kind, &value, name_fields);
+    serde_path_to_error::deserialize(&value).map_err(|err| ConfigError {
+        message: field_message(&err.path().to_string(), err.inner()),
+        ..base
+    })
+}
+
+const NAME: &[&str] = &["name"];
+const INSTANCE: &[&str] = &["instance", "name"];
+
+/// Parses a whole config; an error inside `services[3]` names that service.
+fn config_from_json(json: &str) -> Result<GatewayConfig, ConfigError> {
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|err| ConfigError {
+        entity: "config".into(),
+        message: format!("json: {}", Shown(&err.to_string())),
+        over_limit: false,
+    })?;
+    serde_path_to_error::deserialize(&value).map_err(|err| {
+        let path = err.path().to_string();
+        // `services[3].upstream.x` -> service "<name of services[3]>": upstream.x
+        for (list, kind, names) in [
+            ("services", "service", NAME),
+            ("routes", "route", NAME),
+            ("consumers", "consumer", NAME),
+            ("plugins", "plugin", INSTANCE),
+            ("certificates", "certificate", NAME),
+        ] {
+            let Some(rest) = path.strip_prefix(list).and_then(|r| r.strip_prefix('[')) else {
+                continue;
+            };
+            let Some((index, field)) = rest.split_once(']') else {
+                continue;
+            };
+            let Ok(index) = index.parse::<usize>() else {
+                continue;
+            };
+            let entity = value
+                .get(list)
+                .and_then(|items| items.get(index))
+                .map(|item| label(kind, item, names))
+                .unwrap_or_else(|| label(kind, &serde_json::Value::Null, names));
+            let field = field.strip_prefix('.').unwrap_or(field);
+            return ConfigError {
+                message: field_message(field, err.inner()),
+                ..entity
+            };
+        }
+        ConfigError {
+            entity: "config".into(),
+            message: field_message(&path, err.inner()),
+            over_limit: false,
+        }
+    })
+}
 
 impl From<&GatewayConfig> for pb::GatewayConfig {
     fn from(config: &GatewayConfig) -> Self {
         pb::GatewayConfig {
-            services: config.services.iter().map(Into::into).collect(),
-            routes: config.routes.iter().map(Into::into).collect(),
-            consumers: config.consumers.iter().map(Into::into).collect(),
-            plugins: config.plugins.iter().map(Into::into).collect(),
-            certificates: config.certificates.iter().map(Into::into).collect(),
+            json: to_json(config),
         }
     }
-}
-
-fn plugin_to_pb(plugin: &PluginInstance) -> pb::Plugin {
-    pb::Plugin {
-        name: plugin.name.clone(),
-        config_json: if plugin.config.is_null() {
-            String::new()
-        } else {
-            plugin.config.to_string()
-        },
-        enabled: if plugin.enabled { None } else { Some(false) },
-    }
-}
-
-impl From<&Service> for pb::Service {
-    fn from(service: &Service) -> Self {
-        pb::Service {
-            name: service.name.clone(),
-            upstream: Some(pb::Upstream {
-                targets: service
-                    .upstream
-                    .targets
-                    .iter()
-                    .map(|t| pb::Target {
-                        address: t.address.clone(),
-                        weight: Some(t.weight),
-                    })
-                    .collect(),
-                load_balancing: service.upstream.load_balancing.as_str().to_string(),
-            }),
-            timeouts: Some(pb::Timeouts {
-                connect_ms: service.timeouts.connect_ms,
-                request_ms: service.timeouts.request_ms,
-            }),
-            protocol: service.protocol.as_str().to_string(),
-            host_header: service.host_header.clone().unwrap_or_default(),
-            plugins: service.plugins.iter().map(plugin_to_pb).collect(),
-            tls: service.tls.as_ref().map(|tls| pb::UpstreamTls {
-                ca_pem: tls.ca_pem.clone().unwrap_or_default(),
-                ca_certificate: tls.ca_certificate.clone().unwrap_or_default(),
-                sni: tls.sni.clone().unwrap_or_default(),
-                verify: tls.verify,
-            }),
-        }
-    }
-}
-
-impl From<&Route> for pb::Route {
-    fn from(route: &Route) -> Self {
-        pb::Route {
-            name: route.name.clone(),
-            service: route.service.clone(),
-            hosts: route.hosts.clone(),
-            paths: route.paths.clone(),
-            methods: route.methods.clone(),
-            headers: route
-                .headers
-                .iter()
-                .map(|h| pb::HeaderMatch {
-                    name: h.name.clone(),
-                    value: h.value.clone().unwrap_or_default(),
-                    present: h.value.is_none(),
-                })
-                .collect(),
-            strip_path: route.strip_path,
-            priority: route.priority,
-            plugins: route.plugins.iter().map(plugin_to_pb).collect(),
-            max_body_bytes: route.max_body_bytes,
-            metrics: (!route.metrics.is_default()).then_some(pb::RouteMetricsOptions {
-                consumer_labels: route.metrics.consumer_labels,
-            }),
-            https_only: route.https_only,
-            https_redirect: route.https_redirect,
-        }
-    }
-}
-
-impl From<&Consumer> for pb::Consumer {
-    fn from(consumer: &Consumer) -> Self {
-        pb::Consumer {
-            name: consumer.name.clone(),
-            groups: consumer.groups.clone(),
-            credentials: consumer.credentials.iter().map(credential_to_pb).collect(),
-        }
-    }
-}
-
-fn credential_to_pb(credential: &Credential) -> pb::Credential {
-    let kind = if let Some(jwt) = &credential.jwt {
-        Some(pb::credential::Kind::Jwt(pb::JwtCredential {
-            key: jwt.key.clone(),
-            key_claim: match jwt.key_claim {
-                JwtKeyClaim::Iss => "iss".into(),
-                JwtKeyClaim::Kid => "kid".into(),
-            },
-            algorithm: jwt.algorithm.clone(),
-            secret: jwt.secret.clone().unwrap_or_default(),
-            secret_fingerprint: jwt.secret_fingerprint.clone().unwrap_or_default(),
-            public_key: jwt.public_key.clone().unwrap_or_default(),
-        }))
-    } else if credential.api_key.is_some() || credential.api_key_hash.is_some() {
-        Some(pb::credential::Kind::ApiKey(pb::ApiKeyCredential {
-            key: credential.api_key.clone().unwrap_or_default(),
-            key_hash: credential.api_key_hash.clone().unwrap_or_default(),
-        }))
-    } else {
-        None
-    };
-    pb::Credential { kind }
-}
-
-impl From<&GlobalPlugin> for pb::GlobalPlugin {
-    fn from(plugin: &GlobalPlugin) -> Self {
-        pb::GlobalPlugin {
-            instance: plugin.instance.clone().unwrap_or_default(),
-            plugin: Some(plugin_to_pb(&plugin.as_instance())),
-        }
-    }
-}
-
-impl From<&Certificate> for pb::Certificate {
-    fn from(certificate: &Certificate) -> Self {
-        pb::Certificate {
-            name: certificate.name.clone(),
-            cert_pem: certificate.cert_pem.clone(),
-            key_pem: certificate.key_pem.clone().unwrap_or_default(),
-            key_fingerprint: certificate.key_fingerprint.clone().unwrap_or_default(),
-            snis: certificate.snis.clone(),
-            default: certificate.default,
-            info: certificate.info.as_ref().map(|info| pb::CertificateInfo {
-                subject: info.subject.clone(),
-                issuer: info.issuer.clone(),
-                sans: info.sans.clone(),
-                not_before: info.not_before.clone(),
-                not_after: info.not_after.clone(),
-                not_after_unix: info.not_after_unix,
-                fingerprint: info.fingerprint.clone(),
-            }),
-        }
-    }
-}
-
-// ---------------------------------------------------------------- proto -> model
-
-fn non_empty(text: &str) -> Option<String> {
-    (!text.is_empty()).then(|| text.to_string())
-}
-
-fn parse_enum<T: Copy>(table: &[(&'static str, T)], text: &str, default: T) -> Result<T, String> {
-    if text.is_empty() {
-        return Ok(default);
-    }
-    table
-        .iter()
-        .find(|(name, _)| *name == text)
-        .map(|(_, value)| *value)
-        .ok_or_else(|| {
-            let names: Vec<_> = table.iter().map(|(n, _)| *n).collect();
-            format!("{text:?} is not one of {}", names.join(", "))
-        })
-}
-
-fn plugin_from_pb(plugin: &pb::Plugin) -> Result<PluginInstance, String> {
-    let config = if plugin.config_json.trim().is_empty() {
-        serde_json::Value::Object(serde_json::Map::new())
-    } else {
-        serde_json::from_str(&plugin.config_json)
-            .map_err(|e| format!("config: not valid JSON: {e}"))?
-    };
-    Ok(PluginInstance {
-        name: plugin.name.clone(),
-        config,
-        enabled: plugin.enabled.unwrap_or(true),
-    })
-}
-
-fn plugins_from_pb(plugins: &[pb::Plugin]) -> Result<Vec<PluginInstance>, String> {
-    plugins
-        .iter()
-        .enumerate()
-        .map(|(i, p)| plugin_from_pb(p).map_err(|m| format!("plugins[{i}].{m}")))
-        .collect()
 }
 
 impl TryFrom<&pb::GatewayConfig> for GatewayConfig {
     type Error = ConfigError;
     fn try_from(config: &pb::GatewayConfig) -> Result<Self, ConfigError> {
-        Ok(GatewayConfig {
-            services: config
-                .services
-                .iter()
-                .map(TryInto::try_into)
-                .collect::<Result<_, _>>()?,
-            routes: config
-                .routes
-                .iter()
-                .map(TryInto::try_into)
-                .collect::<Result<_, _>>()?,
-            consumers: config
-                .consumers
-                .iter()
-                .map(TryInto::try_into)
-                .collect::<Result<_, _>>()?,
-            plugins: config
-                .plugins
-                .iter()
-                .map(TryInto::try_into)
-                .collect::<Result<_, _>>()?,
-            certificates: config.certificates.iter().map(Into::into).collect(),
-        })
-    }
-}
-
-impl TryFrom<&pb::Service> for Service {
-    type Error = ConfigError;
-    fn try_from(service: &pb::Service) -> Result<Self, ConfigError> {
-        let err = |m: String| ConfigError::new("service", &service.name, m);
-        let upstream = service.upstream.clone().unwrap_or_default();
-        Ok(Service {
-            name: service.name.clone(),
-            upstream: Upstream {
-                targets: upstream
-                    .targets
-                    .iter()
-                    .map(|t| Target {
-                        address: t.address.clone(),
-                        weight: t.weight.unwrap_or(DEFAULT_WEIGHT),
-                    })
-                    .collect(),
-                load_balancing: parse_enum(
-                    &LoadBalancing::ALL,
-                    &upstream.load_balancing,
-                    LoadBalancing::default(),
-                )
-                .map_err(|m| err(format!("upstream.load_balancing: {m}")))?,
-            },
-            timeouts: service
-                .timeouts
-                .map(|t| Timeouts {
-                    connect_ms: t.connect_ms,
-                    request_ms: t.request_ms,
-                })
-                .unwrap_or_default(),
-            protocol: parse_enum(&Protocol::ALL, &service.protocol, Protocol::default())
-                .map_err(|m| err(format!("protocol: {m}")))?,
-            host_header: non_empty(&service.host_header),
-            plugins: plugins_from_pb(&service.plugins).map_err(err)?,
-            tls: service.tls.as_ref().map(|tls| UpstreamTls {
-                ca_pem: non_empty(&tls.ca_pem),
-                ca_certificate: non_empty(&tls.ca_certificate),
-                sni: non_empty(&tls.sni),
-                verify: tls.verify,
-            }),
-        })
-    }
-}
-
-impl TryFrom<&pb::Route> for Route {
-    type Error = ConfigError;
-    fn try_from(route: &pb::Route) -> Result<Self, ConfigError> {
-        let err = |m: String| ConfigError::new("route", &route.name, m);
-        Ok(Route {
-            name: route.name.clone(),
-            service: route.service.clone(),
-            hosts: route.hosts.clone(),
-            paths: route.paths.clone(),
-            methods: route.methods.clone(),
-            headers: route
-                .headers
-                .iter()
-                .map(|h| HeaderMatch {
-                    name: h.name.clone(),
-                    value: if h.present && h.value.is_empty() {
-                        None
-                    } else {
-                        Some(h.value.clone())
-                    },
-                })
-                .collect(),
-            strip_path: route.strip_path,
-            priority: route.priority,
-            plugins: plugins_from_pb(&route.plugins).map_err(err)?,
-            max_body_bytes: route.max_body_bytes,
-            metrics: route
-                .metrics
-                .map(|m| RouteMetricsOptions {
-                    consumer_labels: m.consumer_labels,
-                })
-                .unwrap_or_default(),
-            https_only: route.https_only,
-            https_redirect: route.https_redirect,
-        })
-    }
-}
-
-impl TryFrom<&pb::Consumer> for Consumer {
-    type Error = ConfigError;
-    fn try_from(consumer: &pb::Consumer) -> Result<Self, ConfigError> {
-        let err = |m: String| ConfigError::new("consumer", &consumer.name, m);
-        let mut credentials = Vec::with_capacity(consumer.credentials.len());
-        for (i, credential) in consumer.credentials.iter().enumerate() {
-            let converted = match &credential.kind {
-                Some(pb::credential::Kind::ApiKey(key)) => Credential {
-                    api_key: non_empty(&key.key),
-                    api_key_hash: non_empty(&key.key_hash),
-                    jwt: None,
-                },
-                Some(pb::credential::Kind::Jwt(jwt)) => Credential {
-                    jwt: Some(JwtCredential {
-                        key: jwt.key.clone(),
-                        key_claim: match jwt.key_claim.as_str() {
-                            "" | "iss" => JwtKeyClaim::Iss,
-                            "kid" => JwtKeyClaim::Kid,
-                            other => {
-                                return Err(err(format!(
-                                "credentials[{i}].jwt.key_claim: {other:?} is not one of iss, kid"
-                            )))
-                            }
-                        },
-                        algorithm: jwt.algorithm.clone(),
-                        secret: non_empty(&jwt.secret),
-                        secret_fingerprint: non_empty(&jwt.secret_fingerprint),
-                        public_key: non_empty(&jwt.public_key),
-                    }),
-                    ..Credential::default()
-                },
-                None => return Err(err(format!("credentials[{i}]: no credential kind set"))),
-            };
-            credentials.push(converted);
+        if config.json.is_empty() {
+            return Ok(GatewayConfig::default());
         }
-        Ok(Consumer {
-            name: consumer.name.clone(),
-            groups: consumer.groups.clone(),
-            credentials,
-        })
+        config_from_json(&config.json)
     }
 }
 
-impl TryFrom<&pb::GlobalPlugin> for GlobalPlugin {
-    type Error = ConfigError;
-    fn try_from(plugin: &pb::GlobalPlugin) -> Result<Self, ConfigError> {
-        let inner = plugin.plugin.clone().unwrap_or_default();
-        let instance = non_empty(&plugin.instance);
-        let label = instance.clone().unwrap_or_else(|| inner.name.clone());
-        let parsed = plugin_from_pb(&inner).map_err(|m| ConfigError::new("plugin", &label, m))?;
-        Ok(GlobalPlugin {
-            instance,
-            name: parsed.name,
-            config: parsed.config,
-            enabled: parsed.enabled,
-        })
-    }
-}
-
-impl From<&pb::Certificate> for Certificate {
-    fn from(certificate: &pb::Certificate) -> Self {
-        Certificate {
-            name: certificate.name.clone(),
-            cert_pem: certificate.cert_pem.clone(),
-            key_pem: non_empty(&certificate.key_pem),
-            key_fingerprint: non_empty(&certificate.key_fingerprint),
-            snis: certificate.snis.clone(),
-            default: certificate.default,
-            info: certificate.info.as_ref().map(|info| CertificateInfo {
-                subject: info.subject.clone(),
-                issuer: info.issuer.clone(),
-                sans: info.sans.clone(),
-                not_before: info.not_before.clone(),
-                not_after: info.not_after.clone(),
-                not_after_unix: info.not_after_unix,
-                fingerprint: info.fingerprint.clone(),
-            }),
+/// `From<&Model> for pb::Message` and `TryFrom<&pb::Message> for Model` for
+/// one entity kind.
+macro_rules! entity_json {
+    ($model:ty, $wire:ident, $kind:literal, $names:expr) => {
+        impl From<&$model> for pb::$wire {
+            fn from(entity: &$model) -> Self {
+                pb::$wire {
+                    json: to_json(entity),
+                }
+            }
         }
-    }
+
+        impl TryFrom<&pb::$wire> for $model {
+            type Error = ConfigError;
+            fn try_from(entity: &pb::$wire) -> Result<Self, ConfigError> {
+                entity_from_json($kind, $names, &entity.json)
+            }
+        }
+    };
 }
+
+entity_json!(Service, Service, "service", NAME);
+entity_json!(Route, Route, "route", NAME);
+entity_json!(Consumer, Consumer, "consumer", NAME);
+entity_json!(GlobalPlugin, GlobalPlugin, "plugin", INSTANCE);
+entity_json!(Certificate, Certificate, "certificate", NAME);
 
 #[cfg(test)]
 mod tests {
@@ -410,10 +174,6 @@ services:
   - name: s
     upstream: { targets: [{ address: "127.0.0.1:1", weight: 3 }], load_balancing: least_request }
     host_header: upstream.local
-  - name: tls
-    upstream: { targets: [{ address: "127.0.0.1:2" }] }
-    protocol: https
-    tls: { ca_certificate: ca, sni: up.internal, verify: false }
 routes:
   - name: r
     service: s
@@ -421,8 +181,6 @@ routes:
     headers: [{ name: x-v, value: "2" }, { name: x-present }]
     plugins: [{ name: acl, config: { allow: [g] } }, { name: key-auth, enabled: false }]
     metrics: { consumer_labels: true }
-    https_only: true
-    https_redirect: true
   - name: plain
     service: s
     paths: ["/p"]
@@ -437,19 +195,61 @@ plugins:
         let wire = pb::GatewayConfig::from(&config);
         let back = GatewayConfig::try_from(&wire).expect("converts back");
         assert_eq!(back, config);
+        for service in &config.services {
+            let wire = pb::Service::from(service);
+            assert_eq!(&Service::try_from(&wire).expect("service"), service);
+        }
+        let plugin = &config.plugins[0];
+        assert_eq!(
+            &GlobalPlugin::try_from(&pb::GlobalPlugin::from(plugin)).expect("plugin"),
+            plugin
+        );
     }
 
     #[test]
-    fn bad_enum_names_the_field() {
+    fn bad_values_name_the_entity_and_the_field() {
         let wire = pb::Service {
-            name: "s".into(),
-            protocol: "ftp".into(),
-            ..Default::default()
+            json: r#"{"name":"s","upstream":{"targets":[]},"protocol":"ftp"}"#.into(),
         };
-        let err = Service::try_from(&wire).unwrap_err();
+        let err = Service::try_from(&wire).expect_err("refused").to_string();
+        assert!(err.starts_with("service \"s\": protocol:"), "{err}");
+
+        let wire = pb::GatewayConfig {
+            json: r#"{"routes":[{"name":"ok","service":"s"},{"name":"bad","service":"s","priority":"high"}]}"#
+                .into(),
+        };
+        let err = GatewayConfig::try_from(&wire)
+            .expect_err("refused")
+            .to_string();
+        assert!(err.starts_with("route \"bad\": priority:"), "{err}");
+
+        let err = Route::try_from(&pb::Route { json: "{".into() })
+            .expect_err("refused")
+            .to_string();
+        assert!(err.starts_with("route: json:"), "{err}");
+        let err = Route::try_from(&pb::Route {
+            json: format!(
+                r#"{{"name":"r","service":"s","nope":"{}"}}"#,
+                "x".repeat(10_000)
+            ),
+        })
+        .expect_err("refused")
+        .to_string();
         assert!(
-            err.to_string().starts_with("service \"s\": protocol:"),
+            err.starts_with("route \"r\": nope") || err.contains("unknown field"),
             "{err}"
         );
+        assert!(err.len() < 1_000, "echoed values are cut: {}", err.len());
+    }
+
+    /// Exports made before the config moved onto one schema still apply:
+    /// the file format is the model's, unchanged.
+    #[test]
+    fn an_export_from_before_the_change_still_parses_and_converts() {
+        let export = include_str!("../testdata/export-before-one-schema.yaml");
+        let config = GatewayConfig::from_yaml(export).expect("old export parses");
+        assert!(!config.services.is_empty() && !config.consumers.is_empty());
+        let back = GatewayConfig::try_from(&pb::GatewayConfig::from(&config)).expect("wire");
+        assert_eq!(back, config);
     }
 }

@@ -106,7 +106,7 @@ impl ConfigCache {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
-    use tollgate_shared::proto::config::{ConfigVersion, GatewayConfig, Service};
+    use tollgate_shared::proto::config::{ConfigVersion, GatewayConfig};
 
     fn snapshot(revision: u64) -> Snapshot {
         Snapshot {
@@ -115,11 +115,8 @@ mod tests {
                 revision,
             }),
             config: Some(GatewayConfig {
-                services: vec![Service {
-                    name: "orders".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
+                json: r#"{"services":[{"name":"orders","upstream":{"targets":[{"address":"127.0.0.1:1"}]}}]}"#
+                    .into(),
             }),
         }
     }
