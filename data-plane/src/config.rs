@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tollgate_proxy::forward::TrustedProxies;
+use tollgate_proxy::router::PathPolicy;
+use tollgate_proxy::untrusted::UntrustedHeaders;
 use tollgate_telemetry::AccessLogTarget;
 
 #[derive(Debug, Clone)]
@@ -24,6 +26,10 @@ pub struct DpConfig {
     pub config_cache: Option<PathBuf>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: TrustedProxies,
+    /// Encoded slashes and `;params` in request paths (routes may override).
+    pub path_policy: PathPolicy,
+    /// Headers dropped or rewritten from clients outside `trusted_proxies`.
+    pub untrusted_headers: UntrustedHeaders,
     /// Sent as `authorization: Bearer <token>` on the config stream.
     pub cluster_token: Option<String>,
     /// Request header limits (431 beyond them).
@@ -61,6 +67,8 @@ impl Default for DpConfig {
             node_id: None,
             config_cache: None,
             trusted_proxies: TrustedProxies::default(),
+            path_policy: PathPolicy::default(),
+            untrusted_headers: UntrustedHeaders::default(),
             cluster_token: None,
             max_header_bytes: 60 * 1024,
             max_headers: 100,

@@ -183,6 +183,8 @@ impl DataPlane {
             access_log: access_log.clone(),
             request_metrics: config.request_metrics,
             trusted_proxies: config.trusted_proxies.clone(),
+            path_policy: config.path_policy,
+            untrusted_headers: config.untrusted_headers.clone(),
             limits: RequestLimits {
                 max_header_bytes: config.max_header_bytes,
                 max_headers: config.max_headers,

@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use tollgate_data_plane::proxy::forward::TrustedProxies;
+use tollgate_data_plane::proxy::router::PathPolicy;
+use tollgate_data_plane::proxy::untrusted::UntrustedHeaders;
 use tollgate_data_plane::telemetry::AccessLogTarget;
 use tollgate_data_plane::DpConfig;
+use tollgate_shared::model::{EncodedSlashes, PathParameters};
 use tollgate_shared::telemetry::{self, TelemetryConfig};
 
 /// Every request allocates a few times (hyper's header map and read
@@ -49,6 +52,18 @@ struct Args {
     /// Comma-separated CIDRs/IPs whose X-Forwarded-For is believed.
     #[arg(long, env = "TOLLGATE_TRUSTED_PROXIES", default_value = "")]
     trusted_proxies: String,
+    /// `%2F` in request paths: decode (as nginx does), reject (400) or keep
+    /// (data inside a segment). Routes may override it.
+    #[arg(long, env = "TOLLGATE_ENCODED_SLASHES", default_value = "decode")]
+    encoded_slashes: String,
+    /// `;params` in path segments: reject (400), strip (as servlet
+    /// containers do) or keep. Routes may override it.
+    #[arg(long, env = "TOLLGATE_PATH_PARAMETERS", default_value = "reject")]
+    path_parameters: String,
+    /// Comma-separated headers dropped from clients outside --trusted-proxies,
+    /// beyond the built-in list (X-Original-URL, X-Rewrite-URL, ...).
+    #[arg(long, env = "TOLLGATE_UNTRUSTED_HEADERS", value_delimiter = ',')]
+    untrusted_headers: Vec<String>,
     /// Proxy worker threads, each with its own single-threaded runtime, like
     /// nginx workers [default: one per CPU].
     #[arg(long, env = "TOLLGATE_WORKER_THREADS")]
@@ -161,6 +176,28 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let path_policy = match (
+        EncodedSlashes::parse(&args.encoded_slashes),
+        PathParameters::parse(&args.path_parameters),
+    ) {
+        (Some(encoded_slashes), Some(path_parameters)) => PathPolicy {
+            encoded_slashes,
+            path_parameters,
+        },
+        _ => {
+            tracing::error!(
+                "--encoded-slashes must be reject, decode or keep; --path-parameters must be reject, strip or keep"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let untrusted_headers = match UntrustedHeaders::new(&args.untrusted_headers) {
+        Ok(list) => list,
+        Err(err) => {
+            tracing::error!("invalid --untrusted-headers: {err}");
+            return ExitCode::from(2);
+        }
+    };
     if args.header_read_timeout_ms == 0 || args.body_idle_timeout_ms == 0 {
         tracing::error!("--header-read-timeout-ms and --body-idle-timeout-ms must be at least 1");
         return ExitCode::from(2);
@@ -173,6 +210,8 @@ fn main() -> ExitCode {
         node_id: Some(node_id),
         config_cache: args.config_cache,
         trusted_proxies,
+        path_policy,
+        untrusted_headers,
         cluster_token: args.cluster_token.filter(|t| !t.is_empty()),
         max_header_bytes: args.max_header_bytes,
         max_headers: args.max_headers,

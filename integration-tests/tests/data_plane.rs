@@ -392,7 +392,10 @@ async fn path_tricks_route_and_forward_by_the_documented_rule() {
             {"name": "admin", "service": "admin", "hosts": ["tricks.test"], "paths": ["/admin"]},
         ]
     });
-    let (_cp, dp) = gateway("dp-paths", value, &[]).await;
+    // The normalization rule itself, with encoded slashes and `;params` kept
+    // as data (the defaults decode / reject them: `path_policy.rs` tests).
+    let keep = ["--encoded-slashes", "keep", "--path-parameters", "keep"].map(String::from);
+    let (_cp, dp) = gateway("dp-paths", value, &keep).await;
 
     // (request-target, expected upstream and forwarded target, or expected status)
     let routed: &[(&str, &str, &str)] = &[

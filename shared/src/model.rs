@@ -235,6 +235,75 @@ pub struct Route {
     /// With `https_only`: answer plaintext requests with a 308 redirect.
     #[serde(default, skip_serializing_if = "is_default")]
     pub https_redirect: bool,
+    /// `%2F` in the path: overrides the data plane's `--encoded-slashes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoded_slashes: Option<EncodedSlashes>,
+    /// `;params` in path segments: overrides the data plane's `--path-parameters`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_parameters: Option<PathParameters>,
+}
+
+/// What the gateway does with an encoded slash (`%2F`) in a request path,
+/// before routing, so that the route matched, the auth applied and the path
+/// forwarded agree with an upstream that decodes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodedSlashes {
+    /// 400: the path is ambiguous between gateway and upstream.
+    Reject,
+    /// `%2F` becomes `/` (then dot segments are resolved again): what nginx
+    /// and most upstreams do. The default.
+    #[default]
+    Decode,
+    /// `%2F` is data inside a segment, routed and forwarded as `%2F`. For APIs
+    /// that need it; only safe when the upstream does not decode it.
+    Keep,
+}
+
+impl EncodedSlashes {
+    pub const ALL: [(&'static str, EncodedSlashes); 3] = [
+        ("reject", EncodedSlashes::Reject),
+        ("decode", EncodedSlashes::Decode),
+        ("keep", EncodedSlashes::Keep),
+    ];
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .find(|(name, _)| *name == text)
+            .map(|(_, v)| *v)
+    }
+}
+
+/// What the gateway does with `;params` in a path segment (`/admin;x/y`),
+/// which servlet containers strip before they route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathParameters {
+    /// 400 for a path with `;` in a segment. The default: the gateway cannot
+    /// know whether the upstream strips them.
+    #[default]
+    Reject,
+    /// Each segment loses its `;...` before routing and forwarding, as a
+    /// servlet container would.
+    Strip,
+    /// `;` is an ordinary character (routed and forwarded as written).
+    Keep,
+}
+
+impl PathParameters {
+    pub const ALL: [(&'static str, PathParameters); 3] = [
+        ("reject", PathParameters::Reject),
+        ("strip", PathParameters::Strip),
+        ("keep", PathParameters::Keep),
+    ];
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .find(|(name, _)| *name == text)
+            .map(|(_, v)| *v)
+    }
 }
 
 /// Per-route metric options. Everything is off by default: the default

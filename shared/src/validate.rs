@@ -975,6 +975,8 @@ consumers:
             metrics: RouteMetricsOptions::default(),
             https_only: false,
             https_redirect: false,
+            encoded_slashes: None,
+            path_parameters: None,
         }
     }
 

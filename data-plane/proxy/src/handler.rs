@@ -37,8 +37,9 @@ use crate::body::{ResponseBody, UpstreamBody};
 use crate::forward::{self, Peer, TrustedProxies};
 use crate::observe::Exchange;
 use crate::respond;
-use crate::router::{normalize_path, strip_prefix};
+use crate::router::{normalize_path, strip_prefix, PathPolicy};
 use crate::snapshot::{CompiledRoute, SnapshotStore};
+use crate::untrusted::UntrustedHeaders;
 use tollgate_telemetry::AccessLog;
 
 /// Bounds on what a client may send, from the command line.
@@ -76,6 +77,10 @@ pub struct ProxyState {
     /// The `--tls-listen` port, for `https_redirect` locations (omitted
     /// when 443); `None` without a TLS listener.
     pub tls_port: Option<u16>,
+    /// Encoded slashes and `;params` (routes may override).
+    pub path_policy: PathPolicy,
+    /// Headers dropped or rewritten from clients outside `trusted_proxies`.
+    pub untrusted_headers: UntrustedHeaders,
 }
 
 /// Handles one request; never fails (errors become responses). What the
@@ -104,27 +109,68 @@ pub async fn handle(
 
     // Route on the normalized path; compute the upstream path+query from it.
     let (route_index, upstream_path_and_query) = {
-        let normalized = match normalize_path(parts.uri.path()) {
+        let base = match normalize_path(parts.uri.path()) {
             Ok(path) => path,
             Err(err) => {
                 tracing::debug!(error = %err, "rejecting a path that cannot be normalized");
                 return refuse(exchange, parts.uri, RefusalKind::BadPath, &request_id);
             }
         };
+        // Encoded slashes and `;params` are resolved before routing, so the
+        // route matched, its plugins and the upstream see the same path. A
+        // path the gateway's policy refuses is still looked up as written,
+        // for a route that keeps such paths on purpose.
+        let gateway_path = state.path_policy.apply(base.clone());
         // The router strips the port and lower-cases.
         let host = client_host
             .as_ref()
             .and_then(|host| host.to_str().ok())
             .unwrap_or("");
-        let Some(matched) = snapshot
-            .router
-            .find(host, &normalized, &parts.method, &parts.headers)
-        else {
+        let find = |path: &str| {
+            snapshot
+                .router
+                .find(host, path, &parts.method, &parts.headers)
+        };
+        let candidate: &str = gateway_path.as_deref().unwrap_or(&base);
+        let Some(mut matched) = find(candidate) else {
+            let kind = match &gateway_path {
+                Ok(_) => RefusalKind::NoRoute,
+                Err(_) => RefusalKind::BadPath,
+            };
+            return refuse(exchange, parts.uri, kind, &request_id);
+        };
+        let Some(mut route) = snapshot.routes.get(matched.route_index) else {
             return refuse(exchange, parts.uri, RefusalKind::NoRoute, &request_id);
         };
-        let Some(route) = snapshot.routes.get(matched.route_index) else {
-            return refuse(exchange, parts.uri, RefusalKind::NoRoute, &request_id);
+        // The route's own policy (the gateway's unless it overrides it) has
+        // the last word; if its reading routes elsewhere, the request is
+        // refused rather than sent somewhere its checks did not cover.
+        let own = state
+            .path_policy
+            .with_overrides(route.encoded_slashes, route.path_parameters);
+        let normalized = if own == state.path_policy {
+            match gateway_path {
+                Ok(path) => path,
+                Err(err) => {
+                    tracing::debug!(error = %err, "rejecting a path under the path policy");
+                    return refuse(exchange, parts.uri, RefusalKind::BadPath, &request_id);
+                }
+            }
+        } else {
+            let Ok(path) = own.apply(base.clone()) else {
+                return refuse(exchange, parts.uri, RefusalKind::BadPath, &request_id);
+            };
+            if path.as_ref() != candidate {
+                match find(&path) {
+                    Some(again) if again.route_index == matched.route_index => matched = again,
+                    _ => return refuse(exchange, parts.uri, RefusalKind::BadPath, &request_id),
+                }
+            }
+            path
         };
+        if let Some(found) = snapshot.routes.get(matched.route_index) {
+            route = found;
+        }
         let upstream_path: Cow<'_, str> = if route.strip_path {
             Cow::Owned(strip_prefix(&normalized, matched.matched_len).into_owned())
         } else {
@@ -171,6 +217,9 @@ pub async fn handle(
     let client_ip = forward::client_ip(peer, &parts.headers, &state.trusted_proxies);
     exchange.client_ip = Some(client_ip);
     forward::set_forwarded(&mut parts.headers, peer, client_host.as_ref());
+    if !peer.trusted {
+        state.untrusted_headers.apply(&mut parts.headers, client_ip);
+    }
     // Only the gateway says who is calling: client copies of the identity
     // headers go on every route, authenticated or not.
     // (A scan of the names hashes nothing; the removal runs only when one

@@ -9,7 +9,8 @@
 //!   ([`router`]), plugin chain (through `tollgate_plugin_api` only: the core
 //!   never names a plugin), target pick (`tollgate_lb`), upstream call.
 //! - [`respond`]: the one place a refusal becomes a response.
-//! - [`forward`]: hop-by-hop headers out, `X-Forwarded-*` and `X-Request-Id` in.
+//! - [`forward`]: hop-by-hop headers out, `X-Forwarded-*` and `X-Request-Id` in;
+//!   [`untrusted`]: identity headers an untrusted client may not set.
 //! - [`upstream`]: a service's targets, balancer and connector; timeouts,
 //!   response checks.
 //! - [`connector`]: how a request reaches a target (the seam where TLS and
@@ -41,6 +42,7 @@ pub mod shutdown;
 pub mod snapshot;
 pub mod status;
 pub mod tls;
+pub mod untrusted;
 pub mod upstream;
 
 pub use error::DpError;

@@ -5,8 +5,8 @@
 //! Bounded: a fixed case count, so it runs in CI as a normal test.
 
 use proptest::prelude::*;
-use tollgate_proxy::router::{normalize_path, Router};
-use tollgate_shared::model::GatewayConfig;
+use tollgate_proxy::router::{normalize_path, PathPolicy, Router};
+use tollgate_shared::model::{EncodedSlashes, GatewayConfig, PathParameters};
 
 /// Paths built from the pieces that make normalization interesting.
 fn tricky_path() -> impl Strategy<Value = String> {
@@ -66,6 +66,28 @@ proptest! {
             prop_assert!(normal.bytes().all(|b| b.is_ascii_graphic()), "{normal}");
             let again = normalize_path(&normal).map(|p| p.into_owned());
             prop_assert_eq!(again, Ok(normal.clone()));
+        }
+    }
+
+    #[test]
+    fn every_path_policy_yields_a_normal_path_or_a_refusal(raw in tricky_path()) {
+        if let Ok(normal) = normalize_path(&raw) {
+            for (_, slashes) in EncodedSlashes::ALL {
+                for (_, params) in PathParameters::ALL {
+                    let policy = PathPolicy { encoded_slashes: slashes, path_parameters: params };
+                    if let Ok(path) = policy.apply(normal.clone()) {
+                        let path = path.into_owned();
+                        let again = normalize_path(&path).map(|p| p.into_owned());
+                        prop_assert_eq!(again, Ok(path.clone()));
+                        if slashes == EncodedSlashes::Decode {
+                            prop_assert!(!path.contains("%2F"), "{}", path);
+                        }
+                        if params != PathParameters::Keep {
+                            prop_assert!(!path.contains(';'), "{}", path);
+                        }
+                    }
+                }
+            }
         }
     }
 

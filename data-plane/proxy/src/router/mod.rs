@@ -61,6 +61,7 @@
 
 pub mod host;
 pub mod normalize;
+pub mod path_policy;
 mod trie;
 
 #[cfg(test)]
@@ -68,6 +69,7 @@ mod tests;
 
 pub use host::normalize_host;
 pub use normalize::{normalize_path, PathError};
+pub use path_policy::PathPolicy;
 
 use std::borrow::Cow;
 use std::cmp::Ordering;

@@ -72,6 +72,12 @@ pub enum PathError {
     DotSegmentParameters,
     #[error("the request path has an encoded slash next to an empty or dot segment")]
     AmbiguousEncodedSlash,
+    /// An encoded slash under `encoded_slashes: reject` ([`super::path_policy`]).
+    #[error("the request path contains an encoded slash (%2F)")]
+    EncodedSlash,
+    /// `;params` in a segment under `path_parameters: reject`.
+    #[error("the request path has ;parameters in a segment")]
+    PathParameters,
 }
 
 /// Normalizes a raw request path by the rule in the [module docs](self).

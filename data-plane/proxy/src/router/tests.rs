@@ -20,6 +20,8 @@ fn route(name: &str) -> Route {
         metrics: Default::default(),
         https_only: false,
         https_redirect: false,
+        encoded_slashes: None,
+        path_parameters: None,
     }
 }
 

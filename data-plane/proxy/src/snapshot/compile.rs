@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
-use tollgate_shared::model::GatewayConfig;
+use tollgate_shared::model::{EncodedSlashes, GatewayConfig, PathParameters};
 use tollgate_shared::proto::config::ConfigVersion;
 
 use crate::router::Router;
@@ -48,6 +48,9 @@ pub struct CompiledRoute {
     /// Plaintext requests get 426 (or a 308 with `https_redirect`).
     pub https_only: bool,
     pub https_redirect: bool,
+    /// This route's overrides of the gateway's [`crate::router::PathPolicy`].
+    pub encoded_slashes: Option<EncodedSlashes>,
+    pub path_parameters: Option<PathParameters>,
     pub plugins: PluginChain,
     /// This route's metric handles, resolved once here, not per request.
     pub metrics: Arc<RouteMetrics>,
@@ -176,6 +179,8 @@ pub fn compile(
             max_body_bytes: route.max_body_bytes,
             https_only: route.https_only,
             https_redirect: route.https_redirect,
+            encoded_slashes: route.encoded_slashes,
+            path_parameters: route.path_parameters,
             plugins,
             metrics: match &consumer_names {
                 Some(names) if route.metrics.consumer_labels => {
