@@ -289,7 +289,27 @@ pub enum RawBehaviour {
     ConflictingLength,
     /// Closes every connection as soon as it is accepted.
     CloseImmediately,
+    /// Reads the request head, answers `200` announcing 1,000 body bytes,
+    /// sends 10 of them and closes: an upstream dying mid-body.
+    TruncatedBody,
+    /// Reads the request head, answers `200` chunked with an invalid chunk
+    /// size, head and body in one write.
+    BadChunk,
 }
+
+/// The response [`RawBehaviour::BadChunk`] sends.
+pub const BAD_CHUNK_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\n\
+Content-Type: text/plain\r\n\
+Transfer-Encoding: chunked\r\n\
+\r\n\
+zz\r\nhello\r\n0\r\n\r\n";
+
+/// The response [`RawBehaviour::TruncatedBody`] sends before it closes.
+pub const TRUNCATED_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\n\
+Content-Type: text/plain\r\n\
+Content-Length: 1000\r\n\
+\r\n\
+0123456789";
 
 /// A TCP server on 127.0.0.1 that does not speak proper HTTP.
 pub struct RawUpstream {
@@ -326,7 +346,9 @@ impl RawUpstream {
                 counter.fetch_add(1, Ordering::SeqCst);
                 match behaviour {
                     RawBehaviour::CloseImmediately => drop(stream),
-                    RawBehaviour::ConflictingLength => {
+                    RawBehaviour::ConflictingLength
+                    | RawBehaviour::TruncatedBody
+                    | RawBehaviour::BadChunk => {
                         tokio::spawn(async move {
                             let mut head = Vec::new();
                             let mut buf = [0u8; 4096];
@@ -341,6 +363,17 @@ impl RawUpstream {
                                     Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
                                     _ => return,
                                 }
+                            }
+                            if behaviour == RawBehaviour::TruncatedBody {
+                                let _ = stream.write_all(TRUNCATED_RESPONSE).await;
+                                let _ = stream.flush().await;
+                                return;
+                            }
+                            if behaviour == RawBehaviour::BadChunk {
+                                let _ = stream.write_all(BAD_CHUNK_RESPONSE).await;
+                                let _ = stream.flush().await;
+                                tokio::time::sleep(Duration::from_secs(2)).await;
+                                return;
                             }
                             let _ = stream.write_all(CONFLICTING_RESPONSE).await;
                             let _ = stream.flush().await;

@@ -32,11 +32,32 @@ pub enum ResponseBody {
     /// The upstream's body; returns its connection to the pool when read
     /// to its end.
     Upstream(PooledBody),
+    /// The upstream's body whose first frame was already read (see
+    /// [`ResponseBody::upstream`]).
+    Prefetched(Option<Frame<Bytes>>, PooledBody),
 }
 
 impl ResponseBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         ResponseBody::Full(Some(bytes.into()))
+    }
+
+    /// The upstream's body, its first frame read if it is already here: an
+    /// error there means the body is broken before the head was sent, and
+    /// the caller can still answer 502 (what haproxy does) rather than send
+    /// a head and then cut the connection. Never waits: a frame that has not
+    /// arrived is left to the normal streaming.
+    pub fn upstream(mut body: PooledBody) -> Result<ResponseBody, hyper::Error> {
+        if body.is_end_stream() {
+            return Ok(ResponseBody::Upstream(body));
+        }
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Err(err))) => Err(err),
+            Poll::Ready(Some(Ok(frame))) => Ok(ResponseBody::Prefetched(Some(frame), body)),
+            Poll::Ready(None) => Ok(ResponseBody::Prefetched(None, body)),
+            Poll::Pending => Ok(ResponseBody::Upstream(body)),
+        }
     }
 }
 
@@ -52,6 +73,10 @@ impl Body for ResponseBody {
             ResponseBody::Empty => Poll::Ready(None),
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Upstream(body) => Pin::new(body).poll_frame(cx),
+            ResponseBody::Prefetched(first, body) => match first.take() {
+                Some(frame) => Poll::Ready(Some(Ok(frame))),
+                None => Pin::new(body).poll_frame(cx),
+            },
         }
     }
 
@@ -60,6 +85,7 @@ impl Body for ResponseBody {
             ResponseBody::Empty => true,
             ResponseBody::Full(bytes) => bytes.is_none(),
             ResponseBody::Upstream(body) => body.is_end_stream(),
+            ResponseBody::Prefetched(first, body) => first.is_none() && body.is_end_stream(),
         }
     }
 
@@ -70,6 +96,19 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             ResponseBody::Upstream(body) => body.size_hint(),
+            ResponseBody::Prefetched(first, body) => {
+                let pending = first
+                    .as_ref()
+                    .and_then(Frame::data_ref)
+                    .map_or(0, |data| data.len() as u64);
+                let rest = body.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower().saturating_add(pending));
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper.saturating_add(pending));
+                }
+                hint
+            }
         }
     }
 }

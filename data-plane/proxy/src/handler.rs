@@ -327,8 +327,26 @@ async fn forward_route(
     match result {
         Ok(response) => {
             let (mut response_parts, response_body) = response.into_parts();
+            // A body that is already broken when its head arrives (bad
+            // chunked framing in the same packet) gets a 502 the client can
+            // act on, instead of a head followed by a dead connection.
+            let body = match ResponseBody::upstream(response_body) {
+                Ok(body) => body,
+                Err(err) => {
+                    let kind = crate::upstream::classify(&err);
+                    tracing::warn!(
+                        route = %route.name,
+                        upstream = %target.address,
+                        error = kind.code(),
+                        reason = %err,
+                        request_id = ?ctx.request_id,
+                        "upstream response body broken before anything was sent"
+                    );
+                    return refused(exchange, ctx, kind.into());
+                }
+            };
             forward::remove_hop_by_hop(&mut response_parts.headers);
-            Response::from_parts(response_parts, ResponseBody::Upstream(response_body))
+            Response::from_parts(response_parts, body)
         }
         Err(kind) => {
             if kind.status().is_server_error() {

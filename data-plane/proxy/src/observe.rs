@@ -42,6 +42,9 @@ use crate::body::ResponseBody;
 use crate::forward::Peer;
 use crate::handler::{handle, ProxyState};
 
+/// The access log's `error` for a response whose body broke off mid-stream.
+pub const UPSTREAM_BODY_ERROR: &str = "upstream_body_error";
+
 /// What the handler learns about a request that the metrics and the access
 /// log need. Fields the access log alone needs are only kept when it is on.
 #[derive(Debug, Default)]
@@ -236,8 +239,10 @@ pub struct ObservedBody {
 
 impl ObservedBody {
     /// Records the request (once): metrics, then the access-log line; the
-    /// span ends when `pending` drops.
-    fn finish(&mut self) {
+    /// span ends when `pending` drops. `broken`: the response body failed
+    /// mid-stream (the upstream died or sent bad framing after its head), so
+    /// the client got a cut response under a status that says otherwise.
+    fn finish(&mut self, broken: bool) {
         let Some(pending) = self.pending.take() else {
             return;
         };
@@ -260,6 +265,9 @@ impl ObservedBody {
             if self.sent > 0 {
                 route.add_bytes_out(self.sent);
             }
+            if broken {
+                route.record_upstream_body_error();
+            }
         }
         if let Some(facts) = &pending.access_log {
             let mut record = AccessLogRecord::new(pending.started, &pending.method);
@@ -276,7 +284,11 @@ impl ObservedBody {
             record.route = exchange.route.as_deref().map(RouteMetrics::log_fields);
             record.consumer = exchange.consumer.as_deref();
             record.status = pending.status.as_u16();
-            record.error = exchange.refusal.map(RefusalKind::code);
+            record.error = match (exchange.refusal, broken) {
+                (Some(kind), _) => Some(kind.code()),
+                (None, true) => Some(UPSTREAM_BODY_ERROR),
+                (None, false) => None,
+            };
             record.tls_version = exchange.tls.map(|tls| tls.version);
             record.alpn = exchange
                 .tls
@@ -308,7 +320,8 @@ impl Body for ObservedBody {
                     this.sent += data.len() as u64;
                 }
             }
-            Poll::Ready(Some(Err(_)) | None) => this.finish(),
+            Poll::Ready(Some(Err(_))) => this.finish(true),
+            Poll::Ready(None) => this.finish(false),
             Poll::Pending => {}
         }
         polled
@@ -327,7 +340,7 @@ impl Drop for ObservedBody {
     fn drop(&mut self) {
         // Bodies hyper never polls (HEAD, 204, an empty body) and responses
         // the client abandoned are recorded here.
-        self.finish();
+        self.finish(false);
     }
 }
 

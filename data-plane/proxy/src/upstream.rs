@@ -275,8 +275,13 @@ pub fn classify(err: &(dyn StdError + 'static)) -> RefusalKind {
             };
         }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return RefusalKind::UpstreamTimeout;
+            match io.kind() {
+                std::io::ErrorKind::TimedOut => return RefusalKind::UpstreamTimeout,
+                // hyper's body decoder reports bad chunked framing this way.
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+                    return RefusalKind::UpstreamMalformed
+                }
+                _ => {}
             }
         }
         if let Some(hyper_err) = cause.downcast_ref::<hyper::Error>() {

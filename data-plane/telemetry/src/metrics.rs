@@ -237,6 +237,7 @@ struct Families {
     upstream_duration: Family<RouteLabels, LatencyHistogram>,
     bytes_in: Family<RouteLabels, Counter>,
     bytes_out: Family<RouteLabels, Counter>,
+    upstream_body_errors: Family<RouteLabels, Counter>,
     rate_limit: Family<RateLimitLabels, Counter>,
     auth_failures: Family<AuthFailureLabels, Counter>,
 }
@@ -306,6 +307,11 @@ impl Metrics {
             "response_bytes",
             "Response body bytes sent to clients, by route",
             families.bytes_out.clone(),
+        );
+        registry.register(
+            "upstream_body_errors",
+            "Responses whose upstream body broke off after the head was sent (the client got a cut response), by route",
+            families.upstream_body_errors.clone(),
         );
         registry.register(
             "open_connections",
@@ -502,6 +508,7 @@ pub struct RouteMetrics {
     upstream_duration: OnceLock<LatencyHistogram>,
     bytes_in: OnceLock<Counter>,
     bytes_out: OnceLock<Counter>,
+    upstream_body_errors: OnceLock<Counter>,
     rate_limit: [OnceLock<Counter>; RateLimitResult::ALL.len()],
     auth_failures: [OnceLock<Counter>; AuthFailure::ALL.len()],
     /// Per-consumer counters; `Some` only with `metrics.consumer_labels` on.
@@ -522,6 +529,7 @@ impl RouteMetrics {
             upstream_duration: OnceLock::new(),
             bytes_in: OnceLock::new(),
             bytes_out: OnceLock::new(),
+            upstream_body_errors: OnceLock::new(),
             rate_limit: Default::default(),
             auth_failures: Default::default(),
             consumers: None,
@@ -653,6 +661,18 @@ impl RouteMetrics {
                     .clone()
             })
             .inc_by(bytes);
+    }
+
+    /// Counts a response whose upstream body broke off mid-stream.
+    pub fn record_upstream_body_error(&self) {
+        self.upstream_body_errors
+            .get_or_init(|| {
+                self.families
+                    .upstream_body_errors
+                    .get_or_create(&self.route_labels())
+                    .clone()
+            })
+            .inc();
     }
 
     /// Records a rate-limit decision.
