@@ -3,6 +3,8 @@
 //! - [`server`]: the listener: accept loop, connection cap, HTTP/1.1 and h2c
 //!   (prior knowledge) on one port, header-read timeout, HTTP/2 limits,
 //!   graceful drain.
+//! - [`parse_errors`]: the answers hyper's parser makes itself, replaced by
+//!   the gateway's own (JSON, counted, logged).
 //! - [`observe`]: wraps the handler: the request span, metrics and the
 //!   access-log line of each request.
 //! - [`handler`]: one request from bounds checks to relayed response: route
@@ -34,6 +36,7 @@ pub mod error;
 pub mod forward;
 pub mod handler;
 pub mod observe;
+pub mod parse_errors;
 pub mod pool;
 pub mod respond;
 pub mod router;

@@ -54,6 +54,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::forward::Peer;
 use crate::handler::ProxyState;
 use crate::observe;
+use crate::parse_errors::{ErrorAnswers, Recorder};
 use crate::tls::TlsInfo;
 use tollgate_plugin_api::RefusalKind;
 use tollgate_telemetry::metrics;
@@ -246,13 +247,7 @@ async fn serve(
         let peer = Peer::new(remote.ip(), &state.trusted_proxies);
         let open = metrics::global().connection_opened();
         if !settings.tls {
-            let connection = connection(
-                &builder,
-                &state,
-                peer,
-                TokioIo::new(stream),
-                graceful.watcher(),
-            );
+            let connection = connection(&builder, &state, peer, stream, graceful.watcher());
             tokio::spawn(async move {
                 if let Err(err) = connection.await {
                     tracing::debug!(peer = %remote, error = %err, "client connection ended with an error");
@@ -289,7 +284,7 @@ async fn serve(
             };
             metrics::global().tls_handshake(HandshakeResult::Ok);
             let peer = peer.with_tls(TlsInfo::of(stream.get_ref().1));
-            let connection = connection(&builder, &state, peer, TokioIo::new(stream), watcher);
+            let connection = connection(&builder, &state, peer, stream, watcher);
             if let Err(err) = connection.await {
                 tracing::debug!(peer = %remote, error = %err, "client connection ended with an error");
             }
@@ -307,20 +302,30 @@ async fn serve(
     }
 }
 
-/// One client connection (plain or TLS) served by the proxy handler and
-/// watched for graceful shutdown; the future ends with the connection.
-fn connection<I>(
+/// One client connection (plain, or the plaintext side of a TLS stream)
+/// served by the proxy handler, with hyper's own error answers replaced
+/// ([`ErrorAnswers`]), and watched for graceful shutdown; the future ends
+/// with the connection.
+fn connection<S>(
     builder: &auto::Builder<TokioExecutor>,
     state: &Arc<ProxyState>,
     peer: Peer,
-    io: I,
+    stream: S,
     watcher: Watcher,
 ) -> impl std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>
        + Send
        + 'static
 where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let io = TokioIo::new(ErrorAnswers::new(
+        stream,
+        Recorder {
+            access_log: state.access_log.clone(),
+            request_metrics: state.request_metrics,
+            client_ip: peer.ip,
+        },
+    ));
     let context = Arc::new(ConnectionContext {
         peer,
         state: state.clone(),
