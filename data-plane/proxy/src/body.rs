@@ -48,7 +48,10 @@ impl ResponseBody {
     /// a head and then cut the connection. Never waits: a frame that has not
     /// arrived is left to the normal streaming.
     pub fn upstream(mut body: PooledBody) -> Result<ResponseBody, hyper::Error> {
-        if body.is_end_stream() {
+        // A body of known length cannot have broken framing in its first
+        // frame (a short one is cut later, and logged then): only chunked
+        // bodies are worth the look.
+        if body.is_end_stream() || body.size_hint().exact().is_some() {
             return Ok(ResponseBody::Upstream(body));
         }
         let mut cx = Context::from_waker(futures::task::noop_waker_ref());
