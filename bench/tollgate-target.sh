@@ -7,7 +7,7 @@
 # everything to $UPSTREAM_ADDR (exported by compare.sh), starts tollgate-dp on
 # 127.0.0.1:PORT, and on TERM stops both (by PID). VARIANT picks the plugins on
 # the route: plain (default), transformer, keyauth, jwt, ratelimit-local,
-# ratelimit-redis, accesslog, tracing, bare (a limit high enough never to reject, so the run measures
+# ratelimit-redis, accesslog, tracing, tls, bare (a limit high enough never to reject, so the run measures
 # its cost; the redis variant starts its own redis-server on PORT+3000 and
 # stops it by PID). keyauth and jwt take
 # their credential from BENCH_HEADER="apikey: <token>" (bench/auth-token.sh):
@@ -20,6 +20,9 @@
 # started on PORT+4000. Release binaries must be built first
 # (`cargo build --release --bins` and, for tracing,
 # `cargo build --release -p tollgate-integration-tests --example otlp_sink`).
+# tls serves HTTPS on PORT (`--tls-listen`; plaintext moves to PORT+5000) with
+# the certificate of bench/tls-cert.sh as the default certificate, the one
+# bench/nginx-tls-target.sh serves too (bench/targets-tls.txt).
 #
 # Example (from the repo root):
 #   TARGET_NAME=tollgate TARGET_URL=http://127.0.0.1:18090/ \
@@ -48,7 +51,7 @@ stop() {
 trap stop TERM INT
 
 case "$VARIANT" in
-  plain|bare|accesslog|tracing) PLUGINS="[]" ;;
+  plain|bare|accesslog|tracing|tls) PLUGINS="[]" ;;
   transformer) PLUGINS='[{ name: request-transformer, config: { add: { headers: { x-bench: "1" } } } }]' ;;
   keyauth) PLUGINS='[{ name: key-auth }]' ;;
   jwt) PLUGINS='[{ name: jwt, config: { header: apikey, algorithms: [RS256] } }]' ;;
@@ -67,6 +70,20 @@ routes:
     paths: ["/"]
     plugins: $PLUGINS
 YAML
+
+if [ "$VARIANT" = tls ]; then
+  TLS_DIR="$("$ROOT/bench/tls-cert.sh")"
+  {
+    echo "certificates:"
+    echo "  - name: bench"
+    echo "    default: true"
+    echo "    snis: [localhost]"
+    echo "    cert_pem: |"
+    sed 's/^/      /' "$TLS_DIR/cert.pem"
+    echo "    key_pem: |"
+    sed 's/^/      /' "$TLS_DIR/key.pem"
+  } >>"$WORK/gateway.yaml"
+fi
 
 # The consumer the keyauth / jwt variants authenticate.
 case "$VARIANT" in
@@ -121,7 +138,12 @@ if [ "$VARIANT" = ratelimit-redis ]; then
   done
   DP_ARGS+=(--redis-url "redis://127.0.0.1:$REDIS_PORT/0")
 fi
-RUST_LOG=warn "$BIN/tollgate-dp" --control-plane "http://127.0.0.1:$ADMIN_PORT" --listen "127.0.0.1:$PORT" \
+LISTEN_PORT="$PORT"
+if [ "$VARIANT" = tls ]; then
+  LISTEN_PORT=$((PORT + 5000))
+  DP_ARGS+=(--tls-listen "127.0.0.1:$PORT")
+fi
+RUST_LOG=warn "$BIN/tollgate-dp" --control-plane "http://127.0.0.1:$ADMIN_PORT" --listen "127.0.0.1:$LISTEN_PORT" \
   --status-listen "127.0.0.1:$STATUS_PORT" --worker-threads "$WORKERS" "${DP_ARGS[@]}" >"$WORK/dp.log" 2>&1 &
 DP_PID=$!
 wait "$DP_PID"

@@ -77,6 +77,9 @@ pub struct WriteOutcome {
     pub version: ConfigVersion,
     /// The resulting state (on a dry run: the state it would produce).
     pub config: Arc<GatewayConfig>,
+    /// Accepted, but worth the operator's attention (a certificate expiring
+    /// soon, an upstream whose certificate is not verified).
+    pub warnings: Vec<String>,
 }
 
 pub struct Model {
@@ -136,6 +139,7 @@ impl Model {
             next,
             changes,
             writes,
+            warnings,
         } = tokio::task::spawn_blocking(move || prepare(&base, change, dry_run))
             .await
             .map_err(|e| CpError::Internal(format!("config write task failed: {e}")))??;
@@ -148,6 +152,7 @@ impl Model {
                 } else {
                     current.config.clone()
                 },
+                warnings,
             });
         }
 
@@ -176,6 +181,7 @@ impl Model {
             changes,
             version,
             config,
+            warnings,
         })
     }
 
@@ -214,6 +220,8 @@ struct Prepared {
     next: GatewayConfig,
     changes: Vec<Change>,
     writes: Vec<EntityWrite>,
+    /// Accepted, but worth the operator's attention (see `WriteOutcome`).
+    warnings: Vec<String>,
 }
 
 /// The CPU-bound part of a write (blocking): change a copy, restore kept
@@ -226,7 +234,15 @@ where
     let mut next = current.clone();
     change(&mut next)?;
     secrets::restore_kept_secrets(&mut next, current)?;
+    for certificate in &mut next.certificates {
+        certificate.info = None; // read-only: computed by reads
+    }
     tollgate_shared::validate::validate(&next)?;
+    let warnings =
+        tollgate_shared::certs::check_write(current, &next, tollgate_shared::certs::unix_now())?;
+    for warning in &warnings {
+        tracing::warn!(dry_run, "{warning}");
+    }
     secrets::hash_api_keys(&mut next);
     next.sort();
     check_encoded_size(&next)?;
@@ -251,6 +267,7 @@ where
         next,
         changes,
         writes,
+        warnings,
     })
 }
 

@@ -16,6 +16,8 @@ pub struct DpConfig {
     pub control_plane: String,
     /// Proxy listener.
     pub listen: SocketAddr,
+    /// HTTPS proxy listener (`--tls-listen`); off when `None`.
+    pub tls_listen: Option<SocketAddr>,
     /// Status listener (`/healthz`, `/readyz`, `/status`).
     pub status_listen: SocketAddr,
     /// Node id reported to the control plane; `None`: hostname + random suffix.
@@ -60,6 +62,7 @@ impl Default for DpConfig {
         DpConfig {
             control_plane: "http://127.0.0.1:7070".into(),
             listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            tls_listen: None,
             status_listen: SocketAddr::from(([127, 0, 0, 1], 8100)),
             node_id: None,
             config_cache: None,

@@ -55,8 +55,10 @@ use tollgate_proxy::{server, shutdown};
 pub struct DataPlane {
     config: DpConfig,
     proxy_listener: TcpListener,
+    tls_listener: Option<TcpListener>,
     status_listener: TcpListener,
     proxy_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     status_addr: SocketAddr,
     workers: usize,
 }
@@ -65,14 +67,23 @@ impl DataPlane {
     /// Binds the proxy and status listeners (port 0 picks a free port).
     pub async fn bind(config: DpConfig) -> Result<DataPlane, DpError> {
         let proxy_listener = server::bind("proxy", config.listen).await?;
+        let tls_listener = match config.tls_listen {
+            Some(addr) => Some(server::bind("tls", addr).await?),
+            None => None,
+        };
         let status_listener = server::bind("status", config.status_listen).await?;
         let proxy_addr = proxy_listener.local_addr().unwrap_or(config.listen);
+        let tls_addr = tls_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok());
         let status_addr = status_listener.local_addr().unwrap_or(config.status_listen);
         Ok(DataPlane {
             config,
             proxy_listener,
+            tls_listener,
             status_listener,
             proxy_addr,
+            tls_addr,
             status_addr,
             workers: 1,
         })
@@ -90,6 +101,11 @@ impl DataPlane {
         self.proxy_addr
     }
 
+    /// The HTTPS listener's address, when `--tls-listen` is set.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
     pub fn status_addr(&self) -> SocketAddr {
         self.status_addr
     }
@@ -100,8 +116,10 @@ impl DataPlane {
         let DataPlane {
             config,
             proxy_listener,
+            tls_listener,
             status_listener,
             proxy_addr,
+            tls_addr,
             status_addr,
             workers,
         } = self;
@@ -124,11 +142,14 @@ impl DataPlane {
             registry = registry.only(enabled).map_err(DpError::Plugins)?;
         }
         let registry = Arc::new(registry);
-        let applier = Arc::new(Applier::new(
-            store.clone(),
-            config.config_cache.clone().map(ConfigCache::new),
-            registry,
-        ));
+        let applier = Arc::new(
+            Applier::new(
+                store.clone(),
+                config.config_cache.clone().map(ConfigCache::new),
+                registry,
+            )
+            .map_err(DpError::Tls)?,
+        );
         let clients = applier.clients();
         // Serve the cached config (if any) before the control plane answers.
         let cache_applier = applier.clone();
@@ -170,20 +191,37 @@ impl DataPlane {
                 max_uri_bytes: config.max_uri_bytes,
                 body_idle_timeout: config.body_idle_timeout,
             },
+            tls_port: tls_addr.map(|addr| addr.port()),
         });
         let settings = ServerSettings {
             header_read_timeout: config.header_read_timeout,
-            max_connections: config.max_connections,
             drain_timeout: config.drain_timeout,
+            tls: false,
+            connection_slots: ServerSettings::connection_slots(config.max_connections),
         };
 
         tracing::info!(%node_id, control_plane = %config.control_plane, "tollgate-dp starting");
         tracing::info!("proxy listening on {proxy_addr}");
+        if let Some(addr) = tls_addr {
+            tracing::info!("https listening on {addr}");
+        }
         tracing::info!("status listening on {status_addr}");
 
         let subscriber_task = tokio::spawn(subscriber.run(stop_rx.clone()));
         let (stop_status, status_rx) = watch::channel(false);
         let status_task = tokio::spawn(status::serve(status_listener, status.clone(), status_rx));
+        let tls_task = tls_listener.map(|listener| {
+            tokio::spawn(server::serve_workers(
+                listener,
+                workers,
+                state.clone(),
+                ServerSettings {
+                    tls: true,
+                    ..settings.clone()
+                },
+                stop_rx.clone(),
+            ))
+        });
         let proxy_task = tokio::spawn(server::serve_workers(
             proxy_listener,
             workers,
@@ -197,6 +235,9 @@ impl DataPlane {
         tracing::info!(deadline = ?config.drain_timeout, "shutting down: not ready, draining in-flight requests");
         let _ = stop_accepting.send(true);
         let _ = proxy_task.await;
+        if let Some(task) = tls_task {
+            let _ = task.await;
+        }
         let _ = subscriber_task.await;
         let _ = pool_maintenance.await;
         let _ = stop_status.send(true);

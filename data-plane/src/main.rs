@@ -36,6 +36,10 @@ struct Args {
     /// Proxy listen address.
     #[arg(long, env = "TOLLGATE_LISTEN", default_value = "0.0.0.0:8000")]
     listen: SocketAddr,
+    /// HTTPS listen address (TLS 1.2/1.3, ALPN h2 and http/1.1; certificates
+    /// from the control plane, picked by SNI) [default: off].
+    #[arg(long, env = "TOLLGATE_TLS_LISTEN")]
+    tls_listen: Option<SocketAddr>,
     /// Status listen address (/healthz, /readyz, /status).
     #[arg(long, env = "TOLLGATE_STATUS_LISTEN", default_value = "127.0.0.1:8100")]
     status_listen: SocketAddr,
@@ -201,6 +205,7 @@ fn main() -> ExitCode {
     let config = DpConfig {
         control_plane: args.control_plane,
         listen: args.listen,
+        tls_listen: args.tls_listen,
         status_listen: args.status_listen,
         node_id: Some(node_id),
         config_cache: args.config_cache,

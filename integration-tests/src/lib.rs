@@ -6,6 +6,7 @@
 //!
 //! - [`process`]: child processes killed by PID on drop, free ports, bounded polls.
 //! - [`redis`]: a `redis-server` of the test's own, killed by PID, restartable on its port.
+//! - [`tls`]: a private CA (rcgen), an HTTPS upstream counting handshakes, a Python TLS client.
 //!
 //! Binaries are found in the cargo target directory; run `cargo build --bins`
 //! first (the README's test command does).
@@ -14,4 +15,5 @@ pub mod cp;
 pub mod dp;
 pub mod process;
 pub mod redis;
+pub mod tls;
 pub mod upstream;

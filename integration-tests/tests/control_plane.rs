@@ -946,14 +946,21 @@ async fn stream_on_its_own_listener_with_a_cluster_token() {
 async fn no_secret_appears_in_reads_exports_cli_output_logs_or_errors() {
     const API_KEY: &str = "canary-APIKEY-7f3e9b1c5a";
     const JWT_SECRET: &str = "canary-HMACSECRET-2d8e4a6f0b";
-    const KEY_BODY: &str = "canaryPRIVATEKEY4c9a1e7b";
     let cp = ControlPlane::start_with(CpOptions {
         env: vec![("RUST_LOG".into(), "debug".into())],
         ..Default::default()
     })
     .await;
-    let private_key =
-        format!("-----BEGIN PRIVATE KEY-----\n{KEY_BODY}\n-----END PRIVATE KEY-----\n");
+    // A real key pair (the control plane parses both and checks they
+    // match); the canary is the key's base64 body.
+    let leaf = tollgate_integration_tests::tls::Ca::new("Canary CA").issue(&["api.example.com"]);
+    let private_key = leaf.key_pem.clone();
+    let cert_pem = leaf.cert_pem.clone();
+    let key_line = private_key
+        .lines()
+        .find(|line| !line.starts_with("-----"))
+        .unwrap_or_default()
+        .to_string();
     let yaml = format!(
         r#"services:
   - name: orders
@@ -965,7 +972,7 @@ consumers:
       - jwt: {{ key: issuer-a, algorithm: HS256, secret: "{JWT_SECRET}" }}
 certificates:
   - name: main
-    cert_pem: "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+    cert_pem: {cert_pem:?}
     key_pem: {private_key:?}
     snis: [api.example.com]
 "#
@@ -1058,7 +1065,7 @@ certificates:
     seen.push_str(&format!("{duplicate:?}"));
 
     let logs = cp.logs();
-    for secret in [API_KEY, JWT_SECRET, KEY_BODY] {
+    for secret in [API_KEY, JWT_SECRET, key_line.as_str()] {
         assert!(
             !seen.contains(secret),
             "{secret} leaked into a read, export, CLI output or error:\n{seen}"

@@ -15,6 +15,7 @@
 //! generated at build time with a vendored `protoc`.
 
 pub mod calendar;
+pub mod certs;
 pub mod convert;
 pub mod limits;
 pub mod model;

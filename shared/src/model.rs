@@ -45,6 +45,38 @@ pub struct Service {
     pub host_header: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<PluginInstance>,
+    /// TLS to the targets (`protocol: https` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How a service with `protocol: https` verifies its targets.
+///
+/// Without `ca_pem` or `ca_certificate` the platform roots are trusted.
+/// The name checked (and sent as SNI) is `sni`, else `host_header`, else the
+/// target's host. `verify: false` turns verification off: it must be written
+/// out, is warned about at apply, and shows in every read.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM CA certificates to trust instead of the platform roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// The name of a `certificates` entry whose `cert_pem` is the CA to trust.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificate: Option<String>,
+    /// Server name sent and verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// Verify the target's certificate (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<bool>,
+}
+
+impl UpstreamTls {
+    pub fn verify(&self) -> bool {
+        self.verify.unwrap_or(true)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,7 +160,7 @@ impl Protocol {
     /// Whether data planes of this version serve it (`tollgate-proxy`'s
     /// connector tests check that it connects exactly these).
     pub const fn is_served(self) -> bool {
-        matches!(self, Protocol::Http)
+        matches!(self, Protocol::Http | Protocol::Https)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -196,6 +228,13 @@ pub struct Route {
     /// What the data plane records about this route beyond the defaults.
     #[serde(default, skip_serializing_if = "RouteMetricsOptions::is_default")]
     pub metrics: RouteMetricsOptions,
+    /// Serve only requests that arrived over TLS: others get 426
+    /// `https_required`, or a 308 to `https://` with `https_redirect`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub https_only: bool,
+    /// With `https_only`: answer plaintext requests with a 308 redirect.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub https_redirect: bool,
     /// `%2F` in the path: overrides the data plane's `--encoded-slashes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoded_slashes: Option<EncodedSlashes>,
@@ -432,19 +471,46 @@ pub const JWT_ALGORITHMS: [&str; 9] = [
     "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA",
 ];
 
-/// A TLS certificate for the SNI names listed (served by a later release).
+/// A TLS certificate chain and key, served to clients whose SNI is one of
+/// `snis` (exact, or `*.example.com`), or to any client without a match
+/// when `default` is set. See [`crate::certs`] for what is checked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Certificate {
     pub name: String,
+    /// PEM chain, leaf first.
     pub cert_pem: String,
-    /// Private key PEM; never returned by reads.
+    /// Private key PEM (PKCS#8, PKCS#1 or SEC1); never returned by reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_pem: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_fingerprint: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snis: Vec<String>,
+    /// Served when no SNI matches (or the client sent none); at most one.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub default: bool,
+    /// Read-only facts about the leaf, filled in by reads; ignored on write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<CertificateInfo>,
+}
+
+/// What reads show about a certificate's leaf (never anything secret).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateInfo {
+    pub subject: String,
+    pub issuer: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sans: Vec<String>,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub not_after: String,
+    /// `not_after` in seconds since the Unix epoch.
+    pub not_after_unix: i64,
+    /// `sha256:<hex>` of the leaf's DER.
+    pub fingerprint: String,
 }
 
 impl GatewayConfig {
@@ -497,9 +563,11 @@ impl Consumer {
 }
 
 impl Certificate {
+    /// Replaces the key by its fingerprint and fills in [`Certificate::info`].
     pub fn redact(&mut self) {
         if let Some(key) = self.key_pem.take() {
             self.key_fingerprint = Some(crate::secrets::fingerprint(&key));
         }
+        self.info = crate::certs::info(&self.cert_pem).ok();
     }
 }

@@ -188,6 +188,8 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
     }
 
     let mut certificate_names = HashSet::new();
+    let mut sni_owner: HashMap<String, &str> = HashMap::new();
+    let mut default_owner: Option<&str> = None;
     for certificate in &config.certificates {
         let err = |msg: String| ConfigError::new("certificate", &certificate.name, msg);
         check_name(&certificate.name).map_err(|m| err(format!("name: {m}")))?;
@@ -195,6 +197,35 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
             return Err(err("name: defined more than once".into()));
         }
         validate_certificate(certificate).map_err(err)?;
+        for (i, sni) in certificate.snis.iter().enumerate() {
+            if let Some(other) = sni_owner.insert(sni.to_ascii_lowercase(), &certificate.name) {
+                return Err(err(format!(
+                    "snis[{i}]: {sni:?} is already served by certificate {other:?}"
+                )));
+            }
+        }
+        if certificate.default {
+            if let Some(other) = default_owner.replace(&certificate.name) {
+                return Err(err(format!(
+                    "default: certificate {other:?} is already the default"
+                )));
+            }
+        }
+    }
+    for service in &config.services {
+        let ca = service
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.ca_certificate.as_ref());
+        if let Some(name) = ca {
+            if !certificate_names.contains(name.as_str()) {
+                return Err(ConfigError::new(
+                    "service",
+                    &service.name,
+                    format!("tls.ca_certificate: certificate {name:?} does not exist"),
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -257,6 +288,7 @@ fn validate_service(service: &Service) -> Result<(), String> {
             served(Protocol::ALL.iter().map(|(n, v)| (*n, v.is_served())))
         ));
     }
+    crate::certs::check_upstream_tls(service)?;
     if service.upstream.targets.is_empty() {
         return Err("upstream.targets: at least one target is required".into());
     }
@@ -441,6 +473,9 @@ pub const METHODS: [&str; 9] = [
 ];
 
 fn validate_route(route: &Route) -> Result<(), String> {
+    if route.https_redirect && !route.https_only {
+        return Err("https_redirect: only with https_only: true".into());
+    }
     check_len(route.hosts.len(), limits::MAX_HOSTS, "hosts").map_err(|m| format!("hosts: {m}"))?;
     for (i, host) in route.hosts.iter().enumerate() {
         check_host(host, true).map_err(|m| format!("hosts[{i}]: {m}"))?;
@@ -731,18 +766,16 @@ fn validate_certificate(certificate: &Certificate) -> Result<(), String> {
         (Some(key), _) => {
             limits::check_pem_der_depth(key).map_err(|m| format!("key_pem: {m}"))?;
         }
-        (None, None) => return Err("key_pem: required".into()),
+        // Without a key a certificate is only a CA for `tls.ca_certificate`
+        // (certs::check refuses it if it is also to be served).
         _ => {}
-    }
-    if certificate.snis.is_empty() {
-        return Err("snis: at least one SNI name is required".into());
     }
     check_len(certificate.snis.len(), limits::MAX_HOSTS, "SNI names")
         .map_err(|m| format!("snis: {m}"))?;
     for (i, sni) in certificate.snis.iter().enumerate() {
         check_host(sni, true).map_err(|m| format!("snis[{i}]: {m}"))?;
     }
-    Ok(())
+    crate::certs::check(certificate)
 }
 
 #[cfg(test)]
@@ -879,6 +912,20 @@ consumers:
         );
     }
 
+    /// A real certificate for `*.example.com` and its key (PEM), made once.
+    fn test_pair() -> &'static (String, String) {
+        static PAIR: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+        PAIR.get_or_init(|| {
+            let key =
+                rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("test key");
+            let cert = rcgen::CertificateParams::new(vec!["*.example.com".to_string()])
+                .expect("params")
+                .self_signed(&key)
+                .expect("test certificate");
+            (cert.pem(), key.serialize_pem())
+        })
+    }
+
     fn service(name: &str) -> Service {
         Service {
             name: name.into(),
@@ -893,6 +940,7 @@ consumers:
             protocol: Protocol::Http,
             host_header: None,
             plugins: Vec::new(),
+            tls: None,
         }
     }
 
@@ -925,6 +973,8 @@ consumers:
             plugins: Vec::new(),
             max_body_bytes: None,
             metrics: RouteMetricsOptions::default(),
+            https_only: false,
+            https_redirect: false,
             encoded_slashes: None,
             path_parameters: None,
         }
@@ -1000,13 +1050,12 @@ consumers:
             certificates: (0..n)
                 .map(|i| Certificate {
                     name: format!("c{i}"),
-                    cert_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
-                        .into(),
-                    key_pem: Some(
-                        "-----BEGIN PRIVATE KEY-----\nMC4CAQAw\n-----END PRIVATE KEY-----\n".into(),
-                    ),
+                    cert_pem: test_pair().0.clone(),
+                    key_pem: Some(test_pair().1.clone()),
                     key_fingerprint: None,
-                    snis: vec!["api.example.com".into()],
+                    snis: vec![format!("c{i}.example.com")],
+                    default: false,
+                    info: None,
                 })
                 .collect(),
             ..GatewayConfig::default()
@@ -1348,11 +1397,12 @@ consumers:
                 key_pem: Some(key),
                 key_fingerprint: None,
                 snis: (0..snis).map(|i| format!("s{i}.example.com")).collect(),
+                default: false,
+                info: None,
             }],
             ..GatewayConfig::default()
         };
-        let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
-        let key = "-----BEGIN PRIVATE KEY-----\nMC4CAQAw\n-----END PRIVATE KEY-----\n";
+        let (cert, key) = (test_pair().0.as_str(), test_pair().1.as_str());
         let pad = |text: &str, n: usize| format!("{text}{}", "\n".repeat(n - text.len()));
         size_boundary(l::MAX_CERT_PEM_BYTES, "cert_pem: at most", |n| {
             certificate(pad(cert, n), key.into(), 1)

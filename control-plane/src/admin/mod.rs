@@ -39,6 +39,7 @@ impl AdminService {
         EntityResponse {
             version: Some(outcome.version.to_pb()),
             entity: entity::find(&outcome.config, kind, name).map(|e| e.redacted().to_pb()),
+            warnings: outcome.warnings.clone(),
         }
     }
 }
@@ -156,6 +157,7 @@ impl Admin for AdminService {
         Ok(Response::new(EntityResponse {
             version: Some(outcome.version.to_pb()),
             entity: None,
+            warnings: outcome.warnings,
         }))
     }
 
@@ -183,6 +185,7 @@ impl Admin for AdminService {
             changes: outcome.changes.iter().map(|c| c.to_pb()).collect(),
             version: Some(outcome.version.to_pb()),
             dry_run: request.dry_run,
+            warnings: outcome.warnings,
         }))
     }
 

@@ -232,6 +232,9 @@ async fn apply(
         .await
         .map_err(CpError::from)?
         .into_inner();
+    for warning in &response.warnings {
+        eprintln!("warning: {warning}");
+    }
     for change in &response.changes {
         let marker = match ChangeAction::try_from(change.action) {
             Ok(ChangeAction::Create) => '+',

@@ -64,7 +64,7 @@ pub fn entity_rows(entities: &[Entity]) -> (Vec<&'static str>, Vec<Vec<String>>)
         Entity::Route(_) => vec!["NAME", "SERVICE", "HOSTS", "PATHS", "METHODS", "PLUGINS"],
         Entity::Consumer(_) => vec!["NAME", "GROUPS", "CREDENTIALS"],
         Entity::Plugin(_) => vec!["INSTANCE", "PLUGIN", "ENABLED"],
-        Entity::Certificate(_) => vec!["NAME", "SNIS", "KEY FINGERPRINT"],
+        Entity::Certificate(_) => vec!["NAME", "SNIS", "DEFAULT", "EXPIRES IN", "NOT AFTER"],
     };
     let plugin_names = |plugins: &[tollgate_shared::model::PluginInstance]| {
         plugins
@@ -110,11 +110,26 @@ pub fn entity_rows(entities: &[Entity]) -> (Vec<&'static str>, Vec<Vec<String>>)
                 p.name.clone(),
                 p.enabled.to_string(),
             ],
-            Entity::Certificate(c) => vec![
-                c.name.clone(),
-                c.snis.join(","),
-                c.key_fingerprint.clone().unwrap_or_default(),
-            ],
+            Entity::Certificate(c) => {
+                let info = c.info.as_ref();
+                vec![
+                    c.name.clone(),
+                    c.snis.join(","),
+                    c.default.to_string(),
+                    info.map_or_else(
+                        || "?".to_string(),
+                        |info| {
+                            let seconds = info.not_after_unix - tollgate_shared::certs::unix_now();
+                            if seconds < 0 {
+                                "expired".to_string()
+                            } else {
+                                format!("{}d", seconds / 86_400)
+                            }
+                        },
+                    ),
+                    info.map_or_else(String::new, |info| info.not_after.clone()),
+                ]
+            }
         })
         .collect();
     (headers, rows)

@@ -63,6 +63,15 @@ pub enum RefusalKind {
     UpstreamMalformed,
     /// The upstream did not connect or answer within the service timeouts.
     UpstreamTimeout,
+    /// The TLS handshake with the upstream failed (untrusted or mismatched
+    /// certificate, protocol error); the reason is logged, never sent.
+    UpstreamTlsError,
+    // Transport.
+    /// The route has `https_only` and the request arrived in plaintext.
+    HttpsRequired,
+    /// The route has `https_only` with `https_redirect`: a 308 to `https://`
+    /// (the `Location` header is added by the handler).
+    HttpsRedirect,
 }
 
 /// Why authentication or authorization refused: the metrics' `reason`.
@@ -76,7 +85,7 @@ pub enum AuthFailureReason {
 
 impl RefusalKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [RefusalKind; 21] = [
+    pub const ALL: [RefusalKind; 24] = [
         RefusalKind::BadRequest,
         RefusalKind::BadPath,
         RefusalKind::UriTooLong,
@@ -98,6 +107,9 @@ impl RefusalKind {
         RefusalKind::UpstreamUnavailable,
         RefusalKind::UpstreamMalformed,
         RefusalKind::UpstreamTimeout,
+        RefusalKind::UpstreamTlsError,
+        RefusalKind::HttpsRequired,
+        RefusalKind::HttpsRedirect,
     ];
 
     /// The table: status, `error` code, default message.
@@ -208,6 +220,21 @@ impl RefusalKind {
                 StatusCode::GATEWAY_TIMEOUT,
                 "upstream_timeout",
                 "the upstream did not answer in time",
+            ),
+            UpstreamTlsError => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_tls_error",
+                "the TLS handshake with the upstream failed",
+            ),
+            HttpsRequired => (
+                StatusCode::UPGRADE_REQUIRED,
+                "https_required",
+                "this route is served over https only",
+            ),
+            HttpsRedirect => (
+                StatusCode::PERMANENT_REDIRECT,
+                "https_redirect",
+                "this route is served over https only; follow Location",
             ),
         }
     }
@@ -330,7 +357,11 @@ mod tests {
                     (RefusalKind::InvalidToken, RefusalKind::ExpiredToken)
                 );
             }
-            assert!(kind.status().is_client_error() || kind.status().is_server_error());
+            assert!(
+                kind.status().is_client_error()
+                    || kind.status().is_server_error()
+                    || kind == RefusalKind::HttpsRedirect
+            );
             assert!(!kind.message().is_empty());
         }
         assert_eq!(RefusalKind::UpstreamTimeout.status(), 504);

@@ -2,9 +2,12 @@
 //!
 //! A service's `protocol` picks a [`Connector`] for each of its targets when
 //! a snapshot compiles; the handler only ever calls [`Connector::send`].
-//! Today's one connector is the HTTP/1.1 keep-alive pool ([`crate::pool`]);
-//! TLS and HTTP/2 upstreams are further variants here (and a body variant
-//! in [`crate::body`]), with no change to the handler. An enum rather than a
+//! `http` is the HTTP/1.1 keep-alive pool ([`crate::pool`]); `https` is the
+//! same pool with each connection wrapped in TLS ([`crate::tls::upstream`]),
+//! so TLS connections are pooled and reused exactly like plaintext ones and
+//! the handshake is paid once per connection. HTTP/2 upstreams would be a
+//! further variant (and a body variant in [`crate::body`]), with no change
+//! to the handler. An enum rather than a
 //! boxed trait object so the pool's fast path stays a direct, inlinable call
 //! with no boxed future per request.
 //!
@@ -19,17 +22,20 @@ use tollgate_plugin_api::RefusalKind;
 use tollgate_shared::model::Protocol;
 
 use crate::body::UpstreamBody;
-use crate::pool::{PooledBody, TargetConnections};
+use crate::pool::{PooledBody, TargetConnections, TargetTls};
+use crate::tls::upstream::UpstreamTlsClient;
 use crate::upstream::ClientCache;
 
 /// The upstream protocols this data plane implements, by config name.
-pub const PROTOCOLS: [&str; 1] = ["http"];
+pub const PROTOCOLS: [&str; 2] = ["http", "https"];
 
 /// How requests reach one target.
 #[derive(Debug, Clone)]
 pub enum Connector {
     /// Plain HTTP/1.1 over pooled keep-alive connections.
     Http1(Arc<TargetConnections>),
+    /// HTTP/1.1 over pooled keep-alive TLS connections.
+    Https1(Arc<TargetConnections>),
 }
 
 impl Connector {
@@ -40,11 +46,30 @@ impl Connector {
         clients: &ClientCache,
         authority: &Authority,
         connect_timeout_ms: u64,
+        tls: Option<&Arc<UpstreamTlsClient>>,
     ) -> Result<Connector, String> {
         match protocol {
             Protocol::Http => Ok(Connector::Http1(
                 clients.target(authority, connect_timeout_ms),
             )),
+            Protocol::Https => {
+                let client = tls.ok_or("https: no TLS client was built for this service")?;
+                let host = authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let server_name = client
+                    .name_for(host)
+                    .map_err(|m| format!("https: {m} (set tls.sni)"))?;
+                Ok(Connector::Https1(clients.target_with_tls(
+                    authority,
+                    connect_timeout_ms,
+                    Some(TargetTls {
+                        client: Arc::clone(client),
+                        server_name,
+                    }),
+                )))
+            }
             other => Err(format!(
                 "{:?} is not supported yet (supported: {})",
                 other.as_str(),
@@ -61,7 +86,9 @@ impl Connector {
         request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, RefusalKind> {
         match self {
-            Connector::Http1(connections) => connections.send(request).await,
+            Connector::Http1(connections) | Connector::Https1(connections) => {
+                connections.send(request).await
+            }
         }
     }
 }
@@ -77,7 +104,21 @@ mod tests {
         let clients = ClientCache::default();
         let authority: Authority = "127.0.0.1:1".parse().expect("authority");
         for (name, protocol) in Protocol::ALL {
-            let built = Connector::build(protocol, &clients, &authority, 1_000);
+            let service = tollgate_shared::model::Service {
+                name: "s".into(),
+                upstream: tollgate_shared::model::Upstream {
+                    targets: Vec::new(),
+                    load_balancing: Default::default(),
+                },
+                timeouts: Default::default(),
+                protocol,
+                host_header: None,
+                plugins: Vec::new(),
+                tls: None,
+            };
+            let tls = crate::tls::upstream::client_for(&service, &Default::default())
+                .expect("tls client");
+            let built = Connector::build(protocol, &clients, &authority, 1_000, tls.as_ref());
             assert_eq!(built.is_ok(), protocol.is_served(), "{name}");
             assert_eq!(PROTOCOLS.contains(&name), protocol.is_served(), "{name}");
         }

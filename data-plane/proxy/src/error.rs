@@ -28,6 +28,8 @@ pub enum DpError {
     Signal(std::io::Error),
     #[error("cannot start the access log: {0}")]
     AccessLog(std::io::Error),
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
     #[error("cannot set up telemetry: {0}")]
     Telemetry(#[from] tollgate_shared::telemetry::TelemetryError),
 }

@@ -9,7 +9,8 @@
 //!   then the peer is appended to the chain it sent; otherwise the chain is
 //!   replaced by the peer address alone, so a client cannot forge its IP.
 //!   `X-Forwarded-Proto` / `X-Forwarded-Host` likewise pass through only from
-//!   a trusted peer and are set by the gateway otherwise.
+//!   a trusted peer and are set by the gateway otherwise (`https` for a
+//!   request that arrived on the TLS listener).
 //! - `X-Request-Id` is kept when the client sent a sane one (visible ASCII, at
 //!   most 200 bytes) and generated otherwise.
 //!
@@ -27,6 +28,7 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 const PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
+const PROTO_HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// The headers that only describe one hop (RFC 9110 §7.6.1, plus
 /// `Proxy-Connection` and `HTTP2-Settings`), in [`hop_by_hop_index`] order.
@@ -117,9 +119,17 @@ pub struct Peer {
     /// `ip` as a header value, ready for `X-Forwarded-For`.
     pub ip_value: HeaderValue,
     pub trusted: bool,
+    /// What the connection negotiated, when it arrived over TLS.
+    pub tls: Option<crate::tls::TlsInfo>,
 }
 
 impl Peer {
+    /// The same peer on a TLS connection.
+    pub fn with_tls(mut self, tls: crate::tls::TlsInfo) -> Peer {
+        self.tls = Some(tls);
+        self
+    }
+
     pub fn new(ip: IpAddr, trusted_proxies: &TrustedProxies) -> Peer {
         let ip = canonical(ip);
         let ip_value = HeaderValue::from_str(&ip.to_string())
@@ -128,6 +138,7 @@ impl Peer {
             ip,
             ip_value,
             trusted: trusted_proxies.contains(ip),
+            tls: None,
         }
     }
 }
@@ -243,7 +254,14 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, host: Option<&HeaderV
     headers.insert(X_FORWARDED_FOR, chain);
 
     if !peer.trusted || !headers.contains_key(X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, PROTO_HTTP);
+        headers.insert(
+            X_FORWARDED_PROTO,
+            if peer.tls.is_some() {
+                PROTO_HTTPS
+            } else {
+                PROTO_HTTP
+            },
+        );
     }
     if !peer.trusted || !headers.contains_key(X_FORWARDED_HOST) {
         match host {

@@ -74,6 +74,9 @@ pub struct ProxyState {
     pub request_metrics: bool,
     pub trusted_proxies: TrustedProxies,
     pub limits: RequestLimits,
+    /// The `--tls-listen` port, for `https_redirect` locations (omitted
+    /// when 443); `None` without a TLS listener.
+    pub tls_port: Option<u16>,
     /// Encoded slashes and `;params` (routes may override).
     pub path_policy: PathPolicy,
     /// Headers dropped or rewritten from clients outside `trusted_proxies`.
@@ -194,6 +197,17 @@ pub async fn handle(
     };
     let service = &route.service;
     exchange.route = Some(route.metrics.clone());
+    if route.https_only && peer.tls.is_none() {
+        let refusal = match https_location(route, client_host.as_ref(), &parts.uri, state.tls_port)
+        {
+            Some(location) => Refusal::new(RefusalKind::HttpsRedirect)
+                .with_header(http::header::LOCATION, location),
+            None => Refusal::new(RefusalKind::HttpsRequired),
+        };
+        exchange.set_uri(parts.uri);
+        exchange.refusal = Some(refusal.kind);
+        return respond::refusal(refusal, Some(request_id.header()));
+    }
 
     exchange.set_uri(std::mem::replace(
         &mut parts.uri,
@@ -389,6 +403,31 @@ fn refuse(
     exchange.set_uri(uri);
     exchange.refusal = Some(kind);
     respond::refusal(kind, Some(request_id.header()))
+}
+
+/// Where an `https_redirect` route sends a plaintext request: the same
+/// host (port replaced by the TLS listener's) and path; `None` (426) when
+/// the route does not redirect, there is no TLS listener or no usable Host.
+fn https_location(
+    route: &CompiledRoute,
+    host: Option<&HeaderValue>,
+    uri: &Uri,
+    tls_port: Option<u16>,
+) -> Option<HeaderValue> {
+    if !route.https_redirect {
+        return None;
+    }
+    let port = tls_port?;
+    let host = host?.to_str().ok()?;
+    let authority: http::uri::Authority = host.parse().ok()?;
+    let name = authority.host();
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let location = if port == 443 {
+        format!("https://{name}{path}")
+    } else {
+        format!("https://{name}:{port}{path}")
+    };
+    HeaderValue::from_str(&location).ok()
 }
 
 /// URI length, header count and header bytes.

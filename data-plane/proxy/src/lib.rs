@@ -17,8 +17,10 @@
 //!   response checks.
 //! - [`connector`]: how a request reaches a target (the seam where TLS and
 //!   HTTP/2 upstreams plug in beside the HTTP/1.1 pool).
-//! - [`pool`]: keep-alive HTTP/1.1 upstream connections, pooled per target
-//!   and worker thread.
+//! - [`pool`]: keep-alive HTTP/1.1 upstream connections (plain or TLS),
+//!   pooled per target and worker thread.
+//! - [`tls`]: TLS termination (per-snapshot server config, SNI resolver,
+//!   handshake results) and TLS to upstreams.
 //! - [`body`]: the streamed body types and their size/idle guards.
 //! - [`snapshot`]: configs received, validated, compiled (with the plugin
 //!   [`tollgate_plugin_api::Registry`] the binary hands in), swapped, cached.
@@ -42,6 +44,7 @@ pub mod server;
 pub mod shutdown;
 pub mod snapshot;
 pub mod status;
+pub mod tls;
 pub mod untrusted;
 pub mod upstream;
 

@@ -53,6 +53,8 @@ pub struct Exchange {
     /// The matched route's metric handles (`None`: nothing matched).
     pub route: Option<Arc<RouteMetrics>>,
     pub client_ip: Option<IpAddr>,
+    /// What the client's TLS connection negotiated (`None`: plaintext).
+    pub tls: Option<crate::tls::TlsInfo>,
     pub upstream_latency: Option<Duration>,
     /// Why the gateway answered itself, when it did (never read from the body).
     pub refusal: Option<RefusalKind>,
@@ -159,6 +161,7 @@ pub async fn serve(
     let mut exchange = Exchange::new(access_log.is_some());
     // The peer, until the handler knows better (trusted `X-Forwarded-For`).
     exchange.client_ip = Some(peer.ip);
+    exchange.tls = peer.tls;
     let response = handle(state, peer, request, &mut exchange)
         .instrument(span.clone())
         .await;
@@ -286,6 +289,11 @@ impl ObservedBody {
                 (None, true) => Some(UPSTREAM_BODY_ERROR),
                 (None, false) => None,
             };
+            record.tls_version = exchange.tls.map(|tls| tls.version);
+            record.alpn = exchange
+                .tls
+                .map(|tls| tls.alpn)
+                .filter(|alpn| !alpn.is_empty());
             record.upstream_addr = exchange.upstream.as_ref().map(Authority::as_str);
             record.upstream_latency = exchange.upstream_latency;
             record.total_latency = elapsed;

@@ -120,7 +120,17 @@ pub struct TargetConnections {
     host: String,
     port: u16,
     connect_timeout: Duration,
+    /// TLS over the TCP connection (`protocol: https`): the service's client
+    /// and the name verified for this target.
+    tls: Option<TargetTls>,
     shards: Box<[Shard]>,
+}
+
+/// How one target's connections are wrapped in TLS.
+#[derive(Debug, Clone)]
+pub struct TargetTls {
+    pub client: Arc<crate::tls::upstream::UpstreamTlsClient>,
+    pub server_name: rustls_pki_types::ServerName<'static>,
 }
 
 impl fmt::Debug for TargetConnections {
@@ -135,6 +145,15 @@ impl fmt::Debug for TargetConnections {
 impl TargetConnections {
     /// Connections to `authority` (`host:port`; port 80 when absent).
     pub fn new(authority: &http::uri::Authority, connect_timeout: Duration) -> Self {
+        Self::with_tls(authority, connect_timeout, None)
+    }
+
+    /// Connections to `authority`, in TLS when `tls` is set.
+    pub fn with_tls(
+        authority: &http::uri::Authority,
+        connect_timeout: Duration,
+        tls: Option<TargetTls>,
+    ) -> Self {
         let address = authority.as_str().to_owned();
         TargetConnections {
             socket_addr: address.parse().ok(),
@@ -146,6 +165,7 @@ impl TargetConnections {
             port: authority.port_u16().unwrap_or(80),
             address,
             connect_timeout,
+            tls,
             shards: (0..shard_count()).map(|_| Shard::default()).collect(),
         }
     }
@@ -232,6 +252,35 @@ impl TargetConnections {
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        match &self.tls {
+            None => self.http1(stream).await,
+            Some(tls) => {
+                let handshake = tls
+                    .client
+                    .connector
+                    .connect(tls.server_name.clone(), stream);
+                match tokio::time::timeout(self.connect_timeout, handshake).await {
+                    Err(_elapsed) => {
+                        tracing::warn!(upstream = %self.address, "upstream TLS handshake timed out");
+                        Err(RefusalKind::UpstreamTimeout)
+                    }
+                    Ok(Err(err)) => {
+                        // The reason goes to the log, never to the client.
+                        tracing::warn!(upstream = %self.address, error = %err, "upstream TLS handshake failed");
+                        Err(RefusalKind::UpstreamTlsError)
+                    }
+                    Ok(Ok(stream)) => self.http1(stream).await,
+                }
+            }
+        }
+    }
+
+    /// The HTTP/1.1 handshake on an open stream (plain or TLS); spawns the
+    /// connection's I/O task.
+    async fn http1<S>(&self, stream: S) -> Result<Sender, RefusalKind>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, connection) = http1::Builder::new()
             .writev(false)
             .handshake(TokioIo::new(stream))

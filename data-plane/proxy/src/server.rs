@@ -26,6 +26,14 @@
 //! cannot join the port by mistake) and the kernel hands each new connection
 //! to whichever worker accepts first. The connection cap is shared.
 //!
+//! TLS (`--tls-listen`, [`ServerSettings::tls`]): the same accept loop, then
+//! a rustls handshake bounded by the header-read timeout, with the server
+//! config of the snapshot in service at accept time (see [`crate::tls`]:
+//! no lock, nothing built per handshake). ALPN picks HTTP/2 or HTTP/1.1 and
+//! the auto builder serves either. Each handshake's result is counted; what
+//! was negotiated travels with the connection's [`Peer`] to the access log
+//! and `X-Forwarded-Proto`.
+//!
 //! Shutdown: the accept loops stop, every connection is told to finish its
 //! in-flight requests and close (HTTP/1 after the current response, HTTP/2
 //! with GOAWAY), and the caller waits for them up to the drain deadline.
@@ -38,7 +46,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -47,15 +55,28 @@ use crate::forward::Peer;
 use crate::handler::ProxyState;
 use crate::observe;
 use crate::parse_errors::{ErrorAnswers, Recorder};
+use crate::tls::TlsInfo;
 use tollgate_plugin_api::RefusalKind;
 use tollgate_telemetry::metrics;
+use tollgate_telemetry::metrics::HandshakeResult;
 
 /// Listener settings from the command line.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub header_read_timeout: Duration,
-    pub max_connections: usize,
     pub drain_timeout: Duration,
+    /// Terminate TLS on this listener.
+    pub tls: bool,
+    /// The open-connection slots (`max_connections` of them), shared by
+    /// the plaintext and TLS listeners so the cap is one for the process.
+    pub connection_slots: Arc<Semaphore>,
+}
+
+impl ServerSettings {
+    /// Slots for `max_connections` open client connections.
+    pub fn connection_slots(max_connections: usize) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(max_connections.max(1)))
+    }
 }
 
 /// Per-connection state: the shared proxy state and who is on the other end.
@@ -101,7 +122,7 @@ pub async fn serve_workers(
     settings: ServerSettings,
     shutdown: watch::Receiver<bool>,
 ) {
-    let connection_slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let connection_slots = Arc::clone(&settings.connection_slots);
     let mut finished = Vec::new();
     let mut listener = listener;
     if workers > 1 {
@@ -194,7 +215,7 @@ async fn serve(
     connection_slots: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let builder = builder(&state, &settings);
+    let builder = Arc::new(builder(&state, &settings));
     let graceful = GracefulShutdown::new();
 
     loop {
@@ -215,33 +236,55 @@ async fn serve(
             },
         };
         let Ok(slot) = connection_slots.clone().try_acquire_owned() else {
-            tokio::spawn(reject_overloaded(stream));
+            // A plaintext 503 means nothing to a TLS client: that one is
+            // simply closed (a handshake costs more than the answer is worth).
+            if !settings.tls {
+                tokio::spawn(reject_overloaded(stream));
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let context = Arc::new(ConnectionContext {
-            peer: Peer::new(remote.ip(), &state.trusted_proxies),
-            state: state.clone(),
-        });
-        let peer_ip = context.peer.ip;
-        let service = service_fn(move |req| {
-            let context = context.clone();
-            async move { Ok::<_, Infallible>(observe::serve(&context.state, &context.peer, req).await) }
-        });
-        let stream = ErrorAnswers::new(
-            stream,
-            Recorder {
-                access_log: state.access_log.clone(),
-                request_metrics: state.request_metrics,
-                client_ip: peer_ip,
-            },
-        );
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let peer = Peer::new(remote.ip(), &state.trusted_proxies);
         let open = metrics::global().connection_opened();
+        if !settings.tls {
+            let connection = connection(&builder, &state, peer, stream, graceful.watcher());
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    tracing::debug!(peer = %remote, error = %err, "client connection ended with an error");
+                }
+                drop(open);
+                drop(slot);
+            });
+            continue;
+        }
+        // The server config of the snapshot in service now: one pointer
+        // load and an Arc clone.
+        let tls_config = state.store.load().and_then(|snapshot| snapshot.tls.clone());
+        let (builder, state, watcher) = (builder.clone(), state.clone(), graceful.watcher());
+        let deadline = settings.header_read_timeout;
         tokio::spawn(async move {
+            let Some(tls_config) = tls_config else {
+                // No certificates in service: nothing to present.
+                metrics::global().tls_handshake(HandshakeResult::NoCertificate);
+                return;
+            };
+            let accept = tokio_rustls::TlsAcceptor::from(tls_config).accept(stream);
+            let stream = match tokio::time::timeout(deadline, accept).await {
+                Err(_elapsed) => {
+                    metrics::global().tls_handshake(HandshakeResult::Timeout);
+                    return;
+                }
+                Ok(Err(err)) => {
+                    let result = crate::tls::classify_handshake_error(&err);
+                    metrics::global().tls_handshake(result);
+                    tracing::debug!(peer = %remote, error = %err, result = result.as_str(), "TLS handshake failed");
+                    return;
+                }
+                Ok(Ok(stream)) => stream,
+            };
+            metrics::global().tls_handshake(HandshakeResult::Ok);
+            let peer = peer.with_tls(TlsInfo::of(stream.get_ref().1));
+            let connection = connection(&builder, &state, peer, stream, watcher);
             if let Err(err) = connection.await {
                 tracing::debug!(peer = %remote, error = %err, "client connection ended with an error");
             }
@@ -257,6 +300,41 @@ async fn serve(
         Ok(()) => tracing::info!("all client connections drained"),
         Err(_) => tracing::warn!("drain deadline reached; closing the remaining connections"),
     }
+}
+
+/// One client connection (plain, or the plaintext side of a TLS stream)
+/// served by the proxy handler, with hyper's own error answers replaced
+/// ([`ErrorAnswers`]), and watched for graceful shutdown; the future ends
+/// with the connection.
+fn connection<S>(
+    builder: &auto::Builder<TokioExecutor>,
+    state: &Arc<ProxyState>,
+    peer: Peer,
+    stream: S,
+    watcher: Watcher,
+) -> impl std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>
+       + Send
+       + 'static
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(ErrorAnswers::new(
+        stream,
+        Recorder {
+            access_log: state.access_log.clone(),
+            request_metrics: state.request_metrics,
+            client_ip: peer.ip,
+        },
+    ));
+    let context = Arc::new(ConnectionContext {
+        peer,
+        state: state.clone(),
+    });
+    let service = service_fn(move |req| {
+        let context = context.clone();
+        async move { Ok::<_, Infallible>(observe::serve(&context.state, &context.peer, req).await) }
+    });
+    watcher.watch(builder.serve_connection(io, service).into_owned())
 }
 
 /// A minimal HTTP/1.1 503 for connections beyond the cap.

@@ -27,7 +27,8 @@ use tollgate_shared::model::{LoadBalancing, Protocol, Service};
 
 use crate::body::{BodyError, UpstreamBody};
 use crate::connector::Connector;
-use crate::pool::{PooledBody, TargetConnections};
+use crate::pool::{PooledBody, TargetConnections, TargetTls};
+use crate::tls::upstream::UpstreamTlsClient;
 use tollgate_lb::{Balancer, PickContext};
 use tollgate_plugin_api::RefusalKind;
 
@@ -35,27 +36,49 @@ use tollgate_plugin_api::RefusalKind;
 /// and snapshots naming the same target share them; lives as long as the
 /// data plane and holds them weakly (a target no snapshot uses any more
 /// closes its connections).
+/// TLS targets are keyed by their TLS settings too (trust, name, verify),
+/// so a plaintext and a TLS service, or two differently verified ones, never
+/// share a connection.
 #[derive(Debug, Default)]
 pub struct ClientCache {
-    targets: Mutex<HashMap<(String, u64), Weak<TargetConnections>>>,
+    targets: Mutex<HashMap<TargetKey, Weak<TargetConnections>>>,
 }
+
+/// `(address, connect timeout ms, TLS identity and server name)`.
+type TargetKey = (String, u64, Option<String>);
 
 impl ClientCache {
     /// The connections of this target, created on first use. Called when a
     /// snapshot compiles, never per request.
     pub fn target(&self, authority: &Authority, connect_timeout_ms: u64) -> Arc<TargetConnections> {
+        self.target_with_tls(authority, connect_timeout_ms, None)
+    }
+
+    /// Like [`ClientCache::target`], in TLS when `tls` is set.
+    pub fn target_with_tls(
+        &self,
+        authority: &Authority,
+        connect_timeout_ms: u64,
+        tls: Option<TargetTls>,
+    ) -> Arc<TargetConnections> {
         let mut targets = match self.targets.lock() {
             Ok(targets) => targets,
             Err(poisoned) => poisoned.into_inner(),
         };
         targets.retain(|_, weak| weak.strong_count() > 0);
-        let key = (authority.as_str().to_owned(), connect_timeout_ms);
+        let key = (
+            authority.as_str().to_owned(),
+            connect_timeout_ms,
+            tls.as_ref()
+                .map(|t| format!("{}|{}", t.client.identity, t.server_name.to_str())),
+        );
         if let Some(existing) = targets.get(&key).and_then(Weak::upgrade) {
             return existing;
         }
-        let created = Arc::new(TargetConnections::new(
+        let created = Arc::new(TargetConnections::with_tls(
             authority,
             Duration::from_millis(connect_timeout_ms),
+            tls,
         ));
         targets.insert(key, Arc::downgrade(&created));
         created
@@ -90,10 +113,12 @@ pub struct PoolKey {
     load_balancing: LoadBalancing,
     protocol: Protocol,
     connect_timeout_ms: u64,
+    /// The TLS client's identity (trust, name, verify), for `https`.
+    tls: Option<String>,
 }
 
 impl PoolKey {
-    pub fn of(service: &Service) -> PoolKey {
+    pub fn of(service: &Service, tls: Option<&UpstreamTlsClient>) -> PoolKey {
         PoolKey {
             targets: service
                 .upstream
@@ -104,6 +129,7 @@ impl PoolKey {
             load_balancing: service.upstream.load_balancing,
             protocol: service.protocol,
             connect_timeout_ms: service.timeouts.connect_ms(),
+            tls: tls.map(|t| t.identity.clone()),
         }
     }
 }
@@ -118,7 +144,11 @@ pub struct UpstreamPool {
 
 impl UpstreamPool {
     /// Builds the pool; refuses what this data plane cannot do faithfully.
-    pub fn build(service: &Service, clients: &ClientCache) -> Result<UpstreamPool, String> {
+    pub fn build(
+        service: &Service,
+        clients: &ClientCache,
+        tls: Option<&Arc<UpstreamTlsClient>>,
+    ) -> Result<UpstreamPool, String> {
         let mut targets = Vec::with_capacity(service.upstream.targets.len());
         for (i, target) in service.upstream.targets.iter().enumerate() {
             let authority: Authority = target.address.parse().map_err(|_| {
@@ -140,6 +170,7 @@ impl UpstreamPool {
                     clients,
                     &authority,
                     service.timeouts.connect_ms(),
+                    tls,
                 )
                 .map_err(|m| format!("protocol: {m}"))?,
                 authority,
@@ -149,7 +180,7 @@ impl UpstreamPool {
         }
         let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
         Ok(UpstreamPool {
-            key: PoolKey::of(service),
+            key: PoolKey::of(service, tls.map(|t| &**t)),
             targets: targets.into_boxed_slice(),
             balancer: tollgate_lb::build(service.upstream.load_balancing.as_str(), &weights)
                 .map_err(|m| format!("upstream.load_balancing: {m}"))?,
@@ -344,6 +375,7 @@ mod tests {
         let err = UpstreamPool::build(
             &service("{name: s, upstream: {targets: [{address: 'a:1'}]}, protocol: h2c}"),
             &clients,
+            None,
         )
         .expect_err("must be refused");
         assert!(
@@ -355,6 +387,7 @@ mod tests {
                 "{name: s, upstream: {targets: [{address: 'a:1'}], load_balancing: least_request}}",
             ),
             &clients,
+            None,
         )
         .expect_err("must be refused");
         assert!(

@@ -181,6 +181,53 @@ struct StoreLabels {
     store_id: Label,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    certificate: Label,
+}
+
+/// How a client TLS handshake ended, the `result` label of
+/// `tollgate_tls_handshakes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeResult {
+    Ok,
+    /// No certificate for the client's SNI and no default (or no
+    /// certificates at all): refused with an alert.
+    NoCertificate,
+    /// The client spoke something we refuse (TLS 1.0/1.1, no common cipher
+    /// suite, a malformed message) or the connection failed mid-handshake.
+    Protocol,
+    /// The client aborted with an alert (e.g. it did not trust our certificate).
+    Alert,
+    /// The handshake did not finish within the header-read timeout.
+    Timeout,
+}
+
+impl HandshakeResult {
+    const ALL: [HandshakeResult; 5] = [
+        Self::Ok,
+        Self::NoCertificate,
+        Self::Protocol,
+        Self::Alert,
+        Self::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::NoCertificate => "no_certificate",
+            Self::Protocol => "protocol",
+            Self::Alert => "alert",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
 /// The per-route metric families; [`RouteMetrics`] resolve their series here.
 #[derive(Debug, Default)]
 struct Families {
@@ -206,6 +253,9 @@ pub struct Metrics {
     control_plane_connected: Gauge,
     access_log_dropped: Counter,
     unmatched: Arc<RouteMetrics>,
+    /// One handle per [`HandshakeResult`], resolved at startup.
+    tls_handshakes: [Counter; HandshakeResult::ALL.len()],
+    certificate_expiry: Family<CertificateLabels, Gauge>,
 }
 
 /// The process's metrics, created on first use. One registry per process is
@@ -299,6 +349,28 @@ impl Metrics {
             access_log_dropped.clone(),
         );
 
+        let handshakes = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "tls_handshakes",
+            "Client TLS handshakes on --tls-listen, by result \
+             (ok, no_certificate, protocol, alert, timeout)",
+            handshakes.clone(),
+        );
+        let tls_handshakes = HandshakeResult::ALL.map(|result| {
+            handshakes
+                .get_or_create(&HandshakeLabels {
+                    result: result.as_str(),
+                })
+                .clone()
+        });
+        let certificate_expiry = Family::<CertificateLabels, Gauge>::default();
+        registry.register(
+            "certificate_expiry_seconds",
+            "When each certificate of the config in service expires (its leaf's notAfter), \
+             in seconds since the Unix epoch",
+            certificate_expiry.clone(),
+        );
+
         let unmatched = Arc::new(RouteMetrics::new(
             Arc::clone(&families),
             Arc::from(UNMATCHED),
@@ -313,7 +385,30 @@ impl Metrics {
             control_plane_connected,
             access_log_dropped,
             unmatched,
+            tls_handshakes,
+            certificate_expiry,
         })
+    }
+
+    /// Counts one client TLS handshake (a relaxed add, no lock).
+    pub fn tls_handshake(&self, result: HandshakeResult) {
+        self.tls_handshakes[result as usize].inc();
+    }
+
+    /// Replaces the certificate expiry series with those of the config now
+    /// in service: `(certificate name, notAfter as Unix seconds)`.
+    pub fn set_certificate_expiry<'a>(
+        &self,
+        certificates: impl IntoIterator<Item = (&'a str, i64)>,
+    ) {
+        self.certificate_expiry.clear();
+        for (name, not_after) in certificates {
+            self.certificate_expiry
+                .get_or_create(&CertificateLabels {
+                    certificate: Label(Arc::from(name)),
+                })
+                .set(not_after);
+        }
     }
 
     /// The handles of one route; call when a snapshot compiles, not per request.

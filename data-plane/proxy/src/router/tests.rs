@@ -18,6 +18,8 @@ fn route(name: &str) -> Route {
         plugins: Vec::new(),
         max_body_bytes: None,
         metrics: Default::default(),
+        https_only: false,
+        https_redirect: false,
         encoded_slashes: None,
         path_parameters: None,
     }

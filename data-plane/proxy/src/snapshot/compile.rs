@@ -31,6 +31,12 @@ pub struct CompiledSnapshot {
     pub routes: Box<[CompiledRoute]>,
     /// By service name, so the next compile can carry pools over.
     pub services: HashMap<String, Arc<CompiledService>>,
+    /// The TLS server config of this snapshot's certificates (built once
+    /// here, loaded per handshake); `None` without certificates.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `(certificate, notAfter)` for the expiry gauge, set when it goes
+    /// into service.
+    pub certificate_expiries: Vec<(String, i64)>,
 }
 
 #[derive(Debug)]
@@ -39,6 +45,9 @@ pub struct CompiledRoute {
     pub service: Arc<CompiledService>,
     pub strip_path: bool,
     pub max_body_bytes: Option<u64>,
+    /// Plaintext requests get 426 (or a 308 with `https_redirect`).
+    pub https_only: bool,
+    pub https_redirect: bool,
     /// This route's overrides of the gateway's [`crate::router::PathPolicy`].
     pub encoded_slashes: Option<EncodedSlashes>,
     pub path_parameters: Option<PathParameters>,
@@ -92,14 +101,17 @@ pub fn compile(
     let mut service_plugins: HashMap<&str, Vec<CompiledInstance>> = HashMap::new();
     for service in &config.services {
         let label = format!("service {:?}", service.name);
+        let tls = crate::tls::upstream::client_for(service, config)
+            .map_err(|m| format!("{label}: {m}"))?;
         let reused = previous
             .and_then(|p| p.services.get(&service.name))
-            .filter(|old| old.upstream.key == PoolKey::of(service))
+            .filter(|old| old.upstream.key == PoolKey::of(service, tls.as_deref()))
             .map(|old| old.upstream.clone());
         let upstream = match reused {
             Some(pool) => pool,
             None => Arc::new(
-                UpstreamPool::build(service, clients).map_err(|m| format!("{label}: {m}"))?,
+                UpstreamPool::build(service, clients, tls.as_ref())
+                    .map_err(|m| format!("{label}: {m}"))?,
             ),
         };
         let host_header = service
@@ -165,6 +177,8 @@ pub fn compile(
             service,
             strip_path: route.strip_path,
             max_body_bytes: route.max_body_bytes,
+            https_only: route.https_only,
+            https_redirect: route.https_redirect,
             encoded_slashes: route.encoded_slashes,
             path_parameters: route.path_parameters,
             plugins,
@@ -183,6 +197,8 @@ pub fn compile(
         router,
         routes: routes.into_boxed_slice(),
         services,
+        tls: None,
+        certificate_expiries: Vec::new(),
     })
 }
 

@@ -39,6 +39,8 @@ pub struct Applier {
     cache: Option<ConfigCache>,
     /// The plugins this data plane implements, by name.
     registry: Arc<Registry>,
+    /// TLS session-resumption state every snapshot's server config shares.
+    tls: crate::tls::TlsShared,
 }
 
 /// `store_id@revision`, for logs.
@@ -52,13 +54,14 @@ impl Applier {
         store: Arc<SnapshotStore>,
         cache: Option<ConfigCache>,
         registry: Arc<Registry>,
-    ) -> Applier {
-        Applier {
+    ) -> Result<Applier, String> {
+        Ok(Applier {
             store,
             clients: Arc::default(),
             cache,
             registry,
-        }
+            tls: crate::tls::TlsShared::new()?,
+        })
     }
 
     /// The upstream targets' connections, for the idle sweeper.
@@ -83,13 +86,19 @@ impl Applier {
         let config = GatewayConfig::try_from(config).map_err(|e| e.to_string())?;
         tollgate_shared::validate::validate(&config).map_err(|e| e.to_string())?;
         let previous = self.store.load();
-        compile::compile(
+        let mut compiled = compile::compile(
             &config,
             version,
             previous.as_deref(),
             &self.clients,
             &self.registry,
-        )
+        )?;
+        compiled.tls = crate::tls::server_config(&config, &self.tls)?;
+        compiled.certificate_expiries = crate::tls::expiries(&config)
+            .into_iter()
+            .map(|(name, not_after)| (name.to_string(), not_after))
+            .collect();
+        Ok(compiled)
     }
 
     /// Applies a snapshot: on success it is in service when this returns.
@@ -97,8 +106,15 @@ impl Applier {
     pub fn apply(&self, snapshot: &Snapshot) -> Result<ConfigVersion, String> {
         let compiled = self.prepare(snapshot)?;
         let version = compiled.version.clone();
+        let metrics = tollgate_telemetry::metrics::global();
+        metrics.set_certificate_expiry(
+            compiled
+                .certificate_expiries
+                .iter()
+                .map(|(name, not_after)| (name.as_str(), *not_after)),
+        );
         self.store.swap(Arc::new(compiled));
-        tollgate_telemetry::metrics::global().config_applied(&version.store_id, version.revision);
+        metrics.config_applied(&version.store_id, version.revision);
         Ok(version)
     }
 

@@ -45,6 +45,10 @@ pub struct AccessLogRecord<'a> {
     /// The `error` code of the gateway's own answer (a refusal), from its
     /// kind: `None` when the upstream answered.
     pub error: Option<&'static str>,
+    /// `TLSv1.3`/`TLSv1.2` for a request that arrived over TLS, else `None`.
+    pub tls_version: Option<&'static str>,
+    /// The ALPN protocol of that TLS connection (`h2`, `http/1.1`).
+    pub alpn: Option<&'static str>,
     pub upstream_addr: Option<&'a str>,
     pub upstream_latency: Option<Duration>,
     pub total_latency: Duration,
@@ -69,6 +73,8 @@ impl<'a> AccessLogRecord<'a> {
             consumer: None,
             status: 0,
             error: None,
+            tls_version: None,
+            alpn: None,
             upstream_addr: None,
             upstream_latency: None,
             total_latency: Duration::ZERO,
@@ -127,6 +133,8 @@ impl<'r, 'a> Line<'r, 'a> {
             + record.route.map_or(0, |fields| fields.0.len())
             + record.consumer.map_or(0, str::len)
             + record.error.map_or(0, str::len)
+            + record.tls_version.map_or(0, str::len)
+            + record.alpn.map_or(0, str::len)
             + record.upstream_addr.map_or(0, str::len);
         Self {
             record,
@@ -204,6 +212,8 @@ impl<'r, 'a> Line<'r, 'a> {
             put_u64(line, u64::from(record.status));
         }
         put_plain_or_null(line, b",\"error\":", record.error);
+        put_plain_or_null(line, b",\"tls_version\":", record.tls_version);
+        put_plain_or_null(line, b",\"alpn\":", record.alpn);
         put_plain_or_null(line, b",\"upstream_addr\":", record.upstream_addr);
         line.put(b",\"upstream_latency_ms\":");
         match record.upstream_latency {
@@ -630,6 +640,8 @@ pub(super) mod tests {
         record.total_latency = Duration::from_micros(2250);
         record.bytes_in = 10;
         record.bytes_out = 20;
+        record.tls_version = Some("TLSv1.3");
+        record.alpn = Some("h2");
         record
     }
 
@@ -659,7 +671,9 @@ pub(super) mod tests {
         assert_eq!(line["total_latency_ms"], 2.25);
         assert_eq!(line["bytes_in"], 10);
         assert_eq!(line["bytes_out"], 20);
-        assert_eq!(line.as_object().map(|fields| fields.len()), Some(17));
+        assert_eq!(line["tls_version"], "TLSv1.3");
+        assert_eq!(line["alpn"], "h2");
+        assert_eq!(line.as_object().map(|fields| fields.len()), Some(19));
     }
 
     #[test]
@@ -732,6 +746,8 @@ pub(super) mod tests {
             "service",
             "consumer",
             "error",
+            "tls_version",
+            "alpn",
             "upstream_addr",
             "upstream_latency_ms",
         ] {
