@@ -195,6 +195,82 @@ pub fn anonymous_identity(
     Some(consumer.identity(None, true))
 }
 
+/// The factory, [`tollgate_plugin_api::Plugin`] and [`tollgate_plugin_api::Authenticator`] of a
+/// credential method (`key-auth`, `jwt`): they differ only in their names, config type, challenge
+/// and the upstream headers they own, so one declaration writes all three. The method type has
+/// inherent `new(&Config, &Arc<ConsumerIndex>)`, `authenticate(&mut Parts) -> AuthAttempt<'_>`
+/// and `anonymous() -> Option<&Arc<ConsumerIdentity>>`.
+macro_rules! credential_plugin {
+    ($factory:ident, $method:ty, $config:ty, $name:literal, $challenge:expr $(, owned_headers: $owned:path)?) => {
+        pub struct $factory;
+
+        impl tollgate_plugin_api::PluginFactory for $factory {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn phase(&self) -> tollgate_plugin_api::Phase {
+                tollgate_plugin_api::Phase::Authenticate
+            }
+
+            fn prepare(&self, ctx: &tollgate_plugin_api::BuildCtx<'_>) -> Result<(), String> {
+                crate::consumers::consumer_index(ctx).map(drop)
+            }
+
+            fn build(
+                &self,
+                config: &serde_json::Value,
+                ctx: &tollgate_plugin_api::BuildCtx<'_>,
+            ) -> Result<std::sync::Arc<dyn tollgate_plugin_api::Plugin>, String> {
+                let config = tollgate_shared::plugins::parse::<$config>(config)?;
+                let index = crate::consumers::consumer_index(ctx)?;
+                Ok(std::sync::Arc::new(<$method>::new(&config, &index)?))
+            }
+        }
+
+        impl tollgate_plugin_api::Plugin for $method {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn phase(&self) -> tollgate_plugin_api::Phase {
+                tollgate_plugin_api::Phase::Authenticate
+            }
+
+            fn authenticator(&self) -> Option<&dyn tollgate_plugin_api::Authenticator> {
+                Some(self)
+            }
+        }
+
+        impl tollgate_plugin_api::Authenticator for $method {
+            fn authenticate(&self, request: &mut http::request::Parts) -> tollgate_plugin_api::AuthAttempt {
+                let attempt = <$method>::authenticate(self, request);
+                crate::auth::to_api(attempt, request)
+            }
+
+            fn challenge(&self) -> http::HeaderValue {
+                $challenge
+            }
+
+            fn anonymous(&self, request: &mut http::request::Parts) -> Option<tollgate_plugin_api::Identity> {
+                crate::auth::anonymous_identity(<$method>::anonymous(self), request)
+            }
+
+            fn has_anonymous(&self) -> bool {
+                <$method>::anonymous(self).is_some()
+            }
+
+            $(
+            fn owned_headers(&self) -> &[http::header::HeaderName] {
+                $owned(self)
+            }
+            )?
+        }
+    };
+}
+
+pub(crate) use credential_plugin;
+
 #[cfg(test)]
 mod tests {
     use super::*;
