@@ -285,6 +285,23 @@ impl ControlPlane {
             .into_inner()
     }
 
+    /// Applies `config` (or dry-runs it); the committed revision, or the
+    /// status of the refusal.
+    pub async fn try_apply(
+        &self,
+        config: &tollgate_shared::model::GatewayConfig,
+        dry_run: bool,
+    ) -> Result<u64, Status> {
+        let mut admin = self.admin().await;
+        admin
+            .apply(tollgate_shared::proto::admin::ApplyRequest {
+                config: Some(config.into()),
+                dry_run,
+            })
+            .await
+            .map(|r| r.into_inner().version.map(|v| v.revision).unwrap_or(0))
+    }
+
     /// [`ControlPlane::apply`], returning the committed revision.
     pub async fn apply_revision(&self, config: &tollgate_shared::model::GatewayConfig) -> u64 {
         self.apply(config)
@@ -527,4 +544,33 @@ impl StreamSubscriber {
 /// `json!`); panics when it does not match the model.
 pub fn config_from_json(value: serde_json::Value) -> tollgate_shared::model::GatewayConfig {
     serde_json::from_value(value).expect("test config matches the model")
+}
+
+/// One service `orders` and one route `orders-api`: the base config of the
+/// control-plane load and hardening tests.
+pub fn orders_config() -> tollgate_shared::model::GatewayConfig {
+    tollgate_shared::model::GatewayConfig::from_yaml(
+        r#"
+services:
+  - name: orders
+    upstream: { targets: [{ address: "127.0.0.1:9001" }] }
+routes:
+  - { name: orders-api, service: orders, paths: ["/v1/orders"] }
+"#,
+    )
+    .unwrap_or_default()
+}
+
+/// [`orders_config`] with `count` routes (`route-000000` on `/v1/orders/0`, ...).
+pub fn many_routes(count: usize) -> tollgate_shared::model::GatewayConfig {
+    let mut config = orders_config();
+    let template = config.routes[0].clone();
+    config.routes = (0..count)
+        .map(|i| tollgate_shared::model::Route {
+            name: format!("route-{i:06}"),
+            paths: vec![format!("/v1/orders/{i}")],
+            ..template.clone()
+        })
+        .collect();
+    config
 }

@@ -13,7 +13,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use tollgate_integration_tests::cp::{ControlPlane, CpOptions, RawCodec, StreamSubscriber};
+use tollgate_integration_tests::cp::{
+    many_routes, orders_config, ControlPlane, CpOptions, RawCodec, StreamSubscriber,
+};
 use tollgate_shared::model::{GatewayConfig, Route, Service};
 use tollgate_shared::proto::admin::{ApplyRequest, Kind, ListRequest};
 use tonic::Code;
@@ -25,49 +27,8 @@ fn config(yaml: &str) -> GatewayConfig {
     GatewayConfig::from_yaml(yaml).expect("test config parses")
 }
 
-fn base() -> GatewayConfig {
-    config(
-        r#"
-services:
-  - name: orders
-    upstream: { targets: [{ address: "127.0.0.1:9001" }] }
-routes:
-  - { name: orders-api, service: orders, paths: ["/v1/orders"] }
-"#,
-    )
-}
-
-fn routes(count: usize) -> GatewayConfig {
-    let mut config = base();
-    let template = config.routes[0].clone();
-    config.routes = (0..count)
-        .map(|i| Route {
-            name: format!("route-{i:06}"),
-            paths: vec![format!("/v1/orders/{i}")],
-            ..template.clone()
-        })
-        .collect();
-    config
-}
-
-/// Applies `config` and returns the status on refusal.
-async fn try_apply(
-    cp: &ControlPlane,
-    config: &GatewayConfig,
-    dry_run: bool,
-) -> Result<u64, tonic::Status> {
-    let mut admin = cp.admin().await;
-    admin
-        .apply(ApplyRequest {
-            config: Some(config.into()),
-            dry_run,
-        })
-        .await
-        .map(|r| r.into_inner().version.map(|v| v.revision).unwrap_or(0))
-}
-
 async fn revision(cp: &ControlPlane) -> u64 {
-    try_apply(cp, &current(cp).await, true)
+    cp.try_apply(&current(cp).await, true)
         .await
         .expect("dry run of the current state")
 }
@@ -256,7 +217,7 @@ async fn idle_connections_under_a_low_fd_limit_cannot_stop_the_server() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    try_apply(&cp, &base(), false)
+    cp.try_apply(&orders_config(), false)
         .await
         .expect("an apply after the storm");
 
@@ -291,7 +252,7 @@ async fn idle_connections_under_a_low_fd_limit_cannot_stop_the_server() {
     let mut dp = cp.subscribe("dp-idle", None).await.expect("subscribe");
     assert!(dp.next_snapshot(Duration::from_secs(5)).await.is_some());
     tokio::time::sleep(Duration::from_millis(3 * IDLE_MS)).await;
-    try_apply(&cp, &routes(2), false).await.expect("apply");
+    cp.try_apply(&many_routes(2), false).await.expect("apply");
     assert!(
         dp.next_snapshot(Duration::from_secs(5)).await.is_some(),
         "the stream survived the idle timeout"
@@ -306,7 +267,7 @@ async fn idle_connections_under_a_low_fd_limit_cannot_stop_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_whose_snapshot_exceeds_the_message_limit_is_refused() {
     let cp = ControlPlane::start().await;
-    let before = try_apply(&cp, &base(), false).await.expect("base");
+    let before = cp.try_apply(&orders_config(), false).await.expect("base");
     // Short API keys become 71-byte hashes: a 16 MB Apply whose snapshot
     // would be about 68 MB.
     let consumers: Vec<String> = (0..28_000)
@@ -317,10 +278,10 @@ async fn a_config_whose_snapshot_exceeds_the_message_limit_is_refused() {
             format!("  - {{name: c{c}, credentials: [{}]}}", keys.join(","))
         })
         .collect();
-    let mut big = base();
+    let mut big = orders_config();
     big.consumers = config(&format!("consumers:\n{}\n", consumers.join("\n"))).consumers;
     let started = Instant::now();
-    let status = try_apply(&cp, &big, false).await.expect_err("refused");
+    let status = cp.try_apply(&big, false).await.expect_err("refused");
     eprintln!(
         "oversized snapshot refused in {:?}: {}",
         started.elapsed(),
@@ -357,7 +318,7 @@ async fn stream_readers_that_stop_reading_are_cut_off_and_memory_stays_bounded()
             .unwrap_or(0)
             / 1024
     };
-    try_apply(&cp, &routes(10_000), false)
+    cp.try_apply(&many_routes(10_000), false)
         .await
         .expect("10,000 routes");
     let start_rss = rss();
@@ -370,9 +331,9 @@ async fn stream_readers_that_stop_reading_are_cut_off_and_memory_stays_bounded()
     }
     let mut peak = start_rss;
     for change in 0..20 {
-        let mut next = routes(10_000);
+        let mut next = many_routes(10_000);
         next.routes[0].paths = vec![format!("/changed/{change}")];
-        try_apply(&cp, &next, false).await.expect("change");
+        cp.try_apply(&next, false).await.expect("change");
         peak = peak.max(rss());
     }
     eprintln!("RSS: {start_rss} MiB before, {peak} MiB peak with 20 stuck readers over 20 changes");
@@ -462,15 +423,15 @@ async fn stuck_subscriber(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_reported_bad_input_gets_a_field_naming_error_and_nothing_is_stored() {
     let cp = ControlPlane::start().await;
-    let before = try_apply(&cp, &base(), false).await.expect("base");
+    let before = cp.try_apply(&orders_config(), false).await.expect("base");
 
     let with_route = |edit: &dyn Fn(&mut Route)| {
-        let mut c = base();
+        let mut c = orders_config();
         edit(&mut c.routes[0]);
         c
     };
     let with_service = |edit: &dyn Fn(&mut Service)| {
-        let mut c = base();
+        let mut c = orders_config();
         edit(&mut c.services[0]);
         c
     };
@@ -549,7 +510,7 @@ async fn each_reported_bad_input_gets_a_field_naming_error_and_nothing_is_stored
     cases.push((
         "one API key as lower- and upper-case hashes".into(),
         {
-            let mut c = base();
+            let mut c = orders_config();
             c.consumers = config(&format!(
                 "consumers:\n  - {{name: a, credentials: [{{api_key_hash: \"{hash}\"}}]}}\n  - {{name: b, credentials: [{{api_key_hash: \"{upper}\"}}]}}\n"
             ))
@@ -561,7 +522,7 @@ async fn each_reported_bad_input_gets_a_field_naming_error_and_nothing_is_stored
     cases.push((
         "5,000-level DER public key (27 KB)".into(),
         {
-            let mut c = base();
+            let mut c = orders_config();
             c.consumers = config(&jwt_consumer_yaml(&nested_pem(5_000))).consumers;
             c
         },
@@ -570,7 +531,7 @@ async fn each_reported_bad_input_gets_a_field_naming_error_and_nothing_is_stored
     cases.push((
         "3,000-level DER public key (under the size limit)".into(),
         {
-            let mut c = base();
+            let mut c = orders_config();
             c.consumers = config(&jwt_consumer_yaml(&nested_pem(3_000))).consumers;
             c
         },
@@ -579,7 +540,7 @@ async fn each_reported_bad_input_gets_a_field_naming_error_and_nothing_is_stored
 
     for (what, bad, needles) in &cases {
         for dry_run in [true, false] {
-            let status = try_apply(&cp, bad, dry_run).await.expect_err(what);
+            let status = cp.try_apply(bad, dry_run).await.expect_err(what);
             let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
             assert_refused(&status, Code::InvalidArgument, &needles);
         }
@@ -592,17 +553,15 @@ async fn each_reported_bad_input_gets_a_field_naming_error_and_nothing_is_stored
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_values_are_refused_with_short_errors() {
     let cp = ControlPlane::start().await;
-    let before = try_apply(&cp, &base(), false).await.expect("base");
+    let before = cp.try_apply(&orders_config(), false).await.expect("base");
 
     // A 50 MiB header value in a route.
-    let mut big_value = base();
+    let mut big_value = orders_config();
     big_value.routes[0].headers = vec![tollgate_shared::model::HeaderMatch {
         name: "x-big".into(),
         value: Some("v".repeat(50 * 1024 * 1024)),
     }];
-    let status = try_apply(&cp, &big_value, false)
-        .await
-        .expect_err("refused");
+    let status = cp.try_apply(&big_value, false).await.expect_err("refused");
     assert_refused(
         &status,
         Code::InvalidArgument,
@@ -611,9 +570,9 @@ async fn huge_values_are_refused_with_short_errors() {
     assert_healthy(&cp, "a 50 MiB header value").await;
 
     // A 48 MiB invalid name: the error is short and the name cut.
-    let mut big_name = base();
+    let mut big_name = orders_config();
     big_name.routes[0].name = format!("{}!", "n".repeat(48 * 1024 * 1024));
-    let status = try_apply(&cp, &big_name, false).await.expect_err("refused");
+    let status = cp.try_apply(&big_name, false).await.expect_err("refused");
     assert_refused(
         &status,
         Code::InvalidArgument,
@@ -746,14 +705,14 @@ async fn status_codes_say_whose_fault_it_was() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_applies_get_contiguous_revisions_and_the_last_wins() {
     let cp = std::sync::Arc::new(ControlPlane::start().await);
-    let start = try_apply(&cp, &base(), false).await.expect("base");
+    let start = cp.try_apply(&orders_config(), false).await.expect("base");
     let mut tasks = Vec::new();
     for i in 0..200u32 {
         let cp = cp.clone();
         tasks.push(tokio::spawn(async move {
-            let mut config = base();
+            let mut config = orders_config();
             config.routes[0].priority = i as i32 + 1;
-            let revision = try_apply(&cp, &config, false).await.expect("apply");
+            let revision = cp.try_apply(&config, false).await.expect("apply");
             (revision, i as i32 + 1)
         }));
     }
@@ -777,8 +736,8 @@ async fn two_hundred_concurrent_applies_get_contiguous_revisions_and_the_last_wi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_large_apply_leaves_the_old_or_the_new_state_whole() {
     let mut cp = ControlPlane::start().await;
-    try_apply(&cp, &base(), false).await.expect("base");
-    let big = routes(60_000);
+    cp.try_apply(&orders_config(), false).await.expect("base");
+    let big = many_routes(60_000);
     // Kill at three points inside the write (decode, validate, commit, fsync).
     for (round, delay_ms) in [1_000u64, 3_000, 3_600].into_iter().enumerate() {
         let before = revision(&cp).await;
@@ -818,7 +777,7 @@ async fn kill_9_during_a_large_apply_leaves_the_old_or_the_new_state_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tollgatectl_bounds_what_it_reads() {
     let cp = ControlPlane::start().await;
-    let before = try_apply(&cp, &base(), false).await.expect("base");
+    let before = cp.try_apply(&orders_config(), false).await.expect("base");
 
     // The wide alias form: an anchor of 20,000 items referenced 20,000 times.
     let mut wide = String::from("services: []\nx: &a [");

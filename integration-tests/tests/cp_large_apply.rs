@@ -8,62 +8,20 @@
 
 use std::time::{Duration, Instant};
 
-use tollgate_integration_tests::cp::ControlPlane;
-use tollgate_shared::model::{GatewayConfig, Route};
+use tollgate_integration_tests::cp::{many_routes, orders_config, ControlPlane};
 use tollgate_shared::proto::admin::{ApplyRequest, EntityRef, Kind, ListRequest};
 use tonic_health::pb::health_check_response::ServingStatus;
-
-fn base() -> GatewayConfig {
-    GatewayConfig::from_yaml(
-        r#"
-services:
-  - name: orders
-    upstream: { targets: [{ address: "127.0.0.1:9001" }] }
-routes:
-  - { name: orders-api, service: orders, paths: ["/v1/orders"] }
-"#,
-    )
-    .expect("parses")
-}
-
-fn routes(count: usize) -> GatewayConfig {
-    let mut config = base();
-    let template = config.routes[0].clone();
-    config.routes = (0..count)
-        .map(|i| Route {
-            name: format!("route-{i:06}"),
-            paths: vec![format!("/v1/orders/{i}")],
-            ..template.clone()
-        })
-        .collect();
-    config
-}
-
-async fn try_apply(
-    cp: &ControlPlane,
-    config: &GatewayConfig,
-    dry_run: bool,
-) -> Result<u64, tonic::Status> {
-    let mut admin = cp.admin().await;
-    admin
-        .apply(ApplyRequest {
-            config: Some(config.into()),
-            dry_run,
-        })
-        .await
-        .map(|r| r.into_inner().version.map(|v| v.revision).unwrap_or(0))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_thousand_route_apply_keeps_health_and_reads_answering() {
     let cp = ControlPlane::start().await;
-    try_apply(&cp, &base(), false).await.expect("base");
+    cp.try_apply(&orders_config(), false).await.expect("base");
     // `TOLLGATE_LARGE_APPLY_ROUTES` measures another size (at most 100,000).
     let count = std::env::var("TOLLGATE_LARGE_APPLY_ROUTES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50_000usize);
-    let big = routes(count);
+    let big = many_routes(count);
     // Encoded before the probes start and sent as raw bytes, so the test's
     // own CPU work does not compete with the server while it is measured.
     let request = prost::Message::encode_to_vec(&ApplyRequest {
@@ -172,7 +130,7 @@ async fn fifty_thousand_route_apply_keeps_health_and_reads_answering() {
 
     // The same again is a no-op, and a dry run is quick too.
     let started = Instant::now();
-    assert_eq!(try_apply(&cp, &big, true).await.expect("dry run"), revision);
+    assert_eq!(cp.try_apply(&big, true).await.expect("dry run"), revision);
     eprintln!(
         "{count}-route dry run (no changes): {:?}",
         started.elapsed()
