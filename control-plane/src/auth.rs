@@ -16,6 +16,27 @@ use tonic::{Request, Status};
 
 use crate::error::CpError;
 
+/// Who made an admin call, as the interceptor established it: handlers read it
+/// from the request's extensions (`Actor::of`) to record who wrote a revision.
+/// "local" when the admin API runs without a token (loopback only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    pub name: String,
+}
+
+impl Actor {
+    /// The actor of an admin call; "local" if the call bypassed the interceptor.
+    pub fn of<T>(request: &Request<T>) -> Actor {
+        request
+            .extensions()
+            .get::<Actor>()
+            .cloned()
+            .unwrap_or_else(|| Actor {
+                name: "local".into(),
+            })
+    }
+}
+
 /// An interceptor that lets a call through only with the right token; with no
 /// token configured it lets everything through.
 #[derive(Clone)]
@@ -59,8 +80,14 @@ impl BearerAuth {
 }
 
 impl Interceptor for BearerAuth {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         self.check(&request)?;
+        let name = if self.expected.is_some() {
+            "admin"
+        } else {
+            "local"
+        };
+        request.extensions_mut().insert(Actor { name: name.into() });
         Ok(request)
     }
 }
