@@ -1,5 +1,6 @@
-//! Bearer-token checks for the admin API (`--admin-token`) and the config
-//! stream (`--cluster-token`).
+//! Bearer-token checks for the config stream (`--cluster-token`), the
+//! parsing shared with the admin API's gate (`crate::access`), and the
+//! [`Actor`] an admin call is made by.
 //!
 //! A call carries `authorization: Bearer <token>` metadata. Accepted is
 //! exactly: the scheme `Bearer` (any letter case, as RFC 6750 allows), one
@@ -9,31 +10,68 @@
 //! the token's content nor its length leaks through timing. The token itself
 //! is never logged or echoed in an error.
 
+use std::net::SocketAddr;
+
 use subtle::ConstantTimeEq;
 use tollgate_shared::secrets::api_key_digest;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
+use crate::access::Role;
 use crate::error::CpError;
 
-/// Who made an admin call, as the interceptor established it: handlers read it
-/// from the request's extensions (`Actor::of`) to record who wrote a revision.
-/// "local" when the admin API runs without a token (loopback only).
+/// Who made an admin call, as the access gate established it
+/// (`crate::access::gate`): handlers read it from the request's extensions
+/// ([`Actor::of`]) to check a role and to record who wrote what.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Actor {
+    /// The token's name; `bootstrap` for `--admin-token`, `local` for a
+    /// tokenless call on a loopback-only admin API.
     pub name: String,
+    pub role: Role,
+    /// The caller's address, when the listener knows it.
+    pub peer: Option<SocketAddr>,
 }
 
 impl Actor {
-    /// The actor of an admin call; "local" if the call bypassed the interceptor.
+    /// The caller of a tokenless, loopback-only admin API.
+    pub fn local(peer: Option<SocketAddr>) -> Actor {
+        Actor {
+            name: "local".into(),
+            role: Role::Admin,
+            peer,
+        }
+    }
+
+    /// The actor of an admin call; `local` if the call bypassed the gate
+    /// (only tests that call a handler directly).
     pub fn of<T>(request: &Request<T>) -> Actor {
         request
             .extensions()
             .get::<Actor>()
             .cloned()
-            .unwrap_or_else(|| Actor {
-                name: "local".into(),
-            })
+            .unwrap_or_else(|| Actor::local(request.remote_addr()))
+    }
+
+    /// Refuses the call unless the actor has at least `needed`.
+    pub fn require(&self, needed: Role, what: &str) -> Result<(), CpError> {
+        self.role.require(needed, what)
+    }
+
+    /// The peer as text for logs and the audit log ("-" when unknown).
+    pub fn peer_text(&self) -> String {
+        self.peer.map_or_else(|| "-".into(), |p| p.to_string())
+    }
+}
+
+/// The token of an `authorization` value: exactly the scheme `Bearer` (any
+/// letter case), one space, and the token; nothing trimmed.
+pub fn bearer_token(value: &[u8]) -> Result<&[u8], CpError> {
+    match value.split_at_checked(7) {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"Bearer ") => Ok(token),
+        _ => Err(CpError::Unauthenticated(
+            "authorization metadata must be \"Bearer <token>\"",
+        )),
     }
 }
 
@@ -62,15 +100,7 @@ impl BearerAuth {
             .ok_or(CpError::Unauthenticated(
                 "missing authorization metadata (Bearer token)",
             ))?;
-        let value = presented.as_bytes();
-        let token = match value.split_at_checked(7) {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"Bearer ") => token,
-            _ => {
-                return Err(CpError::Unauthenticated(
-                    "authorization metadata must be \"Bearer <token>\"",
-                ))
-            }
-        };
+        let token = bearer_token(presented.as_bytes())?;
         if bool::from(api_key_digest(token).ct_eq(expected)) {
             Ok(())
         } else {
@@ -80,14 +110,8 @@ impl BearerAuth {
 }
 
 impl Interceptor for BearerAuth {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
         self.check(&request)?;
-        let name = if self.expected.is_some() {
-            "admin"
-        } else {
-            "local"
-        };
-        request.extensions_mut().insert(Actor { name: name.into() });
         Ok(request)
     }
 }

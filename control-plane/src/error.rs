@@ -10,7 +10,7 @@
 //! Codes say whose fault it was: `INVALID_ARGUMENT` for a request that is
 //! wrong whatever the server holds (bad field, undecodable message: see
 //! `crate::listener::fix_status`), `UNAUTHENTICATED` for a missing or wrong
-//! token, `RESOURCE_EXHAUSTED` for a config over a whole-config limit (entity
+//! token, `PERMISSION_DENIED` for a token whose role is too low, `RESOURCE_EXHAUSTED` for a config over a whole-config limit (entity
 //! counts, encoded size) or a message over the size cap, and `INTERNAL` only
 //! for faults of the server, logged with a request id that the message
 //! carries. No message is longer than [`MAX_STATUS_MESSAGE`] bytes.
@@ -49,6 +49,11 @@ pub enum CpError {
 
     #[error("{0}")]
     Unauthenticated(&'static str),
+
+    /// The caller is known but its role does not allow the call; the text
+    /// names the call, the role it needs and the caller's role.
+    #[error("{0}")]
+    PermissionDenied(String),
 
     /// sled failed; the detail is logged, never returned to a caller.
     #[error("storage error: {0}")]
@@ -111,6 +116,7 @@ fn describe_status(status: &tonic::Status) -> String {
         }
         Code::ResourceExhausted => format!("over a limit: {}", status.message()),
         Code::Unauthenticated => format!("unauthenticated: {}", status.message()),
+        Code::PermissionDenied => format!("permission denied: {}", status.message()),
         Code::Unavailable => format!("control plane unavailable: {}", status.message()),
         code => format!("{}: {}", code.description(), status.message()),
     }
@@ -136,6 +142,7 @@ impl From<CpError> for tonic::Status {
             err @ CpError::AlreadyExists { .. } => Status::already_exists(cut(err.to_string())),
             CpError::OverLimit(message) => Status::resource_exhausted(cut(message)),
             CpError::Unauthenticated(message) => Status::unauthenticated(message),
+            CpError::PermissionDenied(message) => Status::permission_denied(cut(message)),
             CpError::Rpc(status) => *status,
             other => {
                 let request_id = uuid::Uuid::new_v4().simple().to_string();

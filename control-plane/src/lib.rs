@@ -8,7 +8,8 @@
 //! A write travels down this list, a read only touches [`model`]:
 //!
 //! - [`admin`]: the gRPC admin API (CRUD, Apply with dry-run diff, Export,
-//!   ListDataPlanes), behind [`auth`]'s admin token.
+//!   ListDataPlanes, tokens, audit), behind [`access`]: named admin tokens
+//!   with roles, checked per call; every write recorded in [`audit`].
 //! - [`model`]: the current state in a `watch` channel, and the single,
 //!   serialized write path (change, [`secrets`], validate, [`diff`], commit,
 //!   publish).
@@ -23,7 +24,9 @@
 //! [`metrics`] (Prometheus metrics on `--metrics-listen`, traced admin calls)
 //! and [`ctl`] (the `tollgatectl` operator CLI).
 
+pub mod access;
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod ctl;

@@ -44,7 +44,7 @@ use tracing::Instrument;
 
 /// The admin API's methods (`proto/tollgate_admin.proto`), the only values
 /// the `method` label takes besides `other`.
-pub const ADMIN_METHODS: [&str; 8] = [
+pub const ADMIN_METHODS: [&str; 12] = [
     "Create",
     "Update",
     "Get",
@@ -53,6 +53,10 @@ pub const ADMIN_METHODS: [&str; 8] = [
     "Apply",
     "Export",
     "ListDataPlanes",
+    "CreateToken",
+    "ListTokens",
+    "RevokeToken",
+    "ListAudit",
 ];
 
 /// How long a scraper may take to send its request head.
@@ -74,6 +78,11 @@ pub type DataPlaneSource = Arc<dyn Fn() -> Vec<DataPlaneView> + Send + Sync>;
 struct CallLabels {
     method: &'static str,
     result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -106,6 +115,7 @@ pub struct CpMetrics {
     registry: Registry,
     admin_calls: Family<CallLabels, Counter>,
     admin_call_duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    admin_refusals: Family<RefusalLabels, Counter>,
     config_version: Family<StoreLabels, Gauge>,
     snapshot_builds: Counter,
     snapshot_build_duration: Histogram,
@@ -134,6 +144,7 @@ impl CpMetrics {
                 latency_histogram,
             );
         let config_version = Family::<StoreLabels, Gauge>::default();
+        let admin_refusals = Family::<RefusalLabels, Counter>::default();
         let snapshot_builds = Counter::default();
         let snapshot_build_duration = latency_histogram();
         let pushes = Counter::default();
@@ -150,6 +161,12 @@ impl CpMetrics {
             "admin_call_duration_seconds",
             "Admin API call duration, by method",
             admin_call_duration.clone(),
+        );
+        registry.register(
+            "admin_refusals",
+            "Admin API calls refused before any handler ran: reason is unauthenticated \
+             (no or wrong token) or permission_denied (role too low)",
+            admin_refusals.clone(),
         );
         registry.register(
             "config_version",
@@ -209,6 +226,7 @@ impl CpMetrics {
             registry,
             admin_calls,
             admin_call_duration,
+            admin_refusals,
             config_version,
             snapshot_builds,
             snapshot_build_duration,
@@ -219,6 +237,14 @@ impl CpMetrics {
     }
 
     /// Counts one finished admin call.
+    /// An admin call refused by the access gate (`unauthenticated` or
+    /// `permission_denied`).
+    pub fn admin_refused(&self, reason: &'static str) {
+        self.admin_refusals
+            .get_or_create(&RefusalLabels { reason })
+            .inc();
+    }
+
     pub fn admin_call(&self, method: &'static str, code: tonic::Code, elapsed: Duration) {
         self.admin_calls
             .get_or_create(&CallLabels {

@@ -77,6 +77,8 @@ pub struct WriteOutcome {
     pub version: ConfigVersion,
     /// The resulting state (on a dry run: the state it would produce).
     pub config: Arc<GatewayConfig>,
+    /// The state the write started from.
+    pub previous: Arc<GatewayConfig>,
     /// Accepted, but worth the operator's attention (a certificate expiring
     /// soon, an upstream whose certificate is not verified).
     pub warnings: Vec<String>,
@@ -113,6 +115,11 @@ impl Model {
             write_lock: Mutex::new(()),
             current,
         })
+    }
+
+    /// A side tree of the store (see [`Store::side_tree`]).
+    pub fn side_tree(&self, name: &str) -> Result<sled::Tree, CpError> {
+        self.store.side_tree(name)
     }
 
     /// The current state.
@@ -152,6 +159,7 @@ impl Model {
                 } else {
                     current.config.clone()
                 },
+                previous: current.config.clone(),
                 warnings,
             });
         }
@@ -181,6 +189,7 @@ impl Model {
             changes,
             version,
             config,
+            previous: current.config.clone(),
             warnings,
         })
     }

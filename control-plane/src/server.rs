@@ -19,7 +19,11 @@ use tollgate_shared::proto::stream::config_stream_server::ConfigStreamServer;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
+use crate::access::gate::AdminGate;
+use crate::access::tokens::TOKENS_TREE;
+use crate::access::TokenBook;
 use crate::admin::AdminService;
+use crate::audit::{AuditLog, AUDIT_TREE};
 use crate::auth::BearerAuth;
 use crate::config::CpConfig;
 use crate::error::CpError;
@@ -44,6 +48,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct Bound {
     model: Arc<Model>,
     registry: Arc<Registry>,
+    tokens: Arc<TokenBook>,
+    audit: Arc<AuditLog>,
     config: CpConfig,
     admin_listener: TcpListener,
     stream_listener: Option<TcpListener>,
@@ -55,9 +61,15 @@ pub struct Bound {
 pub async fn bind(config: CpConfig) -> Result<Bound, CpError> {
     config.check()?;
     let data_dir = config.data_dir.clone();
-    let model = tokio::task::spawn_blocking(move || Model::open(&data_dir))
-        .await
-        .map_err(|e| CpError::Internal(format!("opening the store failed: {e}")))??;
+    let bootstrap = config.admin_token.clone();
+    let (model, tokens, audit) = tokio::task::spawn_blocking(move || {
+        let model = Model::open(&data_dir)?;
+        let tokens = TokenBook::open(model.side_tree(TOKENS_TREE)?, bootstrap.as_deref())?;
+        let audit = AuditLog::open(model.side_tree(AUDIT_TREE)?)?;
+        Ok::<_, CpError>((model, tokens, audit))
+    })
+    .await
+    .map_err(|e| CpError::Internal(format!("opening the store failed: {e}")))??;
     let admin_listener = listen(config.admin_listen).await?;
     let stream_listener = match config.stream_listen {
         Some(addr) => Some(listen(addr).await?),
@@ -72,6 +84,8 @@ pub async fn bind(config: CpConfig) -> Result<Bound, CpError> {
     Ok(Bound {
         model: Arc::new(model),
         registry,
+        tokens: Arc::new(tokens),
+        audit: Arc::new(audit),
         config,
         admin_listener,
         stream_listener,
@@ -157,11 +171,17 @@ impl Bound {
             .map_err(|e| CpError::Internal(format!("gRPC reflection: {e}")))?;
 
         let admin = ObservedService::new(
-            InterceptedService::new(
-                AdminServer::new(AdminService::new(self.model.clone(), self.registry.clone()))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
-                BearerAuth::new(self.config.admin_token.as_deref()),
+            AdminGate::new(
+                AdminServer::new(AdminService::new(
+                    self.model.clone(),
+                    self.registry.clone(),
+                    self.tokens.clone(),
+                    self.audit.clone(),
+                ))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                self.tokens.clone(),
+                self.metrics.clone(),
             ),
             self.metrics.clone(),
         );

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 /// The whole desired state of a gateway; the unit of `Apply`, `Export` and of
 /// the snapshots streamed to data planes.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -31,7 +31,7 @@ pub struct GatewayConfig {
 }
 
 /// An upstream service: where matched requests are forwarded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
     pub name: String,
@@ -56,7 +56,7 @@ pub struct Service {
 /// The name checked (and sent as SNI) is `sni`, else `host_header`, else the
 /// target's host. `verify: false` turns verification off: it must be written
 /// out, is warned about at apply, and shows in every read.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// PEM CA certificates to trust instead of the platform roots.
@@ -79,7 +79,7 @@ impl UpstreamTls {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     pub targets: Vec<Target>,
@@ -88,7 +88,7 @@ pub struct Upstream {
 }
 
 /// One upstream instance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     /// `host:port`.
@@ -111,7 +111,9 @@ fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum LoadBalancing {
     #[default]
@@ -142,7 +144,9 @@ impl LoadBalancing {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     #[default]
@@ -173,7 +177,9 @@ impl Protocol {
 }
 
 /// Upstream timeouts in milliseconds; `None` means the documented default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -198,7 +204,7 @@ impl Timeouts {
 }
 
 /// A route: which requests go to which service, through which plugins.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     pub name: String,
@@ -246,7 +252,9 @@ pub struct Route {
 /// What the gateway does with an encoded slash (`%2F`) in a request path,
 /// before routing, so that the route matched, the auth applied and the path
 /// forwarded agree with an upstream that decodes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EncodedSlashes {
     /// 400: the path is ambiguous between gateway and upstream.
@@ -277,7 +285,9 @@ impl EncodedSlashes {
 
 /// What the gateway does with `;params` in a path segment (`/admin;x/y`),
 /// which servlet containers strip before they route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PathParameters {
     /// 400 for a path with `;` in a segment. The default: the gateway cannot
@@ -309,7 +319,9 @@ impl PathParameters {
 /// Per-route metric options. Everything is off by default: the default
 /// series are labelled by route and service only, values that come from
 /// config, so their number never depends on traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMetricsOptions {
     /// Also count this route's requests by consumer
@@ -328,7 +340,7 @@ impl RouteMetricsOptions {
 
 /// A header condition on a route: `value` exact (case-sensitive), or mere
 /// presence when `value` is absent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
     pub name: String,
@@ -338,7 +350,7 @@ pub struct HeaderMatch {
 
 /// A plugin attached to a route or service. `config` is the plugin's typed
 /// configuration as a JSON object; see [`crate::plugins`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginInstance {
     pub name: String,
@@ -373,7 +385,7 @@ impl PluginInstance {
 
 /// A plugin that runs on every route. `instance` names it (defaults to the
 /// plugin name), so two global rate limits can coexist.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GlobalPlugin {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -400,7 +412,7 @@ impl GlobalPlugin {
 }
 
 /// Someone who calls the gateway.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Consumer {
     pub name: String,
@@ -414,7 +426,7 @@ pub struct Consumer {
 ///
 /// `api_key` is accepted on write only: the control plane replaces it with
 /// `api_key_hash` (`sha256:<hex>`) before anything is stored.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Credential {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -437,7 +449,7 @@ impl Credential {
 }
 
 /// A JWT verification key for one issuer (or key id).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtCredential {
     /// Matched against the token's `iss` claim, or its `kid` header with `key_claim: kid`.
@@ -458,7 +470,9 @@ pub struct JwtCredential {
     pub public_key: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum JwtKeyClaim {
     #[default]
@@ -474,7 +488,7 @@ pub const JWT_ALGORITHMS: [&str; 9] = [
 /// A TLS certificate chain and key, served to clients whose SNI is one of
 /// `snis` (exact, or `*.example.com`), or to any client without a match
 /// when `default` is set. See [`crate::certs`] for what is checked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Certificate {
     pub name: String,
@@ -496,7 +510,7 @@ pub struct Certificate {
 }
 
 /// What reads show about a certificate's leaf (never anything secret).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateInfo {
     pub subject: String,

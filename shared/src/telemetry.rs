@@ -175,7 +175,8 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
 }
 
 /// The stderr log layer: `RUST_LOG` (default `info`), with the trace-only
-/// spans switched off so no log filter ever turns them on.
+/// spans switched off so no log filter ever turns them on; ANSI colours only
+/// when stderr is a terminal.
 fn log_layer(json: bool) -> Box<dyn Layer<Registry> + Send + Sync> {
     let mut filter = EnvFilter::builder()
         .with_default_directive(LevelFilter::INFO.into())
@@ -183,8 +184,11 @@ fn log_layer(json: bool) -> Box<dyn Layer<Registry> + Send + Sync> {
     if let Ok(directive) = format!("{TRACE_TARGET}=off").parse() {
         filter = filter.add_directive(directive);
     }
+    // Colour only on a terminal: a log file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(true);
     if json {
         fmt.json().flatten_event(true).with_filter(filter).boxed()

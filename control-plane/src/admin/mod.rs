@@ -11,12 +11,17 @@ use std::sync::Arc;
 use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::admin::admin_server::Admin;
 use tollgate_shared::proto::admin::{
-    ApplyRequest, ApplyResponse, EntityRef, EntityRequest, EntityResponse, ExportRequest,
-    ExportResponse, ListDataPlanesRequest, ListDataPlanesResponse, ListRequest, ListResponse,
+    ApplyRequest, ApplyResponse, CreateTokenRequest, CreateTokenResponse, EntityRef, EntityRequest,
+    EntityResponse, ExportRequest, ExportResponse, ListAuditRequest, ListAuditResponse,
+    ListDataPlanesRequest, ListDataPlanesResponse, ListRequest, ListResponse, ListTokensRequest,
+    ListTokensResponse, RevokeTokenRequest, RevokeTokenResponse,
 };
 use tollgate_shared::proto::config as pb_config;
 use tonic::{Request, Response, Status};
 
+use crate::access::{Role, TokenBook};
+use crate::audit::AuditLog;
+use crate::auth::Actor;
 use crate::entity::{self, Entity};
 use crate::error::CpError;
 use crate::kind::EntityKind;
@@ -26,11 +31,41 @@ use crate::stream::registry::Registry;
 pub struct AdminService {
     model: Arc<Model>,
     registry: Arc<Registry>,
+    tokens: Arc<TokenBook>,
+    audit: Arc<AuditLog>,
 }
 
 impl AdminService {
-    pub fn new(model: Arc<Model>, registry: Arc<Registry>) -> AdminService {
-        AdminService { model, registry }
+    pub fn new(
+        model: Arc<Model>,
+        registry: Arc<Registry>,
+        tokens: Arc<TokenBook>,
+        audit: Arc<AuditLog>,
+    ) -> AdminService {
+        AdminService {
+            model,
+            registry,
+            tokens,
+            audit,
+        }
+    }
+
+    /// Records a committed write in the audit log (nothing for a no-op or a
+    /// dry run).
+    async fn audit_write(&self, actor: &Actor, call: &str, outcome: &WriteOutcome) {
+        if outcome.changes.is_empty() {
+            return;
+        }
+        self.audit
+            .config_write(
+                actor,
+                call,
+                outcome.version.revision,
+                &outcome.changes,
+                &outcome.previous,
+                &outcome.config,
+            )
+            .await;
     }
 
     /// The response to a single-entity write: the new version, and the entity
@@ -69,6 +104,7 @@ impl Admin for AdminService {
         &self,
         request: Request<EntityRequest>,
     ) -> Result<Response<EntityResponse>, Status> {
+        let actor = Actor::of(&request);
         let new = Entity::from_pb(request.into_inner().entity)?;
         let (kind, name) = (new.kind(), new.name().to_string());
         let taken = name.clone();
@@ -82,6 +118,7 @@ impl Admin for AdminService {
                 Ok(())
             })
             .await?;
+        self.audit_write(&actor, "Create", &outcome).await;
         Ok(Response::new(Self::entity_response(&outcome, kind, &name)))
     }
 
@@ -89,6 +126,7 @@ impl Admin for AdminService {
         &self,
         request: Request<EntityRequest>,
     ) -> Result<Response<EntityResponse>, Status> {
+        let actor = Actor::of(&request);
         let new = Entity::from_pb(request.into_inner().entity)?;
         let (kind, name) = (new.kind(), new.name().to_string());
         let missing = name.clone();
@@ -105,6 +143,7 @@ impl Admin for AdminService {
                 }
             })
             .await?;
+        self.audit_write(&actor, "Update", &outcome).await;
         Ok(Response::new(Self::entity_response(&outcome, kind, &name)))
     }
 
@@ -141,6 +180,7 @@ impl Admin for AdminService {
         &self,
         request: Request<EntityRef>,
     ) -> Result<Response<EntityResponse>, Status> {
+        let actor = Actor::of(&request);
         let reference = request.into_inner();
         let kind = kind_of(reference.kind)?;
         let name = reference.name;
@@ -154,6 +194,7 @@ impl Admin for AdminService {
                 }
             })
             .await?;
+        self.audit_write(&actor, "Delete", &outcome).await;
         Ok(Response::new(EntityResponse {
             version: Some(outcome.version.to_pb()),
             entity: None,
@@ -165,7 +206,12 @@ impl Admin for AdminService {
         &self,
         request: Request<ApplyRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
+        let actor = Actor::of(&request);
         let request = request.into_inner();
+        if !request.dry_run {
+            // The gate lets viewers through for dry runs (diffs are reads).
+            actor.require(Role::Editor, "Apply")?;
+        }
         // A missing config is a broken request, not "delete everything"; an
         // empty one is an explicit wipe.
         let wire = request
@@ -181,6 +227,9 @@ impl Admin for AdminService {
                 Ok(())
             })
             .await?;
+        if !request.dry_run {
+            self.audit_write(&actor, "Apply", &outcome).await;
+        }
         Ok(Response::new(ApplyResponse {
             changes: outcome.changes.iter().map(|c| c.to_pb()).collect(),
             version: Some(outcome.version.to_pb()),
@@ -213,5 +262,64 @@ impl Admin for AdminService {
         Ok(Response::new(ListDataPlanesResponse {
             data_planes: self.registry.list(),
         }))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        let actor = Actor::of(&request);
+        let request = request.into_inner();
+        let role = Role::from_pb(request.role)?;
+        let (token, secret) = self.tokens.create(&request.name, role, &actor.name).await?;
+        tracing::info!(name = %token.name, %role, by = %actor.name, "admin token created");
+        self.audit
+            .event(
+                &actor,
+                "CreateToken",
+                format!("created token {:?} with role {role}", token.name),
+            )
+            .await;
+        Ok(Response::new(CreateTokenResponse {
+            token: Some(token),
+            secret,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        _request: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        let tokens = self.tokens.clone();
+        let tokens = blocking(move || tokens.list()).await??;
+        Ok(Response::new(ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        let actor = Actor::of(&request);
+        let name = request.into_inner().name;
+        let revoked = self.tokens.revoke(&name).await?;
+        tracing::info!(name = %revoked.name, by = %actor.name, "admin token revoked");
+        self.audit
+            .event(
+                &actor,
+                "RevokeToken",
+                format!("revoked token {:?}", revoked.name),
+            )
+            .await;
+        Ok(Response::new(RevokeTokenResponse {}))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditResponse>, Status> {
+        let request = request.into_inner();
+        let audit = self.audit.clone();
+        let entries = blocking(move || audit.list(request.since_ms, request.limit)).await??;
+        Ok(Response::new(ListAuditResponse { entries }))
     }
 }

@@ -1,12 +1,14 @@
 //! `tollgatectl`, the operator CLI for the admin API.
 //!
 //! `apply -f FILE [--dry-run]`, `diff -f FILE`, `get <kind> [name] [-o ...]`,
-//! `delete <kind> <name>`, `export`, `dataplanes`. Results go to stdout;
+//! `delete <kind> <name>`, `export`, `dataplanes`, `tokens create|list|revoke`,
+//! `audit [--since 24h]`. Results go to stdout;
 //! errors go to stderr as one readable line (`error: route "orders-api":
 //! service "ordrs" does not exist`) with a non-zero exit. The server's
 //! responses are already redacted, so nothing printed here can hold a secret;
 //! the token flag hides its environment value from `--help`.
 
+pub mod access;
 pub mod client;
 pub mod input;
 pub mod output;
@@ -84,6 +86,19 @@ pub enum Command {
     Export,
     /// List the data planes that subscribed to the config stream.
     Dataplanes {
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Named admin tokens with roles (needs role admin).
+    Tokens {
+        #[command(subcommand)]
+        command: access::TokensCommand,
+    },
+    /// The audit log: who changed what, when, from where.
+    Audit {
+        /// How far back, e.g. 30m, 24h, 7d.
+        #[arg(long, default_value = "24h", value_parser = access::parse_duration)]
+        since: std::time::Duration,
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: Format,
     },
@@ -206,6 +221,10 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CpError> {
                     print_structured(out, &views, output)
                 }
             }
+        }
+        (Command::Tokens { command }, _, _) => access::tokens(&mut client, command, out).await,
+        (Command::Audit { since, output }, _, _) => {
+            access::audit(&mut client, since, output, out).await
         }
         _ => Err(CpError::Internal("unreachable command combination".into())),
     }

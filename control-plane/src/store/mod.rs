@@ -135,6 +135,12 @@ impl Store {
     }
 
     /// Reads the whole store (what a restart would see).
+    /// A tree of the same database for records kept beside the config
+    /// (admin tokens, the audit log); never part of a config commit.
+    pub fn side_tree(&self, name: &str) -> Result<sled::Tree, CpError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
     pub fn load(&self) -> Result<Loaded, CpError> {
         let meta = self.meta();
         let format = match meta.get(META_FORMAT)? {

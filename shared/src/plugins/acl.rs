@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::PluginConfigSchema;
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AclConfig {
     pub allow: Vec<String>,

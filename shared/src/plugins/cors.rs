@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::{check_header_name, PluginConfigSchema};
 
 /// Cross-origin resource sharing: which browser origins may call the route.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CorsConfig {
     /// `*`, exact origins (`https://app.example.com`) and patterns with a

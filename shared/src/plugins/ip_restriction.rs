@@ -9,7 +9,7 @@ use super::PluginConfigSchema;
 
 /// `allow` or `deny` (exactly one non-empty) lists of IPs and CIDRs, IPv4
 /// and IPv6, matched against the client IP (after `--trusted-proxies`).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct IpRestrictionConfig {
     pub allow: Vec<String>,

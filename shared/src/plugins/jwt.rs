@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{check_header_name, is_gateway_owned_header, PluginConfigSchema};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct JwtConfig {
     /// Header carrying `Bearer <token>`.

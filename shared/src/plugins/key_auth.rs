@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{check_header_name, PluginConfigSchema};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeyAuthConfig {
     /// Header carrying the key.

@@ -37,7 +37,7 @@ pub use rate_limit::{
 pub use request_transformer::{AddSpec, RemoveSpec, RenameSpec, RequestTransformerConfig};
 
 /// One plugin's typed config.
-pub trait PluginConfigSchema: DeserializeOwned + 'static {
+pub trait PluginConfigSchema: DeserializeOwned + schemars::JsonSchema + 'static {
     /// The name configs use (`key-auth`).
     const NAME: &'static str;
     /// Whether several instances on one route all run (rate limits) instead
@@ -68,6 +68,11 @@ pub trait PluginSchema: Sync {
     fn stackable(&self) -> bool;
     /// Parses and checks a config.
     fn check(&self, config: &serde_json::Value) -> Result<Checked, String>;
+    /// The JSON Schema of its config, for editors (`crate::json_schema`).
+    fn json_schema(
+        &self,
+        generator: &mut schemars::gen::SchemaGenerator,
+    ) -> schemars::schema::Schema;
 }
 
 struct Schema<T>(PhantomData<fn() -> T>);
@@ -86,6 +91,13 @@ impl<T: PluginConfigSchema> PluginSchema for Schema<T> {
         Ok(Checked {
             anonymous: parsed.anonymous().map(str::to_string),
         })
+    }
+
+    fn json_schema(
+        &self,
+        generator: &mut schemars::gen::SchemaGenerator,
+    ) -> schemars::schema::Schema {
+        generator.subschema_for::<T>()
     }
 }
 

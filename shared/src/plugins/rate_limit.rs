@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use super::{check_header_name, PluginConfigSchema};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub limit: u64,
@@ -94,6 +94,16 @@ impl fmt::Display for Window {
     }
 }
 
+impl schemars::JsonSchema for Window {
+    fn schema_name() -> String {
+        "Window".into()
+    }
+
+    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        crate::json_schema::pattern_string(r"^[0-9]+[smhd]$", "A window like 1s, 1m, 1h or 1d.")
+    }
+}
+
 impl Serialize for Window {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
@@ -132,6 +142,19 @@ impl fmt::Display for Scope {
     }
 }
 
+impl schemars::JsonSchema for Scope {
+    fn schema_name() -> String {
+        "Scope".into()
+    }
+
+    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        crate::json_schema::pattern_string(
+            r"^(consumer|credential|route|service|ip|header:.+)$",
+            "What the counter is keyed by: consumer, credential, route, service, ip or header:<name>.",
+        )
+    }
+}
+
 impl Serialize for Scope {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
@@ -160,7 +183,9 @@ impl<'de> Deserialize<'de> for Scope {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RateLimitAlgorithm {
     #[default]
@@ -168,7 +193,9 @@ pub enum RateLimitAlgorithm {
     Gcra,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RateLimitPolicy {
     #[default]
@@ -176,7 +203,9 @@ pub enum RateLimitPolicy {
     Redis,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RateLimitSync {
     #[default]
@@ -184,7 +213,9 @@ pub enum RateLimitSync {
     Batched,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OnRedisFailure {
     Allow,

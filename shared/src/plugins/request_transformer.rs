@@ -13,7 +13,7 @@ use crate::validate::{check_header_value, check_query_name, check_query_value};
 
 /// Edits applied to the request before it is proxied, in the order
 /// remove, rename, add.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RequestTransformerConfig {
     pub remove: RemoveSpec,
@@ -21,7 +21,7 @@ pub struct RequestTransformerConfig {
     pub add: AddSpec,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RemoveSpec {
     pub headers: Vec<String>,
@@ -29,7 +29,7 @@ pub struct RemoveSpec {
 }
 
 /// Old name -> new name.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RenameSpec {
     pub headers: BTreeMap<String, String>,
@@ -37,7 +37,7 @@ pub struct RenameSpec {
 }
 
 /// Name -> value; an added header replaces any existing value.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AddSpec {
     pub headers: BTreeMap<String, String>,
