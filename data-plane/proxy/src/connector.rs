@@ -22,7 +22,7 @@ use tollgate_plugin_api::RefusalKind;
 use tollgate_shared::model::Protocol;
 
 use crate::body::UpstreamBody;
-use crate::pool::{PooledBody, TargetConnections, TargetTls};
+use crate::pool::{PooledBody, SendFailure, TargetConnections, TargetTls};
 use crate::tls::upstream::UpstreamTlsClient;
 use crate::upstream::ClientCache;
 
@@ -88,6 +88,21 @@ impl Connector {
         match self {
             Connector::Http1(connections) | Connector::Https1(connections) => {
                 connections.send(request).await
+            }
+        }
+    }
+
+    /// Like [`Connector::send`], but a request that was never written (no
+    /// connection could be opened) comes back in the error, for a retry on
+    /// another target.
+    #[inline]
+    pub async fn send_or_return(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendFailure> {
+        match self {
+            Connector::Http1(connections) | Connector::Https1(connections) => {
+                connections.send_or_return(request).await
             }
         }
     }

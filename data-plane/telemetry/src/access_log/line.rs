@@ -51,6 +51,8 @@ pub struct AccessLogRecord<'a> {
     pub alpn: Option<&'static str>,
     pub upstream_addr: Option<&'a str>,
     pub upstream_latency: Option<Duration>,
+    /// Upstream tries (1 + retries); 0 when no target was tried.
+    pub tries: u32,
     pub total_latency: Duration,
     /// Request body bytes received from the client.
     pub bytes_in: u64,
@@ -77,6 +79,7 @@ impl<'a> AccessLogRecord<'a> {
             alpn: None,
             upstream_addr: None,
             upstream_latency: None,
+            tries: 0,
             total_latency: Duration::ZERO,
             bytes_in: 0,
             bytes_out: 0,
@@ -220,6 +223,8 @@ impl<'r, 'a> Line<'r, 'a> {
             Some(latency) => put_millis(line, latency),
             None => line.put(b"null"),
         }
+        line.put(b",\"tries\":");
+        put_u64(line, u64::from(record.tries));
         line.put(b",\"total_latency_ms\":");
         put_millis(line, record.total_latency);
         line.put(b",\"bytes_in\":");
@@ -736,6 +741,7 @@ pub(super) mod tests {
         let line = line_of(&AccessLogRecord::new(received(), &GET));
         assert_eq!(line["time"], "2025-11-26T13:57:54.123Z");
         assert_eq!(line["status"], 0);
+        assert_eq!(line["tries"], 0);
         for field in [
             "request_id",
             "trace_id",
