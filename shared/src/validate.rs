@@ -1033,6 +1033,8 @@ consumers:
                     weight: 1,
                 }],
                 load_balancing: LoadBalancing::RoundRobin,
+                hash_on: None,
+                health_checks: HealthChecks::default(),
             },
             timeouts: Timeouts::default(),
             protocol: Protocol::Http,
@@ -1075,6 +1077,8 @@ consumers:
             https_redirect: false,
             encoded_slashes: None,
             path_parameters: None,
+            retries: None,
+            retry_non_idempotent: false,
         }
     }
 

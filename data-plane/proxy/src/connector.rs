@@ -124,6 +124,8 @@ mod tests {
                 upstream: tollgate_shared::model::Upstream {
                     targets: Vec::new(),
                     load_balancing: Default::default(),
+                    hash_on: None,
+                    health_checks: Default::default(),
                 },
                 timeouts: Default::default(),
                 protocol,

@@ -613,7 +613,7 @@ mod tests {
             max_header_bytes: 100,
             max_headers: 2,
             max_uri_bytes: 20,
-            body_idle_timeout: Duration::from_secs(1),
+            body: BodyLimits::default(),
         };
         let ok = Request::builder()
             .uri("/short")

@@ -597,15 +597,32 @@ mod tests {
         );
         let err = UpstreamPool::build(
             &service(
-                "{name: s, upstream: {targets: [{address: 'a:1'}], load_balancing: least_request}}",
+                "{name: s, upstream: {targets: [{address: 'a:1'}], load_balancing: consistent_hash, hash_on: 'query:x'}}",
             ),
             &clients,
             None,
         )
         .expect_err("must be refused");
-        assert!(
-            err.contains("upstream.load_balancing: \"least_request\" is not supported yet"),
-            "{err}"
+        assert!(err.starts_with("upstream.hash_on: "), "{err}");
+    }
+
+    #[test]
+    fn hash_keys_come_from_headers_cookies_ip_or_path() {
+        let ip: std::net::IpAddr = "10.0.0.1".parse().expect("ip");
+        let map = headers(&[("x-user", "u1"), ("cookie", "a=1; session=\"s9\"; b=2")]);
+        let header = HashOn::parse("header:x-user").expect("parses");
+        assert_eq!(header.hash(&map, ip, "/p"), tollgate_lb::hash_key(b"u1"));
+        let cookie = HashOn::parse("cookie:session").expect("parses");
+        assert_eq!(cookie.hash(&map, ip, "/p"), tollgate_lb::hash_key(b"s9"));
+        let missing = HashOn::parse("cookie:none").expect("parses");
+        assert_eq!(missing.hash(&map, ip, "/p"), tollgate_lb::hash_key(b""));
+        assert_eq!(
+            HashOn::parse("ip").expect("parses").hash(&map, ip, "/p"),
+            tollgate_lb::hash_key(&[10, 0, 0, 1])
+        );
+        assert_eq!(
+            HashOn::parse("path").expect("parses").hash(&map, ip, "/p"),
+            tollgate_lb::hash_key(b"/p")
         );
     }
 }
