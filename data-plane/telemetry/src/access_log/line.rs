@@ -642,6 +642,7 @@ pub(super) mod tests {
         record.status = 201;
         record.upstream_addr = Some("127.0.0.1:9001");
         record.upstream_latency = Some(Duration::from_micros(1500));
+        record.tries = 2;
         record.total_latency = Duration::from_micros(2250);
         record.bytes_in = 10;
         record.bytes_out = 20;
@@ -678,7 +679,8 @@ pub(super) mod tests {
         assert_eq!(line["bytes_out"], 20);
         assert_eq!(line["tls_version"], "TLSv1.3");
         assert_eq!(line["alpn"], "h2");
-        assert_eq!(line.as_object().map(|fields| fields.len()), Some(19));
+        assert_eq!(line["tries"], 2);
+        assert_eq!(line.as_object().map(|fields| fields.len()), Some(20));
     }
 
     #[test]
