@@ -344,7 +344,12 @@ async fn forward_route(
     let mut next = Some(Request::from_parts(parts, body));
     let mut failure = RefusalKind::NoHealthyTarget;
     while let Some(mut request) = next.take() {
-        let Some(index) = pool.pick_for(hash, tried) else {
+        // Another target than those tried when there is one; once every
+        // target has been tried, any of them again.
+        let Some(index) = pool
+            .pick_for(hash, tried)
+            .or_else(|| pool.pick_for(hash, 0))
+        else {
             break;
         };
         let Some(target) = pool.target(index) else {
