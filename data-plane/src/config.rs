@@ -48,6 +48,8 @@ pub struct DpConfig {
     pub body_min_rate_grace: Duration,
     /// Request bodies up to this size are read before connecting upstream.
     pub body_buffer_bytes: usize,
+    /// Longest a response write may make no progress (slow readers).
+    pub send_timeout: Duration,
     /// Deadline for in-flight requests after SIGTERM.
     pub drain_timeout: Duration,
     /// Open client connections beyond which new ones get a 503.
@@ -86,6 +88,7 @@ impl Default for DpConfig {
             body_min_rate: 500,
             body_min_rate_grace: Duration::from_secs(10),
             body_buffer_bytes: 64 * 1024,
+            send_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             access_log: AccessLogTarget::Stdout,

@@ -197,6 +197,7 @@ impl DataPlane {
                     grace: config.body_min_rate_grace,
                     buffer_bytes: config.body_buffer_bytes,
                 },
+                send_timeout: config.send_timeout,
             },
             tls_port: tls_addr.map(|addr| addr.port()),
         });

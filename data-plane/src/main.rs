@@ -99,12 +99,20 @@ struct Args {
     #[arg(long, env = "TOLLGATE_BODY_MIN_RATE", default_value_t = 500)]
     body_min_rate: u64,
     /// Time before --body-min-rate applies, in milliseconds.
-    #[arg(long, env = "TOLLGATE_BODY_MIN_RATE_GRACE_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "TOLLGATE_BODY_MIN_RATE_GRACE_MS",
+        default_value_t = 10_000
+    )]
     body_min_rate_grace_ms: u64,
     /// Request bodies up to this size are read whole before an upstream
     /// connection is taken (and can be retried); larger ones stream.
     #[arg(long, env = "TOLLGATE_BODY_BUFFER_BYTES", default_value_t = 64 * 1024)]
     body_buffer_bytes: usize,
+    /// Longest a response write to a client may make no progress, in
+    /// milliseconds (a client that stops reading is disconnected).
+    #[arg(long, env = "TOLLGATE_SEND_TIMEOUT_MS", default_value_t = 60_000)]
+    send_timeout_ms: u64,
     /// Deadline for in-flight requests after SIGTERM, in seconds.
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT_S", default_value_t = 30)]
     drain_timeout_s: u64,
@@ -216,9 +224,10 @@ fn main() -> ExitCode {
     if args.header_read_timeout_ms == 0
         || args.body_idle_timeout_ms == 0
         || args.body_timeout_ms == 0
+        || args.send_timeout_ms == 0
     {
         tracing::error!(
-            "--header-read-timeout-ms, --body-idle-timeout-ms and --body-timeout-ms must be at least 1"
+            "--header-read-timeout-ms, --body-idle-timeout-ms, --body-timeout-ms and --send-timeout-ms must be at least 1"
         );
         return ExitCode::from(2);
     }
@@ -246,6 +255,7 @@ fn main() -> ExitCode {
         body_min_rate: args.body_min_rate,
         body_min_rate_grace: Duration::from_millis(args.body_min_rate_grace_ms),
         body_buffer_bytes: args.body_buffer_bytes,
+        send_timeout: Duration::from_millis(args.send_timeout_ms),
         drain_timeout: Duration::from_secs(args.drain_timeout_s),
         max_connections: args.max_connections,
         access_log: args.access_log,

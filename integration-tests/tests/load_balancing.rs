@@ -114,7 +114,10 @@ async fn consistent_hash_keeps_keys_and_moves_about_one_nth_on_add() {
     for key in &moved {
         assert_eq!(after[*key], "d", "{key} moved, but not to the new target");
     }
-    eprintln!("consistent_hash: {} of 300 keys moved on adding a 4th target", moved.len());
+    eprintln!(
+        "consistent_hash: {} of 300 keys moved on adding a 4th target",
+        moved.len()
+    );
     // Ideal: 75 of 300 (1/4).
     assert!((30..=120).contains(&moved.len()), "{} moved", moved.len());
 }

@@ -111,7 +111,10 @@ async fn slow_senders_get_408_and_never_reach_the_upstream() {
         let (code, elapsed) = result.expect("every slow sender got an answer");
         assert_eq!(code, 408);
         // At the deadline: not before it, and well before the defaults.
-        assert!(elapsed >= DEADLINE - Duration::from_millis(100), "{elapsed:?}");
+        assert!(
+            elapsed >= DEADLINE - Duration::from_millis(100),
+            "{elapsed:?}"
+        );
         assert!(elapsed < DEADLINE + Duration::from_secs(5), "{elapsed:?}");
     }
     assert!(
@@ -135,4 +138,44 @@ async fn slow_senders_get_408_and_never_reach_the_upstream() {
     assert!(during.len() >= 10, "{}", during.len());
     assert!(median(&during) < Duration::from_millis(500), "{during:?}");
     assert!(worst < Duration::from_secs(2), "{during:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_at_the_send_timeout() {
+    let cp = ControlPlane::start().await;
+    let upstream = Upstream::start("big").await;
+    let revision = cp
+        .apply_revision(&config(json!({
+            "services": [{"name": "big", "upstream": {"targets": [{"address": upstream.address()}]}}],
+            "routes": [{"name": "big", "service": "big"}],
+        })))
+        .await;
+    let args = vec!["--send-timeout-ms".to_string(), "1000".to_string()];
+    let dp = DataPlane::start(cp.port(), "reader-dp", &args);
+    dp.wait_version(revision).await;
+
+    // Ask for 256 MiB and read nothing: socket buffers fill, the gateway's
+    // writes stall, and the send timeout closes the connection.
+    let total: u64 = 256 * 1024 * 1024;
+    let mut stream = TcpStream::connect(dp.addr()).await.expect("connect");
+    let request = format!("GET /bytes?n={total} HTTP/1.1\r\nHost: big.test\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Now read what was buffered: the stream ends (closed by the gateway)
+    // long before 256 MiB.
+    let mut received = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received += n as u64,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read_all)
+        .await
+        .expect("the gateway closed the connection");
+    eprintln!("slow reader: {received} of {total} bytes before the gateway closed");
+    assert!(received < total / 4, "{received}");
 }

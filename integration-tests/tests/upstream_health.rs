@@ -102,7 +102,10 @@ async fn a_killed_target_costs_clients_nothing_and_returns_after_its_probes_pass
     // are retried on another target; no client sees an error.
     drop(c.take());
     let errors = load(&dp, "/retrying", 4, 300).await;
-    assert!(errors.is_empty(), "errors before/while ejecting: {errors:?}");
+    assert!(
+        errors.is_empty(),
+        "errors before/while ejecting: {errors:?}"
+    );
     assert_eq!(
         state(&dp, "passive", &c_address).await.as_deref(),
         Some("ejected")
@@ -137,20 +140,30 @@ async fn a_killed_target_costs_clients_nothing_and_returns_after_its_probes_pass
         .await
         .expect("text");
     assert!(
-        metrics.lines().any(|l| l.starts_with("tollgate_upstream_target_state{")
-            && l.contains("service=\"passive\"")
-            && l.contains(&format!("target=\"{c_address}\""))
-            && l.contains("state=\"ejected\"")
-            && l.ends_with(" 1")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tollgate_upstream_target_state{")
+                && l.contains("service=\"passive\"")
+                && l.contains(&format!("target=\"{c_address}\""))
+                && l.contains("state=\"ejected\"")
+                && l.ends_with(" 1")),
         "{metrics}"
     );
-    assert!(metrics.contains("tollgate_upstream_ejections_total{"), "{metrics}");
+    assert!(
+        metrics.contains("tollgate_upstream_ejections_total{"),
+        "{metrics}"
+    );
     let status_url = dp.status_url("");
     let output = cp.ctl(&["health", "probed", "--data-plane", &status_url]);
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{text} {}", String::from_utf8_lossy(&output.stderr));
     assert!(
-        text.lines().any(|l| l.contains(&c_address) && l.contains("unhealthy")),
+        output.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&c_address) && l.contains("unhealthy")),
         "{text}"
     );
 
@@ -162,9 +175,16 @@ async fn a_killed_target_costs_clients_nothing_and_returns_after_its_probes_pass
     .await;
     let errors = load(&dp, "/probed", 2, 60).await;
     assert!(errors.is_empty(), "{errors:?}");
-    let probed = c.targets().iter().filter(|t| t.starts_with("/probed")).count();
+    let probed = c
+        .targets()
+        .iter()
+        .filter(|t| t.starts_with("/probed"))
+        .count();
     assert!(probed >= 10, "c is back in rotation: {probed} requests");
-    assert!(c.targets().iter().any(|t| t == "/healthz"), "probed with GET /healthz");
+    assert!(
+        c.targets().iter().any(|t| t == "/healthz"),
+        "probed with GET /healthz"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,8 +222,14 @@ async fn a_retry_storm_is_capped_by_the_budget() {
     eprintln!("retry storm: {requests} client requests -> {upstream_requests} upstream requests");
     // Without a budget: 6 tries each, 1,200. With it: 20% more plus a
     // reserve of 10.
-    assert!(upstream_requests <= requests + requests / 5 + 10, "{upstream_requests}");
-    assert!(upstream_requests > requests + 10, "retries happened: {upstream_requests}");
+    assert!(
+        upstream_requests <= requests + requests / 5 + 10,
+        "{upstream_requests}"
+    );
+    assert!(
+        upstream_requests > requests + 10,
+        "retries happened: {upstream_requests}"
+    );
 
     // The first request used the reserve: 6 tries with one X-Request-Id,
     // on all three targets.

@@ -370,7 +370,10 @@ fn check_health(health: &HealthChecks) -> Result<(), String> {
             "passive.base_ejection_ms: must be between 1 and {MAX_TIMEOUT_MS}"
         ));
     }
-    if passive.max_ejection_ms.is_some_and(|max| max < passive.base_ejection_ms()) {
+    if passive
+        .max_ejection_ms
+        .is_some_and(|max| max < passive.base_ejection_ms())
+    {
         return Err("passive.max_ejection_ms: must be at least base_ejection_ms".into());
     }
     if passive.max_ejection_ms > Some(24 * 3_600_000) {

@@ -141,7 +141,10 @@ async fn fetch_status(url: &str) -> Result<serde_json::Value, String> {
         .authority()
         .ok_or_else(|| "no host:port in the URL".to_string())?;
     let port = authority.port_u16().unwrap_or(80);
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect((host, port))
             .await

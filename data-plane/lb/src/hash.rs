@@ -75,7 +75,10 @@ mod tests {
         for i in 0..4_000 {
             counts[(hash_key(format!("k{i}").as_bytes()) >> 62) as usize] += 1;
         }
-        assert!(counts.iter().all(|c| (800..1_200).contains(c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|c| (800..1_200).contains(c)),
+            "{counts:?}"
+        );
         assert!((0..1_000).all(|_| below(3) < 3));
     }
 }

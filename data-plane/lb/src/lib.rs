@@ -167,7 +167,11 @@ mod tests {
     fn the_control_planes_list_is_exactly_what_builds() {
         use tollgate_shared::model::LoadBalancing;
         for (name, value) in LoadBalancing::ALL {
-            assert_eq!(build(name, &["a:1"], &[1]).is_ok(), value.is_served(), "{name}");
+            assert_eq!(
+                build(name, &["a:1"], &[1]).is_ok(),
+                value.is_served(),
+                "{name}"
+            );
             assert_eq!(ALGORITHMS.contains(&name), value.is_served(), "{name}");
         }
     }

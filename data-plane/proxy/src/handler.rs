@@ -19,7 +19,7 @@
 //!    the response and log phases.
 
 use std::borrow::Cow;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
 use http::uri::PathAndQuery;
@@ -53,6 +53,8 @@ pub struct RequestLimits {
     pub max_uri_bytes: usize,
     /// Request body timeouts, minimum rate and read-ahead.
     pub body: BodyLimits,
+    /// Longest a write to the client may make no progress (slow readers).
+    pub send_timeout: Duration,
 }
 
 impl Default for RequestLimits {
@@ -62,6 +64,7 @@ impl Default for RequestLimits {
             max_headers: 100,
             max_uri_bytes: 8 * 1024,
             body: BodyLimits::default(),
+            send_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -619,6 +622,7 @@ mod tests {
             max_headers: 2,
             max_uri_bytes: 20,
             body: BodyLimits::default(),
+            send_timeout: Duration::from_secs(60),
         };
         let ok = Request::builder()
             .uri("/short")

@@ -42,6 +42,7 @@ pub mod pool;
 pub mod probe;
 pub mod respond;
 pub mod router;
+pub mod send_timeout;
 pub mod server;
 pub mod shutdown;
 pub mod snapshot;

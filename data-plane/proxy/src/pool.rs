@@ -360,10 +360,7 @@ impl TargetConnections {
             Err(err) => {
                 let kind = classify(&err);
                 tracing::debug!(upstream = %self.address, error = %DisplayChain(&err), ?kind, "upstream request failed");
-                Err(SendFailure {
-                    kind,
-                    unsent: None,
-                })
+                Err(SendFailure { kind, unsent: None })
             }
         }
     }

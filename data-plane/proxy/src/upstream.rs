@@ -171,7 +171,9 @@ impl HashOn {
                 .map(HashOn::Header)
                 .map_err(|_| format!("{key:?}: not a header name")),
             Some(("cookie", name)) if !name.is_empty() => Ok(HashOn::Cookie(name.to_owned())),
-            _ => Err(format!("{key:?} is not header:NAME, cookie:NAME, ip or path")),
+            _ => Err(format!(
+                "{key:?} is not header:NAME, cookie:NAME, ip or path"
+            )),
         }
     }
 
@@ -181,9 +183,9 @@ impl HashOn {
             HashOn::Header(name) => {
                 tollgate_lb::hash_key(headers.get(name).map_or(&b""[..], HeaderValue::as_bytes))
             }
-            HashOn::Cookie(name) => tollgate_lb::hash_key(
-                cookie_value(headers, name).map_or(&b""[..], str::as_bytes),
-            ),
+            HashOn::Cookie(name) => {
+                tollgate_lb::hash_key(cookie_value(headers, name).map_or(&b""[..], str::as_bytes))
+            }
             HashOn::Ip => match client_ip {
                 std::net::IpAddr::V4(v4) => tollgate_lb::hash_key(&v4.octets()),
                 std::net::IpAddr::V6(v6) => tollgate_lb::hash_key(&v6.octets()),
@@ -273,7 +275,12 @@ impl UpstreamPool {
                     host: host.clone().unwrap_or_else(|| t.host.clone()),
                 })
                 .collect();
-            crate::probe::spawn(Arc::from(service.name.as_str()), active.clone(), probes, &health);
+            crate::probe::spawn(
+                Arc::from(service.name.as_str()),
+                active.clone(),
+                probes,
+                &health,
+            );
         }
         Ok(UpstreamPool {
             key: PoolKey::of(service, tls.map(|t| &**t)),
