@@ -1258,6 +1258,93 @@ consumers:
     }
 
     #[test]
+    fn balancing_health_and_retry_fields_are_checked_naming_the_field() {
+        let with = |yaml: &str| {
+            let config = GatewayConfig::from_yaml(yaml).expect("yaml");
+            validate(&config).map_err(|e| e.to_string())
+        };
+        let svc = |upstream: &str| {
+            format!(
+                "services:\n  - name: s\n    upstream: {{ targets: [{{address: 'a:1'}}, {{address: 'b:1'}}], {upstream} }}\n"
+            )
+        };
+        for ok in [
+            "load_balancing: least_request",
+            "load_balancing: consistent_hash, hash_on: 'header:x-user'",
+            "load_balancing: consistent_hash, hash_on: 'cookie:session'",
+            "load_balancing: consistent_hash, hash_on: ip",
+            "load_balancing: consistent_hash, hash_on: path",
+            "health_checks: { passive: { consecutive_failures: 0 } }",
+            "health_checks: { active: { path: /healthz, interval_ms: 100, timeout_ms: 100, expected_statuses: [200, 204] } }",
+        ] {
+            assert_eq!(with(&svc(ok)), Ok(()), "{ok}");
+        }
+        for (bad, expected) in [
+            (
+                "load_balancing: consistent_hash",
+                "service \"s\": upstream.hash_on: required with consistent_hash",
+            ),
+            (
+                "hash_on: ip",
+                "upstream.hash_on: only with load_balancing: consistent_hash",
+            ),
+            (
+                "load_balancing: consistent_hash, hash_on: 'query:q'",
+                "upstream.hash_on: \"query:q\" is not one of",
+            ),
+            (
+                "load_balancing: consistent_hash, hash_on: 'header:a b'",
+                "upstream.hash_on: header",
+            ),
+            (
+                "load_balancing: consistent_hash, hash_on: 'cookie:a;b'",
+                "upstream.hash_on: \"cookie:a;b\" is not a valid cookie name",
+            ),
+            (
+                "health_checks: { passive: { max_ejected_percent: 101 } }",
+                "upstream.health_checks.passive.max_ejected_percent",
+            ),
+            (
+                "health_checks: { passive: { base_ejection_ms: 0 } }",
+                "upstream.health_checks.passive.base_ejection_ms",
+            ),
+            (
+                "health_checks: { passive: { base_ejection_ms: 5000, max_ejection_ms: 1000 } }",
+                "upstream.health_checks.passive.max_ejection_ms",
+            ),
+            (
+                "health_checks: { active: { path: healthz } }",
+                "upstream.health_checks.active.path",
+            ),
+            (
+                "health_checks: { active: { path: /h, interval_ms: 50 } }",
+                "upstream.health_checks.active.interval_ms",
+            ),
+            (
+                "health_checks: { active: { path: /h, interval_ms: 1000, timeout_ms: 2000 } }",
+                "upstream.health_checks.active.timeout_ms",
+            ),
+            (
+                "health_checks: { active: { path: /h, healthy_threshold: 0 } }",
+                "upstream.health_checks.active.healthy_threshold",
+            ),
+            (
+                "health_checks: { active: { path: /h, expected_statuses: [700] } }",
+                "upstream.health_checks.active.expected_statuses[0]",
+            ),
+        ] {
+            let err = with(&svc(bad)).expect_err(bad);
+            assert!(err.contains(expected), "{bad}: {err}");
+        }
+        let route = "services:\n  - name: s\n    upstream: { targets: [{address: 'a:1'}] }\nroutes:\n  - { name: r, service: s, retries: 6 }\n";
+        let err = with(route).expect_err("retries");
+        assert!(
+            err.contains("route \"r\": retries: must be at most 5"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn route_fields_at_the_boundary() {
         let host = dns_name;
         size_boundary(l::MAX_HOST_LEN, "hosts[0]: at most", |n| {
