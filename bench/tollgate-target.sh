@@ -25,7 +25,8 @@
 # bench/nginx-tls-target.sh serves too (bench/targets-tls.txt).
 # rr3, least-request and consistent-hash balance over three targets: the
 # upstream's port on 127.0.0.1, 127.0.0.2 and 127.0.0.3 (bench/callgrind.sh's
-# nginx listens on all three); consistent-hash hashes the path.
+# nginx listens on all three); consistent-hash hashes the path. no-retries is
+# plain with `retries: 0` on the route (what keeping a copy for a retry costs).
 #
 # Example (from the repo root):
 #   TARGET_NAME=tollgate TARGET_URL=http://127.0.0.1:18090/ \
@@ -54,7 +55,7 @@ stop() {
 trap stop TERM INT
 
 case "$VARIANT" in
-  plain|bare|accesslog|tracing|tls|rr3|least-request|consistent-hash) PLUGINS="[]" ;;
+  plain|bare|accesslog|tracing|tls|rr3|least-request|consistent-hash|no-retries) PLUGINS="[]" ;;
   transformer) PLUGINS='[{ name: request-transformer, config: { add: { headers: { x-bench: "1" } } } }]' ;;
   keyauth) PLUGINS='[{ name: key-auth }]' ;;
   jwt) PLUGINS='[{ name: jwt, config: { header: apikey, algorithms: [RS256] } }]' ;;
@@ -82,6 +83,9 @@ routes:
     paths: ["/"]
     plugins: $PLUGINS
 YAML
+if [ "$VARIANT" = no-retries ]; then
+  echo "    retries: 0" >>"$WORK/gateway.yaml"
+fi
 
 if [ "$VARIANT" = tls ]; then
   TLS_DIR="$("$ROOT/bench/tls-cert.sh")"

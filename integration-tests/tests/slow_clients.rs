@@ -50,8 +50,9 @@ async fn slow_sender(addr: SocketAddr) -> Option<(u16, Duration)> {
     Some((code, started.elapsed()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_senders_get_408_and_never_reach_the_upstream() {
+/// A control plane, an upstream and a data plane run with `args`, one
+/// route to the upstream.
+async fn gateway(args: &[&str]) -> (ControlPlane, Upstream, DataPlane) {
     let cp = ControlPlane::start().await;
     let upstream = Upstream::start("app").await;
     let revision = cp
@@ -60,19 +61,18 @@ async fn slow_senders_get_408_and_never_reach_the_upstream() {
             "routes": [{"name": "app", "service": "app"}],
         })))
         .await;
-    // A 3 s body deadline keeps the test short; 2 MiB of read-ahead holds
-    // the whole 1 MiB body before any upstream connection is taken.
-    let args: Vec<String> = [
-        "--body-timeout-ms",
-        "3000",
-        "--body-buffer-bytes",
-        "2097152",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let dp = DataPlane::start(cp.port(), "slow-dp", &args);
     dp.wait_version(revision).await;
+    (cp, upstream, dp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_senders_get_408_and_never_reach_the_upstream() {
+    // A 3 s body deadline keeps the test short; 2 MiB of read-ahead holds
+    // the whole 1 MiB body before any upstream connection is taken.
+    let (_cp, upstream, dp) =
+        gateway(&["--body-timeout-ms", "3000", "--body-buffer-bytes", "2097152"]).await;
 
     // Baseline latency of a legitimate request.
     let mut baseline = Vec::new();
@@ -142,17 +142,7 @@ async fn slow_senders_get_408_and_never_reach_the_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_disconnected_at_the_send_timeout() {
-    let cp = ControlPlane::start().await;
-    let upstream = Upstream::start("big").await;
-    let revision = cp
-        .apply_revision(&config(json!({
-            "services": [{"name": "big", "upstream": {"targets": [{"address": upstream.address()}]}}],
-            "routes": [{"name": "big", "service": "big"}],
-        })))
-        .await;
-    let args = vec!["--send-timeout-ms".to_string(), "1000".to_string()];
-    let dp = DataPlane::start(cp.port(), "reader-dp", &args);
-    dp.wait_version(revision).await;
+    let (_cp, _upstream, dp) = gateway(&["--send-timeout-ms", "1000"]).await;
 
     // Ask for 256 MiB and read nothing: socket buffers fill, the gateway's
     // writes stall, and the send timeout closes the connection.

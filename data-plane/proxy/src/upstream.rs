@@ -291,14 +291,6 @@ impl UpstreamPool {
         })
     }
 
-    /// The target the service's balancer picks; `None` when every weight is 0.
-    #[inline]
-    pub fn pick(&self) -> Option<&UpstreamTarget> {
-        self.balancer
-            .pick(&PickContext::any())
-            .and_then(|i| self.targets.get(i))
-    }
-
     /// The target for a try of a request: one the balancer picks among the
     /// healthy targets not yet `tried` (a bit per target index below 64).
     /// When health rules out every untried target, the balancer picks among
@@ -357,9 +349,10 @@ impl UpstreamPool {
         self.targets.get(index)
     }
 
-    /// Sends one try to target `index`, counted in flight for the balancer
-    /// while it waits for the response head; a request never written comes
-    /// back in the error.
+    /// Sends one try (origin-form URI, `Host` set) to target `index` and
+    /// waits for the response head, at most `timeout` (connecting
+    /// included), counted in flight for the balancer meanwhile; a request
+    /// never written comes back in the error.
     pub async fn send_try(
         &self,
         index: usize,
@@ -397,30 +390,6 @@ impl UpstreamPool {
                 kind: RefusalKind::UpstreamMalformed,
                 unsent: None,
             });
-        }
-        Ok(response)
-    }
-
-    /// Sends the request (origin-form URI, `Host` set) to `target` and
-    /// waits for the response head, at most `timeout` (connecting included).
-    pub async fn send(
-        &self,
-        target: &UpstreamTarget,
-        request: Request<UpstreamBody>,
-        timeout: Duration,
-    ) -> Result<Response<PooledBody>, RefusalKind> {
-        let mut response = match tokio::time::timeout(timeout, target.connector.send(request)).await
-        {
-            Err(_elapsed) => return Err(RefusalKind::UpstreamTimeout),
-            Ok(result) => result?,
-        };
-        if has_ambiguous_framing(response.headers()) {
-            response.body_mut().discard_connection();
-            tracing::warn!(
-                upstream = %target.address,
-                "upstream response with ambiguous framing rejected; connection closed"
-            );
-            return Err(RefusalKind::UpstreamMalformed);
         }
         Ok(response)
     }
