@@ -32,7 +32,7 @@ chmod +x "$T/bin/tollgate-dp"
 cat > "$T/ng/up.conf" <<C
 worker_processes 1; pid $T/ng/up.pid; error_log $T/ng/err.log warn; events { worker_connections 1024; }
 http { access_log off; keepalive_requests 1000000; client_body_temp_path $T/ng/b; proxy_temp_path $T/ng/p; fastcgi_temp_path $T/ng/f; uwsgi_temp_path $T/ng/u; scgi_temp_path $T/ng/s;
-server { listen 127.0.0.1:28080; location / { default_type text/plain; return 200 "hello\n"; } } }
+server { listen 127.0.0.1:28080; listen 127.0.0.2:28080; listen 127.0.0.3:28080; location / { default_type text/plain; return 200 "hello\n"; } } }
 C
 nginx -p "$T/ng" -c "$T/ng/up.conf" -g 'daemon off;' >/dev/null 2>&1 & NG=$!
 UPSTREAM_ADDR=127.0.0.1:28080 TOLLGATE_BIN_DIR="$T/bin" "$ROOT/bench/tollgate-target.sh" 28090 "$VARIANT" >"$T/target.log" 2>&1 & TG=$!

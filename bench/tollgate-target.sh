@@ -23,6 +23,10 @@
 # tls serves HTTPS on PORT (`--tls-listen`; plaintext moves to PORT+5000) with
 # the certificate of bench/tls-cert.sh as the default certificate, the one
 # bench/nginx-tls-target.sh serves too (bench/targets-tls.txt).
+# rr3, least-request and consistent-hash balance over three targets: the
+# upstream's port on 127.0.0.1, 127.0.0.2 and 127.0.0.3 (bench/callgrind.sh's
+# nginx listens on all three); consistent-hash hashes the path. no-retries is
+# plain with `retries: 0` on the route (what keeping a copy for a retry costs).
 #
 # Example (from the repo root):
 #   TARGET_NAME=tollgate TARGET_URL=http://127.0.0.1:18090/ \
@@ -51,7 +55,7 @@ stop() {
 trap stop TERM INT
 
 case "$VARIANT" in
-  plain|bare|accesslog|tracing|tls) PLUGINS="[]" ;;
+  plain|bare|accesslog|tracing|tls|rr3|least-request|consistent-hash|no-retries) PLUGINS="[]" ;;
   transformer) PLUGINS='[{ name: request-transformer, config: { add: { headers: { x-bench: "1" } } } }]' ;;
   keyauth) PLUGINS='[{ name: key-auth }]' ;;
   jwt) PLUGINS='[{ name: jwt, config: { header: apikey, algorithms: [RS256] } }]' ;;
@@ -60,16 +64,28 @@ case "$VARIANT" in
   *) echo "unknown variant $VARIANT" >&2; exit 2 ;;
 esac
 
+UPSTREAM_PORT="${UPSTREAM_ADDR##*:}"
+THREE="[{ address: \"127.0.0.1:$UPSTREAM_PORT\" }, { address: \"127.0.0.2:$UPSTREAM_PORT\" }, { address: \"127.0.0.3:$UPSTREAM_PORT\" }]"
+case "$VARIANT" in
+  rr3) UPSTREAM="{ targets: $THREE }" ;;
+  least-request) UPSTREAM="{ targets: $THREE, load_balancing: least_request }" ;;
+  consistent-hash) UPSTREAM="{ targets: $THREE, load_balancing: consistent_hash, hash_on: path }" ;;
+  *) UPSTREAM="{ targets: [{ address: \"$UPSTREAM_ADDR\" }] }" ;;
+esac
+
 cat >"$WORK/gateway.yaml" <<YAML
 services:
   - name: bench
-    upstream: { targets: [{ address: "$UPSTREAM_ADDR" }] }
+    upstream: $UPSTREAM
 routes:
   - name: all
     service: bench
     paths: ["/"]
     plugins: $PLUGINS
 YAML
+if [ "$VARIANT" = no-retries ]; then
+  echo "    retries: 0" >>"$WORK/gateway.yaml"
+fi
 
 if [ "$VARIANT" = tls ]; then
   TLS_DIR="$("$ROOT/bench/tls-cert.sh")"

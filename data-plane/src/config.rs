@@ -41,6 +41,15 @@ pub struct DpConfig {
     pub header_read_timeout: Duration,
     /// Longest pause allowed while a request body streams in (408).
     pub body_idle_timeout: Duration,
+    /// The most a whole request body may take (408).
+    pub body_timeout: Duration,
+    /// Minimum request body rate in bytes/s after `body_min_rate_grace` (0: none).
+    pub body_min_rate: u64,
+    pub body_min_rate_grace: Duration,
+    /// Request bodies up to this size are read before connecting upstream.
+    pub body_buffer_bytes: usize,
+    /// Longest a response write may make no progress (slow readers).
+    pub send_timeout: Duration,
     /// Deadline for in-flight requests after SIGTERM.
     pub drain_timeout: Duration,
     /// Open client connections beyond which new ones get a 503.
@@ -75,6 +84,11 @@ impl Default for DpConfig {
             max_uri_bytes: 8 * 1024,
             header_read_timeout: Duration::from_secs(10),
             body_idle_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+            body_min_rate: 500,
+            body_min_rate_grace: Duration::from_secs(10),
+            body_buffer_bytes: 64 * 1024,
+            send_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             access_log: AccessLogTarget::Stdout,

@@ -43,6 +43,7 @@ use tokio::sync::watch;
 pub use config::DpConfig;
 pub use tollgate_proxy::DpError;
 
+use tollgate_proxy::body::BodyLimits;
 use tollgate_proxy::handler::{ProxyState, RequestLimits};
 use tollgate_proxy::server::ServerSettings;
 use tollgate_proxy::snapshot::subscribe::{ConnectionState, Subscriber};
@@ -189,7 +190,14 @@ impl DataPlane {
                 max_header_bytes: config.max_header_bytes,
                 max_headers: config.max_headers,
                 max_uri_bytes: config.max_uri_bytes,
-                body_idle_timeout: config.body_idle_timeout,
+                body: BodyLimits {
+                    idle_timeout: config.body_idle_timeout,
+                    total_timeout: config.body_timeout,
+                    min_rate: config.body_min_rate,
+                    grace: config.body_min_rate_grace,
+                    buffer_bytes: config.body_buffer_bytes,
+                },
+                send_timeout: config.send_timeout,
             },
             tls_port: tls_addr.map(|addr| addr.port()),
         });

@@ -90,6 +90,29 @@ struct Args {
     /// Longest pause while a request body streams in, in milliseconds (408).
     #[arg(long, env = "TOLLGATE_BODY_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
     body_idle_timeout_ms: u64,
+    /// The most a whole request body may take, in milliseconds (408
+    /// `request_body_timeout`).
+    #[arg(long, env = "TOLLGATE_BODY_TIMEOUT_MS", default_value_t = 60_000)]
+    body_timeout_ms: u64,
+    /// Minimum average request body rate in bytes per second once
+    /// --body-min-rate-grace-ms has passed (0: none; 408 below it).
+    #[arg(long, env = "TOLLGATE_BODY_MIN_RATE", default_value_t = 500)]
+    body_min_rate: u64,
+    /// Time before --body-min-rate applies, in milliseconds.
+    #[arg(
+        long,
+        env = "TOLLGATE_BODY_MIN_RATE_GRACE_MS",
+        default_value_t = 10_000
+    )]
+    body_min_rate_grace_ms: u64,
+    /// Request bodies up to this size are read whole before an upstream
+    /// connection is taken (and can be retried); larger ones stream.
+    #[arg(long, env = "TOLLGATE_BODY_BUFFER_BYTES", default_value_t = 64 * 1024)]
+    body_buffer_bytes: usize,
+    /// Longest a response write to a client may make no progress, in
+    /// milliseconds (a client that stops reading is disconnected).
+    #[arg(long, env = "TOLLGATE_SEND_TIMEOUT_MS", default_value_t = 60_000)]
+    send_timeout_ms: u64,
     /// Deadline for in-flight requests after SIGTERM, in seconds.
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT_S", default_value_t = 30)]
     drain_timeout_s: u64,
@@ -198,8 +221,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.header_read_timeout_ms == 0 || args.body_idle_timeout_ms == 0 {
-        tracing::error!("--header-read-timeout-ms and --body-idle-timeout-ms must be at least 1");
+    if args.header_read_timeout_ms == 0
+        || args.body_idle_timeout_ms == 0
+        || args.body_timeout_ms == 0
+        || args.send_timeout_ms == 0
+    {
+        tracing::error!(
+            "--header-read-timeout-ms, --body-idle-timeout-ms, --body-timeout-ms and --send-timeout-ms must be at least 1"
+        );
+        return ExitCode::from(2);
+    }
+    if args.body_buffer_bytes > 16 * 1024 * 1024 {
+        tracing::error!("--body-buffer-bytes must be at most 16 MiB");
         return ExitCode::from(2);
     }
     let config = DpConfig {
@@ -218,6 +251,11 @@ fn main() -> ExitCode {
         max_uri_bytes: args.max_uri_bytes,
         header_read_timeout: Duration::from_millis(args.header_read_timeout_ms),
         body_idle_timeout: Duration::from_millis(args.body_idle_timeout_ms),
+        body_timeout: Duration::from_millis(args.body_timeout_ms),
+        body_min_rate: args.body_min_rate,
+        body_min_rate_grace: Duration::from_millis(args.body_min_rate_grace_ms),
+        body_buffer_bytes: args.body_buffer_bytes,
+        send_timeout: Duration::from_millis(args.send_timeout_ms),
         drain_timeout: Duration::from_secs(args.drain_timeout_s),
         max_connections: args.max_connections,
         access_log: args.access_log,

@@ -21,6 +21,12 @@
 //! - `.../sink`: reads the request body frame by frame, counting bytes without
 //!   keeping them, and answers `{"name", "received": N}`.
 //!
+//! Every request is also delayed by [`Upstream::set_delay`] (0 by default),
+//! for a target that is slower than its peers, and its `X-Request-Id` is
+//! noted ([`Upstream::request_ids`]). [`Upstream::start_on`] binds a given
+//! port, so a test can stop a target (drop it: its listener and open
+//! connections close) and bring it back on the same address.
+//!
 //! [`RawUpstream`] covers upstreams that misbehave below HTTP: one answering
 //! with both `Content-Length` and `Transfer-Encoding` (a response a gateway must
 //! never forward), and one that closes every connection at once.
@@ -63,6 +69,12 @@ struct Stats {
     requests: AtomicU64,
     connections: AtomicU64,
     sink_bytes: AtomicU64,
+    /// Added to every request's answer time, in milliseconds.
+    delay_ms: AtomicU64,
+    /// `X-Request-Id` of the requests received (the first 10,000).
+    request_ids: std::sync::Mutex<Vec<String>>,
+    /// The connection tasks, aborted when the upstream is dropped.
+    tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 /// A named HTTP echo server on 127.0.0.1 (HTTP/1.1 and h2c).
@@ -76,7 +88,12 @@ pub struct Upstream {
 impl Upstream {
     /// Binds a free port on 127.0.0.1 and starts serving.
     pub async fn start(name: &str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on(name, 0).await
+    }
+
+    /// Like [`Upstream::start`], on 127.0.0.1:`port` (0: any free port).
+    pub async fn start_on(name: &str, port: u16) -> Upstream {
+        let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind upstream on 127.0.0.1");
         let addr = listener.local_addr().expect("upstream local addr");
@@ -123,6 +140,22 @@ impl Upstream {
             .unwrap_or_default()
     }
 
+    /// Delays every answer by `delay` from now on.
+    pub fn set_delay(&self, delay: Duration) {
+        self.stats
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// The `X-Request-Id` of each request received so far, in order.
+    pub fn request_ids(&self) -> Vec<String> {
+        self.stats
+            .request_ids
+            .lock()
+            .map(|ids| ids.clone())
+            .unwrap_or_default()
+    }
+
     /// Request-body bytes received by `/sink` so far (all requests together).
     pub fn sink_bytes(&self) -> u64 {
         self.stats.sink_bytes.load(Ordering::SeqCst)
@@ -132,6 +165,11 @@ impl Upstream {
 impl Drop for Upstream {
     fn drop(&mut self) {
         self.accept.abort();
+        if let Ok(tasks) = self.stats.tasks.lock() {
+            for task in tasks.iter() {
+                task.abort();
+            }
+        }
     }
 }
 
@@ -146,8 +184,9 @@ async fn accept_loop(listener: TcpListener, name: Arc<str>, stats: Arc<Stats>) {
         };
         stats.connections.fetch_add(1, Ordering::SeqCst);
         let name = name.clone();
-        let stats = stats.clone();
-        tokio::spawn(async move {
+        let task_stats = stats.clone();
+        let task = tokio::spawn(async move {
+            let stats = task_stats;
             let service = service_fn(move |req| handle(name.clone(), stats.clone(), req));
             // Generous limits, so a test upstream never rejects what the
             // gateway under test accepted and forwarded.
@@ -157,6 +196,10 @@ async fn accept_loop(listener: TcpListener, name: Arc<str>, stats: Arc<Stats>) {
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+        if let Ok(mut tasks) = stats.tasks.lock() {
+            tasks.retain(|task| !task.is_finished());
+            tasks.push(task.abort_handle());
+        }
     }
 }
 
@@ -171,6 +214,20 @@ async fn handle(
             let target = req.uri().path_and_query().map_or("", |pq| pq.as_str());
             targets.push(target.to_string());
         }
+    }
+    if let Ok(mut ids) = stats.request_ids.lock() {
+        if ids.len() < 10_000 {
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            ids.push(id.to_string());
+        }
+    }
+    let delay = stats.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();

@@ -1252,7 +1252,8 @@ async fn errors_are_distinct_json_with_the_right_status() {
             {"name": "ok", "service": "ok", "paths": ["/ok"]},
             {"name": "slow", "service": "slow", "paths": ["/timeout"]},
             {"name": "refused", "service": "refused", "paths": ["/refused"]},
-            {"name": "malformed", "service": "malformed", "paths": ["/malformed"]},
+            // No retry: one connection per request, to count reuse.
+            {"name": "malformed", "service": "malformed", "paths": ["/malformed"], "retries": 0},
             {"name": "closing", "service": "closing", "paths": ["/closing"]},
             {"name": "drained", "service": "drained", "paths": ["/drained"]},
             {"name": "small", "service": "ok", "paths": ["/small"], "max_body_bytes": 1000},

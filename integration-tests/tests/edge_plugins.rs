@@ -170,9 +170,9 @@ async fn unsupported_values_are_refused_by_the_control_plane_naming_the_field() 
     let dir = tempfile::tempdir().expect("tempdir");
     for (field, yaml, expected) in [
         (
-            "load_balancing",
-            "services:\n  - name: orders\n    upstream:\n      targets: [{address: \"127.0.0.1:9\"}]\n      load_balancing: least_request\n",
-            "service \"orders\": upstream.load_balancing: \"least_request\" is not supported yet",
+            "hash_on",
+            "services:\n  - name: orders\n    upstream:\n      targets: [{address: \"127.0.0.1:9\"}]\n      load_balancing: consistent_hash\n",
+            "service \"orders\": upstream.hash_on: required with consistent_hash",
         ),
         (
             "protocol",

@@ -85,6 +85,125 @@ pub struct Upstream {
     pub targets: Vec<Target>,
     #[serde(default, skip_serializing_if = "is_default")]
     pub load_balancing: LoadBalancing,
+    /// The key `consistent_hash` hashes: `header:NAME`, `cookie:NAME`, `ip`
+    /// (the client IP) or `path`. Required with `consistent_hash`, refused
+    /// with the other algorithms. A request without the key (no such header
+    /// or cookie) goes to the target the empty key maps to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<String>,
+    /// Passive ejection (on by default) and active probes (off by default).
+    #[serde(default, skip_serializing_if = "HealthChecks::is_default")]
+    pub health_checks: HealthChecks,
+}
+
+/// How a data plane decides that a target can take requests.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthChecks {
+    #[serde(default, skip_serializing_if = "PassiveHealth::is_default")]
+    pub passive: PassiveHealth,
+    /// Active HTTP probes, run by each data plane once per target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<ActiveHealth>,
+}
+
+impl HealthChecks {
+    pub fn is_default(&self) -> bool {
+        *self == HealthChecks::default()
+    }
+}
+
+/// Passive health (outlier ejection): a target whose requests fail
+/// `consecutive_failures` times in a row (connect failure, reset, timeout or a
+/// 5xx answer) is taken out of rotation for `base_ejection_ms` times the
+/// number of times it was ejected (capped at `max_ejection_ms`). At most
+/// `max_ejected_percent` of the service's targets are out at once (at least
+/// one when the service has two or more, never all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealth {
+    /// Default 5; 0 turns passive ejection off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// Default 30,000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_ms: Option<u64>,
+    /// Default 300,000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejection_ms: Option<u64>,
+    /// Default 50.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejected_percent: Option<u32>,
+}
+
+pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
+pub const DEFAULT_BASE_EJECTION_MS: u64 = 30_000;
+pub const DEFAULT_MAX_EJECTION_MS: u64 = 300_000;
+pub const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
+
+impl PassiveHealth {
+    pub fn is_default(&self) -> bool {
+        *self == PassiveHealth::default()
+    }
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures
+            .unwrap_or(DEFAULT_CONSECUTIVE_FAILURES)
+    }
+    pub fn base_ejection_ms(&self) -> u64 {
+        self.base_ejection_ms.unwrap_or(DEFAULT_BASE_EJECTION_MS)
+    }
+    pub fn max_ejection_ms(&self) -> u64 {
+        self.max_ejection_ms.unwrap_or(DEFAULT_MAX_EJECTION_MS)
+    }
+    pub fn max_ejected_percent(&self) -> u32 {
+        self.max_ejected_percent
+            .unwrap_or(DEFAULT_MAX_EJECTED_PERCENT)
+    }
+}
+
+/// An HTTP probe: `GET path` on a new connection to each target every
+/// `interval_ms`, answered within `timeout_ms` with one of
+/// `expected_statuses` (default: any 2xx or 3xx). `unhealthy_threshold`
+/// failures in a row take the target out of rotation; `healthy_threshold`
+/// successes in a row bring it back (and end a passive ejection).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveHealth {
+    pub path: String,
+    #[serde(default = "default_probe_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "default_probe_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expected_statuses: Vec<u16>,
+}
+
+fn default_probe_interval_ms() -> u64 {
+    5_000
+}
+fn default_probe_timeout_ms() -> u64 {
+    1_000
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+
+impl ActiveHealth {
+    /// Whether a probe answer with this status counts as healthy.
+    pub fn expects(&self, status: u16) -> bool {
+        if self.expected_statuses.is_empty() {
+            (200..400).contains(&status)
+        } else {
+            self.expected_statuses.contains(&status)
+        }
+    }
 }
 
 /// One upstream instance.
@@ -132,7 +251,10 @@ impl LoadBalancing {
     /// refuses the others at write time. `tollgate-lb`'s tests check that it
     /// builds exactly these.
     pub const fn is_served(self) -> bool {
-        matches!(self, LoadBalancing::RoundRobin)
+        matches!(
+            self,
+            LoadBalancing::RoundRobin | LoadBalancing::LeastRequest | LoadBalancing::ConsistentHash
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -247,7 +369,19 @@ pub struct Route {
     /// `;params` in path segments: overrides the data plane's `--path-parameters`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_parameters: Option<PathParameters>,
+    /// Further tries after a failed one (default 1, at most 5). A connect
+    /// failure is always retried on another target; a 502/503/504 or a reset
+    /// only for idempotent methods (or with `retry_non_idempotent`) and a
+    /// body that was buffered whole. Bounded per service by a retry budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Retry POST/PATCH too after a 502/503/504 or a reset.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub retry_non_idempotent: bool,
 }
+
+pub const DEFAULT_RETRIES: u32 = 1;
+pub const MAX_RETRIES: u32 = 5;
 
 /// What the gateway does with an encoded slash (`%2F`) in a request path,
 /// before routing, so that the route matched, the auth applied and the path

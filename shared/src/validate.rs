@@ -323,7 +323,105 @@ fn validate_service(service: &Service) -> Result<(), String> {
     if let Some(host) = &service.host_header {
         check_host(host, false).map_err(|m| format!("host_header: {m}"))?;
     }
+    match (&service.upstream.hash_on, balancing) {
+        (None, LoadBalancing::ConsistentHash) => {
+            return Err(
+                "upstream.hash_on: required with consistent_hash (header:NAME, cookie:NAME, ip or path)"
+                    .into(),
+            )
+        }
+        (Some(_), other) if other != LoadBalancing::ConsistentHash => {
+            return Err("upstream.hash_on: only with load_balancing: consistent_hash".into())
+        }
+        (Some(key), _) => check_hash_on(key).map_err(|m| format!("upstream.hash_on: {m}"))?,
+        (None, _) => {}
+    }
+    check_health(&service.upstream.health_checks)
+        .map_err(|m| format!("upstream.health_checks.{m}"))?;
     validate_plugins(&service.plugins)
+}
+
+/// `header:NAME`, `cookie:NAME`, `ip` or `path`.
+pub fn check_hash_on(key: &str) -> Result<(), String> {
+    match key.split_once(':') {
+        None if key == "ip" || key == "path" => Ok(()),
+        Some(("header", name)) => check_header_name("header", name),
+        Some(("cookie", name))
+            if !name.is_empty()
+                && name.len() <= limits::MAX_HEADER_NAME_LEN
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b)) =>
+        {
+            Ok(())
+        }
+        Some(("cookie", _)) => Err(format!("{} is not a valid cookie name", show(key))),
+        _ => Err(format!(
+            "{} is not one of header:NAME, cookie:NAME, ip, path",
+            show(key)
+        )),
+    }
+}
+
+fn check_health(health: &HealthChecks) -> Result<(), String> {
+    let passive = &health.passive;
+    if passive.base_ejection_ms == Some(0) || passive.base_ejection_ms > Some(MAX_TIMEOUT_MS) {
+        return Err(format!(
+            "passive.base_ejection_ms: must be between 1 and {MAX_TIMEOUT_MS}"
+        ));
+    }
+    if passive
+        .max_ejection_ms
+        .is_some_and(|max| max < passive.base_ejection_ms())
+    {
+        return Err("passive.max_ejection_ms: must be at least base_ejection_ms".into());
+    }
+    if passive.max_ejection_ms > Some(24 * 3_600_000) {
+        return Err("passive.max_ejection_ms: must be at most 86400000 (a day)".into());
+    }
+    if passive.max_ejected_percent > Some(100) {
+        return Err("passive.max_ejected_percent: must be between 0 and 100".into());
+    }
+    if passive.consecutive_failures > Some(1_000) {
+        return Err("passive.consecutive_failures: must be at most 1000 (0 turns it off)".into());
+    }
+    if let Some(active) = &health.active {
+        if !active.path.starts_with('/')
+            || active.path.len() > limits::MAX_PATH_LEN
+            || !active.path.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(format!(
+                "active.path: {} must start with '/' and be at most {} visible ASCII characters",
+                show(&active.path),
+                limits::MAX_PATH_LEN
+            ));
+        }
+        if !(100..=3_600_000).contains(&active.interval_ms) {
+            return Err("active.interval_ms: must be between 100 and 3600000".into());
+        }
+        if active.timeout_ms == 0 || active.timeout_ms > active.interval_ms {
+            return Err("active.timeout_ms: must be between 1 and interval_ms".into());
+        }
+        for (field, value) in [
+            ("healthy_threshold", active.healthy_threshold),
+            ("unhealthy_threshold", active.unhealthy_threshold),
+        ] {
+            if !(1..=100).contains(&value) {
+                return Err(format!("active.{field}: must be between 1 and 100"));
+            }
+        }
+        if active.expected_statuses.len() > 64 {
+            return Err("active.expected_statuses: at most 64 allowed".into());
+        }
+        for (i, status) in active.expected_statuses.iter().enumerate() {
+            if !(100..=599).contains(status) {
+                return Err(format!(
+                    "active.expected_statuses[{i}]: {status} is not an HTTP status (100-599)"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A target address, exactly as the data plane connects to it:
@@ -518,6 +616,9 @@ fn validate_route(route: &Route) -> Result<(), String> {
     }
     if route.max_body_bytes == Some(0) {
         return Err("max_body_bytes: must be at least 1".into());
+    }
+    if route.retries > Some(MAX_RETRIES) {
+        return Err(format!("retries: must be at most {MAX_RETRIES}"));
     }
     validate_plugins(&route.plugins)
 }
@@ -935,6 +1036,8 @@ consumers:
                     weight: 1,
                 }],
                 load_balancing: LoadBalancing::RoundRobin,
+                hash_on: None,
+                health_checks: HealthChecks::default(),
             },
             timeouts: Timeouts::default(),
             protocol: Protocol::Http,
@@ -977,6 +1080,8 @@ consumers:
             https_redirect: false,
             encoded_slashes: None,
             path_parameters: None,
+            retries: None,
+            retry_non_idempotent: false,
         }
     }
 
@@ -1149,6 +1254,93 @@ consumers:
             &plugins(l::MAX_PLUGINS_PER_ENTITY),
             &plugins(l::MAX_PLUGINS_PER_ENTITY + 1),
             &["plugins: at most 32"],
+        );
+    }
+
+    #[test]
+    fn balancing_health_and_retry_fields_are_checked_naming_the_field() {
+        let with = |yaml: &str| {
+            let config = GatewayConfig::from_yaml(yaml).expect("yaml");
+            validate(&config).map_err(|e| e.to_string())
+        };
+        let svc = |upstream: &str| {
+            format!(
+                "services:\n  - name: s\n    upstream: {{ targets: [{{address: 'a:1'}}, {{address: 'b:1'}}], {upstream} }}\n"
+            )
+        };
+        for ok in [
+            "load_balancing: least_request",
+            "load_balancing: consistent_hash, hash_on: 'header:x-user'",
+            "load_balancing: consistent_hash, hash_on: 'cookie:session'",
+            "load_balancing: consistent_hash, hash_on: ip",
+            "load_balancing: consistent_hash, hash_on: path",
+            "health_checks: { passive: { consecutive_failures: 0 } }",
+            "health_checks: { active: { path: /healthz, interval_ms: 100, timeout_ms: 100, expected_statuses: [200, 204] } }",
+        ] {
+            assert_eq!(with(&svc(ok)), Ok(()), "{ok}");
+        }
+        for (bad, expected) in [
+            (
+                "load_balancing: consistent_hash",
+                "service \"s\": upstream.hash_on: required with consistent_hash",
+            ),
+            (
+                "hash_on: ip",
+                "upstream.hash_on: only with load_balancing: consistent_hash",
+            ),
+            (
+                "load_balancing: consistent_hash, hash_on: 'query:q'",
+                "upstream.hash_on: \"query:q\" is not one of",
+            ),
+            (
+                "load_balancing: consistent_hash, hash_on: 'header:a b'",
+                "upstream.hash_on: header",
+            ),
+            (
+                "load_balancing: consistent_hash, hash_on: 'cookie:a;b'",
+                "upstream.hash_on: \"cookie:a;b\" is not a valid cookie name",
+            ),
+            (
+                "health_checks: { passive: { max_ejected_percent: 101 } }",
+                "upstream.health_checks.passive.max_ejected_percent",
+            ),
+            (
+                "health_checks: { passive: { base_ejection_ms: 0 } }",
+                "upstream.health_checks.passive.base_ejection_ms",
+            ),
+            (
+                "health_checks: { passive: { base_ejection_ms: 5000, max_ejection_ms: 1000 } }",
+                "upstream.health_checks.passive.max_ejection_ms",
+            ),
+            (
+                "health_checks: { active: { path: healthz } }",
+                "upstream.health_checks.active.path",
+            ),
+            (
+                "health_checks: { active: { path: /h, interval_ms: 50 } }",
+                "upstream.health_checks.active.interval_ms",
+            ),
+            (
+                "health_checks: { active: { path: /h, interval_ms: 1000, timeout_ms: 2000 } }",
+                "upstream.health_checks.active.timeout_ms",
+            ),
+            (
+                "health_checks: { active: { path: /h, healthy_threshold: 0 } }",
+                "upstream.health_checks.active.healthy_threshold",
+            ),
+            (
+                "health_checks: { active: { path: /h, expected_statuses: [700] } }",
+                "upstream.health_checks.active.expected_statuses[0]",
+            ),
+        ] {
+            let err = with(&svc(bad)).expect_err(bad);
+            assert!(err.contains(expected), "{bad}: {err}");
+        }
+        let route = "services:\n  - name: s\n    upstream: { targets: [{address: 'a:1'}] }\nroutes:\n  - { name: r, service: s, retries: 6 }\n";
+        let err = with(route).expect_err("retries");
+        assert!(
+            err.contains("route \"r\": retries: must be at most 5"),
+            "{err}"
         );
     }
 

@@ -2,7 +2,8 @@
 //!
 //! `apply -f FILE [--dry-run]`, `diff -f FILE`, `get <kind> [name] [-o ...]`,
 //! `delete <kind> <name>`, `export`, `dataplanes`, `tokens create|list|revoke`,
-//! `audit [--since 24h]`. Results go to stdout;
+//! `audit [--since 24h]`, `health SERVICE --data-plane URL...` (read from the
+//! data planes themselves, see [`health`]). Results go to stdout;
 //! errors go to stderr as one readable line (`error: route "orders-api":
 //! service "ordrs" does not exist`) with a non-zero exit. The server's
 //! responses are already redacted, so nothing printed here can hold a secret;
@@ -10,6 +11,7 @@
 
 pub mod access;
 pub mod client;
+pub mod health;
 pub mod input;
 pub mod output;
 
@@ -102,6 +104,16 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: Format,
     },
+    /// Show each target of a service as data planes see it (healthy,
+    /// ejected, unhealthy), read from their status listeners.
+    Health {
+        service: String,
+        /// A data plane's status address (`http://host:port`); repeat for several.
+        #[arg(long = "data-plane", required = true)]
+        data_planes: Vec<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: Format,
+    },
 }
 
 /// Entry point of the `tollgatectl` binary.
@@ -163,6 +175,15 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CpError> {
         Command::Apply { file, .. } | Command::Diff { file } => Some(read_config(file)?),
         _ => None,
     };
+    if let Command::Health {
+        service,
+        data_planes,
+        output,
+    } = &args.command
+    {
+        // Health lives in the data planes: no control plane call.
+        return health::run(service, data_planes, *output, out).await;
+    }
     let mut client = client::connect(&args.server, args.token.as_deref()).await?;
 
     match (args.command, kind, desired) {

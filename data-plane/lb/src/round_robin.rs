@@ -24,6 +24,7 @@ pub const MAX_PRECOMPUTED_CYCLE: u64 = 65_536;
 #[derive(Debug)]
 pub struct RoundRobin {
     schedule: Schedule,
+    weights: Box<[u32]>,
 }
 
 #[derive(Debug)]
@@ -114,7 +115,24 @@ impl RoundRobin {
                 }
             }
         };
-        RoundRobin { schedule }
+        RoundRobin {
+            schedule,
+            weights: weights.into(),
+        }
+    }
+
+    /// The number of targets (with weight or not).
+    pub fn len(&self) -> usize {
+        self.weights.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.weights.is_empty()
+    }
+
+    /// Target `index`'s weight (0 when out of range).
+    pub fn weight(&self, index: usize) -> u32 {
+        self.weights.get(index).copied().unwrap_or(0)
     }
 
     /// The index of the next target, or `None` when no target has weight.

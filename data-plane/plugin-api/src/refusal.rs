@@ -28,6 +28,10 @@ pub enum RefusalKind {
     BodyTooLarge,
     /// The request body did not arrive within the body-idle timeout.
     BodyTimeout,
+    /// The request body did not arrive within its deadline or at its
+    /// minimum rate (a slow sender): the same answer as
+    /// [`RefusalKind::BodyTimeout`], its own kind for metrics.
+    BodyTooSlow,
     // Routing and the gateway's own state.
     /// No route matches host, path, method and headers.
     NoRoute,
@@ -85,13 +89,14 @@ pub enum AuthFailureReason {
 
 impl RefusalKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [RefusalKind; 24] = [
+    pub const ALL: [RefusalKind; 25] = [
         RefusalKind::BadRequest,
         RefusalKind::BadPath,
         RefusalKind::UriTooLong,
         RefusalKind::HeadersTooLarge,
         RefusalKind::BodyTooLarge,
         RefusalKind::BodyTimeout,
+        RefusalKind::BodyTooSlow,
         RefusalKind::NoRoute,
         RefusalKind::NotReady,
         RefusalKind::Overloaded,
@@ -145,6 +150,11 @@ impl RefusalKind {
                 StatusCode::REQUEST_TIMEOUT,
                 "request_body_timeout",
                 "the request body stalled for longer than the body idle timeout",
+            ),
+            BodyTooSlow => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_body_timeout",
+                "the request body did not arrive within its deadline",
             ),
             NoRoute => (
                 StatusCode::NOT_FOUND,
@@ -348,13 +358,14 @@ mod tests {
     use std::collections::HashMap;
 
     #[test]
-    fn every_kind_has_its_own_code_but_expired_tokens() {
+    fn every_kind_has_its_own_code_but_expired_tokens_and_slow_bodies() {
         let mut codes: HashMap<&str, RefusalKind> = HashMap::new();
         for kind in RefusalKind::ALL {
             if let Some(other) = codes.insert(kind.code(), kind) {
-                assert_eq!(
-                    (other, kind),
-                    (RefusalKind::InvalidToken, RefusalKind::ExpiredToken)
+                assert!(
+                    (other, kind) == (RefusalKind::InvalidToken, RefusalKind::ExpiredToken)
+                        || (other, kind) == (RefusalKind::BodyTimeout, RefusalKind::BodyTooSlow),
+                    "{other:?} and {kind:?} share a code"
                 );
             }
             assert!(

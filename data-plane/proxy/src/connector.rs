@@ -22,7 +22,7 @@ use tollgate_plugin_api::RefusalKind;
 use tollgate_shared::model::Protocol;
 
 use crate::body::UpstreamBody;
-use crate::pool::{PooledBody, TargetConnections, TargetTls};
+use crate::pool::{PooledBody, SendFailure, TargetConnections, TargetTls};
 use crate::tls::upstream::UpstreamTlsClient;
 use crate::upstream::ClientCache;
 
@@ -91,6 +91,21 @@ impl Connector {
             }
         }
     }
+
+    /// Like [`Connector::send`], but a request that was never written (no
+    /// connection could be opened) comes back in the error, for a retry on
+    /// another target.
+    #[inline]
+    pub async fn send_or_return(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendFailure> {
+        match self {
+            Connector::Http1(connections) | Connector::Https1(connections) => {
+                connections.send_or_return(request).await
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +124,8 @@ mod tests {
                 upstream: tollgate_shared::model::Upstream {
                     targets: Vec::new(),
                     load_balancing: Default::default(),
+                    hash_on: None,
+                    health_checks: Default::default(),
                 },
                 timeouts: Default::default(),
                 protocol,

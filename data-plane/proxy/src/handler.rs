@@ -33,9 +33,10 @@ use tollgate_plugin_api::identity::{is_identity_header, strip_identity_headers};
 use tollgate_plugin_api::request_id::{ensure_request_id, generate_request_id, RequestId};
 use tollgate_plugin_api::{Outcome, Refusal, RefusalKind, RequestCtx};
 
-use crate::body::{ResponseBody, UpstreamBody};
+use crate::body::{BodyLimits, Buffered, ResponseBody, UpstreamBody};
 use crate::forward::{self, Peer, TrustedProxies};
 use crate::observe::Exchange;
+use crate::pool::SendFailure;
 use crate::respond;
 use crate::router::{normalize_path, strip_prefix, PathPolicy};
 use crate::snapshot::{CompiledRoute, SnapshotStore};
@@ -50,7 +51,10 @@ pub struct RequestLimits {
     pub max_headers: usize,
     /// Length of the request target as received.
     pub max_uri_bytes: usize,
-    pub body_idle_timeout: Duration,
+    /// Request body timeouts, minimum rate and read-ahead.
+    pub body: BodyLimits,
+    /// Longest a write to the client may make no progress (slow readers).
+    pub send_timeout: Duration,
 }
 
 impl Default for RequestLimits {
@@ -59,7 +63,8 @@ impl Default for RequestLimits {
             max_header_bytes: 60 * 1024,
             max_headers: 100,
             max_uri_bytes: 8 * 1024,
-            body_idle_timeout: Duration::from_secs(30),
+            body: BodyLimits::default(),
+            send_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -276,31 +281,51 @@ async fn forward_route(
         }
     }
 
-    let Some(target) = service.upstream.pick() else {
-        return refused(exchange, ctx, RefusalKind::NoHealthyTarget.into());
-    };
-    exchange.set_upstream(&target.authority);
+    let pool = &*service.upstream;
+    let hash = pool
+        .hash_on
+        .as_ref()
+        .map(|key| key.hash(&parts.headers, ctx.client_ip, parts.uri.path()));
     // hyper's client connection writes the URI as is: origin form
     // (`/path?query`), which `parts.uri` already is.
     parts.version = Version::HTTP_11;
-    match (&service.host_header, client_host) {
+    let host_from_target = match (&service.host_header, client_host) {
         (Some(host), _) => {
             parts.headers.insert(HOST, host.clone());
+            false
         }
         (None, Some(host)) => {
             parts.headers.insert(HOST, host);
+            false
         }
-        (None, None) => {
-            parts
-                .headers
-                .entry(HOST)
-                .or_insert_with(|| target.host.clone());
-        }
-    }
+        (None, None) => !parts.headers.contains_key(HOST),
+    };
 
-    let mut body = UpstreamBody::new(body, route.max_body_bytes, state.limits.body_idle_timeout);
+    // A small body is read whole before a connection is taken: a slow
+    // sender holds no upstream connection, and the body can be replayed.
+    let mut body = UpstreamBody::new(body, route.max_body_bytes, state.limits.body);
     if body.has_body() {
-        body.count_into(exchange.body_counter());
+        body = match body.buffer().await {
+            Ok(Buffered::Whole(bytes)) => {
+                exchange
+                    .body_counter()
+                    .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                if bytes.is_empty() {
+                    UpstreamBody::Empty
+                } else {
+                    UpstreamBody::Buffered(Some(bytes))
+                }
+            }
+            Ok(Buffered::Streaming(mut streaming)) => {
+                streaming.count_into(exchange.body_counter());
+                streaming
+            }
+            Err(err) => {
+                let kind = crate::upstream::classify(&err);
+                tracing::debug!(route = %route.name, error = %err, "request body refused before connecting upstream");
+                return refused(exchange, ctx, kind.into());
+            }
+        };
     }
     // The upstream call's span; its context replaces the client's
     // `traceparent` (tracing off: the client's passes through untouched).
@@ -308,48 +333,90 @@ async fn forward_route(
         target: TRACE_TARGET,
         "upstream",
         otel.kind = "client",
-        server.address = %target.authority,
+        server.address = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
+        tollgate.tries = tracing::field::Empty,
     );
     telemetry::inject_context(&span, &mut parts.headers);
-    let upstream_request = Request::from_parts(parts, body);
+
+    let retry_on_status = route.retry_non_idempotent || is_idempotent(&parts.method);
+    let max_tries = 1 + route.retries;
+    pool.health.budget.deposit();
     let upstream_started = Instant::now();
-    let result = service
-        .upstream
-        .send(target, upstream_request, service.request_timeout)
-        .instrument(span.clone())
-        .await;
-    exchange.upstream_latency = Some(upstream_started.elapsed());
-    if let Ok(response) = &result {
-        span.record("http.response.status_code", response.status().as_u16());
-    }
-    drop(span);
-    match result {
-        Ok(response) => {
-            let (mut response_parts, response_body) = response.into_parts();
-            // A body that is already broken when its head arrives (bad
-            // chunked framing in the same packet) gets a 502 the client can
-            // act on, instead of a head followed by a dead connection.
-            let body = match ResponseBody::upstream(response_body) {
-                Ok(body) => body,
-                Err(err) => {
-                    let kind = crate::upstream::classify(&err);
-                    tracing::warn!(
-                        route = %route.name,
-                        upstream = %target.address,
-                        error = kind.code(),
-                        reason = %err,
-                        request_id = ?ctx.request_id,
-                        "upstream response body broken before anything was sent"
-                    );
+    let mut tried: u64 = 0;
+    let mut next = Some(Request::from_parts(parts, body));
+    let mut failure = RefusalKind::NoHealthyTarget;
+    while let Some(mut request) = next.take() {
+        // Another target than those tried when there is one; once every
+        // target has been tried, any of them again.
+        let Some(index) = pool
+            .pick_for(hash, tried)
+            .or_else(|| pool.pick_for(hash, 0))
+        else {
+            break;
+        };
+        let Some(target) = pool.target(index) else {
+            break;
+        };
+        exchange.tries += 1;
+        if index < 64 {
+            tried |= 1 << index;
+        }
+        exchange.set_upstream(&target.authority);
+        span.record("server.address", target.address.as_str());
+        if host_from_target {
+            request.headers_mut().insert(HOST, target.host.clone());
+        }
+        let more_tries = exchange.tries < max_tries;
+        // A copy for a retry after an answer (the request itself is gone
+        // then): only a replayable body, an idempotent request, and while
+        // the budget has room (checked without taking it).
+        let copy = if more_tries && retry_on_status && pool.health.budget.available() {
+            request.body().replay().map(|body| {
+                let mut copy = Request::new(body);
+                *copy.method_mut() = request.method().clone();
+                *copy.uri_mut() = request.uri().clone();
+                *copy.version_mut() = request.version();
+                *copy.headers_mut() = request.headers().clone();
+                copy
+            })
+        } else {
+            None
+        };
+        let result = pool
+            .send_try(index, request, service.request_timeout)
+            .instrument(span.clone())
+            .await;
+        match result {
+            Ok(response) => {
+                let status = response.status();
+                let failed = matches!(status.as_u16(), 502..=504);
+                if status.is_server_error() {
+                    eject_note(pool, index, route, target);
+                } else {
+                    pool.health.record_success(index);
+                }
+                if failed && copy.is_some() && pool.health.budget.withdraw() {
+                    tracing::debug!(route = %route.name, upstream = %target.address, status = status.as_u16(), "retrying on another target");
+                    tollgate_telemetry::metrics::global().retried(&route.service.name);
+                    next = copy;
+                    failure = RefusalKind::UpstreamUnavailable;
+                    continue;
+                }
+                exchange.upstream_latency = Some(upstream_started.elapsed());
+                span.record("http.response.status_code", status.as_u16());
+                span.record("tollgate.tries", exchange.tries);
+                drop(span);
+                return relay(exchange, ctx, route, target, response);
+            }
+            Err(SendFailure { kind, unsent }) => {
+                if !is_upstream_failure(kind) {
+                    // The client's body failed (too large, too slow): not
+                    // the target's fault, and nothing to retry.
+                    exchange.upstream_latency = Some(upstream_started.elapsed());
                     return refused(exchange, ctx, kind.into());
                 }
-            };
-            forward::remove_hop_by_hop(&mut response_parts.headers);
-            Response::from_parts(response_parts, body)
-        }
-        Err(kind) => {
-            if kind.status().is_server_error() {
+                eject_note(pool, index, route, target);
                 tracing::warn!(
                     route = %route.name,
                     upstream = %target.address,
@@ -357,10 +424,94 @@ async fn forward_route(
                     request_id = ?ctx.request_id,
                     "upstream request failed"
                 );
+                failure = kind;
+                // Never written (connect failed): always safe to retry, with
+                // the request itself, streamed body included.
+                let retry = unsent.or(copy);
+                if more_tries && retry.is_some() && pool.health.budget.withdraw() {
+                    tollgate_telemetry::metrics::global().retried(&route.service.name);
+                    next = retry;
+                }
             }
-            refused(exchange, ctx, kind.into())
         }
     }
+    exchange.upstream_latency = Some(upstream_started.elapsed());
+    span.record("tollgate.tries", exchange.tries);
+    refused(exchange, ctx, failure.into())
+}
+
+/// Methods safe to send twice (RFC 9110 §9.2.2).
+fn is_idempotent(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::PUT
+            | http::Method::DELETE
+            | http::Method::TRACE
+    )
+}
+
+/// Failures that are the target's (count against its health, may be
+/// retried), as opposed to the client's body failing.
+fn is_upstream_failure(kind: RefusalKind) -> bool {
+    matches!(
+        kind,
+        RefusalKind::UpstreamUnavailable
+            | RefusalKind::UpstreamMalformed
+            | RefusalKind::UpstreamTimeout
+            | RefusalKind::UpstreamTlsError
+    )
+}
+
+/// Records a failure of target `index`, logging an ejection it causes.
+fn eject_note(
+    pool: &crate::upstream::UpstreamPool,
+    index: usize,
+    route: &CompiledRoute,
+    target: &crate::upstream::UpstreamTarget,
+) {
+    if let Some(duration) = pool.health.record_failure(index) {
+        tracing::warn!(
+            service = %route.service.name,
+            upstream = %target.address,
+            ejected_for_ms = duration.as_millis() as u64,
+            "upstream target ejected after consecutive failures"
+        );
+        tollgate_telemetry::metrics::global().target_ejected(&route.service.name, &target.address);
+    }
+}
+
+/// The upstream's response on its way to the client.
+fn relay(
+    exchange: &mut Exchange,
+    ctx: &RequestCtx<'_>,
+    route: &CompiledRoute,
+    target: &crate::upstream::UpstreamTarget,
+    response: Response<crate::pool::PooledBody>,
+) -> Response<ResponseBody> {
+    let (mut response_parts, response_body) = response.into_parts();
+    // A body that is already broken when its head arrives (bad chunked
+    // framing in the same packet) gets a 502 the client can act on, instead
+    // of a head followed by a dead connection.
+    let body = match ResponseBody::upstream(response_body) {
+        Ok(body) => body,
+        Err(err) => {
+            let kind = crate::upstream::classify(&err);
+            tracing::warn!(
+                route = %route.name,
+                upstream = %target.address,
+                error = kind.code(),
+                reason = %err,
+                request_id = ?ctx.request_id,
+                "upstream response body broken before anything was sent"
+            );
+            return refused(exchange, ctx, kind.into());
+        }
+    };
+    forward::remove_hop_by_hop(&mut response_parts.headers);
+    Response::from_parts(response_parts, body)
 }
 
 /// The answer to a routed request the gateway refuses itself; its kind
@@ -470,7 +621,8 @@ mod tests {
             max_header_bytes: 100,
             max_headers: 2,
             max_uri_bytes: 20,
-            body_idle_timeout: Duration::from_secs(1),
+            body: BodyLimits::default(),
+            send_timeout: Duration::from_secs(60),
         };
         let ok = Request::builder()
             .uri("/short")

@@ -56,6 +56,8 @@ pub struct Exchange {
     /// What the client's TLS connection negotiated (`None`: plaintext).
     pub tls: Option<crate::tls::TlsInfo>,
     pub upstream_latency: Option<Duration>,
+    /// Upstream tries made (1 + retries; 0 when none was made).
+    pub tries: u32,
     /// Why the gateway answered itself, when it did (never read from the body).
     pub refusal: Option<RefusalKind>,
     request_id: Option<KeptRequestId>,
@@ -296,6 +298,7 @@ impl ObservedBody {
                 .filter(|alpn| !alpn.is_empty());
             record.upstream_addr = exchange.upstream.as_ref().map(Authority::as_str);
             record.upstream_latency = exchange.upstream_latency;
+            record.tries = exchange.tries;
             record.total_latency = elapsed;
             record.bytes_in = bytes_in;
             record.bytes_out = self.sent;

@@ -324,6 +324,18 @@ impl TargetConnections {
         self: &Arc<Self>,
         request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, RefusalKind> {
+        self.send_or_return(request)
+            .await
+            .map_err(|failure| failure.kind)
+    }
+
+    /// Like [`TargetConnections::send`], but a request that was never
+    /// written (no connection could be opened) comes back in the error, so
+    /// the caller can try another target with it, body and all.
+    pub async fn send_or_return(
+        self: &Arc<Self>,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendFailure> {
         // The connect paths are boxed: they are rare, and keeping them out
         // of this future keeps it small to create and move per request.
         let (sender, result) = match self.checkout() {
@@ -348,10 +360,18 @@ impl TargetConnections {
             Err(err) => {
                 let kind = classify(&err);
                 tracing::debug!(upstream = %self.address, error = %DisplayChain(&err), ?kind, "upstream request failed");
-                Err(kind)
+                Err(SendFailure { kind, unsent: None })
             }
         }
     }
+}
+
+/// Why a request got no response head, and the request itself when it was
+/// never written (the connection could not be opened).
+#[derive(Debug)]
+pub struct SendFailure {
+    pub kind: RefusalKind,
+    pub unsent: Option<Request<UpstreamBody>>,
 }
 
 impl TargetConnections {
@@ -374,8 +394,16 @@ impl TargetConnections {
     async fn send_on_new(
         &self,
         request: Request<UpstreamBody>,
-    ) -> Result<(Sender, hyper::Result<Response<Incoming>>), RefusalKind> {
-        let mut sender = self.connect().await?;
+    ) -> Result<(Sender, hyper::Result<Response<Incoming>>), SendFailure> {
+        let mut sender = match self.connect().await {
+            Ok(sender) => sender,
+            Err(kind) => {
+                return Err(SendFailure {
+                    kind,
+                    unsent: Some(request),
+                })
+            }
+        };
         let result = sender
             .try_send_request(request)
             .await

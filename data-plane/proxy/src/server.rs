@@ -11,6 +11,8 @@
 //!   far beyond gets hyper's own 431. HTTP/2 header lists are bounded too.
 //! - HTTP/2: at most 100 concurrent streams, 64 KiB stream / 1 MiB connection
 //!   windows, keepalive pings, and caps on reset streams (rapid reset).
+//! - slow readers: a write that makes no progress for `--send-timeout-ms`
+//!   closes the connection ([`SendTimeout`]).
 //! - a connection cap: beyond it a connection gets a one-shot 503 and is
 //!   closed, instead of the process running out of memory or descriptors.
 //!
@@ -45,6 +47,8 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::send_timeout::SendTimeout;
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -319,7 +323,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let io = TokioIo::new(ErrorAnswers::new(
-        stream,
+        SendTimeout::new(stream, state.limits.send_timeout),
         Recorder {
             access_log: state.access_log.clone(),
             request_metrics: state.request_metrics,

@@ -5,7 +5,10 @@
 //! - `GET /readyz`: 200 once a config is in service; 503 before that and
 //!   while draining (so a load balancer stops sending traffic first).
 //! - `GET /status`: JSON `{node_id, config_version: {store_id, revision} | null,
-//!   control_plane: connected|connecting|disconnected, ready, draining}`.
+//!   control_plane: connected|connecting|disconnected, ready, draining,
+//!   upstreams: {SERVICE: {load_balancing, active_checks, targets: [{address,
+//!   weight, state: healthy|ejected|unhealthy, ejections, ejected_for_ms?}]}}}`
+//!   (what `tollgatectl health SERVICE` reads).
 //! - `GET /metrics`: Prometheus text exposition (see [`tollgate_telemetry::metrics`]).
 //!
 //! Served on its own listener and tasks so it stays answerable when the proxy
@@ -50,13 +53,35 @@ impl NodeStatus {
             .store
             .version()
             .map(|v| serde_json::json!({"store_id": v.store_id, "revision": v.revision}));
+        let mut upstreams = serde_json::Map::new();
+        if let Some(snapshot) = self.store.load() {
+            for (name, service) in &snapshot.services {
+                upstreams.insert(name.clone(), service.upstream.health_report());
+            }
+        }
         serde_json::json!({
             "node_id": self.node_id,
             "config_version": version,
             "control_plane": self.control_plane.get().as_str(),
             "ready": self.ready(),
             "draining": self.draining.load(Ordering::Relaxed),
+            "upstreams": upstreams,
         })
+    }
+
+    /// Sets the target-state gauges from the snapshot in service.
+    fn update_target_states(&self) {
+        let Some(snapshot) = self.store.load() else {
+            return;
+        };
+        metrics::global().set_target_states(snapshot.services.iter().flat_map(
+            |(name, service)| {
+                service
+                    .upstream
+                    .target_states()
+                    .map(move |(target, state)| (name.as_str(), target, state))
+            },
+        ));
     }
 }
 
@@ -99,6 +124,7 @@ pub fn respond(status: &NodeStatus, request: &Request<Incoming>) -> Response<Res
             let metrics = metrics::global();
             metrics
                 .set_control_plane_connected(status.control_plane.get() == Connection::Connected);
+            status.update_target_states();
             let mut response = Response::new(ResponseBody::full(Bytes::from(metrics.render())));
             response.headers_mut().insert(
                 CONTENT_TYPE,

@@ -23,11 +23,12 @@ use std::time::Duration;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Request, Response};
-use tollgate_shared::model::{LoadBalancing, Protocol, Service};
+use tollgate_shared::model::{HealthChecks, LoadBalancing, Protocol, Service};
 
 use crate::body::{BodyError, UpstreamBody};
 use crate::connector::Connector;
-use crate::pool::{PooledBody, TargetConnections, TargetTls};
+use crate::health::ServiceHealth;
+use crate::pool::{PooledBody, SendFailure, TargetConnections, TargetTls};
 use crate::tls::upstream::UpstreamTlsClient;
 use tollgate_lb::{Balancer, PickContext};
 use tollgate_plugin_api::RefusalKind;
@@ -115,6 +116,8 @@ pub struct PoolKey {
     connect_timeout_ms: u64,
     /// The TLS client's identity (trust, name, verify), for `https`.
     tls: Option<String>,
+    hash_on: Option<String>,
+    health_checks: HealthChecks,
 }
 
 impl PoolKey {
@@ -130,16 +133,78 @@ impl PoolKey {
             protocol: service.protocol,
             connect_timeout_ms: service.timeouts.connect_ms(),
             tls: tls.map(|t| t.identity.clone()),
+            hash_on: service.upstream.hash_on.clone(),
+            health_checks: service.upstream.health_checks.clone(),
         }
     }
 }
 
-/// A service's targets, balancer and connection pool.
+/// A service's targets, balancer, health and connection pool.
 #[derive(Debug)]
 pub struct UpstreamPool {
     pub key: PoolKey,
     pub targets: Box<[UpstreamTarget]>,
     balancer: Box<dyn Balancer>,
+    /// What `consistent_hash` hashes (`None` for the other algorithms).
+    pub hash_on: Option<HashOn>,
+    /// Passive and active health of the targets, and the retry budget.
+    pub health: Arc<ServiceHealth>,
+}
+
+/// The request key `consistent_hash` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    Header(http::HeaderName),
+    Cookie(String),
+    Ip,
+    Path,
+}
+
+impl HashOn {
+    /// Parses `header:NAME`, `cookie:NAME`, `ip` or `path` (validated by the
+    /// control plane; an error here NACKs).
+    pub fn parse(key: &str) -> Result<HashOn, String> {
+        match key.split_once(':') {
+            None if key == "ip" => Ok(HashOn::Ip),
+            None if key == "path" => Ok(HashOn::Path),
+            Some(("header", name)) => http::HeaderName::from_bytes(name.as_bytes())
+                .map(HashOn::Header)
+                .map_err(|_| format!("{key:?}: not a header name")),
+            Some(("cookie", name)) if !name.is_empty() => Ok(HashOn::Cookie(name.to_owned())),
+            _ => Err(format!(
+                "{key:?} is not header:NAME, cookie:NAME, ip or path"
+            )),
+        }
+    }
+
+    /// The hash of this request's key (the empty key when it has none).
+    pub fn hash(&self, headers: &HeaderMap, client_ip: std::net::IpAddr, path: &str) -> u64 {
+        match self {
+            HashOn::Header(name) => {
+                tollgate_lb::hash_key(headers.get(name).map_or(&b""[..], HeaderValue::as_bytes))
+            }
+            HashOn::Cookie(name) => {
+                tollgate_lb::hash_key(cookie_value(headers, name).map_or(&b""[..], str::as_bytes))
+            }
+            HashOn::Ip => match client_ip {
+                std::net::IpAddr::V4(v4) => tollgate_lb::hash_key(&v4.octets()),
+                std::net::IpAddr::V6(v6) => tollgate_lb::hash_key(&v6.octets()),
+            },
+            HashOn::Path => tollgate_lb::hash_key(path.as_bytes()),
+        }
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim_matches('"'))
 }
 
 impl UpstreamPool {
@@ -179,44 +244,167 @@ impl UpstreamPool {
             });
         }
         let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
+        let addresses: Vec<&str> = targets.iter().map(|t| t.address.as_str()).collect();
+        let balancer = tollgate_lb::build(
+            service.upstream.load_balancing.as_str(),
+            &addresses,
+            &weights,
+        )
+        .map_err(|m| format!("upstream.load_balancing: {m}"))?;
+        let hash_on = service
+            .upstream
+            .hash_on
+            .as_deref()
+            .map(HashOn::parse)
+            .transpose()
+            .map_err(|m| format!("upstream.hash_on: {m}"))?;
+        let health = Arc::new(ServiceHealth::new(
+            targets.len(),
+            &service.upstream.health_checks.passive,
+        ));
+        if let Some(active) = &service.upstream.health_checks.active {
+            let host = service
+                .host_header
+                .as_deref()
+                .and_then(|h| HeaderValue::from_str(h).ok());
+            let probes = targets
+                .iter()
+                .map(|t| crate::probe::ProbeTarget {
+                    address: t.address.clone(),
+                    connector: t.connector.clone(),
+                    host: host.clone().unwrap_or_else(|| t.host.clone()),
+                })
+                .collect();
+            crate::probe::spawn(
+                Arc::from(service.name.as_str()),
+                active.clone(),
+                probes,
+                &health,
+            );
+        }
         Ok(UpstreamPool {
             key: PoolKey::of(service, tls.map(|t| &**t)),
             targets: targets.into_boxed_slice(),
-            balancer: tollgate_lb::build(service.upstream.load_balancing.as_str(), &weights)
-                .map_err(|m| format!("upstream.load_balancing: {m}"))?,
+            balancer,
+            hash_on,
+            health,
         })
     }
 
-    /// The target the service's balancer picks; `None` when every weight is 0.
-    #[inline]
-    pub fn pick(&self) -> Option<&UpstreamTarget> {
+    /// The target for a try of a request: one the balancer picks among the
+    /// healthy targets not yet `tried` (a bit per target index below 64).
+    /// When health rules out every untried target, the balancer picks among
+    /// all untried ones: a service whose every target looks down still
+    /// gets its requests tried (Envoy's panic threshold at 100%).
+    pub fn pick_for(&self, hash: Option<u64>, tried: u64) -> Option<usize> {
+        let untried = |i: usize| i >= 64 || tried & (1 << i) == 0;
+        let healthy = |i: usize| untried(i) && self.health.usable(i);
         self.balancer
-            .pick(&PickContext::default())
-            .and_then(|i| self.targets.get(i))
+            .pick(&PickContext::new(hash, &healthy))
+            .or_else(|| self.balancer.pick(&PickContext::new(hash, &untried)))
     }
 
-    /// Sends the request (origin-form URI, `Host` set) to `target` and
-    /// waits for the response head, at most `timeout` (connecting included).
-    pub async fn send(
+    /// Each target's health, for `/status` and metrics.
+    pub fn health_report(&self) -> serde_json::Value {
+        let targets: Vec<serde_json::Value> = self
+            .targets
+            .iter()
+            .enumerate()
+            .filter_map(|(index, target)| {
+                let health = self.health.target(index)?;
+                let state = health.state();
+                let mut entry = serde_json::json!({
+                    "address": target.address,
+                    "weight": target.weight,
+                    "state": state.as_str(),
+                    "ejections": health.ejections(),
+                });
+                if let crate::health::TargetState::Ejected(ms) = state {
+                    entry["ejected_for_ms"] = ms.into();
+                }
+                Some(entry)
+            })
+            .collect();
+        serde_json::json!({
+            "load_balancing": self.key.load_balancing.as_str(),
+            "active_checks": self.key.health_checks.active.is_some(),
+            "targets": targets,
+        })
+    }
+
+    /// `(target address, state)` of every target.
+    pub fn target_states(&self) -> impl Iterator<Item = (&str, &'static str)> {
+        self.targets.iter().enumerate().map(|(index, target)| {
+            let state = self
+                .health
+                .target(index)
+                .map_or("healthy", |h| h.state().as_str());
+            (target.address.as_str(), state)
+        })
+    }
+
+    /// Target `index` (from [`UpstreamPool::pick_for`]).
+    #[inline]
+    pub fn target(&self, index: usize) -> Option<&UpstreamTarget> {
+        self.targets.get(index)
+    }
+
+    /// Sends one try (origin-form URI, `Host` set) to target `index` and
+    /// waits for the response head, at most `timeout` (connecting
+    /// included), counted in flight for the balancer meanwhile; a request
+    /// never written comes back in the error.
+    pub async fn send_try(
         &self,
-        target: &UpstreamTarget,
+        index: usize,
         request: Request<UpstreamBody>,
         timeout: Duration,
-    ) -> Result<Response<PooledBody>, RefusalKind> {
-        let mut response = match tokio::time::timeout(timeout, target.connector.send(request)).await
-        {
-            Err(_elapsed) => return Err(RefusalKind::UpstreamTimeout),
-            Ok(result) => result?,
+    ) -> Result<Response<PooledBody>, SendFailure> {
+        let Some(target) = self.targets.get(index) else {
+            return Err(SendFailure {
+                kind: RefusalKind::NoHealthyTarget,
+                unsent: Some(request),
+            });
         };
+        self.balancer.started(index);
+        let _in_flight = InFlight {
+            balancer: &*self.balancer,
+            index,
+        };
+        let mut response =
+            match tokio::time::timeout(timeout, target.connector.send_or_return(request)).await {
+                Err(_elapsed) => {
+                    return Err(SendFailure {
+                        kind: RefusalKind::UpstreamTimeout,
+                        unsent: None,
+                    })
+                }
+                Ok(result) => result?,
+            };
         if has_ambiguous_framing(response.headers()) {
             response.body_mut().discard_connection();
             tracing::warn!(
                 upstream = %target.address,
                 "upstream response with ambiguous framing rejected; connection closed"
             );
-            return Err(RefusalKind::UpstreamMalformed);
+            return Err(SendFailure {
+                kind: RefusalKind::UpstreamMalformed,
+                unsent: None,
+            });
         }
         Ok(response)
+    }
+}
+
+/// Ends a try's in-flight count however its future ends (also when the
+/// client goes away and the request is dropped mid-wait).
+struct InFlight<'a> {
+    balancer: &'a dyn Balancer,
+    index: usize,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.balancer.finished(self.index);
     }
 }
 
@@ -271,6 +459,7 @@ pub fn classify(err: &(dyn StdError + 'static)) -> RefusalKind {
             return match body {
                 BodyError::TooLarge { .. } => RefusalKind::BodyTooLarge,
                 BodyError::IdleTimeout(_) => RefusalKind::BodyTimeout,
+                BodyError::TooSlow { .. } => RefusalKind::BodyTooSlow,
                 BodyError::Client(_) => RefusalKind::BadRequest,
             };
         }
@@ -384,15 +573,32 @@ mod tests {
         );
         let err = UpstreamPool::build(
             &service(
-                "{name: s, upstream: {targets: [{address: 'a:1'}], load_balancing: least_request}}",
+                "{name: s, upstream: {targets: [{address: 'a:1'}], load_balancing: consistent_hash, hash_on: 'query:x'}}",
             ),
             &clients,
             None,
         )
         .expect_err("must be refused");
-        assert!(
-            err.contains("upstream.load_balancing: \"least_request\" is not supported yet"),
-            "{err}"
+        assert!(err.starts_with("upstream.hash_on: "), "{err}");
+    }
+
+    #[test]
+    fn hash_keys_come_from_headers_cookies_ip_or_path() {
+        let ip: std::net::IpAddr = "10.0.0.1".parse().expect("ip");
+        let map = headers(&[("x-user", "u1"), ("cookie", "a=1; session=\"s9\"; b=2")]);
+        let header = HashOn::parse("header:x-user").expect("parses");
+        assert_eq!(header.hash(&map, ip, "/p"), tollgate_lb::hash_key(b"u1"));
+        let cookie = HashOn::parse("cookie:session").expect("parses");
+        assert_eq!(cookie.hash(&map, ip, "/p"), tollgate_lb::hash_key(b"s9"));
+        let missing = HashOn::parse("cookie:none").expect("parses");
+        assert_eq!(missing.hash(&map, ip, "/p"), tollgate_lb::hash_key(b""));
+        assert_eq!(
+            HashOn::parse("ip").expect("parses").hash(&map, ip, "/p"),
+            tollgate_lb::hash_key(&[10, 0, 0, 1])
+        );
+        assert_eq!(
+            HashOn::parse("path").expect("parses").hash(&map, ip, "/p"),
+            tollgate_lb::hash_key(b"/p")
         );
     }
 }

@@ -191,6 +191,19 @@ struct CertificateLabels {
     certificate: Label,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    service: Label,
+    target: Label,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetStateLabels {
+    service: Label,
+    target: Label,
+    state: &'static str,
+}
+
 /// How a client TLS handshake ended, the `result` label of
 /// `tollgate_tls_handshakes_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,6 +269,14 @@ pub struct Metrics {
     /// One handle per [`HandshakeResult`], resolved at startup.
     tls_handshakes: [Counter; HandshakeResult::ALL.len()],
     certificate_expiry: Family<CertificateLabels, Gauge>,
+    target_state: Family<TargetStateLabels, Gauge>,
+    target_ejections: Family<TargetLabels, Counter>,
+    retries: Family<ServiceLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: Label,
 }
 
 /// The process's metrics, created on first use. One registry per process is
@@ -371,6 +392,26 @@ impl Metrics {
             certificate_expiry.clone(),
         );
 
+        let target_state = Family::<TargetStateLabels, Gauge>::default();
+        registry.register(
+            "upstream_target_state",
+            "1 for each upstream target's current health state (healthy, ejected: passively \
+             ejected, unhealthy: failing its active probes), by service and target",
+            target_state.clone(),
+        );
+        let target_ejections = Family::<TargetLabels, Counter>::default();
+        registry.register(
+            "upstream_ejections",
+            "Passive ejections of upstream targets after consecutive failures, by service and target",
+            target_ejections.clone(),
+        );
+        let retries = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Upstream tries beyond the first, by service",
+            retries.clone(),
+        );
+
         let unmatched = Arc::new(RouteMetrics::new(
             Arc::clone(&families),
             Arc::from(UNMATCHED),
@@ -387,7 +428,48 @@ impl Metrics {
             unmatched,
             tls_handshakes,
             certificate_expiry,
+            target_state,
+            target_ejections,
+            retries,
         })
+    }
+
+    /// Counts a passive ejection (rare: once per failure streak).
+    pub fn target_ejected(&self, service: &str, target: &str) {
+        self.target_ejections
+            .get_or_create(&TargetLabels {
+                service: Label(Arc::from(service)),
+                target: Label(Arc::from(target)),
+            })
+            .inc();
+    }
+
+    /// Counts a retry (only on the failure path).
+    pub fn retried(&self, service: &str) {
+        self.retries
+            .get_or_create(&ServiceLabels {
+                service: Label(Arc::from(service)),
+            })
+            .inc();
+    }
+
+    /// Replaces the target-state series with the current states
+    /// `(service, target, state)`; called when `/metrics` is scraped, so
+    /// an ejection that ran out shows as healthy without any event.
+    pub fn set_target_states<'a>(
+        &self,
+        states: impl IntoIterator<Item = (&'a str, &'a str, &'static str)>,
+    ) {
+        self.target_state.clear();
+        for (service, target, state) in states {
+            self.target_state
+                .get_or_create(&TargetStateLabels {
+                    service: Label(Arc::from(service)),
+                    target: Label(Arc::from(target)),
+                    state,
+                })
+                .set(1);
+        }
     }
 
     /// Counts one client TLS handshake (a relaxed add, no lock).

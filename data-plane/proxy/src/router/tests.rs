@@ -22,6 +22,8 @@ fn route(name: &str) -> Route {
         https_redirect: false,
         encoded_slashes: None,
         path_parameters: None,
+        retries: None,
+        retry_non_idempotent: false,
     }
 }
 

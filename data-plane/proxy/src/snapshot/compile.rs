@@ -51,6 +51,10 @@ pub struct CompiledRoute {
     /// This route's overrides of the gateway's [`crate::router::PathPolicy`].
     pub encoded_slashes: Option<EncodedSlashes>,
     pub path_parameters: Option<PathParameters>,
+    /// Tries after the first (`retries`, default 1).
+    pub retries: u32,
+    /// Retry non-idempotent methods after an answer too.
+    pub retry_non_idempotent: bool,
     pub plugins: PluginChain,
     /// This route's metric handles, resolved once here, not per request.
     pub metrics: Arc<RouteMetrics>,
@@ -181,6 +185,10 @@ pub fn compile(
             https_redirect: route.https_redirect,
             encoded_slashes: route.encoded_slashes,
             path_parameters: route.path_parameters,
+            retries: route
+                .retries
+                .unwrap_or(tollgate_shared::model::DEFAULT_RETRIES),
+            retry_non_idempotent: route.retry_non_idempotent,
             plugins,
             metrics: match &consumer_names {
                 Some(names) if route.metrics.consumer_labels => {

@@ -51,6 +51,8 @@ pub struct AccessLogRecord<'a> {
     pub alpn: Option<&'static str>,
     pub upstream_addr: Option<&'a str>,
     pub upstream_latency: Option<Duration>,
+    /// Upstream tries (1 + retries); 0 when no target was tried.
+    pub tries: u32,
     pub total_latency: Duration,
     /// Request body bytes received from the client.
     pub bytes_in: u64,
@@ -77,6 +79,7 @@ impl<'a> AccessLogRecord<'a> {
             alpn: None,
             upstream_addr: None,
             upstream_latency: None,
+            tries: 0,
             total_latency: Duration::ZERO,
             bytes_in: 0,
             bytes_out: 0,
@@ -220,6 +223,8 @@ impl<'r, 'a> Line<'r, 'a> {
             Some(latency) => put_millis(line, latency),
             None => line.put(b"null"),
         }
+        line.put(b",\"tries\":");
+        put_u64(line, u64::from(record.tries));
         line.put(b",\"total_latency_ms\":");
         put_millis(line, record.total_latency);
         line.put(b",\"bytes_in\":");
@@ -637,6 +642,7 @@ pub(super) mod tests {
         record.status = 201;
         record.upstream_addr = Some("127.0.0.1:9001");
         record.upstream_latency = Some(Duration::from_micros(1500));
+        record.tries = 2;
         record.total_latency = Duration::from_micros(2250);
         record.bytes_in = 10;
         record.bytes_out = 20;
@@ -673,7 +679,8 @@ pub(super) mod tests {
         assert_eq!(line["bytes_out"], 20);
         assert_eq!(line["tls_version"], "TLSv1.3");
         assert_eq!(line["alpn"], "h2");
-        assert_eq!(line.as_object().map(|fields| fields.len()), Some(19));
+        assert_eq!(line["tries"], 2);
+        assert_eq!(line.as_object().map(|fields| fields.len()), Some(20));
     }
 
     #[test]
@@ -736,6 +743,7 @@ pub(super) mod tests {
         let line = line_of(&AccessLogRecord::new(received(), &GET));
         assert_eq!(line["time"], "2025-11-26T13:57:54.123Z");
         assert_eq!(line["status"], 0);
+        assert_eq!(line["tries"], 0);
         for field in [
             "request_id",
             "trace_id",
