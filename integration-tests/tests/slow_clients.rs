@@ -71,8 +71,13 @@ async fn gateway(args: &[&str]) -> (ControlPlane, Upstream, DataPlane) {
 async fn slow_senders_get_408_and_never_reach_the_upstream() {
     // A 3 s body deadline keeps the test short; 2 MiB of read-ahead holds
     // the whole 1 MiB body before any upstream connection is taken.
-    let (_cp, upstream, dp) =
-        gateway(&["--body-timeout-ms", "3000", "--body-buffer-bytes", "2097152"]).await;
+    let (_cp, upstream, dp) = gateway(&[
+        "--body-timeout-ms",
+        "3000",
+        "--body-buffer-bytes",
+        "2097152",
+    ])
+    .await;
 
     // Baseline latency of a legitimate request.
     let mut baseline = Vec::new();

@@ -97,7 +97,7 @@ pub struct Upstream {
 }
 
 /// How a data plane decides that a target can take requests.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthChecks {
     #[serde(default, skip_serializing_if = "PassiveHealth::is_default")]
@@ -119,7 +119,9 @@ impl HealthChecks {
 /// number of times it was ejected (capped at `max_ejection_ms`). At most
 /// `max_ejected_percent` of the service's targets are out at once (at least
 /// one when the service has two or more, never all).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct PassiveHealth {
     /// Default 5; 0 turns passive ejection off.
@@ -166,7 +168,7 @@ impl PassiveHealth {
 /// `expected_statuses` (default: any 2xx or 3xx). `unhealthy_threshold`
 /// failures in a row take the target out of rotation; `healthy_threshold`
 /// successes in a row bring it back (and end a passive ejection).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActiveHealth {
     pub path: String,
