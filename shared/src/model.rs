@@ -160,7 +160,7 @@ impl Protocol {
     /// Whether data planes of this version serve it (`tollgate-proxy`'s
     /// connector tests check that it connects exactly these).
     pub const fn is_served(self) -> bool {
-        matches!(self, Protocol::Http | Protocol::Https)
+        matches!(self, Protocol::Http | Protocol::Https | Protocol::H2c)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -241,7 +241,21 @@ pub struct Route {
     /// `;params` in path segments: overrides the data plane's `--path-parameters`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_parameters: Option<PathParameters>,
+    /// Forward `Upgrade: websocket` requests and join client and upstream
+    /// as a tunnel once the upstream answers 101. Off: every upgrade is
+    /// stripped (hop-by-hop), as on any route.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub websocket: bool,
+    /// A WebSocket tunnel with no byte in either direction for this long is
+    /// closed (default [`DEFAULT_WEBSOCKET_IDLE_TIMEOUT_MS`]). Only with
+    /// `websocket: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket_idle_timeout_ms: Option<u64>,
 }
+
+/// How long a WebSocket tunnel may stay silent both ways (nginx's
+/// `proxy_read_timeout` is 60 s; chat-like sockets ping more often than this).
+pub const DEFAULT_WEBSOCKET_IDLE_TIMEOUT_MS: u64 = 300_000;
 
 /// What the gateway does with an encoded slash (`%2F`) in a request path,
 /// before routing, so that the route matched, the auth applied and the path

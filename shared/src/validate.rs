@@ -103,6 +103,19 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
             )));
         }
         validate_route(route).map_err(err)?;
+        if route.websocket {
+            let protocol = config
+                .services
+                .iter()
+                .find(|service| service.name == route.service)
+                .map(|service| service.protocol);
+            if protocol == Some(crate::model::Protocol::H2c) {
+                return Err(err(format!(
+                    "websocket: service {} speaks h2c, which carries no HTTP/1.1 upgrade",
+                    show(&route.service)
+                )));
+            }
+        }
     }
 
     let mut consumer_names = HashSet::new();
@@ -518,6 +531,16 @@ fn validate_route(route: &Route) -> Result<(), String> {
     }
     if route.max_body_bytes == Some(0) {
         return Err("max_body_bytes: must be at least 1".into());
+    }
+    if let Some(idle) = route.websocket_idle_timeout_ms {
+        if !route.websocket {
+            return Err("websocket_idle_timeout_ms: only with websocket: true".into());
+        }
+        if idle == 0 || idle > MAX_TIMEOUT_MS {
+            return Err(format!(
+                "websocket_idle_timeout_ms: must be between 1 and {MAX_TIMEOUT_MS}"
+            ));
+        }
     }
     validate_plugins(&route.plugins)
 }
@@ -977,6 +1000,8 @@ consumers:
             https_redirect: false,
             encoded_slashes: None,
             path_parameters: None,
+            websocket: false,
+            websocket_idle_timeout_ms: None,
         }
     }
 
@@ -1150,6 +1175,37 @@ consumers:
             &plugins(l::MAX_PLUGINS_PER_ENTITY + 1),
             &["plugins: at most 32"],
         );
+    }
+
+    #[test]
+    fn websocket_fields_are_checked() {
+        let ok = one_route(|r| {
+            r.websocket = true;
+            r.websocket_idle_timeout_ms = Some(1_000);
+        });
+        assert!(validate(&ok).is_ok());
+        for (edit, expected) in [
+            (
+                (|r: &mut Route| r.websocket_idle_timeout_ms = Some(1_000)) as fn(&mut Route),
+                "websocket_idle_timeout_ms: only with websocket: true",
+            ),
+            (
+                |r: &mut Route| {
+                    r.websocket = true;
+                    r.websocket_idle_timeout_ms = Some(0);
+                },
+                "websocket_idle_timeout_ms: must be between 1 and",
+            ),
+        ] {
+            let err = validate(&one_route(edit)).expect_err("refused");
+            assert!(err.to_string().contains(expected), "{err}");
+        }
+        let mut h2c = one_route(|r| r.websocket = true);
+        h2c.services[0].protocol = Protocol::H2c;
+        let err = validate(&h2c).expect_err("refused");
+        assert!(err.to_string().contains("websocket: service"), "{err}");
+        h2c.routes[0].websocket = false;
+        assert!(validate(&h2c).is_ok());
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! `http` is the HTTP/1.1 keep-alive pool ([`crate::pool`]); `https` is the
 //! same pool with each connection wrapped in TLS ([`crate::tls::upstream`]),
 //! so TLS connections are pooled and reused exactly like plaintext ones and
-//! the handshake is paid once per connection. HTTP/2 upstreams would be a
-//! further variant (and a body variant in [`crate::body`]), with no change
-//! to the handler. An enum rather than a
+//! the handshake is paid once per connection. `h2c` multiplexes requests
+//! over one HTTP/2 connection per target and worker ([`crate::h2`]), with
+//! no change to the handler. An enum rather than a
 //! boxed trait object so the pool's fast path stays a direct, inlinable call
 //! with no boxed future per request.
 //!
@@ -22,12 +22,13 @@ use tollgate_plugin_api::RefusalKind;
 use tollgate_shared::model::Protocol;
 
 use crate::body::UpstreamBody;
+use crate::h2::H2Connections;
 use crate::pool::{PooledBody, TargetConnections, TargetTls};
 use crate::tls::upstream::UpstreamTlsClient;
 use crate::upstream::ClientCache;
 
 /// The upstream protocols this data plane implements, by config name.
-pub const PROTOCOLS: [&str; 2] = ["http", "https"];
+pub const PROTOCOLS: [&str; 3] = ["http", "https", "h2c"];
 
 /// How requests reach one target.
 #[derive(Debug, Clone)]
@@ -36,6 +37,8 @@ pub enum Connector {
     Http1(Arc<TargetConnections>),
     /// HTTP/1.1 over pooled keep-alive TLS connections.
     Https1(Arc<TargetConnections>),
+    /// HTTP/2 with prior knowledge over plaintext, multiplexed ([`crate::h2`]).
+    H2c(Arc<H2Connections>),
 }
 
 impl Connector {
@@ -70,10 +73,8 @@ impl Connector {
                     }),
                 )))
             }
-            other => Err(format!(
-                "{:?} is not supported yet (supported: {})",
-                other.as_str(),
-                PROTOCOLS.join(", ")
+            Protocol::H2c => Ok(Connector::H2c(
+                clients.h2_target(authority, connect_timeout_ms),
             )),
         }
     }
@@ -89,6 +90,24 @@ impl Connector {
             Connector::Http1(connections) | Connector::Https1(connections) => {
                 connections.send(request).await
             }
+            Connector::H2c(connections) => Box::pin(connections.send(request)).await,
+        }
+    }
+}
+
+impl Connector {
+    /// Sends an upgrade request on a connection of its own (see
+    /// [`crate::websocket`]); HTTP/2 upstreams carry no HTTP/1.1 upgrade
+    /// (the control plane refuses `websocket` on such a service).
+    pub async fn send_upgrade(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, RefusalKind> {
+        match self {
+            Connector::Http1(connections) | Connector::Https1(connections) => {
+                connections.send_upgrade(request).await
+            }
+            Connector::H2c(_) => Err(RefusalKind::UpstreamUnavailable),
         }
     }
 }

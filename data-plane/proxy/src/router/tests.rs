@@ -22,6 +22,8 @@ fn route(name: &str) -> Route {
         https_redirect: false,
         encoded_slashes: None,
         path_parameters: None,
+        websocket: false,
+        websocket_idle_timeout_ms: None,
     }
 }
 

@@ -51,6 +51,8 @@ pub struct CompiledRoute {
     /// This route's overrides of the gateway's [`crate::router::PathPolicy`].
     pub encoded_slashes: Option<EncodedSlashes>,
     pub path_parameters: Option<PathParameters>,
+    /// `Some(idle timeout)` when the route forwards WebSocket upgrades.
+    pub websocket: Option<Duration>,
     pub plugins: PluginChain,
     /// This route's metric handles, resolved once here, not per request.
     pub metrics: Arc<RouteMetrics>,
@@ -181,6 +183,13 @@ pub fn compile(
             https_redirect: route.https_redirect,
             encoded_slashes: route.encoded_slashes,
             path_parameters: route.path_parameters,
+            websocket: route.websocket.then(|| {
+                Duration::from_millis(
+                    route
+                        .websocket_idle_timeout_ms
+                        .unwrap_or(tollgate_shared::model::DEFAULT_WEBSOCKET_IDLE_TIMEOUT_MS),
+                )
+            }),
             plugins,
             metrics: match &consumer_names {
                 Some(names) if route.metrics.consumer_labels => {
