@@ -2,7 +2,8 @@
 
 Usage: grpc_client.py SPEC, SPEC a JSON object: target (host:port), metadata
 (list of [key, value]), timeout (seconds, per call), calls (a list of: unary,
-server_stream, client_stream, bidi, health, slow). Prints one JSON object per
+server_stream, client_stream, bidi, health, slow, or a method path
+/pkg.Service/Method called unary with b"x"). Prints one JSON object per
 call: call, code (the gRPC status name), details, and what came back.
 """
 import json
@@ -31,6 +32,9 @@ def run(channel, call, metadata, timeout):
         elif call == "health":
             out["response"] = channel.unary_unary("/grpc.health.v1.Health/Check")(
                 b"", metadata=metadata, timeout=timeout).hex()
+        elif call.startswith("/"):
+            out["response"] = channel.unary_unary(call)(
+                b"x", metadata=metadata, timeout=timeout).decode()
         elif call == "slow":
             out["response"] = channel.unary_unary("/test.Echo/Slow")(
                 b"3", metadata=metadata, timeout=timeout).decode()
