@@ -92,7 +92,10 @@ async fn grpc_calls_stream_through_h2c_and_gateway_errors_are_grpc_statuses() {
         json!(["item 0", "item 1", "item 2", "item 3", "item 4"])
     );
     assert_eq!(results[2]["response"], "7 70");
-    assert_eq!(results[3]["responses"], json!(["re:one", "re:two", "re:three"]));
+    assert_eq!(
+        results[3]["responses"],
+        json!(["re:one", "re:two", "re:three"])
+    );
     assert_eq!(results[4]["response"], "0801", "SERVING");
     let seen = python::server_lines(&server);
     assert!(
@@ -114,7 +117,13 @@ async fn grpc_calls_stream_through_h2c_and_gateway_errors_are_grpc_statuses() {
             "{result}"
         );
     }
-    let wrong = calls(gateway.clone(), json!([["apikey", "wrong-key-42"]]), &["unary"], 20.0).await;
+    let wrong = calls(
+        gateway.clone(),
+        json!([["apikey", "wrong-key-42"]]),
+        &["unary"],
+        20.0,
+    )
+    .await;
     assert_eq!(wrong[0]["code"], "UNAUTHENTICATED", "{}", wrong[0]);
     assert_eq!(
         python::server_lines(&server).len(),
@@ -138,14 +147,20 @@ async fn grpc_calls_stream_through_h2c_and_gateway_errors_are_grpc_statuses() {
     // DEADLINE_EXCEEDED itself, and says so in its access log.
     let slow = calls(gateway.clone(), with_key.clone(), &["slow"], 1.0).await;
     assert_eq!(slow[0]["code"], "DEADLINE_EXCEEDED", "{}", slow[0]);
-    wait_until("the gateway's own deadline in the log", Duration::from_secs(20), || async {
-        std::fs::read_to_string(&log_path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .any(|line| line["path"] == "/test.Echo/Slow" && line["error"] == "upstream_timeout")
-            .then_some(())
-    })
+    wait_until(
+        "the gateway's own deadline in the log",
+        Duration::from_secs(20),
+        || async {
+            std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .any(|line| {
+                    line["path"] == "/test.Echo/Slow" && line["error"] == "upstream_timeout"
+                })
+                .then_some(())
+        },
+    )
     .await;
     drop(server);
 }

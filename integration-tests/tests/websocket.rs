@@ -148,10 +148,14 @@ async fn websocket_upgrades_only_on_opted_in_routes_with_auth_metrics_and_log() 
         json!({"url": format!("{base}/quiet/chat"), "messages": 3, "wait_close": 30}),
         Duration::from_secs(60),
     ));
-    wait_until("the quiet tunnel in the gauge", Duration::from_secs(20), || async {
-        (metric(&gw.dp, "tollgate_websocket_tunnels{route=\"quiet\"}").await == Some(1.0))
-            .then_some(())
-    })
+    wait_until(
+        "the quiet tunnel in the gauge",
+        Duration::from_secs(20),
+        || async {
+            (metric(&gw.dp, "tollgate_websocket_tunnels{route=\"quiet\"}").await == Some(1.0))
+                .then_some(())
+        },
+    )
     .await;
     let quiet = quiet.await.expect("quiet client");
     assert_eq!(quiet["ok"], true, "{quiet}");
@@ -162,11 +166,15 @@ async fn websocket_upgrades_only_on_opted_in_routes_with_auth_metrics_and_log() 
         "closed after the idle timeout, not before: {seconds}"
     );
 
-    wait_until("tunnels closed in the gauge", Duration::from_secs(20), || async {
-        let live = metric(&gw.dp, "tollgate_websocket_tunnels{route=\"live\"}").await;
-        let quiet = metric(&gw.dp, "tollgate_websocket_tunnels{route=\"quiet\"}").await;
-        (live == Some(0.0) && quiet == Some(0.0)).then_some(())
-    })
+    wait_until(
+        "tunnels closed in the gauge",
+        Duration::from_secs(20),
+        || async {
+            let live = metric(&gw.dp, "tollgate_websocket_tunnels{route=\"live\"}").await;
+            let quiet = metric(&gw.dp, "tollgate_websocket_tunnels{route=\"quiet\"}").await;
+            (live == Some(0.0) && quiet == Some(0.0)).then_some(())
+        },
+    )
     .await;
     assert_eq!(
         metric(&gw.dp, "tollgate_websocket_upgrades_total{route=\"live\"}").await,
@@ -183,22 +191,29 @@ async fn websocket_upgrades_only_on_opted_in_routes_with_auth_metrics_and_log() 
 
     // The access log: one line per tunnel, written when it closed, with its
     // duration and bytes both ways.
-    let lines = wait_until("tunnel access-log lines", Duration::from_secs(20), || async {
-        let text = std::fs::read_to_string(&gw.log_path).unwrap_or_default();
-        let lines: Vec<Value> = text
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .filter(|line: &Value| line["status"] == 101)
-            .collect();
-        (lines.len() >= 2).then_some(lines)
-    })
+    let lines = wait_until(
+        "tunnel access-log lines",
+        Duration::from_secs(20),
+        || async {
+            let text = std::fs::read_to_string(&gw.log_path).unwrap_or_default();
+            let lines: Vec<Value> = text
+                .lines()
+                .filter_map(|line| serde_json::from_str(line).ok())
+                .filter(|line: &Value| line["status"] == 101)
+                .collect();
+            (lines.len() >= 2).then_some(lines)
+        },
+    )
     .await;
     let live = lines
         .iter()
         .find(|line| line["route"] == "live")
         .expect("live tunnel line");
     assert_eq!(live["consumer"], "ws-app");
-    assert!(live["tunnel_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{live}");
+    assert!(
+        live["tunnel_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{live}"
+    );
     // 1,000 frames each way (compressed by permessage-deflate, which the
     // tunnel carries untouched): a header and a payload byte at least.
     for field in ["bytes_in", "bytes_out"] {

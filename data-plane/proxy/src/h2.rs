@@ -128,7 +128,8 @@ impl H2Connections {
             Err(mut failed) => match failed.take_message() {
                 Some(request) => {
                     tracing::debug!(upstream = %self.tcp.address(), error = %DisplayChain(failed.error()), "upstream HTTP/2 connection was going away; sending on a new one");
-                    Box::pin(self.send_on_new(request)).await?
+                    Box::pin(self.send_on_new(request))
+                        .await?
                         .map_err(|failed| failed.into_error())
                 }
                 None => Err(failed.into_error()),
@@ -148,7 +149,10 @@ impl H2Connections {
         &self,
         request: Request<UpstreamBody>,
     ) -> Result<
-        Result<Response<hyper::body::Incoming>, hyper::client::conn::TrySendError<Request<UpstreamBody>>>,
+        Result<
+            Response<hyper::body::Incoming>,
+            hyper::client::conn::TrySendError<Request<UpstreamBody>>,
+        >,
         RefusalKind,
     > {
         let mut sender = self.reconnect().await?;

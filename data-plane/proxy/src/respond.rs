@@ -135,8 +135,7 @@ pub fn grpc_refusal(
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 /// gRPC percent-encodes all but printable ASCII other than `%`.
-const GRPC_MESSAGE_ESCAPES: &percent_encoding::AsciiSet =
-    &percent_encoding::CONTROLS.add(b'%');
+const GRPC_MESSAGE_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
 
 /// Whether a request is a gRPC call: HTTP/2 (gRPC needs it) and a
 /// `content-type` of `application/grpc` or `application/grpc+proto`, ...
@@ -207,7 +206,11 @@ mod tests {
             assert_eq!(response.status(), 200, "{kind:?}");
             let headers = response.headers();
             assert_eq!(headers["content-type"], "application/grpc");
-            assert_eq!(headers["grpc-status"], code.to_string().as_str(), "{kind:?}");
+            assert_eq!(
+                headers["grpc-status"],
+                code.to_string().as_str(),
+                "{kind:?}"
+            );
             assert!(headers["grpc-message"]
                 .to_str()
                 .is_ok_and(|m| m.starts_with(kind.code())));

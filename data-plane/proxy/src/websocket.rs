@@ -126,7 +126,10 @@ pub async fn forward(
     crate::forward::remove_hop_by_hop(&mut parts.headers);
     let Some(upstream) = upstream else {
         return Ok((
-            Response::from_parts(parts, ResponseBody::upstream(body).map_err(|err| crate::upstream::classify(&err))?),
+            Response::from_parts(
+                parts,
+                ResponseBody::upstream(body).map_err(|err| crate::upstream::classify(&err))?,
+            ),
             None,
         ));
     };
@@ -272,7 +275,10 @@ mod tests {
     use super::*;
 
     fn parts(version: Version, method: Method, headers: &[(&str, &str)]) -> request::Parts {
-        let mut builder = Request::builder().version(version).method(method).uri("/ws");
+        let mut builder = Request::builder()
+            .version(version)
+            .method(method)
+            .uri("/ws");
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
@@ -281,15 +287,34 @@ mod tests {
 
     #[test]
     fn only_websocket_openings_are_upgrades() {
-        let ws = [("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")];
-        assert!(is_websocket_opening(&parts(Version::HTTP_11, Method::GET, &ws)));
+        let ws = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ];
+        assert!(is_websocket_opening(&parts(
+            Version::HTTP_11,
+            Method::GET,
+            &ws
+        )));
         for (version, method, headers) in [
             (Version::HTTP_11, Method::POST, &ws[..]),
             (Version::HTTP_10, Method::GET, &ws[..]),
             (Version::HTTP_2, Method::GET, &ws[..]),
-            (Version::HTTP_11, Method::GET, &[("connection", "upgrade"), ("upgrade", "h2c")][..]),
-            (Version::HTTP_11, Method::GET, &[("upgrade", "websocket")][..]),
-            (Version::HTTP_11, Method::GET, &[("connection", "upgrade")][..]),
+            (
+                Version::HTTP_11,
+                Method::GET,
+                &[("connection", "upgrade"), ("upgrade", "h2c")][..],
+            ),
+            (
+                Version::HTTP_11,
+                Method::GET,
+                &[("upgrade", "websocket")][..],
+            ),
+            (
+                Version::HTTP_11,
+                Method::GET,
+                &[("connection", "upgrade")][..],
+            ),
         ] {
             assert!(
                 !is_websocket_opening(&parts(version, method.clone(), headers)),
