@@ -5,7 +5,8 @@ Service test.Echo: Unary (echo:<request>, trailing metadata x-trailer),
 ServerStream (request N: N messages), ClientStream (answers "<count> <bytes>"),
 Bidi (re:<each message>), Slow (sleeps <request> seconds). Also the standard
 grpc.health.v1.Health/Check, answering SERVING (protobuf bytes 08 01).
-Prints one JSON line per call (method, apikey metadata). Usage: grpc_server.py PORT [quiet]
+Prints one JSON line per call (method, apikey metadata).
+Usage: grpc_server.py PORT [quiet] [tls CERT_PEM_FILE KEY_PEM_FILE] (TLS: ALPN h2).
 """
 import json
 import sys
@@ -14,7 +15,8 @@ from concurrent import futures
 
 import grpc
 
-QUIET = len(sys.argv) > 2 and sys.argv[2] == "quiet"
+QUIET = "quiet" in sys.argv[2:]
+TLS = sys.argv[sys.argv.index("tls") + 1:sys.argv.index("tls") + 3] if "tls" in sys.argv[2:] else None
 
 
 def log(method, context):
@@ -74,7 +76,12 @@ def main(port):
     })
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
     server.add_generic_rpc_handlers((echo, checks))
-    server.add_insecure_port("127.0.0.1:%d" % port)
+    if TLS:
+        with open(TLS[0], "rb") as cert, open(TLS[1], "rb") as key:
+            credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
+        server.add_secure_port("127.0.0.1:%d" % port, credentials)
+    else:
+        server.add_insecure_port("127.0.0.1:%d" % port)
     server.start()
     print(json.dumps({"ready": port}), flush=True)
     server.wait_for_termination()

@@ -45,7 +45,7 @@ pub struct Service {
     pub host_header: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<PluginInstance>,
-    /// TLS to the targets (`protocol: https` only).
+    /// TLS to the targets (`protocol: https` or `h2` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
 }
@@ -149,18 +149,34 @@ pub enum Protocol {
     Http,
     Https,
     H2c,
+    /// HTTP/2 over TLS (ALPN `h2`), with the service's `tls` settings.
+    H2,
 }
 
 impl Protocol {
-    pub const ALL: [(&'static str, Protocol); 3] = [
+    pub const ALL: [(&'static str, Protocol); 4] = [
         ("http", Protocol::Http),
         ("https", Protocol::Https),
         ("h2c", Protocol::H2c),
+        ("h2", Protocol::H2),
     ];
     /// Whether data planes of this version serve it (`tollgate-proxy`'s
     /// connector tests check that it connects exactly these).
     pub const fn is_served(self) -> bool {
-        matches!(self, Protocol::Http | Protocol::Https | Protocol::H2c)
+        matches!(
+            self,
+            Protocol::Http | Protocol::Https | Protocol::H2c | Protocol::H2
+        )
+    }
+
+    /// Whether the targets are reached over TLS (the service's `tls` applies).
+    pub const fn uses_tls(self) -> bool {
+        matches!(self, Protocol::Https | Protocol::H2)
+    }
+
+    /// Whether the targets speak HTTP/2 (no HTTP/1.1 upgrades).
+    pub const fn is_http2(self) -> bool {
+        matches!(self, Protocol::H2c | Protocol::H2)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -168,6 +184,7 @@ impl Protocol {
             Protocol::Http => "http",
             Protocol::Https => "https",
             Protocol::H2c => "h2c",
+            Protocol::H2 => "h2",
         }
     }
 }

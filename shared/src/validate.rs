@@ -109,10 +109,11 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
                 .iter()
                 .find(|service| service.name == route.service)
                 .map(|service| service.protocol);
-            if protocol == Some(crate::model::Protocol::H2c) {
+            if let Some(protocol) = protocol.filter(|p| p.is_http2()) {
                 return Err(err(format!(
-                    "websocket: service {} speaks h2c, which carries no HTTP/1.1 upgrade",
-                    show(&route.service)
+                    "websocket: service {} speaks {}, which carries no HTTP/1.1 upgrade",
+                    show(&route.service),
+                    protocol.as_str()
                 )));
             }
         }

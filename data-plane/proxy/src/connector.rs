@@ -28,7 +28,7 @@ use crate::tls::upstream::UpstreamTlsClient;
 use crate::upstream::ClientCache;
 
 /// The upstream protocols this data plane implements, by config name.
-pub const PROTOCOLS: [&str; 3] = ["http", "https", "h2c"];
+pub const PROTOCOLS: [&str; 4] = ["http", "https", "h2c", "h2"];
 
 /// How requests reach one target.
 #[derive(Debug, Clone)]
@@ -37,8 +37,9 @@ pub enum Connector {
     Http1(Arc<TargetConnections>),
     /// HTTP/1.1 over pooled keep-alive TLS connections.
     Https1(Arc<TargetConnections>),
-    /// HTTP/2 with prior knowledge over plaintext, multiplexed ([`crate::h2`]).
-    H2c(Arc<H2Connections>),
+    /// HTTP/2, multiplexed ([`crate::h2`]): with prior knowledge over
+    /// plaintext (`h2c`), or over TLS with ALPN `h2` (`h2`).
+    Http2(Arc<H2Connections>),
 }
 
 impl Connector {
@@ -55,27 +56,21 @@ impl Connector {
             Protocol::Http => Ok(Connector::Http1(
                 clients.target(authority, connect_timeout_ms),
             )),
-            Protocol::Https => {
-                let client = tls.ok_or("https: no TLS client was built for this service")?;
-                let host = authority
-                    .host()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']');
-                let server_name = client
-                    .name_for(host)
-                    .map_err(|m| format!("https: {m} (set tls.sni)"))?;
-                Ok(Connector::Https1(clients.target_with_tls(
-                    authority,
-                    connect_timeout_ms,
-                    Some(TargetTls {
-                        client: Arc::clone(client),
-                        server_name,
-                    }),
-                )))
-            }
-            Protocol::H2c => Ok(Connector::H2c(
-                clients.h2_target(authority, connect_timeout_ms),
-            )),
+            Protocol::Https => Ok(Connector::Https1(clients.target_with_tls(
+                authority,
+                connect_timeout_ms,
+                Some(target_tls(protocol, authority, tls)?),
+            ))),
+            Protocol::H2c => Ok(Connector::Http2(clients.h2_target(
+                authority,
+                connect_timeout_ms,
+                None,
+            ))),
+            Protocol::H2 => Ok(Connector::Http2(clients.h2_target(
+                authority,
+                connect_timeout_ms,
+                Some(target_tls(protocol, authority, tls)?),
+            ))),
         }
     }
 
@@ -90,9 +85,31 @@ impl Connector {
             Connector::Http1(connections) | Connector::Https1(connections) => {
                 connections.send(request).await
             }
-            Connector::H2c(connections) => Box::pin(connections.send(request)).await,
+            Connector::Http2(connections) => Box::pin(connections.send(request)).await,
         }
     }
+}
+
+/// The TLS settings of one target of a TLS protocol: the service's client
+/// and the name verified for this target.
+fn target_tls(
+    protocol: Protocol,
+    authority: &Authority,
+    tls: Option<&Arc<UpstreamTlsClient>>,
+) -> Result<TargetTls, String> {
+    let name = protocol.as_str();
+    let client = tls.ok_or_else(|| format!("{name}: no TLS client was built for this service"))?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let server_name = client
+        .name_for(host)
+        .map_err(|m| format!("{name}: {m} (set tls.sni)"))?;
+    Ok(TargetTls {
+        client: Arc::clone(client),
+        server_name,
+    })
 }
 
 impl Connector {
@@ -107,7 +124,7 @@ impl Connector {
             Connector::Http1(connections) | Connector::Https1(connections) => {
                 connections.send_upgrade(request).await
             }
-            Connector::H2c(_) => Err(RefusalKind::UpstreamUnavailable),
+            Connector::Http2(_) => Err(RefusalKind::UpstreamUnavailable),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! HTTP/2 upstreams over plaintext (`protocol: h2c`, prior knowledge): what
-//! gRPC services speak.
+//! HTTP/2 upstreams: `protocol: h2c` (plaintext, prior knowledge) and `h2`
+//! (TLS with ALPN `h2`, the service's `tls` settings): what gRPC services
+//! speak.
 //!
 //! HTTP/2 multiplexes, so a target needs no pool of idle connections: each
 //! target keeps one connection per worker thread ([`crate::pool::shard_count`]
@@ -12,7 +13,7 @@
 //! already going away is sent once more on a new one. Streams beyond the
 //! upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` wait for a free one.
 //!
-//! Requests go out in HTTP/2 form: `:scheme http`, `:authority` from the
+//! Requests go out in HTTP/2 form: `:scheme http` (`https` over TLS), `:authority` from the
 //! `Host` the handler chose (client's, `host_header`, or the target), and
 //! `te: trailers` (the only TE HTTP/2 allows, and what gRPC servers expect).
 //! Bodies and trailers are streamed both ways frame by frame, so client,
@@ -80,6 +81,33 @@ impl H2Connections {
     /// worker got one in the meantime, which is then used instead).
     async fn reconnect(&self) -> Result<Sender, RefusalKind> {
         let stream = self.tcp.tcp().await?;
+        let sender = match self.tcp.tls() {
+            None => self.handshake(stream).await?,
+            Some(tls) => {
+                let stream = self.tcp.tls_handshake(tls, stream).await?;
+                if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    tracing::warn!(upstream = %self.tcp.address(), "upstream did not agree to HTTP/2 (ALPN h2) over TLS");
+                    return Err(RefusalKind::UpstreamUnavailable);
+                }
+                self.handshake(stream).await?
+            }
+        };
+        let mut slot = self.slot().lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref().filter(|s| !s.is_closed()) {
+            Some(existing) => Ok(existing.clone()),
+            None => {
+                *slot = Some(sender.clone());
+                Ok(sender)
+            }
+        }
+    }
+
+    /// The HTTP/2 handshake on an open stream (plain or TLS); spawns the
+    /// connection's I/O task on this worker.
+    async fn handshake<S>(&self, stream: S) -> Result<Sender, RefusalKind>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(PING_INTERVAL)
@@ -97,14 +125,7 @@ impl H2Connections {
                 tracing::debug!(error = %DisplayChain(&err), "upstream HTTP/2 connection ended with an error");
             }
         });
-        let mut slot = self.slot().lock().unwrap_or_else(|p| p.into_inner());
-        match slot.as_ref().filter(|s| !s.is_closed()) {
-            Some(existing) => Ok(existing.clone()),
-            None => {
-                *slot = Some(sender.clone());
-                Ok(sender)
-            }
-        }
+        Ok(sender)
     }
 
     /// Sends `request` (origin-form URI, `Host` set) as an HTTP/2 stream and
@@ -113,7 +134,12 @@ impl H2Connections {
         &self,
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, RefusalKind> {
-        to_h2_form(&mut request, self.tcp.address())?;
+        let scheme = if self.tcp.tls().is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        to_h2_form(&mut request, self.tcp.address(), scheme)?;
         let mut sender = match self.current() {
             Some(sender) => sender,
             None => self.reconnect().await?,
@@ -170,7 +196,11 @@ async fn ready(sender: &mut Sender) -> hyper::Result<()> {
 
 /// The request in HTTP/2 form: absolute URI from the `Host` chosen for it
 /// (which `:authority` replaces), `te: trailers`.
-fn to_h2_form(request: &mut Request<UpstreamBody>, target: &str) -> Result<(), RefusalKind> {
+fn to_h2_form(
+    request: &mut Request<UpstreamBody>,
+    target: &str,
+    scheme: Scheme,
+) -> Result<(), RefusalKind> {
     let authority = match request.headers_mut().remove(HOST) {
         Some(host) => Authority::try_from(host.as_bytes()).ok(),
         None => None,
@@ -180,7 +210,7 @@ fn to_h2_form(request: &mut Request<UpstreamBody>, target: &str) -> Result<(), R
         None => Authority::try_from(target).map_err(|_| RefusalKind::BadRequest)?,
     };
     let mut parts = std::mem::take(request.uri_mut()).into_parts();
-    parts.scheme = Some(Scheme::HTTP);
+    parts.scheme = Some(scheme);
     parts.authority = Some(authority);
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
@@ -204,7 +234,7 @@ mod tests {
             .header(HOST, "api.example.com:8080")
             .body(UpstreamBody::Empty)
             .expect("request");
-        to_h2_form(&mut request, "10.0.0.1:50051").expect("h2 form");
+        to_h2_form(&mut request, "10.0.0.1:50051", Scheme::HTTP).expect("h2 form");
         assert_eq!(
             request.uri().to_string(),
             "http://api.example.com:8080/pkg.Service/Method?x=1"
@@ -217,7 +247,7 @@ mod tests {
             .uri("/m")
             .body(UpstreamBody::Empty)
             .expect("request");
-        to_h2_form(&mut no_host, "10.0.0.1:50051").expect("h2 form");
-        assert_eq!(no_host.uri().to_string(), "http://10.0.0.1:50051/m");
+        to_h2_form(&mut no_host, "10.0.0.1:50051", Scheme::HTTPS).expect("h2 form");
+        assert_eq!(no_host.uri().to_string(), "https://10.0.0.1:50051/m");
     }
 }

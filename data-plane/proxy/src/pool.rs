@@ -250,24 +250,40 @@ impl TargetConnections {
         match &self.tls {
             None => self.http1(stream, upgrades).await,
             Some(tls) => {
-                let handshake = tls
-                    .client
-                    .connector
-                    .connect(tls.server_name.clone(), stream);
-                match tokio::time::timeout(self.connect_timeout, handshake).await {
-                    Err(_elapsed) => {
-                        tracing::warn!(upstream = %self.address, "upstream TLS handshake timed out");
-                        Err(RefusalKind::UpstreamTimeout)
-                    }
-                    Ok(Err(err)) => {
-                        // The reason goes to the log, never to the client.
-                        tracing::warn!(upstream = %self.address, error = %err, "upstream TLS handshake failed");
-                        Err(RefusalKind::UpstreamTlsError)
-                    }
-                    Ok(Ok(stream)) => self.http1(stream, upgrades).await,
-                }
+                let stream = self.tls_handshake(tls, stream).await?;
+                self.http1(stream, upgrades).await
             }
         }
+    }
+
+    /// The TLS handshake on a new connection, within the connect timeout
+    /// (also used by [`crate::h2`] for `protocol: h2`).
+    pub(crate) async fn tls_handshake(
+        &self,
+        tls: &TargetTls,
+        stream: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, RefusalKind> {
+        let handshake = tls
+            .client
+            .connector
+            .connect(tls.server_name.clone(), stream);
+        match tokio::time::timeout(self.connect_timeout, handshake).await {
+            Err(_elapsed) => {
+                tracing::warn!(upstream = %self.address, "upstream TLS handshake timed out");
+                Err(RefusalKind::UpstreamTimeout)
+            }
+            Ok(Err(err)) => {
+                // The reason goes to the log, never to the client.
+                tracing::warn!(upstream = %self.address, error = %err, "upstream TLS handshake failed");
+                Err(RefusalKind::UpstreamTlsError)
+            }
+            Ok(Ok(stream)) => Ok(stream),
+        }
+    }
+
+    /// How this target's connections are wrapped in TLS, if they are.
+    pub(crate) fn tls(&self) -> Option<&TargetTls> {
+        self.tls.as_ref()
     }
 
     /// A new TCP connection to the target within the connect timeout, with

@@ -43,8 +43,8 @@ use tollgate_plugin_api::RefusalKind;
 #[derive(Debug, Default)]
 pub struct ClientCache {
     targets: Mutex<HashMap<TargetKey, Weak<TargetConnections>>>,
-    /// HTTP/2 (`h2c`) targets' connections, by address and connect timeout.
-    h2_targets: Mutex<HashMap<(String, u64), Weak<H2Connections>>>,
+    /// HTTP/2 (`h2c`, `h2`) targets' connections, keyed like `targets`.
+    h2_targets: Mutex<HashMap<TargetKey, Weak<H2Connections>>>,
 }
 
 /// `(address, connect timeout ms, TLS identity and server name)`.
@@ -89,19 +89,30 @@ impl ClientCache {
 
     /// The HTTP/2 connections of this `h2c` target, created on first use
     /// and kept across snapshots like [`ClientCache::target`]'s.
-    pub fn h2_target(&self, authority: &Authority, connect_timeout_ms: u64) -> Arc<H2Connections> {
+    pub fn h2_target(
+        &self,
+        authority: &Authority,
+        connect_timeout_ms: u64,
+        tls: Option<TargetTls>,
+    ) -> Arc<H2Connections> {
         let mut targets = match self.h2_targets.lock() {
             Ok(targets) => targets,
             Err(poisoned) => poisoned.into_inner(),
         };
         targets.retain(|_, weak| weak.strong_count() > 0);
-        let key = (authority.as_str().to_owned(), connect_timeout_ms);
+        let key = (
+            authority.as_str().to_owned(),
+            connect_timeout_ms,
+            tls.as_ref()
+                .map(|t| format!("{}|{}", t.client.identity, t.server_name.to_str())),
+        );
         if let Some(existing) = targets.get(&key).and_then(Weak::upgrade) {
             return existing;
         }
-        let created = Arc::new(H2Connections::new(Arc::new(TargetConnections::new(
+        let created = Arc::new(H2Connections::new(Arc::new(TargetConnections::with_tls(
             authority,
             Duration::from_millis(connect_timeout_ms),
+            tls,
         ))));
         targets.insert(key, Arc::downgrade(&created));
         created
