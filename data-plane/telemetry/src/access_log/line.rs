@@ -683,7 +683,12 @@ pub(super) mod tests {
         assert_eq!(line["bytes_out"], 20);
         assert_eq!(line["tls_version"], "TLSv1.3");
         assert_eq!(line["alpn"], "h2");
-        assert_eq!(line.as_object().map(|fields| fields.len()), Some(19));
+        assert!(line["tunnel_ms"].is_null());
+        assert_eq!(line.as_object().map(|fields| fields.len()), Some(20));
+        let mut tunnel = record("/ws");
+        tunnel.status = 101;
+        tunnel.tunnel = Some(Duration::from_micros(2_500_250));
+        assert_eq!(line_of(&tunnel)["tunnel_ms"], 2500.25);
     }
 
     #[test]
