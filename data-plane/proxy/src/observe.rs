@@ -210,9 +210,16 @@ pub async fn serve(
             // The 101 goes out now; the request is recorded when its tunnel
             // closes, with the tunnel's duration and bytes.
             tokio::spawn(async move {
-                let _open = pending.exchange.route.as_ref().map(|r| r.tunnel_opened());
+                let open_gauge = pending.exchange.route.as_ref().map(|r| r.tunnel_opened());
                 let outcome = tunnel.run().await;
-                drop(_open);
+                drop(open_gauge);
+                tracing::debug!(
+                    seconds = outcome.open_for.as_secs_f64(),
+                    from_client = outcome.from_client,
+                    to_client = outcome.to_client,
+                    idle_timeout = outcome.idle_timeout,
+                    "websocket tunnel closed"
+                );
                 pending.record(outcome.to_client, false, Some(outcome));
             });
             None
@@ -275,6 +282,8 @@ impl Pending {
     /// `tunnel`, its bytes stand for the bodies'.
     fn record(self, sent: u64, broken: bool, tunnel: Option<crate::websocket::TunnelOutcome>) {
         let pending = self;
+        // A tunnel's line is written when it closes; its total latency is
+        // the time from the request to the tunnel's end.
         let elapsed = pending.started.elapsed();
         let exchange = pending.exchange;
         let bytes_in = match tunnel {
