@@ -6,6 +6,7 @@
 //!
 //! - [`process`]: child processes killed by PID on drop, free ports, bounded polls.
 //! - [`redis`]: a `redis-server` of the test's own, killed by PID, restartable on its port.
+//! - [`python`]: real WebSocket and gRPC clients and servers (Python scripts in `python/`).
 //! - [`tls`]: a private CA (rcgen), an HTTPS upstream counting handshakes, a Python TLS client.
 //!
 //! Binaries are found in the cargo target directory; run `cargo build --bins`
@@ -14,6 +15,7 @@
 pub mod cp;
 pub mod dp;
 pub mod process;
+pub mod python;
 pub mod redis;
 pub mod tls;
 pub mod upstream;

@@ -175,9 +175,9 @@ async fn unsupported_values_are_refused_by_the_control_plane_naming_the_field() 
             "service \"orders\": upstream.hash_on: required with consistent_hash",
         ),
         (
-            "protocol",
-            "services:\n  - name: orders\n    upstream:\n      targets: [{address: \"127.0.0.1:9\"}]\n    protocol: h2c\n",
-            "service \"orders\": protocol: \"h2c\" is not supported yet",
+            "websocket",
+            "services:\n  - name: orders\n    upstream:\n      targets: [{address: \"127.0.0.1:9\"}]\n    protocol: h2c\nroutes:\n  - name: live\n    service: orders\n    websocket: true\n",
+            "route \"live\": websocket: service \"orders\" speaks h2c",
         ),
         (
             "ip-restriction",

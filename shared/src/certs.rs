@@ -24,7 +24,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::model::{Certificate, CertificateInfo, GatewayConfig, Protocol, Service};
+use crate::model::{Certificate, CertificateInfo, GatewayConfig, Service};
 use crate::ConfigError;
 
 /// A certificate expiring sooner than this is accepted with a warning.
@@ -294,8 +294,8 @@ pub fn check_upstream_tls(service: &Service) -> Result<(), String> {
     let Some(tls) = &service.tls else {
         return Ok(());
     };
-    if service.protocol != Protocol::Https {
-        return Err("tls: only with protocol: https".into());
+    if !service.protocol.uses_tls() {
+        return Err("tls: only with protocol: https or h2".into());
     }
     if tls.ca_pem.is_some() && tls.ca_certificate.is_some() {
         return Err("tls: set ca_pem or ca_certificate, not both".into());

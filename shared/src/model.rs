@@ -45,7 +45,7 @@ pub struct Service {
     pub host_header: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<PluginInstance>,
-    /// TLS to the targets (`protocol: https` only).
+    /// TLS to the targets (`protocol: https` or `h2` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
 }
@@ -277,18 +277,34 @@ pub enum Protocol {
     Http,
     Https,
     H2c,
+    /// HTTP/2 over TLS (ALPN `h2`), with the service's `tls` settings.
+    H2,
 }
 
 impl Protocol {
-    pub const ALL: [(&'static str, Protocol); 3] = [
+    pub const ALL: [(&'static str, Protocol); 4] = [
         ("http", Protocol::Http),
         ("https", Protocol::Https),
         ("h2c", Protocol::H2c),
+        ("h2", Protocol::H2),
     ];
     /// Whether data planes of this version serve it (`tollgate-proxy`'s
     /// connector tests check that it connects exactly these).
     pub const fn is_served(self) -> bool {
-        matches!(self, Protocol::Http | Protocol::Https)
+        matches!(
+            self,
+            Protocol::Http | Protocol::Https | Protocol::H2c | Protocol::H2
+        )
+    }
+
+    /// Whether the targets are reached over TLS (the service's `tls` applies).
+    pub const fn uses_tls(self) -> bool {
+        matches!(self, Protocol::Https | Protocol::H2)
+    }
+
+    /// Whether the targets speak HTTP/2 (no HTTP/1.1 upgrades).
+    pub const fn is_http2(self) -> bool {
+        matches!(self, Protocol::H2c | Protocol::H2)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -296,6 +312,7 @@ impl Protocol {
             Protocol::Http => "http",
             Protocol::Https => "https",
             Protocol::H2c => "h2c",
+            Protocol::H2 => "h2",
         }
     }
 }
@@ -380,10 +397,24 @@ pub struct Route {
     /// Retry POST/PATCH too after a 502/503/504 or a reset.
     #[serde(default, skip_serializing_if = "is_default")]
     pub retry_non_idempotent: bool,
+    /// Forward `Upgrade: websocket` requests and join client and upstream
+    /// as a tunnel once the upstream answers 101. Off: every upgrade is
+    /// stripped (hop-by-hop), as on any route.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub websocket: bool,
+    /// A WebSocket tunnel with no byte in either direction for this long is
+    /// closed (default [`DEFAULT_WEBSOCKET_IDLE_TIMEOUT_MS`]). Only with
+    /// `websocket: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket_idle_timeout_ms: Option<u64>,
 }
 
 pub const DEFAULT_RETRIES: u32 = 1;
 pub const MAX_RETRIES: u32 = 5;
+
+/// How long a WebSocket tunnel may stay silent both ways (nginx's
+/// `proxy_read_timeout` is 60 s; chat-like sockets ping more often than this).
+pub const DEFAULT_WEBSOCKET_IDLE_TIMEOUT_MS: u64 = 300_000;
 
 /// What the gateway does with an encoded slash (`%2F`) in a request path,
 /// before routing, so that the route matched, the auth applied and the path

@@ -103,6 +103,20 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
             )));
         }
         validate_route(route).map_err(err)?;
+        if route.websocket {
+            let protocol = config
+                .services
+                .iter()
+                .find(|service| service.name == route.service)
+                .map(|service| service.protocol);
+            if let Some(protocol) = protocol.filter(|p| p.is_http2()) {
+                return Err(err(format!(
+                    "websocket: service {} speaks {}, which carries no HTTP/1.1 upgrade",
+                    show(&route.service),
+                    protocol.as_str()
+                )));
+            }
+        }
     }
 
     let mut consumer_names = HashSet::new();
@@ -620,6 +634,16 @@ fn validate_route(route: &Route) -> Result<(), String> {
     if route.retries > Some(MAX_RETRIES) {
         return Err(format!("retries: must be at most {MAX_RETRIES}"));
     }
+    if let Some(idle) = route.websocket_idle_timeout_ms {
+        if !route.websocket {
+            return Err("websocket_idle_timeout_ms: only with websocket: true".into());
+        }
+        if idle == 0 || idle > MAX_TIMEOUT_MS {
+            return Err(format!(
+                "websocket_idle_timeout_ms: must be between 1 and {MAX_TIMEOUT_MS}"
+            ));
+        }
+    }
     validate_plugins(&route.plugins)
 }
 
@@ -1082,6 +1106,8 @@ consumers:
             path_parameters: None,
             retries: None,
             retry_non_idempotent: false,
+            websocket: false,
+            websocket_idle_timeout_ms: None,
         }
     }
 
@@ -1342,6 +1368,37 @@ consumers:
             err.contains("route \"r\": retries: must be at most 5"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn websocket_fields_are_checked() {
+        let ok = one_route(|r| {
+            r.websocket = true;
+            r.websocket_idle_timeout_ms = Some(1_000);
+        });
+        assert!(validate(&ok).is_ok());
+        for (edit, expected) in [
+            (
+                (|r: &mut Route| r.websocket_idle_timeout_ms = Some(1_000)) as fn(&mut Route),
+                "websocket_idle_timeout_ms: only with websocket: true",
+            ),
+            (
+                |r: &mut Route| {
+                    r.websocket = true;
+                    r.websocket_idle_timeout_ms = Some(0);
+                },
+                "websocket_idle_timeout_ms: must be between 1 and",
+            ),
+        ] {
+            let err = validate(&one_route(edit)).expect_err("refused");
+            assert!(err.to_string().contains(expected), "{err}");
+        }
+        let mut h2c = one_route(|r| r.websocket = true);
+        h2c.services[0].protocol = Protocol::H2c;
+        let err = validate(&h2c).expect_err("refused");
+        assert!(err.to_string().contains("websocket: service"), "{err}");
+        h2c.routes[0].websocket = false;
+        assert!(validate(&h2c).is_ok());
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! `http` is the HTTP/1.1 keep-alive pool ([`crate::pool`]); `https` is the
 //! same pool with each connection wrapped in TLS ([`crate::tls::upstream`]),
 //! so TLS connections are pooled and reused exactly like plaintext ones and
-//! the handshake is paid once per connection. HTTP/2 upstreams would be a
-//! further variant (and a body variant in [`crate::body`]), with no change
-//! to the handler. An enum rather than a
+//! the handshake is paid once per connection. `h2c` multiplexes requests
+//! over one HTTP/2 connection per target and worker ([`crate::h2`]), with
+//! no change to the handler. An enum rather than a
 //! boxed trait object so the pool's fast path stays a direct, inlinable call
 //! with no boxed future per request.
 //!
@@ -22,12 +22,13 @@ use tollgate_plugin_api::RefusalKind;
 use tollgate_shared::model::Protocol;
 
 use crate::body::UpstreamBody;
+use crate::h2::H2Connections;
 use crate::pool::{PooledBody, SendFailure, TargetConnections, TargetTls};
 use crate::tls::upstream::UpstreamTlsClient;
 use crate::upstream::ClientCache;
 
 /// The upstream protocols this data plane implements, by config name.
-pub const PROTOCOLS: [&str; 2] = ["http", "https"];
+pub const PROTOCOLS: [&str; 4] = ["http", "https", "h2c", "h2"];
 
 /// How requests reach one target.
 #[derive(Debug, Clone)]
@@ -36,6 +37,9 @@ pub enum Connector {
     Http1(Arc<TargetConnections>),
     /// HTTP/1.1 over pooled keep-alive TLS connections.
     Https1(Arc<TargetConnections>),
+    /// HTTP/2, multiplexed ([`crate::h2`]): with prior knowledge over
+    /// plaintext (`h2c`), or over TLS with ALPN `h2` (`h2`).
+    Http2(Arc<H2Connections>),
 }
 
 impl Connector {
@@ -52,29 +56,21 @@ impl Connector {
             Protocol::Http => Ok(Connector::Http1(
                 clients.target(authority, connect_timeout_ms),
             )),
-            Protocol::Https => {
-                let client = tls.ok_or("https: no TLS client was built for this service")?;
-                let host = authority
-                    .host()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']');
-                let server_name = client
-                    .name_for(host)
-                    .map_err(|m| format!("https: {m} (set tls.sni)"))?;
-                Ok(Connector::Https1(clients.target_with_tls(
-                    authority,
-                    connect_timeout_ms,
-                    Some(TargetTls {
-                        client: Arc::clone(client),
-                        server_name,
-                    }),
-                )))
-            }
-            other => Err(format!(
-                "{:?} is not supported yet (supported: {})",
-                other.as_str(),
-                PROTOCOLS.join(", ")
-            )),
+            Protocol::Https => Ok(Connector::Https1(clients.target_with_tls(
+                authority,
+                connect_timeout_ms,
+                Some(target_tls(protocol, authority, tls)?),
+            ))),
+            Protocol::H2c => Ok(Connector::Http2(clients.h2_target(
+                authority,
+                connect_timeout_ms,
+                None,
+            ))),
+            Protocol::H2 => Ok(Connector::Http2(clients.h2_target(
+                authority,
+                connect_timeout_ms,
+                Some(target_tls(protocol, authority, tls)?),
+            ))),
         }
     }
 
@@ -89,6 +85,46 @@ impl Connector {
             Connector::Http1(connections) | Connector::Https1(connections) => {
                 connections.send(request).await
             }
+            Connector::Http2(connections) => Box::pin(connections.send(request)).await,
+        }
+    }
+}
+
+/// The TLS settings of one target of a TLS protocol: the service's client
+/// and the name verified for this target.
+fn target_tls(
+    protocol: Protocol,
+    authority: &Authority,
+    tls: Option<&Arc<UpstreamTlsClient>>,
+) -> Result<TargetTls, String> {
+    let name = protocol.as_str();
+    let client = tls.ok_or_else(|| format!("{name}: no TLS client was built for this service"))?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let server_name = client
+        .name_for(host)
+        .map_err(|m| format!("{name}: {m} (set tls.sni)"))?;
+    Ok(TargetTls {
+        client: Arc::clone(client),
+        server_name,
+    })
+}
+
+impl Connector {
+    /// Sends an upgrade request on a connection of its own (see
+    /// [`crate::websocket`]); HTTP/2 upstreams carry no HTTP/1.1 upgrade
+    /// (the control plane refuses `websocket` on such a service).
+    pub async fn send_upgrade(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, RefusalKind> {
+        match self {
+            Connector::Http1(connections) | Connector::Https1(connections) => {
+                connections.send_upgrade(request).await
+            }
+            Connector::Http2(_) => Err(RefusalKind::UpstreamUnavailable),
         }
     }
 
@@ -104,6 +140,11 @@ impl Connector {
             Connector::Http1(connections) | Connector::Https1(connections) => {
                 connections.send_or_return(request).await
             }
+            // HTTP/2 re-sends a never-written request once on a new
+            // connection itself; what still fails is not handed back.
+            Connector::Http2(connections) => Box::pin(connections.send(request))
+                .await
+                .map_err(|kind| SendFailure { kind, unsent: None }),
         }
     }
 }

@@ -41,6 +41,7 @@ use crate::respond;
 use crate::router::{normalize_path, strip_prefix, PathPolicy};
 use crate::snapshot::{CompiledRoute, SnapshotStore};
 use crate::untrusted::UntrustedHeaders;
+use crate::websocket;
 use tollgate_telemetry::AccessLog;
 
 /// Bounds on what a client may send, from the command line.
@@ -98,6 +99,7 @@ pub async fn handle(
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let (mut parts, body) = request.into_parts();
+    exchange.grpc = respond::is_grpc(&parts);
     let client_host = client_host(&parts);
     exchange.set_host(client_host.as_ref());
     if let Err(kind) = check_head(&parts, &state.limits) {
@@ -211,13 +213,18 @@ pub async fn handle(
         };
         exchange.set_uri(parts.uri);
         exchange.refusal = Some(refusal.kind);
-        return respond::refusal(refusal, Some(request_id.header()));
+        return respond::answer(refusal, Some(request_id.header()), exchange.grpc);
     }
 
     exchange.set_uri(std::mem::replace(
         &mut parts.uri,
         Uri::from(upstream_path_and_query),
     ));
+    // Only a route that opts in forwards a WebSocket upgrade; everywhere
+    // else `Upgrade` goes with the other hop-by-hop headers.
+    let upgrade = route
+        .websocket
+        .and_then(|idle_timeout| websocket::Upgrade::detect(&mut parts, idle_timeout));
     forward::remove_hop_by_hop(&mut parts.headers);
     let client_ip = forward::client_ip(peer, &parts.headers, &state.trusted_proxies);
     exchange.client_ip = Some(client_ip);
@@ -240,7 +247,15 @@ pub async fn handle(
         &service.name,
         started,
     );
-    let response = forward_route(state, route, &mut ctx, parts, body, client_host, exchange).await;
+    let response = forward_route(
+        state,
+        route,
+        &mut ctx,
+        (parts, body, upgrade),
+        client_host,
+        exchange,
+    )
+    .await;
     exchange.set_consumer(ctx.consumer.as_ref().map(|identity| &identity.consumer));
     finish(route, &mut ctx, response)
 }
@@ -252,8 +267,7 @@ async fn forward_route(
     state: &ProxyState,
     route: &CompiledRoute,
     ctx: &mut RequestCtx<'_>,
-    mut parts: request::Parts,
-    body: Incoming,
+    (mut parts, body, upgrade): (request::Parts, Incoming, Option<websocket::Upgrade>),
     client_host: Option<HeaderValue>,
     exchange: &mut Exchange,
 ) -> Response<ResponseBody> {
@@ -327,6 +341,29 @@ async fn forward_route(
             }
         };
     }
+    if let Some(upgrade) = upgrade {
+        let Some(target) = pool.pick_for(hash, 0).and_then(|index| pool.target(index)) else {
+            return refused(exchange, ctx, RefusalKind::NoHealthyTarget.into());
+        };
+        exchange.set_upstream(&target.authority);
+        let upstream_started = Instant::now();
+        let result = websocket::forward(
+            &service.upstream,
+            target,
+            Request::from_parts(parts, body),
+            upgrade,
+            service.request_timeout,
+        )
+        .await;
+        exchange.upstream_latency = Some(upstream_started.elapsed());
+        return match result {
+            Ok((response, tunnel)) => {
+                exchange.tunnel = tunnel;
+                response
+            }
+            Err(kind) => refused(exchange, ctx, kind.into()),
+        };
+    }
     // The upstream call's span; its context replaces the client's
     // `traceparent` (tracing off: the client's passes through untouched).
     let span = tracing::info_span!(
@@ -338,7 +375,13 @@ async fn forward_route(
         tollgate.tries = tracing::field::Empty,
     );
     telemetry::inject_context(&span, &mut parts.headers);
-
+    // A gRPC call's own deadline, when shorter than the service's timeout.
+    let timeout = if exchange.grpc {
+        grpc_timeout(&parts.headers)
+            .map_or(service.request_timeout, |t| t.min(service.request_timeout))
+    } else {
+        service.request_timeout
+    };
     let retry_on_status = route.retry_non_idempotent || is_idempotent(&parts.method);
     let max_tries = 1 + route.retries;
     pool.health.budget.deposit();
@@ -384,7 +427,7 @@ async fn forward_route(
             None
         };
         let result = pool
-            .send_try(index, request, service.request_timeout)
+            .send_try(index, request, timeout)
             .instrument(span.clone())
             .await;
         match result {
@@ -522,7 +565,7 @@ fn refused(
     refusal: Refusal,
 ) -> Response<ResponseBody> {
     exchange.refusal = Some(refusal.kind);
-    respond::refusal(refusal, Some(ctx.request_id))
+    respond::answer(refusal, Some(ctx.request_id), exchange.grpc)
 }
 
 /// The last step of every routed request, whoever produced the response:
@@ -553,7 +596,7 @@ fn refuse(
 ) -> Response<ResponseBody> {
     exchange.set_uri(uri);
     exchange.refusal = Some(kind);
-    respond::refusal(kind, Some(request_id.header()))
+    respond::answer(kind, Some(request_id.header()), exchange.grpc)
 }
 
 /// Where an `https_redirect` route sends a plaintext request: the same
@@ -579,6 +622,29 @@ fn https_location(
         format!("https://{name}:{port}{path}")
     };
     HeaderValue::from_str(&location).ok()
+}
+
+/// A gRPC call's `grpc-timeout` (1 to 8 digits and a unit: `H`ours,
+/// `M`inutes, `S`econds, `m`illi-, `u`micro-, `n`anoseconds); `None` when
+/// absent or malformed (the service's timeout applies).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.as_bytes();
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount = digits
+        .iter()
+        .fold(0u64, |n, digit| n * 10 + u64::from(digit - b'0'));
+    Some(match unit {
+        b'H' => Duration::from_secs(amount.saturating_mul(3600)),
+        b'M' => Duration::from_secs(amount.saturating_mul(60)),
+        b'S' => Duration::from_secs(amount),
+        b'm' => Duration::from_millis(amount),
+        b'u' => Duration::from_micros(amount),
+        b'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
 }
 
 /// URI length, header count and header bytes.
@@ -614,6 +680,23 @@ fn client_host(parts: &request::Parts) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let of = |value: &'static str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", HeaderValue::from_static(value));
+            grpc_timeout(&headers)
+        };
+        assert_eq!(of("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(of("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(of("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(of("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "100", "123456789S", "-1S", "1x", "1.5S"] {
+            assert_eq!(of(bad), None, "{bad}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
 
     #[test]
     fn head_limits() {

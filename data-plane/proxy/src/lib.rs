@@ -18,7 +18,9 @@
 //! - [`connector`]: how a request reaches a target (the seam where TLS and
 //!   HTTP/2 upstreams plug in beside the HTTP/1.1 pool).
 //! - [`pool`]: keep-alive HTTP/1.1 upstream connections (plain or TLS),
-//!   pooled per target and worker thread.
+//!   pooled per target and worker thread; [`h2`]: multiplexed HTTP/2
+//!   (`h2c`) upstream connections, one per target and worker thread.
+//! - [`websocket`]: WebSocket upgrades on opted-in routes, and their tunnels.
 //! - [`tls`]: TLS termination (per-snapshot server config, SNI resolver,
 //!   handshake results) and TLS to upstreams.
 //! - [`body`]: the streamed body types and their size/idle guards.
@@ -34,6 +36,7 @@ pub mod body;
 pub mod connector;
 pub mod error;
 pub mod forward;
+pub mod h2;
 pub mod handler;
 pub mod health;
 pub mod observe;
@@ -50,5 +53,6 @@ pub mod status;
 pub mod tls;
 pub mod untrusted;
 pub mod upstream;
+pub mod websocket;
 
 pub use error::DpError;

@@ -68,6 +68,10 @@ pub struct Exchange {
     consumer: Option<Arc<str>>,
     upstream: Option<Authority>,
     bytes_in: Option<Arc<AtomicU64>>,
+    /// A gRPC call: the gateway's own answers are gRPC errors.
+    pub grpc: bool,
+    /// The WebSocket tunnel to open once the `101` has been sent.
+    pub tunnel: Option<crate::websocket::Tunnel>,
 }
 
 impl Exchange {
@@ -191,21 +195,44 @@ pub async fn serve(
         }
         facts
     });
+    let tunnel = exchange.tunnel.take();
+    let pending = Pending {
+        started,
+        method,
+        status,
+        exchange,
+        access_log,
+        request_metrics: state.request_metrics,
+        _span: span,
+    };
     let (parts, body) = response.into_parts();
+    let pending = match tunnel {
+        None => Some(pending),
+        Some(tunnel) => {
+            // The 101 goes out now; the request is recorded when its tunnel
+            // closes, with the tunnel's duration and bytes.
+            tokio::spawn(async move {
+                let open_gauge = pending.exchange.route.as_ref().map(|r| r.tunnel_opened());
+                let outcome = tunnel.run().await;
+                drop(open_gauge);
+                tracing::debug!(
+                    seconds = outcome.open_for.as_secs_f64(),
+                    from_client = outcome.from_client,
+                    to_client = outcome.to_client,
+                    idle_timeout = outcome.idle_timeout,
+                    "websocket tunnel closed"
+                );
+                pending.record(outcome.to_client, false, Some(outcome));
+            });
+            None
+        }
+    };
     Response::from_parts(
         parts,
         ObservedBody {
             inner: body,
             sent: 0,
-            pending: Some(Pending {
-                started,
-                method,
-                status,
-                exchange,
-                access_log,
-                request_metrics: state.request_metrics,
-                _span: span,
-            }),
+            pending,
         },
     )
 }
@@ -245,15 +272,29 @@ impl ObservedBody {
     /// mid-stream (the upstream died or sent bad framing after its head), so
     /// the client got a cut response under a status that says otherwise.
     fn finish(&mut self, broken: bool) {
-        let Some(pending) = self.pending.take() else {
-            return;
-        };
+        if let Some(pending) = self.pending.take() {
+            pending.record(self.sent, broken, None);
+        }
+    }
+}
+
+impl Pending {
+    /// Records the request: metrics, then the access-log line; the span
+    /// ends when `self` drops. `sent`: response body bytes sent; with a
+    /// `tunnel`, its bytes stand for the bodies'.
+    fn record(self, sent: u64, broken: bool, tunnel: Option<crate::websocket::TunnelOutcome>) {
+        let pending = self;
+        // A tunnel's line is written when it closes; its total latency is
+        // the time from the request to the tunnel's end.
         let elapsed = pending.started.elapsed();
         let exchange = pending.exchange;
-        let bytes_in = exchange
-            .bytes_in
-            .as_ref()
-            .map_or(0, |counter| counter.load(Ordering::Relaxed));
+        let bytes_in = match tunnel {
+            Some(tunnel) => tunnel.from_client,
+            None => exchange
+                .bytes_in
+                .as_ref()
+                .map_or(0, |counter| counter.load(Ordering::Relaxed)),
+        };
         if pending.request_metrics {
             let route = exchange
                 .route
@@ -264,8 +305,8 @@ impl ObservedBody {
             if bytes_in > 0 {
                 route.add_bytes_in(bytes_in);
             }
-            if self.sent > 0 {
-                route.add_bytes_out(self.sent);
+            if sent > 0 {
+                route.add_bytes_out(sent);
             }
             if broken {
                 route.record_upstream_body_error();
@@ -301,7 +342,8 @@ impl ObservedBody {
             record.tries = exchange.tries;
             record.total_latency = elapsed;
             record.bytes_in = bytes_in;
-            record.bytes_out = self.sent;
+            record.bytes_out = sent;
+            record.tunnel = tunnel.map(|tunnel| tunnel.open_for);
             facts.log.log(&record);
         }
     }

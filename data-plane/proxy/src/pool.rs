@@ -76,8 +76,14 @@ thread_local! {
     static THREAD_SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed);
 }
 
+/// This thread's shard number (any number; take it modulo the shards).
+#[inline]
+pub(crate) fn thread_shard() -> usize {
+    THREAD_SHARD.with(|shard| *shard)
+}
+
 /// How many shards each target's idle list has.
-fn shard_count() -> usize {
+pub(crate) fn shard_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
@@ -172,7 +178,7 @@ impl TargetConnections {
 
     #[inline]
     fn shard(&self) -> &Shard {
-        let index = THREAD_SHARD.with(|shard| *shard) % self.shards.len();
+        let index = thread_shard() % self.shards.len();
         &self.shards[index]
     }
 
@@ -234,6 +240,56 @@ impl TargetConnections {
 
     /// Opens a new connection and spawns its I/O task.
     async fn connect(&self) -> Result<Sender, RefusalKind> {
+        self.connect_with(false).await
+    }
+
+    /// Opens a new connection; with `upgrades`, its I/O task hands the
+    /// connection over after a `101` (see [`crate::websocket`]).
+    async fn connect_with(&self, upgrades: bool) -> Result<Sender, RefusalKind> {
+        let stream = self.tcp().await?;
+        match &self.tls {
+            None => self.http1(stream, upgrades).await,
+            Some(tls) => {
+                let stream = self.tls_handshake(tls, stream).await?;
+                self.http1(stream, upgrades).await
+            }
+        }
+    }
+
+    /// The TLS handshake on a new connection, within the connect timeout
+    /// (also used by [`crate::h2`] for `protocol: h2`).
+    pub(crate) async fn tls_handshake(
+        &self,
+        tls: &TargetTls,
+        stream: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, RefusalKind> {
+        let handshake = tls
+            .client
+            .connector
+            .connect(tls.server_name.clone(), stream);
+        match tokio::time::timeout(self.connect_timeout, handshake).await {
+            Err(_elapsed) => {
+                tracing::warn!(upstream = %self.address, "upstream TLS handshake timed out");
+                Err(RefusalKind::UpstreamTimeout)
+            }
+            Ok(Err(err)) => {
+                // The reason goes to the log, never to the client.
+                tracing::warn!(upstream = %self.address, error = %err, "upstream TLS handshake failed");
+                Err(RefusalKind::UpstreamTlsError)
+            }
+            Ok(Ok(stream)) => Ok(stream),
+        }
+    }
+
+    /// How this target's connections are wrapped in TLS, if they are.
+    pub(crate) fn tls(&self) -> Option<&TargetTls> {
+        self.tls.as_ref()
+    }
+
+    /// A new TCP connection to the target within the connect timeout, with
+    /// `TCP_NODELAY` and keepalive probes (what every upstream protocol
+    /// starts from; [`crate::h2`] opens its connections here too).
+    pub(crate) async fn tcp(&self) -> Result<TcpStream, RefusalKind> {
         let stream = match tokio::time::timeout(self.connect_timeout, self.open()).await {
             Err(_elapsed) => {
                 tracing::debug!(upstream = %self.address, "upstream connect timed out");
@@ -252,32 +308,17 @@ impl TargetConnections {
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        match &self.tls {
-            None => self.http1(stream).await,
-            Some(tls) => {
-                let handshake = tls
-                    .client
-                    .connector
-                    .connect(tls.server_name.clone(), stream);
-                match tokio::time::timeout(self.connect_timeout, handshake).await {
-                    Err(_elapsed) => {
-                        tracing::warn!(upstream = %self.address, "upstream TLS handshake timed out");
-                        Err(RefusalKind::UpstreamTimeout)
-                    }
-                    Ok(Err(err)) => {
-                        // The reason goes to the log, never to the client.
-                        tracing::warn!(upstream = %self.address, error = %err, "upstream TLS handshake failed");
-                        Err(RefusalKind::UpstreamTlsError)
-                    }
-                    Ok(Ok(stream)) => self.http1(stream).await,
-                }
-            }
-        }
+        Ok(stream)
+    }
+
+    /// The target's `host:port`, for logs.
+    pub(crate) fn address(&self) -> &str {
+        &self.address
     }
 
     /// The HTTP/1.1 handshake on an open stream (plain or TLS); spawns the
     /// connection's I/O task.
-    async fn http1<S>(&self, stream: S) -> Result<Sender, RefusalKind>
+    async fn http1<S>(&self, stream: S, upgrades: bool) -> Result<Sender, RefusalKind>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -290,7 +331,12 @@ impl TargetConnections {
                 RefusalKind::UpstreamUnavailable
             })?;
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            let ended = if upgrades {
+                connection.with_upgrades().await
+            } else {
+                connection.await
+            };
+            if let Err(err) = ended {
                 tracing::debug!(error = %DisplayChain(&err), "upstream connection ended with an error");
             }
         });
@@ -375,6 +421,25 @@ pub struct SendFailure {
 }
 
 impl TargetConnections {
+    /// Sends an upgrade request on a new connection of its own, never pooled
+    /// (after a `101` it is a tunnel; after anything else it closes once the
+    /// body is read). The `101`'s connection is taken with
+    /// `hyper::upgrade::on(&mut response)`.
+    pub async fn send_upgrade(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, RefusalKind> {
+        let mut sender = self.connect_with(true).await?;
+        match sender.send_request(request).await {
+            Ok(response) => Ok(response.map(PooledBody::unpooled)),
+            Err(err) => {
+                let kind = classify(&err);
+                tracing::debug!(upstream = %self.address, error = %DisplayChain(&err), ?kind, "upstream upgrade request failed");
+                Err(kind)
+            }
+        }
+    }
+
     /// The request back when it was never written (worth one retry on a new
     /// connection), else the error.
     fn unsent(
@@ -435,6 +500,14 @@ impl fmt::Debug for PooledBody {
 }
 
 impl PooledBody {
+    /// A body whose connection is not pooled (HTTP/2 streams, upgrades).
+    pub fn unpooled(inner: Incoming) -> Self {
+        PooledBody {
+            inner,
+            checkin: None,
+        }
+    }
+
     /// Keeps the connection out of the pool: it closes when the body drops.
     pub fn discard_connection(&mut self) {
         self.checkin = None;

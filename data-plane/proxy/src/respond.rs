@@ -5,10 +5,17 @@
 //! Status, code and message come from the table in
 //! `tollgate_plugin_api::refusal`; they are static text, so a body never
 //! echoes request data.
+//!
+//! A gRPC call (`content-type: application/grpc*`) gets the same refusal as a
+//! gRPC error instead ([`answer`]): HTTP 200, `content-type:
+//! application/grpc`, and `grpc-status`/`grpc-message` in a trailers-only
+//! response, which is what gRPC clients read (an HTTP 401 would reach the
+//! application as an opaque `UNKNOWN`/`UNAVAILABLE`). The status comes from
+//! the refusal's HTTP status by one table, [`grpc_status`].
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use http::Response;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::{Response, StatusCode};
 use tollgate_plugin_api::{Refusal, Reply, X_REQUEST_ID};
 
 use crate::body::ResponseBody;
@@ -52,6 +59,96 @@ pub fn refusal(
     response
 }
 
+/// The answer to a refusal: a gRPC error for a gRPC call, else
+/// [`refusal`]'s JSON.
+pub fn answer(
+    refusal: impl Into<Refusal>,
+    request_id: Option<&HeaderValue>,
+    grpc: bool,
+) -> Response<ResponseBody> {
+    if grpc {
+        grpc_refusal(refusal, request_id)
+    } else {
+        self::refusal(refusal, request_id)
+    }
+}
+
+/// gRPC status codes (grpc/doc/statuscodes.md) the gateway answers with.
+pub mod grpc_code {
+    pub const INTERNAL: u8 = 13;
+    pub const UNAVAILABLE: u8 = 14;
+    pub const UNIMPLEMENTED: u8 = 12;
+    pub const DEADLINE_EXCEEDED: u8 = 4;
+    pub const PERMISSION_DENIED: u8 = 7;
+    pub const RESOURCE_EXHAUSTED: u8 = 8;
+    pub const UNAUTHENTICATED: u8 = 16;
+}
+
+/// The gRPC status for a gateway answer of HTTP `status`: the mapping of
+/// gRPC's "HTTP to gRPC status code mapping", with the gateway's meanings
+/// where it knows more (a rate limit is `RESOURCE_EXHAUSTED`, an upstream
+/// timeout `DEADLINE_EXCEEDED`).
+pub fn grpc_status(status: StatusCode) -> u8 {
+    use grpc_code::*;
+    match status.as_u16() {
+        401 => UNAUTHENTICATED,
+        403 => PERMISSION_DENIED,
+        404 => UNIMPLEMENTED,
+        408 | 504 => DEADLINE_EXCEEDED,
+        413 | 429 => RESOURCE_EXHAUSTED,
+        502 | 503 => UNAVAILABLE,
+        _ => INTERNAL,
+    }
+}
+
+/// A refusal as a gRPC trailers-only response (see the module doc). The
+/// message is the refusal's static text, percent-encoded as gRPC requires.
+pub fn grpc_refusal(
+    refusal: impl Into<Refusal>,
+    request_id: Option<&HeaderValue>,
+) -> Response<ResponseBody> {
+    let refusal = refusal.into();
+    let mut response = Response::new(ResponseBody::Empty);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(
+        GRPC_STATUS,
+        HeaderValue::from(u16::from(grpc_status(refusal.status()))),
+    );
+    let message = format!("{}: {}", refusal.code(), refusal.message());
+    let encoded = percent_encoding::utf8_percent_encode(&message, GRPC_MESSAGE_ESCAPES).to_string();
+    if let Ok(value) = HeaderValue::from_str(&encoded) {
+        headers.insert(GRPC_MESSAGE, value);
+    }
+    if let Some(seconds) = refusal.retry_after_s {
+        headers.insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    }
+    for (name, value) in refusal.headers {
+        headers.append(name, value);
+    }
+    if let Some(id) = request_id {
+        headers.insert(X_REQUEST_ID, id.clone());
+    }
+    response
+}
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+/// gRPC percent-encodes all but printable ASCII other than `%`.
+const GRPC_MESSAGE_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+/// Whether a request is a gRPC call: HTTP/2 (gRPC needs it) and a
+/// `content-type` of `application/grpc` or `application/grpc+proto`, ...
+/// One header lookup, and none at all for HTTP/1.1 requests.
+#[inline]
+pub fn is_grpc(parts: &http::request::Parts) -> bool {
+    parts.version == http::Version::HTTP_2
+        && parts
+            .headers
+            .get(CONTENT_TYPE)
+            .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// A plugin's own reply (a CORS preflight), with `X-Request-Id`.
 pub fn reply(reply: Reply, request_id: Option<&HeaderValue>) -> Response<ResponseBody> {
     let mut response = Response::new(if reply.body.is_empty() {
@@ -71,6 +168,7 @@ pub fn reply(reply: Reply, request_id: Option<&HeaderValue>) -> Response<Respons
 mod tests {
     use super::*;
     use http::header::WWW_AUTHENTICATE;
+    use http_body::Body as _;
     use tollgate_plugin_api::RefusalKind;
 
     #[test]
@@ -92,6 +190,46 @@ mod tests {
         }
         let not_ready = refusal(RefusalKind::NotReady, None);
         assert_eq!(not_ready.headers()[RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn grpc_calls_get_grpc_errors() {
+        let id = HeaderValue::from_static("r1");
+        for (kind, code) in [
+            (RefusalKind::MissingCredential, grpc_code::UNAUTHENTICATED),
+            (RefusalKind::RateLimited, grpc_code::RESOURCE_EXHAUSTED),
+            (RefusalKind::UpstreamUnavailable, grpc_code::UNAVAILABLE),
+            (RefusalKind::UpstreamTimeout, grpc_code::DEADLINE_EXCEEDED),
+            (RefusalKind::NoRoute, grpc_code::UNIMPLEMENTED),
+        ] {
+            let response = answer(kind, Some(&id), true);
+            assert_eq!(response.status(), 200, "{kind:?}");
+            let headers = response.headers();
+            assert_eq!(headers["content-type"], "application/grpc");
+            assert_eq!(
+                headers["grpc-status"],
+                code.to_string().as_str(),
+                "{kind:?}"
+            );
+            assert!(headers["grpc-message"]
+                .to_str()
+                .is_ok_and(|m| m.starts_with(kind.code())));
+            assert_eq!(headers[X_REQUEST_ID], id);
+            assert!(response.body().is_end_stream(), "trailers-only");
+        }
+        for kind in RefusalKind::ALL {
+            let status = kind.status();
+            let expected = match status.as_u16() {
+                401 => 16,
+                403 => 7,
+                429 => 8,
+                502 | 503 => 14,
+                504 => 4,
+                _ => continue,
+            };
+            assert_eq!(grpc_status(status), expected, "{kind:?}");
+        }
+        assert_eq!(answer(RefusalKind::NoRoute, None, false).status(), 404);
     }
 
     #[test]

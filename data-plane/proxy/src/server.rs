@@ -338,7 +338,13 @@ where
         let context = context.clone();
         async move { Ok::<_, Infallible>(observe::serve(&context.state, &context.peer, req).await) }
     });
-    watcher.watch(builder.serve_connection(io, service).into_owned())
+    // With upgrades: a `101` from a WebSocket route hands the connection
+    // over to its tunnel (see `crate::websocket`); nothing else changes.
+    watcher.watch(
+        builder
+            .serve_connection_with_upgrades(io, service)
+            .into_owned(),
+    )
 }
 
 /// A minimal HTTP/1.1 503 for connections beyond the cap.

@@ -27,6 +27,7 @@ use tollgate_shared::model::{HealthChecks, LoadBalancing, Protocol, Service};
 
 use crate::body::{BodyError, UpstreamBody};
 use crate::connector::Connector;
+use crate::h2::H2Connections;
 use crate::health::ServiceHealth;
 use crate::pool::{PooledBody, SendFailure, TargetConnections, TargetTls};
 use crate::tls::upstream::UpstreamTlsClient;
@@ -43,6 +44,8 @@ use tollgate_plugin_api::RefusalKind;
 #[derive(Debug, Default)]
 pub struct ClientCache {
     targets: Mutex<HashMap<TargetKey, Weak<TargetConnections>>>,
+    /// HTTP/2 (`h2c`, `h2`) targets' connections, keyed like `targets`.
+    h2_targets: Mutex<HashMap<TargetKey, Weak<H2Connections>>>,
 }
 
 /// `(address, connect timeout ms, TLS identity and server name)`.
@@ -81,6 +84,37 @@ impl ClientCache {
             Duration::from_millis(connect_timeout_ms),
             tls,
         ));
+        targets.insert(key, Arc::downgrade(&created));
+        created
+    }
+
+    /// The HTTP/2 connections of this `h2c` target, created on first use
+    /// and kept across snapshots like [`ClientCache::target`]'s.
+    pub fn h2_target(
+        &self,
+        authority: &Authority,
+        connect_timeout_ms: u64,
+        tls: Option<TargetTls>,
+    ) -> Arc<H2Connections> {
+        let mut targets = match self.h2_targets.lock() {
+            Ok(targets) => targets,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        targets.retain(|_, weak| weak.strong_count() > 0);
+        let key = (
+            authority.as_str().to_owned(),
+            connect_timeout_ms,
+            tls.as_ref()
+                .map(|t| format!("{}|{}", t.client.identity, t.server_name.to_str())),
+        );
+        if let Some(existing) = targets.get(&key).and_then(Weak::upgrade) {
+            return existing;
+        }
+        let created = Arc::new(H2Connections::new(Arc::new(TargetConnections::with_tls(
+            authority,
+            Duration::from_millis(connect_timeout_ms),
+            tls,
+        ))));
         targets.insert(key, Arc::downgrade(&created));
         created
     }
@@ -408,6 +442,31 @@ impl Drop for InFlight<'_> {
     }
 }
 
+impl UpstreamPool {
+    /// Like [`UpstreamPool::send`], for a WebSocket upgrade: on a connection
+    /// of its own that hyper hands over after a `101`.
+    pub async fn send_upgrade(
+        &self,
+        target: &UpstreamTarget,
+        request: Request<UpstreamBody>,
+        timeout: Duration,
+    ) -> Result<Response<PooledBody>, RefusalKind> {
+        let response =
+            match tokio::time::timeout(timeout, target.connector.send_upgrade(request)).await {
+                Err(_elapsed) => return Err(RefusalKind::UpstreamTimeout),
+                Ok(result) => result?,
+            };
+        if has_ambiguous_framing(response.headers()) {
+            tracing::warn!(
+                upstream = %target.address,
+                "upstream response with ambiguous framing rejected; connection closed"
+            );
+            return Err(RefusalKind::UpstreamMalformed);
+        }
+        Ok(response)
+    }
+}
+
 /// Both Content-Length and Transfer-Encoding, or Content-Lengths that
 /// disagree or do not parse: a request-smuggling shape, never forwarded.
 /// One pass over the fields (a response has a handful), no hashing.
@@ -559,18 +618,8 @@ mod tests {
     }
 
     #[test]
-    fn unimplemented_protocols_and_balancers_are_refused() {
+    fn unimplemented_balancers_are_refused() {
         let clients = ClientCache::default();
-        let err = UpstreamPool::build(
-            &service("{name: s, upstream: {targets: [{address: 'a:1'}]}, protocol: h2c}"),
-            &clients,
-            None,
-        )
-        .expect_err("must be refused");
-        assert!(
-            err.contains("protocol: \"h2c\" is not supported yet"),
-            "{err}"
-        );
         let err = UpstreamPool::build(
             &service(
                 "{name: s, upstream: {targets: [{address: 'a:1'}], load_balancing: consistent_hash, hash_on: 'query:x'}}",

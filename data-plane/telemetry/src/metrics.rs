@@ -253,6 +253,8 @@ struct Families {
     upstream_body_errors: Family<RouteLabels, Counter>,
     rate_limit: Family<RateLimitLabels, Counter>,
     auth_failures: Family<AuthFailureLabels, Counter>,
+    websocket_upgrades: Family<RouteLabels, Counter>,
+    websocket_tunnels: Family<RouteLabels, Gauge>,
 }
 
 /// All data-plane metrics, registered once at startup.
@@ -333,6 +335,16 @@ impl Metrics {
             "upstream_body_errors",
             "Responses whose upstream body broke off after the head was sent (the client got a cut response), by route",
             families.upstream_body_errors.clone(),
+        );
+        registry.register(
+            "websocket_upgrades",
+            "WebSocket upgrades relayed (the upstream answered 101 and a tunnel was opened), by route",
+            families.websocket_upgrades.clone(),
+        );
+        registry.register(
+            "websocket_tunnels",
+            "WebSocket tunnels currently open, by route",
+            families.websocket_tunnels.clone(),
         );
         registry.register(
             "open_connections",
@@ -578,6 +590,18 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// Keeps a route's open-tunnels gauge up while a WebSocket tunnel lives.
+#[derive(Debug)]
+pub struct TunnelGuard {
+    gauge: Gauge,
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
 /// One route's series, resolved lazily and cached (see the module docs).
 #[derive(Debug)]
 pub struct RouteMetrics {
@@ -755,6 +779,24 @@ impl RouteMetrics {
                     .clone()
             })
             .inc();
+    }
+
+    /// Counts a WebSocket upgrade and keeps the route's open-tunnels gauge
+    /// up until the guard drops (when the tunnel closes). Tunnels are rare
+    /// next to requests, so the series are looked up here, not cached.
+    pub fn tunnel_opened(&self) -> TunnelGuard {
+        let labels = self.route_labels();
+        self.families
+            .websocket_upgrades
+            .get_or_create(&labels)
+            .inc();
+        let gauge = self
+            .families
+            .websocket_tunnels
+            .get_or_create(&labels)
+            .clone();
+        gauge.inc();
+        TunnelGuard { gauge }
     }
 
     /// Records a rate-limit decision.

@@ -24,6 +24,8 @@ fn route(name: &str) -> Route {
         path_parameters: None,
         retries: None,
         retry_non_idempotent: false,
+        websocket: false,
+        websocket_idle_timeout_ms: None,
     }
 }
 

@@ -55,6 +55,8 @@ pub struct CompiledRoute {
     pub retries: u32,
     /// Retry non-idempotent methods after an answer too.
     pub retry_non_idempotent: bool,
+    /// `Some(idle timeout)` when the route forwards WebSocket upgrades.
+    pub websocket: Option<Duration>,
     pub plugins: PluginChain,
     /// This route's metric handles, resolved once here, not per request.
     pub metrics: Arc<RouteMetrics>,
@@ -189,6 +191,13 @@ pub fn compile(
                 .retries
                 .unwrap_or(tollgate_shared::model::DEFAULT_RETRIES),
             retry_non_idempotent: route.retry_non_idempotent,
+            websocket: route.websocket.then(|| {
+                Duration::from_millis(
+                    route
+                        .websocket_idle_timeout_ms
+                        .unwrap_or(tollgate_shared::model::DEFAULT_WEBSOCKET_IDLE_TIMEOUT_MS),
+                )
+            }),
             plugins,
             metrics: match &consumer_names {
                 Some(names) if route.metrics.consumer_labels => {

@@ -1,7 +1,7 @@
-//! TLS to upstream targets (`protocol: https`).
+//! TLS to upstream targets (`protocol: https`, and `h2`: HTTP/2 over TLS).
 //!
 //! A service's [`UpstreamTlsClient`] (the rustls client config: trusted
-//! roots, verification, ALPN `http/1.1`, session resumption) is built once
+//! roots, verification, ALPN `http/1.1` (or `h2` for `protocol: h2`), session resumption) is built once
 //! per snapshot compile and shared by its targets. Each target's connections
 //! then go through the same keep-alive pool as plaintext ones
 //! ([`crate::pool`]): the TLS handshake happens once per pooled connection,
@@ -75,7 +75,7 @@ pub fn client_for(
     service: &Service,
     config: &GatewayConfig,
 ) -> Result<Option<Arc<UpstreamTlsClient>>, String> {
-    if service.protocol != Protocol::Https {
+    if !service.protocol.uses_tls() {
         return Ok(None);
     }
     let tls = service.tls.clone().unwrap_or_default();
@@ -119,7 +119,14 @@ pub fn client_for(
             .with_custom_certificate_verifier(Arc::new(NoVerification(super::provider())))
             .with_no_client_auth()
     };
-    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The protocol the connections will speak, and nothing else: an `h2`
+    // target that does not agree to HTTP/2 is refused at the handshake.
+    let alpn: &[u8] = if service.protocol == Protocol::H2 {
+        b"h2"
+    } else {
+        b"http/1.1"
+    };
+    client.alpn_protocols = vec![alpn.to_vec()];
     let server_name = match tls.sni.as_deref().or(service.host_header.as_deref()) {
         Some(name) => {
             let host = name.rsplit_once(':').map_or(name, |(host, port)| {
@@ -137,7 +144,8 @@ pub fn client_for(
         None => None,
     };
     let identity = format!(
-        "{}|{}|{}",
+        "{}|{}|{}|{}",
+        String::from_utf8_lossy(alpn),
         ca_pem.as_deref().map_or_else(
             || "platform".to_string(),
             tollgate_shared::secrets::fingerprint

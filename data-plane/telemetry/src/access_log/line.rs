@@ -58,6 +58,10 @@ pub struct AccessLogRecord<'a> {
     pub bytes_in: u64,
     /// Response body bytes sent to the client.
     pub bytes_out: u64,
+    /// How long the WebSocket tunnel this request opened stayed open
+    /// (`None`: no tunnel); `bytes_in`/`bytes_out` then count the tunnel's
+    /// bytes from and to the client.
+    pub tunnel: Option<Duration>,
 }
 
 impl<'a> AccessLogRecord<'a> {
@@ -83,6 +87,7 @@ impl<'a> AccessLogRecord<'a> {
             total_latency: Duration::ZERO,
             bytes_in: 0,
             bytes_out: 0,
+            tunnel: None,
         }
     }
 }
@@ -109,10 +114,10 @@ impl RouteFields {
 const NO_ROUTE: &[u8] = b",\"route\":null,\"service\":null";
 
 /// The most bytes of a line other than its variable-length strings (keys,
-/// punctuation, the time, a trace id, the longest IPv6 address, five numbers
+/// punctuation, the time, a trace id, the longest IPv6 address, six numbers
 /// of at most 24 characters, and the padding a fixed-size write may leave
 /// past the end, [`Cursor::put_padded`]); `a_line_fits_its_measure` checks it.
-const FIXED_MAX_LEN: usize = 512;
+const FIXED_MAX_LEN: usize = 560;
 
 /// A record whose client-supplied strings were checked and whose longest
 /// form was measured, ready to be written.
@@ -231,6 +236,11 @@ impl<'r, 'a> Line<'r, 'a> {
         put_u64(line, record.bytes_in);
         line.put(b",\"bytes_out\":");
         put_u64(line, record.bytes_out);
+        line.put(b",\"tunnel_ms\":");
+        match record.tunnel {
+            Some(open) => put_millis(line, open),
+            None => line.put(b"null"),
+        }
         line.put(b"}\n");
     }
 }
@@ -680,7 +690,12 @@ pub(super) mod tests {
         assert_eq!(line["tls_version"], "TLSv1.3");
         assert_eq!(line["alpn"], "h2");
         assert_eq!(line["tries"], 2);
-        assert_eq!(line.as_object().map(|fields| fields.len()), Some(20));
+        assert!(line["tunnel_ms"].is_null());
+        assert_eq!(line.as_object().map(|fields| fields.len()), Some(21));
+        let mut tunnel = record("/ws");
+        tunnel.status = 101;
+        tunnel.tunnel = Some(Duration::from_micros(2_500_250));
+        assert_eq!(line_of(&tunnel)["tunnel_ms"], 2500.25);
     }
 
     #[test]
@@ -758,6 +773,7 @@ pub(super) mod tests {
             "alpn",
             "upstream_addr",
             "upstream_latency_ms",
+            "tunnel_ms",
         ] {
             assert!(line[field].is_null(), "{field}");
         }
@@ -795,6 +811,7 @@ pub(super) mod tests {
         record.trace_id = Some(u128::MAX);
         record.status = u16::MAX;
         record.upstream_latency = Some(Duration::MAX);
+        record.tunnel = Some(Duration::MAX);
         record.total_latency = Duration::MAX;
         record.bytes_in = u64::MAX;
         record.bytes_out = u64::MAX;
