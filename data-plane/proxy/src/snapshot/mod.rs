@@ -93,7 +93,8 @@ impl Applier {
             &self.clients,
             &self.registry,
         )?;
-        compiled.tls = crate::tls::server_config(&config, &self.tls)?;
+        compiled.tls =
+            crate::tls::server_config(&config, &self.tls, &compiled.client_ca_subjects())?;
         compiled.certificate_expiries = crate::tls::expiries(&config)
             .into_iter()
             .map(|(name, not_after)| (name.to_string(), not_after))
