@@ -190,7 +190,11 @@ fn answers(out: &str) -> Vec<(u16, Value, String)> {
                 let mut fields = status.split(' ');
                 let code = fields.next()?.parse().ok()?;
                 let rest = fields.collect::<Vec<_>>().join(" ");
-                Some((code, serde_json::from_str(body).unwrap_or(Value::Null), rest))
+                Some((
+                    code,
+                    serde_json::from_str(body).unwrap_or(Value::Null),
+                    rest,
+                ))
             }
             _ => None,
         })
@@ -258,7 +262,12 @@ async fn send(
         .expect("answered in time")
         .expect("response");
     let status = response.status().as_u16();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
@@ -285,7 +294,11 @@ async fn client_certificates_authenticate_consumers_per_request() {
     let upstream = Upstream::start("echo").await;
     let cp = ControlPlane::start().await;
     let out = apply(&cp, "gateway.yaml", &gateway_yaml(&upstream, &pki, None)).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tls_port = free_port();
     let dp = DataPlane::start(
         cp.port(),
@@ -301,9 +314,15 @@ async fn client_certificates_authenticate_consumers_per_request() {
     assert_eq!(body["headers"]["x-consumer-groups"], "partners");
     // Mapped by a DNS SAN (compared lower-case): carol; by fingerprint: bob.
     let (status, body) = one(&curl(&files, tls_port, Some("carol"), &["/guests"], &[]));
-    assert_eq!((status, &body["headers"]["x-consumer-name"]), (200, &json!("carol")));
+    assert_eq!(
+        (status, &body["headers"]["x-consumer-name"]),
+        (200, &json!("carol"))
+    );
     let (status, body) = one(&curl(&files, tls_port, Some("bob"), &["/guests"], &[]));
-    assert_eq!((status, &body["headers"]["x-consumer-name"]), (200, &json!("bob")));
+    assert_eq!(
+        (status, &body["headers"]["x-consumer-name"]),
+        (200, &json!("bob"))
+    );
 
     // No certificate: 401; another CA's: 401 invalid_client_certificate;
     // valid but nobody's: 401 with its own code.
@@ -313,7 +332,11 @@ async fn client_certificates_authenticate_consumers_per_request() {
         (Some("mallory"), "unknown_client_certificate"),
     ] {
         let (status, body) = one(&curl(&files, tls_port, who, &["/partners"], &[]));
-        assert_eq!((status, body["error"].as_str()), (401, Some(code)), "{who:?}: {body}");
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some(code)),
+            "{who:?}: {body}"
+        );
     }
     // ACL on an mTLS consumer: bob is not a partner.
     let (status, body) = one(&curl(&files, tls_port, Some("bob"), &["/partners"], &[]));
@@ -344,7 +367,13 @@ async fn client_certificates_authenticate_consumers_per_request() {
     // One connection, two routes: each request is checked (curl reuses the
     // connection: the second URL makes no new connect), HTTP/2 and HTTP/1.1.
     for version in ["--http2", "--http1.1"] {
-        let got = answers(&curl(&files, tls_port, None, &["/open", "/partners"], &[version]));
+        let got = answers(&curl(
+            &files,
+            tls_port,
+            None,
+            &["/open", "/partners"],
+            &[version],
+        ));
         assert_eq!(got.len(), 2, "{got:?}");
         assert_eq!(got[0].0, 200, "{version}");
         assert_eq!(got[1].0, 401, "{version}: {got:?}");
@@ -355,10 +384,19 @@ async fn client_certificates_authenticate_consumers_per_request() {
             tls_port,
             Some("mallory"),
             &["/open", "/partners"],
-            &[version, "-H", "X-Consumer-Name: alice", "-H", "X-Forwarded-Client-Cert: alice"],
+            &[
+                version,
+                "-H",
+                "X-Consumer-Name: alice",
+                "-H",
+                "X-Forwarded-Client-Cert: alice",
+            ],
         ));
         assert_eq!(got[0].0, 200);
-        assert!(got[0].1["headers"].get("x-consumer-name").is_none(), "{got:?}");
+        assert!(
+            got[0].1["headers"].get("x-consumer-name").is_none(),
+            "{got:?}"
+        );
         assert_eq!(got[1].1["error"], "unknown_client_certificate", "{got:?}");
     }
 
@@ -372,13 +410,22 @@ async fn client_certificates_authenticate_consumers_per_request() {
         }
         spec
     };
-    let got = python_tls(&spec(Some("alice"), &["/partners", "/open", "/guests"]), CLIENT_TIMEOUT);
+    let got = python_tls(
+        &spec(Some("alice"), &["/partners", "/open", "/guests"]),
+        CLIENT_TIMEOUT,
+    );
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0]["statuses"], json!([200, 200, 200]), "{got:?}");
     let guests: Value =
         serde_json::from_str(got[0]["bodies"][2].as_str().unwrap_or("")).unwrap_or(Value::Null);
-    assert_eq!(guests["headers"]["x-consumer-name"], "alice", "a certificate wins over anonymous");
-    let got = python_tls(&spec(None, &["/open", "/partners", "/open"]), CLIENT_TIMEOUT);
+    assert_eq!(
+        guests["headers"]["x-consumer-name"], "alice",
+        "a certificate wins over anonymous"
+    );
+    let got = python_tls(
+        &spec(None, &["/open", "/partners", "/open"]),
+        CLIENT_TIMEOUT,
+    );
     assert_eq!(got[0]["statuses"], json!([200, 401, 200]), "{got:?}");
     let got = python_tls(&spec(Some("stranger"), &["/partners"]), CLIENT_TIMEOUT);
     assert_eq!(got[0]["statuses"], json!([401]), "{got:?}");
@@ -389,14 +436,32 @@ async fn client_certificates_authenticate_consumers_per_request() {
     let (status, body) = send(&mut kept, "/partners").await;
     assert_eq!(status, 200, "{body}");
     let crl = pki.partners.crl(&[101]);
-    let out = apply(&cp, "revoked.yaml", &gateway_yaml(&upstream, &pki, Some(&crl))).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = apply(
+        &cp,
+        "revoked.yaml",
+        &gateway_yaml(&upstream, &pki, Some(&crl)),
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     dp.wait_version(revision(&cp).await).await;
     let (status, body) = send(&mut kept, "/partners").await;
-    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_client_certificate")));
-    assert_eq!(body["message"], "the client certificate has been revoked", "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client_certificate"))
+    );
+    assert_eq!(
+        body["message"], "the client certificate has been revoked",
+        "{body}"
+    );
     let (status, body) = one(&curl(&files, tls_port, Some("alice"), &["/partners"], &[]));
-    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_client_certificate")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client_certificate"))
+    );
     // Others of the same CA are unaffected.
     let (status, _) = one(&curl(&files, tls_port, Some("carol"), &["/partners"], &[]));
     assert_eq!(status, 200);
@@ -407,7 +472,10 @@ async fn client_certificates_authenticate_consumers_per_request() {
         .text()
         .await
         .expect("text");
-    assert!(metrics.contains("tollgate_auth_failures_total"), "{metrics}");
+    assert!(
+        metrics.contains("tollgate_auth_failures_total"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,18 +485,28 @@ async fn the_control_plane_refuses_bad_mtls_config_naming_the_field() {
     let cp = ControlPlane::start().await;
     let good = gateway_yaml(&upstream, &pki, None);
     let out = apply(&cp, "good.yaml", &good).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let before = revision(&cp).await;
     let other_crl = pki.other.crl(&[1]);
     for (name, yaml, expected) in [
         (
             "missing-ca",
-            good.replace("ca_certificates: [partners-ca] }", "ca_certificates: [nope] }"),
+            good.replace(
+                "ca_certificates: [partners-ca] }",
+                "ca_certificates: [nope] }",
+            ),
             "config.ca_certificates[0]: certificate \"nope\" does not exist",
         ),
         (
             "two-fields",
-            good.replace("{ mtls: { subject_cn: alice } }", "{ mtls: { subject_cn: alice, san_dns: a.example } }"),
+            good.replace(
+                "{ mtls: { subject_cn: alice } }",
+                "{ mtls: { subject_cn: alice, san_dns: a.example } }",
+            ),
             "credentials[0].mtls: exactly one of",
         ),
         (
@@ -438,7 +516,10 @@ async fn the_control_plane_refuses_bad_mtls_config_naming_the_field() {
         ),
         (
             "duplicate",
-            good.replace("{ mtls: { subject_cn: carol } }", "{ mtls: { subject_cn: alice } }"),
+            good.replace(
+                "{ mtls: { subject_cn: carol } }",
+                "{ mtls: { subject_cn: alice } }",
+            ),
             "is already an mtls credential of consumer",
         ),
         (

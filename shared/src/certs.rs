@@ -402,6 +402,7 @@ mod tests {
             key_fingerprint: None,
             snis: snis.iter().map(|s| s.to_string()).collect(),
             default: false,
+            crl_pem: None,
             info: None,
         }
     }

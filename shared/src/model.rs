@@ -457,7 +457,10 @@ impl MtlsCredential {
     pub fn key(&self) -> Option<(&'static str, String)> {
         let set: Vec<(&'static str, String)> = [
             ("subject_cn", self.subject_cn.clone()),
-            ("san_dns", self.san_dns.as_ref().map(|d| d.to_ascii_lowercase())),
+            (
+                "san_dns",
+                self.san_dns.as_ref().map(|d| d.to_ascii_lowercase()),
+            ),
             ("san_uri", self.san_uri.clone()),
             (
                 "fingerprint_sha256",

@@ -694,9 +694,7 @@ fn validate_credential(credential: &Credential) -> Result<(), String> {
     .filter(|s| **s)
     .count();
     if set != 1 {
-        return Err(
-            "kind: exactly one of api_key, api_key_hash, jwt or mtls must be set".into(),
-        );
+        return Err("kind: exactly one of api_key, api_key_hash, jwt or mtls must be set".into());
     }
     if let Some(mtls) = &credential.mtls {
         validate_mtls_credential(mtls)?;
@@ -806,7 +804,9 @@ fn validate_mtls_credential(mtls: &crate::model::MtlsCredential) -> Result<(), S
         );
     };
     if value.is_empty() || value.len() > 1024 {
-        return Err(format!("mtls.{kind}: must be between 1 and 1024 characters"));
+        return Err(format!(
+            "mtls.{kind}: must be between 1 and 1024 characters"
+        ));
     }
     if value.chars().any(char::is_control) {
         return Err(format!("mtls.{kind}: must not contain control characters"));
@@ -1145,6 +1145,7 @@ consumers:
                     key_fingerprint: None,
                     snis: vec![format!("c{i}.example.com")],
                     default: false,
+                    crl_pem: None,
                     info: None,
                 })
                 .collect(),
@@ -1488,6 +1489,7 @@ consumers:
                 key_fingerprint: None,
                 snis: (0..snis).map(|i| format!("s{i}.example.com")).collect(),
                 default: false,
+                crl_pem: None,
                 info: None,
             }],
             ..GatewayConfig::default()

@@ -40,8 +40,8 @@ pub mod registry;
 pub mod request_id;
 
 pub use auth::{AuthAttempt, AuthSet, Authenticator};
-pub use client_cert::ClientCertificate;
 pub use chain::{CompiledInstance, PhaseObserver, PluginChain};
+pub use client_cert::ClientCertificate;
 pub use context::{Identity, RequestCtx};
 pub use extensions::Extensions;
 pub use plugin::{Outcome, Phase, Plugin, Reply, Step};

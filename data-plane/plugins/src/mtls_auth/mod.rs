@@ -79,9 +79,8 @@ impl CertReject {
                 | CertificateError::ExpiredContext { .. }
                 | CertificateError::NotValidYet
                 | CertificateError::NotValidYetContext { .. } => CertReject::Expired,
-                CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-                    CertReject::NotForClientAuth
-                }
+                CertificateError::InvalidPurpose
+                | CertificateError::InvalidPurposeContext { .. } => CertReject::NotForClientAuth,
                 _ => CertReject::Untrusted,
             },
             _ => CertReject::Untrusted,
@@ -102,7 +101,9 @@ enum Verdict {
         not_after: i64,
     },
     /// Verified, but no consumer has a matching `mtls` credential.
-    Unmapped { not_after: i64 },
+    Unmapped {
+        not_after: i64,
+    },
     Rejected(CertReject),
 }
 
@@ -179,15 +180,13 @@ impl MtlsAuth {
             .allow_unknown_revocation_status()
             .build()
             .map_err(|err| format!("config.ca_certificates: {err}"))?;
-        let anonymous = match &config.anonymous {
-            Some(name) => Some(
-                index
-                    .consumer(name)
-                    .cloned()
-                    .ok_or_else(|| format!("config.anonymous: consumer {name:?} does not exist"))?,
-            ),
-            None => None,
-        };
+        let anonymous =
+            match &config.anonymous {
+                Some(name) => Some(index.consumer(name).cloned().ok_or_else(|| {
+                    format!("config.anonymous: consumer {name:?} does not exist")
+                })?),
+                None => None,
+            };
         Ok(MtlsAuth {
             id: INSTANCE.fetch_add(1, Ordering::Relaxed),
             verifier,
@@ -242,9 +241,9 @@ impl MtlsAuth {
             {
                 api::AuthAttempt::Rejected(CertReject::Expired.refusal())
             }
-            Verdict::Unmapped { .. } => api::AuthAttempt::Rejected(Refusal::new(
-                RefusalKind::UnknownClientCertificate,
-            )),
+            Verdict::Unmapped { .. } => {
+                api::AuthAttempt::Rejected(Refusal::new(RefusalKind::UnknownClientCertificate))
+            }
             Verdict::Consumer { owner, .. } => {
                 owner.consumer.write_headers(&mut request.headers);
                 api::AuthAttempt::Authenticated(

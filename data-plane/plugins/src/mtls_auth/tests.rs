@@ -118,7 +118,10 @@ fn a_verified_certificate_maps_to_its_consumer() {
     let partners = ca("Partners CA");
     let config = config(&partners, None);
     let auth = plugin(&config, None);
-    assert!(!auth.ca_subjects().is_empty(), "the listener will ask for a certificate");
+    assert!(
+        !auth.ca_subjects().is_empty(),
+        "the listener will ask for a certificate"
+    );
     let mut parts = request(Some(client(&partners, "alice", 1, true, false)));
     let attempt = auth.attempt(&mut parts);
     assert_eq!(kind(attempt), Ok("alice".to_string()));
@@ -142,13 +145,22 @@ fn untrusted_expired_wrong_purpose_and_revoked_are_refused() {
     let other = ca("Other CA");
     let auth = plugin(&config(&partners, Some(crl(&partners, &[66]))), None);
     let cases = [
-        (client(&other, "alice", 1, true, false), CertReject::Untrusted),
-        (client(&partners, "alice", 2, true, true), CertReject::Expired),
+        (
+            client(&other, "alice", 1, true, false),
+            CertReject::Untrusted,
+        ),
+        (
+            client(&partners, "alice", 2, true, true),
+            CertReject::Expired,
+        ),
         (
             client(&partners, "alice", 3, false, false),
             CertReject::NotForClientAuth,
         ),
-        (client(&partners, "alice", 66, true, false), CertReject::Revoked),
+        (
+            client(&partners, "alice", 66, true, false),
+            CertReject::Revoked,
+        ),
     ];
     for (der, reject) in cases {
         let mut parts = request(Some(der));
@@ -181,7 +193,10 @@ fn no_certificate_is_anonymous_or_401_and_forged_headers_go() {
     let set = AuthSet::new(vec![Arc::new(plugin(&config, None))]);
     let refusal = set.authenticate(&mut request(None)).expect_err("401");
     assert_eq!(refusal.kind, RefusalKind::MissingCredential);
-    assert!(refusal.headers.is_empty(), "no WWW-Authenticate scheme for TLS");
+    assert!(
+        refusal.headers.is_empty(),
+        "no WWW-Authenticate scheme for TLS"
+    );
     assert!(!set.client_ca_subjects().is_empty());
 }
 
