@@ -9,8 +9,10 @@
 //! in service, also on a connection opened before) and a valid but unmapped
 //! one each get their 401; ACL and per-consumer rate limits apply to mTLS
 //! consumers; routes without the plugin and the anonymous consumer work
-//! without a certificate on the same listener; and requests for different
-//! routes on one connection (HTTP/1.1 keep-alive and HTTP/2) are each checked.
+//! without a certificate on the same listener; requests for different
+//! routes on one connection (HTTP/1.1 keep-alive and HTTP/2) are each
+//! checked; and with `--tls-refuse-untrusted-client-certs` another CA's
+//! certificate fails the handshake instead.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -465,6 +467,37 @@ async fn client_certificates_authenticate_consumers_per_request() {
     // Others of the same CA are unaffected.
     let (status, _) = one(&curl(&files, tls_port, Some("carol"), &["/partners"], &[]));
     assert_eq!(status, 200);
+    // Configured to refuse untrusted certificates in the handshake: another
+    // CA's certificate gets no connection at all; the others are unchanged.
+    let strict_port = free_port();
+    let strict = DataPlane::start(
+        cp.port(),
+        "dp-mtls-strict",
+        &[
+            "--tls-listen".to_string(),
+            format!("127.0.0.1:{strict_port}"),
+            "--tls-refuse-untrusted-client-certs".to_string(),
+        ],
+    );
+    strict.wait_version(revision(&cp).await).await;
+    let strict_spec = |who: Option<&str>, paths: &[&str]| {
+        let mut spec = spec(who, paths);
+        spec["port"] = json!(strict_port);
+        spec
+    };
+    let got = python_tls(&strict_spec(Some("stranger"), &["/open"]), CLIENT_TIMEOUT);
+    assert_eq!(got[0]["ok"], false, "handshake refused: {got:?}");
+    let got = python_tls(&strict_spec(Some("carol"), &["/partners"]), CLIENT_TIMEOUT);
+    assert_eq!(got[0]["statuses"], json!([200]), "{got:?}");
+    let got = python_tls(&strict_spec(None, &["/open", "/partners"]), CLIENT_TIMEOUT);
+    assert_eq!(got[0]["statuses"], json!([200, 401]), "{got:?}");
+    let got = python_tls(&strict_spec(Some("alice"), &["/partners"]), CLIENT_TIMEOUT);
+    assert_eq!(
+        got[0]["statuses"],
+        json!([401]),
+        "revoked: still per route: {got:?}"
+    );
+
     // Metrics count the refusals as invalid credentials.
     let metrics = reqwest::get(dp.status_url("/metrics"))
         .await

@@ -64,8 +64,8 @@ pub trait Authenticator: Send + Sync + std::fmt::Debug {
         &[]
     }
 
-    /// See [`Plugin::client_ca_subjects`].
-    fn client_ca_subjects(&self) -> &[Vec<u8>] {
+    /// See [`Plugin::client_ca_certificates`].
+    fn client_ca_certificates(&self) -> &[Vec<u8>] {
         &[]
     }
 }
@@ -80,8 +80,8 @@ pub struct AuthSet {
     /// Index of the first method with an anonymous consumer.
     anonymous: Option<usize>,
     owned_headers: Box<[HeaderName]>,
-    /// The union of the methods' client-certificate CAs.
-    client_ca_subjects: Box<[Vec<u8>]>,
+    /// The union of the methods' client-certificate CAs (DER).
+    client_ca_certificates: Box<[Vec<u8>]>,
 }
 
 const ANONYMOUS_TRUE: HeaderValue = HeaderValue::from_static("true");
@@ -94,7 +94,7 @@ impl AuthSet {
         let mut owned_headers: Vec<HeaderName> = Vec::new();
         let mut anonymous = None;
         let mut names: Vec<&'static str> = Vec::new();
-        let mut client_ca_subjects: Vec<Vec<u8>> = Vec::new();
+        let mut client_ca_certificates: Vec<Vec<u8>> = Vec::new();
         for (i, method) in methods.iter().enumerate() {
             let Some(auth) = method.authenticator() else {
                 continue;
@@ -102,9 +102,9 @@ impl AuthSet {
             if !names.contains(&method.name()) {
                 names.push(method.name());
             }
-            for subject in auth.client_ca_subjects() {
-                if !client_ca_subjects.contains(subject) {
-                    client_ca_subjects.push(subject.clone());
+            for subject in auth.client_ca_certificates() {
+                if !client_ca_certificates.contains(subject) {
+                    client_ca_certificates.push(subject.clone());
                 }
             }
             // An empty challenge: the method has no HTTP scheme (a TLS
@@ -131,7 +131,7 @@ impl AuthSet {
             challenges: challenges.into_boxed_slice(),
             anonymous,
             owned_headers: owned_headers.into_boxed_slice(),
-            client_ca_subjects: client_ca_subjects.into_boxed_slice(),
+            client_ca_certificates: client_ca_certificates.into_boxed_slice(),
         }
     }
 
@@ -195,8 +195,8 @@ impl Plugin for AuthSet {
         Phase::Authenticate
     }
 
-    fn client_ca_subjects(&self) -> &[Vec<u8>] {
-        &self.client_ca_subjects
+    fn client_ca_certificates(&self) -> &[Vec<u8>] {
+        &self.client_ca_certificates
     }
 
     fn on_request<'a>(

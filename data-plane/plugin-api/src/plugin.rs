@@ -129,12 +129,12 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
         None
     }
 
-    /// The DER subjects of the CAs whose client certificates this plugin
+    /// The CA certificates (DER) whose client certificates this plugin
     /// checks. When any plugin of a snapshot names some, the TLS listener
     /// asks clients for a certificate (requests, never requires: routes
-    /// differ per request, a certificate is per connection) and lists these
-    /// as the acceptable authorities.
-    fn client_ca_subjects(&self) -> &[Vec<u8>] {
+    /// differ per request, a certificate is per connection) and lists their
+    /// subjects as the acceptable authorities.
+    fn client_ca_certificates(&self) -> &[Vec<u8>] {
         &[]
     }
 }

@@ -110,7 +110,8 @@ enum Verdict {
 pub struct MtlsAuth {
     id: u64,
     verifier: Arc<dyn ClientCertVerifier>,
-    ca_subjects: Vec<Vec<u8>>,
+    /// The trusted CA certificates (DER), for the listener's request.
+    ca_certificates: Vec<Vec<u8>>,
     anonymous: Option<Arc<ConsumerIdentity>>,
     index: Arc<ConsumerIndex>,
 }
@@ -119,7 +120,7 @@ impl std::fmt::Debug for MtlsAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MtlsAuth")
             .field("id", &self.id)
-            .field("cas", &self.ca_subjects.len())
+            .field("cas", &self.ca_certificates.len())
             .finish_non_exhaustive()
     }
 }
@@ -146,6 +147,7 @@ impl MtlsAuth {
         index: &Arc<ConsumerIndex>,
     ) -> Result<MtlsAuth, String> {
         let mut roots = RootCertStore::empty();
+        let mut ca_certificates: Vec<Vec<u8>> = Vec::new();
         let mut crls: Vec<CertificateRevocationListDer<'static>> = Vec::new();
         for (i, name) in config.ca_certificates.iter().enumerate() {
             let field = format!("config.ca_certificates[{i}]");
@@ -157,6 +159,7 @@ impl MtlsAuth {
             let chain = tollgate_shared::certs::parse_chain(&entry.cert_pem)
                 .map_err(|m| format!("{field}: certificate {name:?}: cert_pem: {m}"))?;
             for der in chain {
+                ca_certificates.push(der.as_ref().to_vec());
                 roots.add(der).map_err(|_| {
                     format!("{field}: certificate {name:?}: cert_pem: not usable as a trust anchor")
                 })?;
@@ -169,11 +172,6 @@ impl MtlsAuth {
                 }
             }
         }
-        let ca_subjects = roots
-            .subjects()
-            .into_iter()
-            .map(|subject| subject.as_ref().to_vec())
-            .collect();
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
             .with_crls(crls)
             // A CA without a CRL: nothing to check against, not a refusal.
@@ -190,7 +188,7 @@ impl MtlsAuth {
         Ok(MtlsAuth {
             id: INSTANCE.fetch_add(1, Ordering::Relaxed),
             verifier,
-            ca_subjects,
+            ca_certificates,
             anonymous,
             index: index.clone(),
         })
@@ -258,8 +256,8 @@ impl MtlsAuth {
         self.anonymous.as_ref()
     }
 
-    pub fn ca_subjects(&self) -> &[Vec<u8>] {
-        &self.ca_subjects
+    pub fn ca_certificates(&self) -> &[Vec<u8>] {
+        &self.ca_certificates
     }
 
     pub fn owned_headers(&self) -> &[HeaderName] {

@@ -50,8 +50,8 @@ impl Plugin for MtlsAuth {
         Some(self)
     }
 
-    fn client_ca_subjects(&self) -> &[Vec<u8>] {
-        self.ca_subjects()
+    fn client_ca_certificates(&self) -> &[Vec<u8>] {
+        self.ca_certificates()
     }
 }
 
@@ -76,7 +76,7 @@ impl Authenticator for MtlsAuth {
         MtlsAuth::owned_headers(self)
     }
 
-    fn client_ca_subjects(&self) -> &[Vec<u8>] {
-        self.ca_subjects()
+    fn client_ca_certificates(&self) -> &[Vec<u8>] {
+        self.ca_certificates()
     }
 }

@@ -119,7 +119,7 @@ fn a_verified_certificate_maps_to_its_consumer() {
     let config = config(&partners, None);
     let auth = plugin(&config, None);
     assert!(
-        !auth.ca_subjects().is_empty(),
+        !auth.ca_certificates().is_empty(),
         "the listener will ask for a certificate"
     );
     let mut parts = request(Some(client(&partners, "alice", 1, true, false)));
@@ -197,7 +197,7 @@ fn no_certificate_is_anonymous_or_401_and_forged_headers_go() {
         refusal.headers.is_empty(),
         "no WWW-Authenticate scheme for TLS"
     );
-    assert!(!set.client_ca_subjects().is_empty());
+    assert!(!set.client_ca_certificates().is_empty());
 }
 
 #[test]

@@ -35,11 +35,14 @@ use rustls::ServerConfig;
 use tollgate_shared::model::GatewayConfig;
 use tollgate_telemetry::metrics::HandshakeResult;
 
-/// Session-resumption state shared by every snapshot's [`ServerConfig`].
+/// Session-resumption state shared by every snapshot's [`ServerConfig`],
+/// and the process's client-certificate policy.
 #[derive(Debug)]
 pub struct TlsShared {
     ticketer: Arc<dyn rustls::server::ProducesTickets>,
     sessions: Arc<ServerSessionMemoryCache>,
+    /// `--tls-refuse-untrusted-client-certs`.
+    pub client_cert_policy: client_auth::ClientCertPolicy,
 }
 
 /// Stateful sessions kept for TLS 1.2 resumption by id.
@@ -53,6 +56,7 @@ impl TlsShared {
         Ok(TlsShared {
             ticketer,
             sessions: ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
+            client_cert_policy: client_auth::ClientCertPolicy::default(),
         })
     }
 }
@@ -102,12 +106,12 @@ impl TlsInfo {
 /// Builds the server config of a validated snapshot; `None` when it has no
 /// certificate to serve (then every handshake is refused as
 /// `no_certificate`). CA-only entries (no SNI, not the default) are skipped.
-/// With `client_ca_subjects` (the snapshot's plugins that check client
-/// certificates), clients are asked for one ([`client_auth`]).
+/// With `client_cas` (the CA certificates of the snapshot's plugins that
+/// check client certificates), clients are asked for one ([`client_auth`]).
 pub fn server_config(
     config: &GatewayConfig,
     shared: &TlsShared,
-    client_ca_subjects: &[Vec<u8>],
+    client_cas: &[Vec<u8>],
 ) -> Result<Option<Arc<ServerConfig>>, String> {
     let served = |c: &tollgate_shared::model::Certificate| !c.snis.is_empty() || c.default;
     if !config.certificates.iter().any(served) {
@@ -117,13 +121,14 @@ pub fn server_config(
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|err| format!("TLS: {err}"))?;
-    let builder = if client_ca_subjects.is_empty() {
+    let builder = if client_cas.is_empty() {
         builder.with_no_client_auth()
     } else {
         builder.with_client_cert_verifier(Arc::new(client_auth::RequestClientCertificate::new(
-            client_ca_subjects,
+            client_cas,
+            shared.client_cert_policy,
             provider(),
-        )))
+        )?))
     };
     let mut server = builder.with_cert_resolver(Arc::new(resolver));
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
