@@ -18,6 +18,9 @@ pub struct DpConfig {
     pub listen: SocketAddr,
     /// HTTPS proxy listener (`--tls-listen`); off when `None`.
     pub tls_listen: Option<SocketAddr>,
+    /// Fail the TLS handshake of a client certificate that no `mtls-auth`
+    /// CA issued, instead of answering 401 per route.
+    pub tls_refuse_untrusted_client_certs: bool,
     /// Status listener (`/healthz`, `/readyz`, `/status`).
     pub status_listen: SocketAddr,
     /// Node id reported to the control plane; `None`: hostname + random suffix.
@@ -72,6 +75,7 @@ impl Default for DpConfig {
             control_plane: "http://127.0.0.1:7070".into(),
             listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
             tls_listen: None,
+            tls_refuse_untrusted_client_certs: false,
             status_listen: SocketAddr::from(([127, 0, 0, 1], 8100)),
             node_id: None,
             config_cache: None,

@@ -49,6 +49,7 @@ use tollgate_proxy::server::ServerSettings;
 use tollgate_proxy::snapshot::subscribe::{ConnectionState, Subscriber};
 use tollgate_proxy::snapshot::{Applier, ConfigCache, SnapshotStore};
 use tollgate_proxy::status::{self, NodeStatus};
+use tollgate_proxy::tls::client_auth::ClientCertPolicy;
 use tollgate_proxy::{server, shutdown};
 
 /// A data plane with its listeners bound, not yet serving.
@@ -149,7 +150,12 @@ impl DataPlane {
                 config.config_cache.clone().map(ConfigCache::new),
                 registry,
             )
-            .map_err(DpError::Tls)?,
+            .map_err(DpError::Tls)?
+            .with_client_cert_policy(if config.tls_refuse_untrusted_client_certs {
+                ClientCertPolicy::Refuse
+            } else {
+                ClientCertPolicy::Answer
+            }),
         );
         let clients = applier.clients();
         // Serve the cached config (if any) before the control plane answers.

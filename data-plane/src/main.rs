@@ -40,6 +40,11 @@ struct Args {
     /// from the control plane, picked by SNI) [default: off].
     #[arg(long, env = "TOLLGATE_TLS_LISTEN")]
     tls_listen: Option<SocketAddr>,
+    /// A client certificate that no `mtls-auth` CA of the config issued
+    /// fails the TLS handshake [default: it is let in and routes with
+    /// `mtls-auth` answer 401 invalid_client_certificate].
+    #[arg(long, env = "TOLLGATE_TLS_REFUSE_UNTRUSTED_CLIENT_CERTS")]
+    tls_refuse_untrusted_client_certs: bool,
     /// Status listen address (/healthz, /readyz, /status).
     #[arg(long, env = "TOLLGATE_STATUS_LISTEN", default_value = "127.0.0.1:8100")]
     status_listen: SocketAddr,
@@ -239,6 +244,7 @@ fn main() -> ExitCode {
         control_plane: args.control_plane,
         listen: args.listen,
         tls_listen: args.tls_listen,
+        tls_refuse_untrusted_client_certs: args.tls_refuse_untrusted_client_certs,
         status_listen: args.status_listen,
         node_id: Some(node_id),
         config_cache: args.config_cache,

@@ -118,6 +118,62 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// A client certificate (extended key usage `clientAuth`) for subject
+    /// CN `cn`, with serial `serial` (for CRLs), valid from yesterday for a
+    /// year; `sans` become DNS SANs.
+    pub fn issue_client(&self, cn: &str, sans: &[&str], serial: u64) -> Leaf {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("client key");
+        let mut params =
+            CertificateParams::new(sans.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("client params");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        set_validity(&mut params, -1, 365);
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("client certificate");
+        Leaf {
+            fingerprint: hex::encode(Sha256::digest(cert.der())),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// A CRL (PEM) of this CA revoking the certificates with these serials.
+    pub fn crl(&self, serials: &[u64]) -> String {
+        let date = |days: i64| {
+            let (year, month, day) = tollgate_shared::calendar::civil_from_days(today() + days);
+            rcgen::date_time_ymd(
+                i32::try_from(year).unwrap_or(2000),
+                u8::try_from(month).unwrap_or(1),
+                u8::try_from(day).unwrap_or(1),
+            )
+        };
+        rcgen::CertificateRevocationListParams {
+            this_update: date(-1),
+            next_update: date(30),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*serial),
+                    revocation_time: date(-1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.cert, &self.key)
+        .expect("CRL")
+        .pem()
+        .expect("CRL PEM")
+    }
+}
+
 /// An HTTPS/1.1 upstream on 127.0.0.1 presenting `leaf`, answering
 /// `{"name":"tls-upstream"}` to everything; counts completed handshakes.
 pub struct TlsUpstream {
@@ -206,7 +262,10 @@ impl Drop for TlsUpstream {
 /// `path`, `ca` (file), `check_hostname` (default true), `version` (`TLSv1`, `TLSv1_1`, `TLSv1_2`, `TLSv1_3`),
 /// `alpn` (list), and for a loop `seconds` and `max` (new connection per
 /// request) plus `keepalive` (one more connection reused for every request);
-/// `resume`: a second connection resuming the first one's session.
+/// `resume`: a second connection resuming the first one's session; `cert`
+/// and `key` (files): a client certificate to present; `paths`: several
+/// requests on one kept-alive connection (one line with their `statuses`
+/// and `bodies`).
 pub const PYTHON_CLIENT: &str = r#"
 import hashlib, json, socket, ssl, sys, time
 
@@ -225,6 +284,8 @@ def context():
         ctx.maximum_version = v
     if spec.get("alpn"):
         ctx.set_alpn_protocols(spec["alpn"])
+    if spec.get("cert"):
+        ctx.load_cert_chain(spec["cert"], spec["key"])
     return ctx
 
 CTX = context()
@@ -286,6 +347,22 @@ if spec.get("resume"):
         status, _, _ = request(second, True)
         out = describe(second)
         out.update({"ok": True, "status": status, "reused": second.session_reused})
+    except Exception as e:
+        out = {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
+    print(json.dumps(out), flush=True)
+    sys.exit(0)
+
+if spec.get("paths"):
+    try:
+        tls = connect()
+        statuses, bodies = [], []
+        for path in spec["paths"]:
+            spec["path"] = path
+            status, _, body = request(tls, False)
+            statuses.append(status)
+            bodies.append(body)
+        tls.close()
+        out = {"ok": True, "statuses": statuses, "bodies": bodies}
     except Exception as e:
         out = {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
     print(json.dumps(out), flush=True)

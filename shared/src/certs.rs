@@ -131,6 +131,75 @@ fn facts_of(der: &CertificateDer<'_>) -> Result<LeafFacts, String> {
     })
 }
 
+/// What `mtls-auth` maps a client certificate by (its leaf, already
+/// verified): see [`crate::model::MtlsCredential`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClientIdentity {
+    pub subject_cn: Option<String>,
+    /// DNS names of the subjectAltName, lower-case.
+    pub san_dns: Vec<String>,
+    pub san_uri: Vec<String>,
+    /// SHA-256 of the DER, bare lower-case hex.
+    pub fingerprint_sha256: String,
+    pub not_after: i64,
+}
+
+/// The identity facts of a client certificate's DER.
+pub fn client_identity(der: &[u8]) -> Result<ClientIdentity, String> {
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|_| "the client certificate is not valid X.509".to_string())?;
+    let mut identity = ClientIdentity {
+        subject_cn: cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_string),
+        fingerprint_sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(der)),
+        not_after: cert.validity().not_after.timestamp(),
+        ..ClientIdentity::default()
+    };
+    if let Ok(Some(extension)) = cert.subject_alternative_name() {
+        for name in &extension.value.general_names {
+            match name {
+                GeneralName::DNSName(dns) => identity.san_dns.push(dns.to_ascii_lowercase()),
+                GeneralName::URI(uri) => identity.san_uri.push(uri.to_string()),
+                _ => {}
+            }
+        }
+    }
+    Ok(identity)
+}
+
+/// Checks a CA's `crl_pem`: PEM CRLs (at least one), each issued by the CA
+/// of `cert_pem` (its first certificate). The signature is checked by the
+/// data plane's verifier when it uses the list.
+pub fn check_crl(cert_pem: &str, crl_pem: &str) -> Result<(), String> {
+    use rustls_pki_types::CertificateRevocationListDer;
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let chain = parse_chain(cert_pem).map_err(|m| format!("cert_pem: {m}"))?;
+    let (_, ca) = X509Certificate::from_der(chain[0].as_ref())
+        .map_err(|_| "cert_pem: not a valid X.509 certificate".to_string())?;
+    let mut count = 0;
+    for (i, item) in CertificateRevocationListDer::pem_slice_iter(crl_pem.as_bytes()).enumerate() {
+        let der = item.map_err(|_| format!("crl_pem: CRL {i} is not valid PEM"))?;
+        let (_, crl) = CertificateRevocationList::from_der(der.as_ref())
+            .map_err(|_| format!("crl_pem: CRL {i} is not a valid X.509 CRL"))?;
+        if crl.issuer() != ca.subject() {
+            return Err(format!(
+                "crl_pem: CRL {i} is issued by {:?}, not by this CA ({:?})",
+                crl.issuer().to_string(),
+                ca.subject().to_string()
+            ));
+        }
+        count += 1;
+    }
+    if count == 0 {
+        return Err("crl_pem: must be a PEM X509 CRL (no X509 CRL block found)".into());
+    }
+    Ok(())
+}
+
 /// What reads show about `cert_pem`.
 pub fn info(cert_pem: &str) -> Result<CertificateInfo, String> {
     let facts = leaf_facts(cert_pem)?;
@@ -333,6 +402,7 @@ mod tests {
             key_fingerprint: None,
             snis: snis.iter().map(|s| s.to_string()).collect(),
             default: false,
+            crl_pem: None,
             info: None,
         }
     }

@@ -67,6 +67,8 @@ pub const MAX_SECRET_LEN: usize = 4_096;
 pub const MAX_KEY_PEM_BYTES: usize = 16 * 1024;
 /// Longest PEM certificate chain.
 pub const MAX_CERT_PEM_BYTES: usize = 64 * 1024;
+/// A CA's revocation list (`crl_pem`): room for tens of thousands of serials.
+pub const MAX_CRL_PEM_BYTES: usize = 1024 * 1024;
 /// Deepest nesting of DER structures inside a PEM block. Real keys and
 /// certificates nest fewer than 10 levels.
 pub const MAX_DER_DEPTH: usize = 32;

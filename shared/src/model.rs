@@ -602,11 +602,79 @@ pub struct Credential {
     pub api_key_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt: Option<JwtCredential>,
+    /// A client certificate, for `mtls-auth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<MtlsCredential>,
+}
+
+/// Which verified client certificate belongs to a consumer (`mtls-auth`):
+/// exactly one field is set. A certificate is matched by its fingerprint
+/// first, then a URI SAN, a DNS SAN, and last its subject CN. Nothing here
+/// is secret: the certificate proves possession of its key in the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsCredential {
+    /// The subject's common name (exact, case-sensitive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_cn: Option<String>,
+    /// A DNS name of the subjectAltName (compared lower-case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub san_dns: Option<String>,
+    /// A URI of the subjectAltName (exact; SPIFFE ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub san_uri: Option<String>,
+    /// SHA-256 of the leaf's DER, 64 hex digits (colons and a `sha256:`
+    /// prefix allowed, case ignored): pins one certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint_sha256: Option<String>,
+}
+
+impl MtlsCredential {
+    /// `(kind, value)` as the consumer index keys it (values normalized:
+    /// DNS names lower-case, fingerprints as bare lower-case hex); `None`
+    /// unless exactly one field is set.
+    pub fn key(&self) -> Option<(&'static str, String)> {
+        let set: Vec<(&'static str, String)> = [
+            ("subject_cn", self.subject_cn.clone()),
+            (
+                "san_dns",
+                self.san_dns.as_ref().map(|d| d.to_ascii_lowercase()),
+            ),
+            ("san_uri", self.san_uri.clone()),
+            (
+                "fingerprint_sha256",
+                self.fingerprint_sha256
+                    .as_deref()
+                    .map(normalize_fingerprint),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(kind, value)| value.map(|v| (kind, v)))
+        .collect();
+        match <[(&'static str, String); 1]>::try_from(set) {
+            Ok([one]) => Some(one),
+            Err(_) => None,
+        }
+    }
+}
+
+/// A SHA-256 fingerprint as bare lower-case hex (`sha256:` prefix and
+/// colons removed).
+pub fn normalize_fingerprint(text: &str) -> String {
+    let text = text.trim();
+    let text = text.strip_prefix("sha256:").unwrap_or(text);
+    text.chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
 }
 
 impl Credential {
     /// A short, non-secret label for errors: `api_key`, `jwt "issuer"`.
     pub fn kind_label(&self) -> String {
+        if self.mtls.is_some() {
+            return "mtls".to_string();
+        }
         match (&self.api_key, &self.api_key_hash, &self.jwt) {
             (_, _, Some(jwt)) => format!("jwt {:?}", jwt.key),
             (Some(_), _, _) | (_, Some(_), _) => "api_key".to_string(),
@@ -671,6 +739,11 @@ pub struct Certificate {
     /// Served when no SNI matches (or the client sent none); at most one.
     #[serde(default, skip_serializing_if = "is_default")]
     pub default: bool,
+    /// For a CA named by `mtls-auth`'s `ca_certificates`: its certificate
+    /// revocation list (PEM, signed by this CA). It travels with the
+    /// snapshot, so a new CRL takes effect when the data plane ACKs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_pem: Option<String>,
     /// Read-only facts about the leaf, filled in by reads; ignored on write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<CertificateInfo>,

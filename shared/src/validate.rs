@@ -123,6 +123,7 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
     // Keyed by the hash's 32 bytes, so hex case cannot make one key two.
     let mut api_key_owner: HashMap<[u8; 32], &str> = HashMap::new();
     let mut jwt_owner: HashMap<(JwtKeyClaim, &str), &str> = HashMap::new();
+    let mut mtls_owner: HashMap<(&str, String), &str> = HashMap::new();
     for consumer in &config.consumers {
         let err = |msg: String| ConfigError::new("consumer", &consumer.name, msg);
         check_name(&consumer.name).map_err(|m| err(format!("name: {m}")))?;
@@ -151,6 +152,16 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
                 if let Some(other) = api_key_owner.insert(digest, &consumer.name) {
                     return Err(err(format!(
                         "credentials[{i}].api_key: the same key is already a credential of consumer {}",
+                        show(other)
+                    )));
+                }
+            }
+            if let Some(key) = credential.mtls.as_ref().and_then(|m| m.key()) {
+                if let Some(other) = mtls_owner.insert(key.clone(), &consumer.name) {
+                    return Err(err(format!(
+                        "credentials[{i}].mtls.{}: {} is already an mtls credential of consumer {}",
+                        key.0,
+                        show(&key.1),
                         show(other)
                     )));
                 }
@@ -240,6 +251,49 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
                 ));
             }
         }
+    }
+    check_certificate_refs(config, &certificate_names)?;
+    Ok(())
+}
+
+/// Plugins that name `certificates` entries (`mtls-auth`'s CAs): each must
+/// exist.
+fn check_certificate_refs(
+    config: &GatewayConfig,
+    certificates: &HashSet<&str>,
+) -> Result<(), ConfigError> {
+    let missing = |instances: &mut dyn Iterator<Item = (&str, &serde_json::Value)>| {
+        for (i, (name, plugin_config)) in instances.enumerate() {
+            let Ok(parsed) = crate::plugins::check(name, plugin_config) else {
+                continue;
+            };
+            for (j, wanted) in parsed.certificates.iter().enumerate() {
+                if !certificates.contains(wanted.as_str()) {
+                    return Err((
+                        i,
+                        format!(
+                            "config.ca_certificates[{j}]: certificate {} does not exist",
+                            show(wanted)
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    };
+    for plugin in &config.plugins {
+        missing(&mut std::iter::once((plugin.name.as_str(), &plugin.config)))
+            .map_err(|(_, m)| ConfigError::new("plugin", plugin.instance_name(), m))?;
+    }
+    for route in &config.routes {
+        missing(&mut route.plugins.iter().map(|p| (p.name.as_str(), &p.config))).map_err(
+            |(i, m)| ConfigError::new("route", &route.name, format!("plugins[{i}].{m}")),
+        )?;
+    }
+    for service in &config.services {
+        missing(&mut service.plugins.iter().map(|p| (p.name.as_str(), &p.config))).map_err(
+            |(i, m)| ConfigError::new("service", &service.name, format!("plugins[{i}].{m}")),
+        )?;
     }
     Ok(())
 }
@@ -759,12 +813,16 @@ fn validate_credential(credential: &Credential) -> Result<(), String> {
         credential.api_key.is_some(),
         credential.api_key_hash.is_some(),
         credential.jwt.is_some(),
+        credential.mtls.is_some(),
     ]
     .iter()
     .filter(|s| **s)
     .count();
     if set != 1 {
-        return Err("kind: exactly one of api_key, api_key_hash or jwt must be set".into());
+        return Err("kind: exactly one of api_key, api_key_hash, jwt or mtls must be set".into());
+    }
+    if let Some(mtls) = &credential.mtls {
+        validate_mtls_credential(mtls)?;
     }
     if let Some(key) = &credential.api_key {
         if key.len() < 8 || key.len() > 512 {
@@ -863,6 +921,32 @@ fn looks_like_pem(text: &str) -> bool {
     text.trim_start().starts_with("-----BEGIN ")
 }
 
+fn validate_mtls_credential(mtls: &crate::model::MtlsCredential) -> Result<(), String> {
+    let Some((kind, value)) = mtls.key() else {
+        return Err(
+            "mtls: exactly one of subject_cn, san_dns, san_uri or fingerprint_sha256 must be set"
+                .into(),
+        );
+    };
+    if value.is_empty() || value.len() > 1024 {
+        return Err(format!(
+            "mtls.{kind}: must be between 1 and 1024 characters"
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(format!("mtls.{kind}: must not contain control characters"));
+    }
+    if kind == "fingerprint_sha256"
+        && !(value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(
+            "mtls.fingerprint_sha256: must be 64 hex digits (colons and a sha256: prefix allowed)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 fn validate_certificate(certificate: &Certificate) -> Result<(), String> {
     check_len(
         certificate.cert_pem.len(),
@@ -899,6 +983,12 @@ fn validate_certificate(certificate: &Certificate) -> Result<(), String> {
         .map_err(|m| format!("snis: {m}"))?;
     for (i, sni) in certificate.snis.iter().enumerate() {
         check_host(sni, true).map_err(|m| format!("snis[{i}]: {m}"))?;
+    }
+    if let Some(crl) = &certificate.crl_pem {
+        check_len(crl.len(), limits::MAX_CRL_PEM_BYTES, "bytes")
+            .map_err(|m| format!("crl_pem: {m}"))?;
+        limits::check_pem_der_depth(crl).map_err(|m| format!("crl_pem: {m}"))?;
+        crate::certs::check_crl(&certificate.cert_pem, crl)?;
     }
     crate::certs::check(certificate)
 }
@@ -1186,6 +1276,7 @@ consumers:
                     key_fingerprint: None,
                     snis: vec![format!("c{i}.example.com")],
                     default: false,
+                    crl_pem: None,
                     info: None,
                 })
                 .collect(),
@@ -1647,6 +1738,7 @@ consumers:
                 key_fingerprint: None,
                 snis: (0..snis).map(|i| format!("s{i}.example.com")).collect(),
                 default: false,
+                crl_pem: None,
                 info: None,
             }],
             ..GatewayConfig::default()

@@ -63,6 +63,11 @@ pub trait Authenticator: Send + Sync + std::fmt::Debug {
     fn owned_headers(&self) -> &[HeaderName] {
         &[]
     }
+
+    /// See [`Plugin::client_ca_certificates`].
+    fn client_ca_certificates(&self) -> &[Vec<u8>] {
+        &[]
+    }
 }
 
 /// The authentication methods of one route, run as one phase. Built when
@@ -75,6 +80,8 @@ pub struct AuthSet {
     /// Index of the first method with an anonymous consumer.
     anonymous: Option<usize>,
     owned_headers: Box<[HeaderName]>,
+    /// The union of the methods' client-certificate CAs (DER).
+    client_ca_certificates: Box<[Vec<u8>]>,
 }
 
 const ANONYMOUS_TRUE: HeaderValue = HeaderValue::from_static("true");
@@ -87,6 +94,7 @@ impl AuthSet {
         let mut owned_headers: Vec<HeaderName> = Vec::new();
         let mut anonymous = None;
         let mut names: Vec<&'static str> = Vec::new();
+        let mut client_ca_certificates: Vec<Vec<u8>> = Vec::new();
         for (i, method) in methods.iter().enumerate() {
             let Some(auth) = method.authenticator() else {
                 continue;
@@ -94,8 +102,15 @@ impl AuthSet {
             if !names.contains(&method.name()) {
                 names.push(method.name());
             }
+            for subject in auth.client_ca_certificates() {
+                if !client_ca_certificates.contains(subject) {
+                    client_ca_certificates.push(subject.clone());
+                }
+            }
+            // An empty challenge: the method has no HTTP scheme (a TLS
+            // client certificate), so nothing is announced for it.
             let challenge = auth.challenge();
-            if !challenges.contains(&challenge) {
+            if !challenge.is_empty() && !challenges.contains(&challenge) {
                 challenges.push(challenge);
             }
             for name in auth.owned_headers() {
@@ -116,6 +131,7 @@ impl AuthSet {
             challenges: challenges.into_boxed_slice(),
             anonymous,
             owned_headers: owned_headers.into_boxed_slice(),
+            client_ca_certificates: client_ca_certificates.into_boxed_slice(),
         }
     }
 
@@ -177,6 +193,10 @@ impl Plugin for AuthSet {
 
     fn phase(&self) -> Phase {
         Phase::Authenticate
+    }
+
+    fn client_ca_certificates(&self) -> &[Vec<u8>] {
+        &self.client_ca_certificates
     }
 
     fn on_request<'a>(

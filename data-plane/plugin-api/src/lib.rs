@@ -16,6 +16,9 @@
 //!   by name and built from its config when a snapshot compiles.
 //! - [`PluginChain`] ([`chain`]): a route's plugins in phase order, assembled
 //!   once per snapshot and run per request.
+//! - [`ClientCertificate`] ([`client_cert`]): the TLS client certificate of
+//!   the request's connection, which the core puts in the request's
+//!   extensions for authentication plugins (`mtls-auth`).
 //! - [`request_id`] and [`identity`]: the request id and the identity
 //!   headers, which every layer reads.
 //!
@@ -27,6 +30,7 @@
 
 pub mod auth;
 pub mod chain;
+pub mod client_cert;
 pub mod context;
 pub mod extensions;
 pub mod identity;
@@ -37,6 +41,7 @@ pub mod request_id;
 
 pub use auth::{AuthAttempt, AuthSet, Authenticator};
 pub use chain::{CompiledInstance, PhaseObserver, PluginChain};
+pub use client_cert::ClientCertificate;
 pub use context::{Identity, RequestCtx};
 pub use extensions::Extensions;
 pub use plugin::{Outcome, Phase, Plugin, Reply, Step};

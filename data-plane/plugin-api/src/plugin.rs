@@ -128,4 +128,13 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
     fn authenticator(&self) -> Option<&dyn Authenticator> {
         None
     }
+
+    /// The CA certificates (DER) whose client certificates this plugin
+    /// checks. When any plugin of a snapshot names some, the TLS listener
+    /// asks clients for a certificate (requests, never requires: routes
+    /// differ per request, a certificate is per connection) and lists their
+    /// subjects as the acceptable authorities.
+    fn client_ca_certificates(&self) -> &[Vec<u8>] {
+        &[]
+    }
 }

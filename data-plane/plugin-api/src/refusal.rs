@@ -49,6 +49,11 @@ pub enum RefusalKind {
     /// A bearer token that has expired (same `error` code as
     /// [`RefusalKind::InvalidToken`]; its own kind for metrics).
     ExpiredToken,
+    /// A client certificate that does not verify against the route's CAs
+    /// (untrusted, expired, revoked, not for client auth).
+    InvalidClientCertificate,
+    /// A client certificate that verifies but belongs to no consumer.
+    UnknownClientCertificate,
     /// Authenticated (or not) but not admitted by the route's `acl`.
     Forbidden,
     /// The client IP is not admitted by `ip-restriction`.
@@ -89,7 +94,7 @@ pub enum AuthFailureReason {
 
 impl RefusalKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [RefusalKind; 25] = [
+    pub const ALL: [RefusalKind; 27] = [
         RefusalKind::BadRequest,
         RefusalKind::BadPath,
         RefusalKind::UriTooLong,
@@ -104,6 +109,8 @@ impl RefusalKind {
         RefusalKind::InvalidApiKey,
         RefusalKind::InvalidToken,
         RefusalKind::ExpiredToken,
+        RefusalKind::InvalidClientCertificate,
+        RefusalKind::UnknownClientCertificate,
         RefusalKind::Forbidden,
         RefusalKind::IpForbidden,
         RefusalKind::RateLimited,
@@ -190,6 +197,16 @@ impl RefusalKind {
                 StatusCode::UNAUTHORIZED,
                 "invalid_token",
                 "the token has expired",
+            ),
+            InvalidClientCertificate => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_client_certificate",
+                "the client certificate is not trusted by this route",
+            ),
+            UnknownClientCertificate => (
+                StatusCode::UNAUTHORIZED,
+                "unknown_client_certificate",
+                "the client certificate is valid but belongs to no consumer",
             ),
             Forbidden => (
                 StatusCode::FORBIDDEN,
@@ -286,9 +303,10 @@ impl RefusalKind {
     pub const fn auth_failure(self) -> Option<AuthFailureReason> {
         match self {
             RefusalKind::MissingCredential => Some(AuthFailureReason::Missing),
-            RefusalKind::InvalidApiKey | RefusalKind::InvalidToken => {
-                Some(AuthFailureReason::Invalid)
-            }
+            RefusalKind::InvalidApiKey
+            | RefusalKind::InvalidToken
+            | RefusalKind::InvalidClientCertificate
+            | RefusalKind::UnknownClientCertificate => Some(AuthFailureReason::Invalid),
             RefusalKind::ExpiredToken => Some(AuthFailureReason::Expired),
             RefusalKind::Forbidden => Some(AuthFailureReason::Forbidden),
             _ => None,

@@ -21,9 +21,11 @@
 //! verification cache keys on it, so a snapshot that rotates a key or deletes
 //! a consumer makes every earlier cache entry unreachable at once.
 //!
-//! Later credential kinds (mTLS certificate fingerprints, JWKS-fetched keys)
-//! slot in as further maps here; the authentication plugins only ask the
-//! index "who owns this credential".
+//! - **Client certificates** (`mtls` credentials) are keyed by what they
+//!   match (fingerprint, URI or DNS SAN, subject CN), normalized once here.
+//!
+//! Later credential kinds (JWKS-fetched keys) slot in as further maps here;
+//! the authentication plugins only ask the index "who owns this credential".
 //!
 //! Nothing in this module formats a secret: errors name the consumer and the
 //! credential's position, never its value, and `Debug` is written by hand.
@@ -202,6 +204,9 @@ pub struct ConsumerIndex {
     api_keys: HashMap<Digest, CredentialOwner, DigestState>,
     jwt_by_iss: HashMap<Box<str>, Arc<JwtKey>>,
     jwt_by_kid: HashMap<Box<str>, Arc<JwtKey>>,
+    /// Client-certificate credentials by `(kind, normalized value)`
+    /// (`tollgate_shared::model::MtlsCredential::key`).
+    mtls: HashMap<(&'static str, Box<str>), CredentialOwner>,
 }
 
 impl fmt::Debug for ConsumerIndex {
@@ -211,6 +216,7 @@ impl fmt::Debug for ConsumerIndex {
             .field("consumers", &self.consumers.len())
             .field("api_keys", &self.api_keys.len())
             .field("jwt_keys", &(self.jwt_by_iss.len() + self.jwt_by_kid.len()))
+            .field("mtls", &self.mtls.len())
             .finish()
     }
 }
@@ -224,6 +230,7 @@ impl ConsumerIndex {
             api_keys: HashMap::default(),
             jwt_by_iss: HashMap::new(),
             jwt_by_kid: HashMap::new(),
+            mtls: HashMap::new(),
         }
     }
 
@@ -284,9 +291,23 @@ impl ConsumerIndex {
                         )));
                     }
                 }
-                if digest.is_none() && credential.jwt.is_none() {
+                if let Some(mtls) = &credential.mtls {
+                    let (kind, value) = mtls.key().ok_or_else(|| {
+                        at("mtls: exactly one of subject_cn, san_dns, san_uri or fingerprint_sha256 must be set")
+                    })?;
+                    let owner = CredentialOwner {
+                        consumer: identity.clone(),
+                        credential: Arc::from(format!("mtls:{kind}:{value}")),
+                    };
+                    if index.mtls.insert((kind, value.into()), owner).is_some() {
+                        return Err(at(&format!(
+                            "mtls.{kind}: already an mtls credential of another consumer"
+                        )));
+                    }
+                }
+                if digest.is_none() && credential.jwt.is_none() && credential.mtls.is_none() {
                     return Err(at(
-                        "kind: exactly one of api_key, api_key_hash or jwt must be set",
+                        "kind: exactly one of api_key, api_key_hash, jwt or mtls must be set",
                     ));
                 }
             }
@@ -307,6 +328,27 @@ impl ConsumerIndex {
     #[inline]
     pub fn api_key_owner(&self, digest: &[u8; 32]) -> Option<&CredentialOwner> {
         self.api_keys.get(&Digest(*digest))
+    }
+
+    /// The owner of a verified client certificate: by fingerprint, then URI
+    /// SANs, DNS SANs, and last the subject CN.
+    pub fn mtls_owner(
+        &self,
+        identity: &tollgate_shared::certs::ClientIdentity,
+    ) -> Option<&CredentialOwner> {
+        if self.mtls.is_empty() {
+            return None;
+        }
+        let find = |kind: &'static str, value: &str| self.mtls.get(&(kind, Box::from(value)));
+        find("fingerprint_sha256", &identity.fingerprint_sha256)
+            .or_else(|| identity.san_uri.iter().find_map(|u| find("san_uri", u)))
+            .or_else(|| identity.san_dns.iter().find_map(|d| find("san_dns", d)))
+            .or_else(|| {
+                identity
+                    .subject_cn
+                    .as_deref()
+                    .and_then(|cn| find("subject_cn", cn))
+            })
     }
 
     /// The JWT key registered for `value` of the given claim.

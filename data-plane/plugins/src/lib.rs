@@ -17,6 +17,7 @@ pub mod cors;
 pub mod ip_restriction;
 pub mod jwt;
 pub mod key_auth;
+pub mod mtls_auth;
 pub mod rate_limit;
 pub mod request_transformer;
 
@@ -45,6 +46,7 @@ pub fn registry(options: &PluginOptions) -> Registry {
         .with(request_transformer::RequestTransformerFactory)
         .with(ip_restriction::IpRestrictionFactory)
         .with(cors::CorsFactory)
+        .with(mtls_auth::MtlsAuthFactory)
 }
 
 #[cfg(test)]

@@ -18,9 +18,12 @@
 //! is not itself a trusted proxy.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
 use ipnet::IpNet;
+use rustls_pki_types::CertificateDer;
+use tollgate_plugin_api::ClientCertificate;
 
 pub use tollgate_plugin_api::request_id::X_REQUEST_ID;
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -121,9 +124,22 @@ pub struct Peer {
     pub trusted: bool,
     /// What the connection negotiated, when it arrived over TLS.
     pub tls: Option<crate::tls::TlsInfo>,
+    /// The certificate chain the TLS client presented, unverified (routes
+    /// verify it: `mtls-auth`); handed to every request of the connection.
+    pub client_certificate: Option<Arc<ClientCertificate>>,
 }
 
 impl Peer {
+    /// The same peer with the certificate chain its TLS client presented.
+    pub fn with_client_certificate(mut self, chain: Option<&[CertificateDer<'_>]>) -> Peer {
+        self.client_certificate = chain
+            .and_then(|chain| {
+                ClientCertificate::new(chain.iter().map(|der| der.as_ref().to_vec()).collect())
+            })
+            .map(Arc::new);
+        self
+    }
+
     /// The same peer on a TLS connection.
     pub fn with_tls(mut self, tls: crate::tls::TlsInfo) -> Peer {
         self.tls = Some(tls);
@@ -139,6 +155,7 @@ impl Peer {
             ip_value,
             trusted: trusted_proxies.contains(ip),
             tls: None,
+            client_certificate: None,
         }
     }
 }

@@ -240,6 +240,11 @@ pub async fn handle(
         strip_identity_headers(&mut parts.headers);
     }
 
+    // The connection's client certificate, for the route's `mtls-auth`
+    // (an extension: the client cannot forge it the way it could a header).
+    if let Some(certificate) = &peer.client_certificate {
+        parts.extensions.insert(std::sync::Arc::clone(certificate));
+    }
     let mut ctx = RequestCtx::new(
         client_ip,
         request_id.header(),

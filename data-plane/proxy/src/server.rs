@@ -287,7 +287,10 @@ async fn serve(
                 Ok(Ok(stream)) => stream,
             };
             metrics::global().tls_handshake(HandshakeResult::Ok);
-            let peer = peer.with_tls(TlsInfo::of(stream.get_ref().1));
+            let session = stream.get_ref().1;
+            let peer = peer
+                .with_tls(TlsInfo::of(session))
+                .with_client_certificate(session.peer_certificates());
             let connection = connection(&builder, &state, peer, stream, watcher);
             if let Err(err) = connection.await {
                 tracing::debug!(peer = %remote, error = %err, "client connection ended with an error");

@@ -22,6 +22,7 @@ mod cors;
 mod ip_restriction;
 mod jwt;
 mod key_auth;
+mod mtls_auth;
 mod rate_limit;
 mod request_transformer;
 
@@ -30,6 +31,7 @@ pub use cors::CorsConfig;
 pub use ip_restriction::{parse_network, IpRestrictionConfig};
 pub use jwt::JwtConfig;
 pub use key_auth::KeyAuthConfig;
+pub use mtls_auth::MtlsAuthConfig;
 pub use rate_limit::{
     OnRedisFailure, RateLimitAlgorithm, RateLimitConfig, RateLimitPolicy, RateLimitSync, Scope,
     Window,
@@ -53,6 +55,12 @@ pub trait PluginConfigSchema: DeserializeOwned + schemars::JsonSchema + 'static 
     fn anonymous(&self) -> Option<&str> {
         None
     }
+
+    /// The `certificates` entries this config names (`mtls-auth`'s CAs),
+    /// which must exist.
+    fn certificates(&self) -> &[String] {
+        &[]
+    }
 }
 
 /// What validation learns from a config beyond "it is valid".
@@ -60,6 +68,8 @@ pub trait PluginConfigSchema: DeserializeOwned + schemars::JsonSchema + 'static 
 pub struct Checked {
     /// A consumer the config refers to (`anonymous`).
     pub anonymous: Option<String>,
+    /// Certificates the config refers to (`ca_certificates`).
+    pub certificates: Vec<String>,
 }
 
 /// A schema as validation sees it, whatever its config type.
@@ -90,6 +100,7 @@ impl<T: PluginConfigSchema> PluginSchema for Schema<T> {
         let parsed = parse::<T>(config)?;
         Ok(Checked {
             anonymous: parsed.anonymous().map(str::to_string),
+            certificates: parsed.certificates().to_vec(),
         })
     }
 
@@ -102,7 +113,7 @@ impl<T: PluginConfigSchema> PluginSchema for Schema<T> {
 }
 
 /// Every plugin this version knows: one line each.
-pub static SCHEMAS: [&dyn PluginSchema; 7] = [
+pub static SCHEMAS: [&dyn PluginSchema; 8] = [
     &Schema::<KeyAuthConfig>(PhantomData),
     &Schema::<JwtConfig>(PhantomData),
     &Schema::<AclConfig>(PhantomData),
@@ -110,6 +121,7 @@ pub static SCHEMAS: [&dyn PluginSchema; 7] = [
     &Schema::<RequestTransformerConfig>(PhantomData),
     &Schema::<IpRestrictionConfig>(PhantomData),
     &Schema::<CorsConfig>(PhantomData),
+    &Schema::<MtlsAuthConfig>(PhantomData),
 ];
 
 /// The schema of the plugin named `name`.
@@ -309,7 +321,8 @@ mod tests {
         assert_eq!(
             check("key-auth", &json!({"anonymous": "guest"})),
             Ok(Checked {
-                anonymous: Some("guest".into())
+                anonymous: Some("guest".into()),
+                certificates: Vec::new(),
             })
         );
     }

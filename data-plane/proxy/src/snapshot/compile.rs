@@ -72,6 +72,25 @@ pub struct CompiledService {
     pub request_timeout: Duration,
 }
 
+impl CompiledSnapshot {
+    /// The CA certificates (DER) of every plugin that checks client
+    /// certificates (on any route, through any level), without duplicates:
+    /// when there are any, the TLS listener asks clients for a certificate.
+    pub fn client_ca_certificates(&self) -> Vec<Vec<u8>> {
+        let mut subjects: Vec<Vec<u8>> = Vec::new();
+        for route in self.routes.iter() {
+            for plugin in route.plugins.plugins() {
+                for subject in plugin.client_ca_certificates() {
+                    if !subjects.contains(subject) {
+                        subjects.push(subject.clone());
+                    }
+                }
+            }
+        }
+        subjects
+    }
+}
+
 impl std::fmt::Debug for CompiledSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CompiledSnapshot")

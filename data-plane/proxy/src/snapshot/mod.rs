@@ -64,6 +64,16 @@ impl Applier {
         })
     }
 
+    /// What the TLS handshake does with an untrusted client certificate
+    /// (`--tls-refuse-untrusted-client-certs`); before the first snapshot.
+    pub fn with_client_cert_policy(
+        mut self,
+        policy: crate::tls::client_auth::ClientCertPolicy,
+    ) -> Applier {
+        self.tls.client_cert_policy = policy;
+        self
+    }
+
     /// The upstream targets' connections, for the idle sweeper.
     pub fn clients(&self) -> Arc<ClientCache> {
         self.clients.clone()
@@ -93,7 +103,8 @@ impl Applier {
             &self.clients,
             &self.registry,
         )?;
-        compiled.tls = crate::tls::server_config(&config, &self.tls)?;
+        compiled.tls =
+            crate::tls::server_config(&config, &self.tls, &compiled.client_ca_certificates())?;
         compiled.certificate_expiries = crate::tls::expiries(&config)
             .into_iter()
             .map(|(name, not_after)| (name.to_string(), not_after))

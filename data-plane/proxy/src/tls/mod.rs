@@ -17,9 +17,13 @@
 //!   the longest matching `*.` wildcard, then the certificate marked
 //!   `default`; otherwise (or without SNI and no default) the handshake is
 //!   refused with an alert, never answered with some other certificate.
+//! - Client certificates ([`client_auth`]): requested, never required, when
+//!   some plugin of the snapshot checks them (`mtls-auth`); each request's
+//!   route verifies the connection's chain itself.
 //! - Versions are TLS 1.3 and 1.2 only, with rustls's cipher suites (AEAD
 //!   only), ALPN `h2` and `http/1.1`.
 
+pub mod client_auth;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -31,11 +35,14 @@ use rustls::ServerConfig;
 use tollgate_shared::model::GatewayConfig;
 use tollgate_telemetry::metrics::HandshakeResult;
 
-/// Session-resumption state shared by every snapshot's [`ServerConfig`].
+/// Session-resumption state shared by every snapshot's [`ServerConfig`],
+/// and the process's client-certificate policy.
 #[derive(Debug)]
 pub struct TlsShared {
     ticketer: Arc<dyn rustls::server::ProducesTickets>,
     sessions: Arc<ServerSessionMemoryCache>,
+    /// `--tls-refuse-untrusted-client-certs`.
+    pub client_cert_policy: client_auth::ClientCertPolicy,
 }
 
 /// Stateful sessions kept for TLS 1.2 resumption by id.
@@ -49,6 +56,7 @@ impl TlsShared {
         Ok(TlsShared {
             ticketer,
             sessions: ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
+            client_cert_policy: client_auth::ClientCertPolicy::default(),
         })
     }
 }
@@ -98,20 +106,31 @@ impl TlsInfo {
 /// Builds the server config of a validated snapshot; `None` when it has no
 /// certificate to serve (then every handshake is refused as
 /// `no_certificate`). CA-only entries (no SNI, not the default) are skipped.
+/// With `client_cas` (the CA certificates of the snapshot's plugins that
+/// check client certificates), clients are asked for one ([`client_auth`]).
 pub fn server_config(
     config: &GatewayConfig,
     shared: &TlsShared,
+    client_cas: &[Vec<u8>],
 ) -> Result<Option<Arc<ServerConfig>>, String> {
     let served = |c: &tollgate_shared::model::Certificate| !c.snis.is_empty() || c.default;
     if !config.certificates.iter().any(served) {
         return Ok(None);
     }
     let resolver = SniResolver::build(config)?;
-    let mut server = ServerConfig::builder_with_provider(provider())
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|err| format!("TLS: {err}"))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .map_err(|err| format!("TLS: {err}"))?;
+    let builder = if client_cas.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        builder.with_client_cert_verifier(Arc::new(client_auth::RequestClientCertificate::new(
+            client_cas,
+            shared.client_cert_policy,
+            provider(),
+        )?))
+    };
+    let mut server = builder.with_cert_resolver(Arc::new(resolver));
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     server.ticketer = Arc::clone(&shared.ticketer);
     server.session_storage = Arc::clone(&shared.sessions) as _;
@@ -293,7 +312,7 @@ mod tests {
     #[test]
     fn server_config_offers_h2_and_resumption() {
         let shared = TlsShared::new().expect("shared");
-        let server = server_config(&config_with_default(), &shared)
+        let server = server_config(&config_with_default(), &shared, &[])
             .expect("builds")
             .expect("has certificates");
         assert_eq!(
@@ -301,7 +320,7 @@ mod tests {
             vec![b"h2".to_vec(), b"http/1.1".to_vec()]
         );
         assert!(server.ticketer.enabled());
-        assert!(server_config(&GatewayConfig::default(), &shared)
+        assert!(server_config(&GatewayConfig::default(), &shared, &[])
             .expect("builds")
             .is_none());
     }
