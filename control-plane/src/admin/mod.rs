@@ -7,12 +7,16 @@
 //! `crate::error`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::admin::admin_server::Admin;
 use tollgate_shared::proto::admin::{
-    ApplyRequest, ApplyResponse, EntityRef, EntityRequest, EntityResponse, ExportRequest,
-    ExportResponse, ListDataPlanesRequest, ListDataPlanesResponse, ListRequest, ListResponse,
+    ApplyRequest, ApplyResponse, DataPlaneRollout, EntityRef, EntityRequest, EntityResponse,
+    ExportRequest, ExportResponse, ListDataPlanesRequest, ListDataPlanesResponse, ListRequest,
+    ListResponse, WaitForVersionRequest,
 };
 use tollgate_shared::proto::config as pb_config;
 use tonic::{Request, Response, Status};
@@ -22,6 +26,7 @@ use crate::error::CpError;
 use crate::kind::EntityKind;
 use crate::model::{Model, WriteOutcome};
 use crate::stream::registry::Registry;
+use crate::stream::rollout;
 
 pub struct AdminService {
     model: Arc<Model>,
@@ -65,6 +70,8 @@ fn kind_of(raw: i32) -> Result<EntityKind, CpError> {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    type WaitForVersionStream = ReceiverStream<Result<DataPlaneRollout, Status>>;
+
     async fn create(
         &self,
         request: Request<EntityRequest>,
@@ -213,5 +220,33 @@ impl Admin for AdminService {
         Ok(Response::new(ListDataPlanesResponse {
             data_planes: self.registry.list(),
         }))
+    }
+
+    async fn wait_for_version(
+        &self,
+        request: Request<WaitForVersionRequest>,
+    ) -> Result<Response<Self::WaitForVersionStream>, Status> {
+        let request = request.into_inner();
+        let target = match request.version {
+            Some(version) => version,
+            None => self.model.current().version.to_pb(),
+        };
+        let timeout = match request.timeout_ms {
+            0 => rollout::DEFAULT_TIMEOUT,
+            ms => Duration::from_millis(ms),
+        };
+        if timeout > rollout::MAX_TIMEOUT {
+            return Err(
+                CpError::BadRequest("timeout_ms: must be at most 3600000 (1 h)".into()).into(),
+            );
+        }
+        let (events, receiver) = mpsc::channel(16);
+        tokio::spawn(rollout::wait_for(
+            self.registry.clone(),
+            target,
+            timeout,
+            events,
+        ));
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }

@@ -1,7 +1,8 @@
 //! `tollgatectl`, the operator CLI for the admin API.
 //!
-//! `apply -f FILE [--dry-run]`, `diff -f FILE`, `get <kind> [name] [-o ...]`,
-//! `delete <kind> <name>`, `export`, `dataplanes`. Results go to stdout;
+//! `apply -f FILE [--dry-run] [--wait [--timeout 30s]]`, `diff -f FILE`,
+//! `get <kind> [name] [-o ...]`, `delete <kind> <name> [--wait]`, `export`,
+//! `dataplanes`. Results go to stdout;
 //! errors go to stderr as one readable line (`error: route "orders-api":
 //! service "ordrs" does not exist`) with a non-zero exit. The server's
 //! responses are already redacted, so nothing printed here can hold a secret;
@@ -10,6 +11,7 @@
 pub mod client;
 pub mod input;
 pub mod output;
+pub mod wait;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -64,6 +66,8 @@ pub enum Command {
         /// Show the changes without making them.
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        wait: wait::WaitArgs,
     },
     /// Show what `apply -f FILE` would change.
     Diff {
@@ -79,7 +83,12 @@ pub enum Command {
         output: Format,
     },
     /// Delete one entity.
-    Delete { kind: String, name: String },
+    Delete {
+        kind: String,
+        name: String,
+        #[command(flatten)]
+        wait: wait::WaitArgs,
+    },
     /// Print the whole state as YAML (secrets as fingerprints); re-appliable.
     Export,
     /// List the data planes that subscribed to the config stream.
@@ -151,14 +160,22 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CpError> {
     let mut client = client::connect(&args.server, args.token.as_deref()).await?;
 
     match (args.command, kind, desired) {
-        (Command::Apply { dry_run, .. }, _, Some(desired)) => {
-            apply(&mut client, &desired, dry_run, out).await
+        (Command::Apply { dry_run, wait, .. }, _, Some(desired)) => {
+            let version = apply(&mut client, &desired, dry_run, out).await?;
+            match version {
+                Some(version) if wait.wait && !dry_run => {
+                    wait::rollout(&mut client, version, wait.timeout, out).await
+                }
+                _ => Ok(()),
+            }
         }
-        (Command::Diff { .. }, _, Some(desired)) => apply(&mut client, &desired, true, out).await,
+        (Command::Diff { .. }, _, Some(desired)) => {
+            apply(&mut client, &desired, true, out).await.map(drop)
+        }
         (Command::Get { name, output, .. }, Some(kind), _) => {
             get(&mut client, kind, name, output, out).await
         }
-        (Command::Delete { name, .. }, Some(kind), _) => {
+        (Command::Delete { name, wait, .. }, Some(kind), _) => {
             let response = client
                 .delete(EntityRef {
                     kind: kind.to_pb() as i32,
@@ -173,7 +190,12 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CpError> {
                 "deleted; {}",
                 describe_version(response.version.as_ref())
             )?;
-            Ok(())
+            match response.version {
+                Some(version) if wait.wait => {
+                    wait::rollout(&mut client, version, wait.timeout, out).await
+                }
+                _ => Ok(()),
+            }
         }
         (Command::Export, _, _) => {
             let response = client
@@ -218,12 +240,14 @@ fn describe_version(version: Option<&pb_config::ConfigVersion>) -> String {
     }
 }
 
+/// Applies (or, with `dry_run`, diffs) `desired` and prints the changes;
+/// returns the version in force afterwards.
 async fn apply(
     client: &mut client::Client,
     desired: &GatewayConfig,
     dry_run: bool,
     out: &mut dyn Write,
-) -> Result<(), CpError> {
+) -> Result<Option<pb_config::ConfigVersion>, CpError> {
     let response = client
         .apply(ApplyRequest {
             config: Some(pb_config::GatewayConfig::from(desired)),
@@ -260,7 +284,7 @@ async fn apply(
     } else {
         writeln!(out, "applied {count} {noun}; {version}")?;
     }
-    Ok(())
+    Ok(response.version)
 }
 
 async fn get(

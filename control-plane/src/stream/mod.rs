@@ -4,12 +4,14 @@
 //! - [`session`]: one data plane's stream (hello, snapshots, ACK/NACK,
 //!   coalescing of write bursts).
 //! - [`registry`]: every data plane seen, for `ListDataPlanes`.
+//! - [`rollout`]: waiting until the fleet serves a version (`WaitForVersion`).
 //!
 //! Snapshots carry secrets (JWT HMAC secrets, private keys, API-key hashes), so
 //! the stream is guarded by the cluster token when one is configured (see
 //! [`crate::auth`]), and required to be when it listens beyond loopback.
 
 pub mod registry;
+pub mod rollout;
 pub mod session;
 
 use std::sync::Arc;

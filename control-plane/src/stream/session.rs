@@ -3,7 +3,7 @@
 //! 1. Wait (bounded) for the `Hello`; register the data plane.
 //! 2. If the version it holds is not the current one (another revision, or
 //!    another store altogether), send the full snapshot at once.
-//! 3. Then loop: read ACK/NACK into the registry; on each new version, wait
+//! 3. Then loop: read ACK/NACK and heartbeats into the registry; on each new version, wait
 //!    until writes pause for [`QUIET`] but never more than [`MAX_DELAY`] after
 //!    the first unsent change, and send the latest snapshot. A burst of writes
 //!    thus costs one snapshot, and no change waits longer than 100 ms.
@@ -88,7 +88,11 @@ impl Session {
             }
         };
         let node_id = identity.node_id.clone();
-        let session = self.registry.connect(identity.clone());
+        // The version it serves is shown from the first moment, so a
+        // control-plane restart never blanks a serving data plane.
+        let session = self
+            .registry
+            .connect(identity.clone(), hello.held_version.clone());
         tracing::info!(
             node_id = %identity.node_id,
             hostname = %identity.hostname,
@@ -216,6 +220,10 @@ impl Session {
                 );
                 self.metrics.nacked();
                 self.registry.nack(node_id, session, version, &nack.error);
+            }
+            Some(data_plane_message::Kind::Heartbeat(heartbeat)) => {
+                self.registry
+                    .heartbeat(node_id, session, heartbeat.serving_version);
             }
             Some(data_plane_message::Kind::Hello(_)) | None => {
                 self.registry.seen(node_id, session);
