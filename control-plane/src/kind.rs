@@ -7,7 +7,10 @@ use std::fmt;
 use tollgate_shared::proto::admin as pb;
 
 /// One kind of entity. The order is the order of diffs and exports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum EntityKind {
     Service,
     Route,

@@ -44,7 +44,7 @@ use tracing::Instrument;
 
 /// The admin API's methods (`proto/tollgate_admin.proto`), the only values
 /// the `method` label takes besides `other`.
-pub const ADMIN_METHODS: [&str; 9] = [
+pub const ADMIN_METHODS: [&str; 11] = [
     "Create",
     "Update",
     "Get",
@@ -54,6 +54,8 @@ pub const ADMIN_METHODS: [&str; 9] = [
     "Export",
     "ListDataPlanes",
     "WaitForVersion",
+    "History",
+    "Rollback",
 ];
 
 /// How long a scraper may take to send its request head.

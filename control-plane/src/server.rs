@@ -55,7 +55,8 @@ pub struct Bound {
 pub async fn bind(config: CpConfig) -> Result<Bound, CpError> {
     config.check()?;
     let data_dir = config.data_dir.clone();
-    let model = tokio::task::spawn_blocking(move || Model::open(&data_dir))
+    let keep = config.history_revisions;
+    let model = tokio::task::spawn_blocking(move || Model::open_keeping(&data_dir, keep))
         .await
         .map_err(|e| CpError::Internal(format!("opening the store failed: {e}")))??;
     let admin_listener = listen(config.admin_listen).await?;
