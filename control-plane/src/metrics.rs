@@ -80,6 +80,11 @@ struct CallLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
     method: &'static str,
 }
@@ -115,6 +120,7 @@ pub struct CpMetrics {
     pushes: Counter,
     acks: Counter,
     nacks: Counter,
+    stream_refusals: Family<RefusalLabels, Counter>,
 }
 
 impl fmt::Debug for CpMetrics {
@@ -142,6 +148,7 @@ impl CpMetrics {
         let pushes = Counter::default();
         let acks = Counter::default();
         let nacks = Counter::default();
+        let stream_refusals = Family::<RefusalLabels, Counter>::default();
 
         let mut registry = Registry::with_prefix("tollgate_cp");
         registry.register(
@@ -185,6 +192,12 @@ impl CpMetrics {
             nacks.clone(),
         );
         registry.register(
+            "stream_refusals",
+            "Config streams refused, by reason (unauthenticated: wrong or missing cluster \
+             token; bad_hello); the peer's address is in the log",
+            stream_refusals.clone(),
+        );
+        registry.register(
             "connected_data_planes",
             "Data planes with an open config stream",
             DataPlaneMetric {
@@ -218,7 +231,15 @@ impl CpMetrics {
             pushes,
             acks,
             nacks,
+            stream_refusals,
         })
+    }
+
+    /// Counts a refused config stream.
+    pub fn stream_refused(&self, reason: &'static str) {
+        self.stream_refusals
+            .get_or_create(&RefusalLabels { reason })
+            .inc();
     }
 
     /// Counts one finished admin call.

@@ -27,7 +27,7 @@ use crate::listener::{ConnLayer, Incoming};
 use crate::metrics::{self, CpMetrics, DataPlaneView, ObservedService};
 use crate::model::Model;
 use crate::stream::registry::Registry;
-use crate::stream::StreamService;
+use crate::stream::{StreamAuth, StreamService};
 
 /// Largest gRPC message either way: a 10,000-route Apply or snapshot is a
 /// few MiB; this leaves room without letting one call take unbounded memory.
@@ -176,7 +176,7 @@ impl Bound {
             ))
             .max_decoding_message_size(STREAM_MAX_DECODING_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            BearerAuth::new(self.config.cluster_token.as_deref()),
+            StreamAuth::new(self.config.cluster_token.as_deref(), self.metrics.clone()),
         );
         let (stream_on_admin, stream_apart) = match self.stream_listener {
             None => (Some(stream), None),

@@ -77,12 +77,23 @@ async fn diff_shows_fields_and_exit_code_reports_drift() {
         stdout.contains("~ route orders-api: plugins[1].config.limit 3 -> 5"),
         "{stdout}"
     );
-    assert!(!stdout.contains('\u{1b}'), "plain when not a terminal: {stdout:?}");
-    assert!(output.stderr.is_empty(), "drift is not an error: {}", show(&output));
+    assert!(
+        !stdout.contains('\u{1b}'),
+        "plain when not a terminal: {stdout:?}"
+    );
+    assert!(
+        output.stderr.is_empty(),
+        "drift is not an error: {}",
+        show(&output)
+    );
     // Without --exit-code, changes are not a failure.
     assert!(cp.ctl(&["diff", "-f", &changed]).status.success());
     // An error under --exit-code is 2, never mistaken for drift.
-    let broken = file(cp.scratch_dir(), "broken.yaml", &BASE.replace("service: orders", "service: ordrs"));
+    let broken = file(
+        cp.scratch_dir(),
+        "broken.yaml",
+        &BASE.replace("service: orders", "service: ordrs"),
+    );
     let output = cp.ctl(&["diff", "-f", &broken, "--exit-code"]);
     assert_eq!(output.status.code(), Some(2), "{}", show(&output));
 }
@@ -93,7 +104,11 @@ async fn validate_works_offline_with_the_servers_messages() {
     let good = file(dir.path(), "good.yaml", BASE);
     let output = offline(&["validate", "-f", &good]);
     assert!(output.status.success(), "{}", show(&output));
-    assert!(text(&output.stdout).contains("valid (2 entities)"), "{}", show(&output));
+    assert!(
+        text(&output.stdout).contains("valid (2 entities)"),
+        "{}",
+        show(&output)
+    );
 
     let bad = file(
         dir.path(),
@@ -112,7 +127,8 @@ async fn validate_works_offline_with_the_servers_messages() {
         "offline and server messages match"
     );
     assert!(
-        text(&offline_error.stderr).contains(r#"route "orders-api": service "ordrs" does not exist"#),
+        text(&offline_error.stderr)
+            .contains(r#"route "orders-api": service "ordrs" does not exist"#),
         "{}",
         show(&offline_error)
     );
@@ -149,10 +165,17 @@ async fn an_empty_file_is_refused_unless_allowed() {
         show(&output)
     );
     let export = text(&cp.ctl(&["export"]).stdout);
-    assert!(export.contains("orders-api"), "nothing was deleted: {export}");
+    assert!(
+        export.contains("orders-api"),
+        "nothing was deleted: {export}"
+    );
     let output = cp.ctl(&["apply", "-f", &empty, "--allow-empty"]);
     assert!(output.status.success(), "{}", show(&output));
-    assert!(text(&output.stdout).contains("applied 2 changes"), "{}", show(&output));
+    assert!(
+        text(&output.stdout).contains("applied 2 changes"),
+        "{}",
+        show(&output)
+    );
 }
 
 #[tokio::test]
@@ -178,7 +201,11 @@ async fn errors_say_what_is_wrong() {
         .output()
         .expect("run tollgatectl");
     assert!(output.status.success(), "{}", show(&output));
-    assert!(text(&output.stdout).contains("orders-api"), "{}", show(&output));
+    assert!(
+        text(&output.stdout).contains("orders-api"),
+        "{}",
+        show(&output)
+    );
 
     // A data plane's proxy port and status port are not an admin API.
     let dp = DataPlane::start(cp.stream_port(), "dp-ux", &[]);
@@ -191,9 +218,7 @@ async fn errors_say_what_is_wrong() {
             .expect("run tollgatectl");
         assert!(!output.status.success());
         assert!(
-            text(&output.stderr).contains(&format!(
-                "http://{address} is not a Tollgate admin API"
-            )),
+            text(&output.stderr).contains(&format!("http://{address} is not a Tollgate admin API")),
             "{}",
             show(&output)
         );

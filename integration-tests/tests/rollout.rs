@@ -420,3 +420,53 @@ async fn a_frozen_control_plane_is_noticed_and_traffic_keeps_flowing() {
         .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_data_plane_shows_in_the_control_planes_log_and_metrics() {
+    let metrics_port = tollgate_integration_tests::process::free_port();
+    let cp = ControlPlane::start_with(tollgate_integration_tests::cp::CpOptions {
+        cluster_token: Some("right-cluster-token".into()),
+        env: vec![(
+            "TOLLGATE_METRICS_LISTEN".into(),
+            format!("127.0.0.1:{metrics_port}"),
+        )],
+        ..Default::default()
+    })
+    .await;
+    let _intruder = start_dp(&cp, "dp-wrong-token", &["--cluster-token", "wrong-token"]);
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let client = reqwest::Client::new();
+    wait_until(
+        "the refusal to be counted",
+        Duration::from_secs(15),
+        || async {
+            let body = client
+                .get(&metrics_url)
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            body.lines()
+                .find(|l| {
+                    l.starts_with("tollgate_cp_stream_refusals_total{reason=\"unauthenticated\"}")
+                })
+                .map(str::to_string)
+        },
+    )
+    .await;
+    let logs = cp.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("config stream refused"))
+        .unwrap_or_else(|| panic!("no refusal in the log:\n{logs}"));
+    assert!(
+        line.contains("peer") && line.contains("127.0.0.1:") && line.contains("invalid token"),
+        "names the peer and the reason: {line}"
+    );
+    assert!(
+        !logs.contains("wrong-token"),
+        "the presented token is never logged"
+    );
+}

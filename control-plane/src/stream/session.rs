@@ -61,6 +61,7 @@ impl Session {
                 kind: Some(data_plane_message::Kind::Hello(hello)),
             }))) => hello,
             Ok(Ok(Some(_))) => {
+                self.refused("the first message was not a Hello");
                 let _ = outbound
                     .send(Err(Status::invalid_argument(
                         "the first message on the stream must be a Hello",
@@ -83,6 +84,7 @@ impl Session {
         let identity = match self.identity(&hello) {
             Ok(identity) => identity,
             Err(message) => {
+                self.refused(message);
                 let _ = outbound.send(Err(Status::invalid_argument(message))).await;
                 return;
             }
@@ -109,6 +111,16 @@ impl Session {
         let held = hello.held_version.as_ref().map(ConfigVersion::from_pb);
         self.serve(&node_id, session, held, inbound, outbound).await;
         tracing::info!(node_id = %node_id, "data plane disconnected");
+    }
+
+    /// Logs (with the peer's address) and counts a refused stream.
+    fn refused(&self, reason: &str) {
+        let peer = self
+            .peer
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        tracing::warn!(%peer, reason, "config stream refused");
+        self.metrics.stream_refused("bad_hello");
     }
 
     fn identity(&self, hello: &Hello) -> Result<Identity, &'static str> {
