@@ -85,6 +85,13 @@ pub struct CpArgs {
     #[arg(long, env = "TOLLGATE_STREAM_MAX_LAG_MS", default_value_t = 60_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stream_max_lag_ms: u64,
+
+    /// How many revisions the history keeps for `history`, `diff --from` and
+    /// `rollback --to` (their changed entities, secrets stored as in the
+    /// live store).
+    #[arg(long, env = "TOLLGATE_HISTORY_REVISIONS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub history_revisions: u64,
 }
 
 /// What [`crate::run`] needs.
@@ -101,6 +108,8 @@ pub struct CpConfig {
     pub conn_limits: ConnLimits,
     /// How long a stream may fall behind before it is cut off.
     pub stream_max_lag: Duration,
+    /// Revisions kept in the history.
+    pub history_revisions: usize,
 }
 
 /// Default of `--stream-max-lag-ms`.
@@ -124,6 +133,7 @@ impl From<CpArgs> for CpConfig {
                     .then(|| Duration::from_millis(args.idle_timeout_ms)),
             },
             stream_max_lag: Duration::from_millis(args.stream_max_lag_ms),
+            history_revisions: args.history_revisions as usize,
         }
     }
 }
@@ -140,6 +150,7 @@ impl CpConfig {
             metrics_listen: None,
             conn_limits: ConnLimits::default(),
             stream_max_lag: DEFAULT_STREAM_MAX_LAG,
+            history_revisions: crate::store::history::DEFAULT_KEEP,
         }
     }
 

@@ -101,6 +101,14 @@ pub enum CpError {
     #[error("{path}: {message}")]
     File { path: String, message: String },
 
+    /// `diff --exit-code` found changes (exit 1, nothing on stderr).
+    #[error("there are changes")]
+    Drift,
+
+    /// `--wait`: some data planes rejected the version or did not answer.
+    #[error("{0}")]
+    Rollout(String),
+
     /// Writing the CLI's output failed (closed pipe...).
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),

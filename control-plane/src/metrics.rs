@@ -44,7 +44,7 @@ use tracing::Instrument;
 
 /// The admin API's methods (`proto/tollgate_admin.proto`), the only values
 /// the `method` label takes besides `other`.
-pub const ADMIN_METHODS: [&str; 12] = [
+pub const ADMIN_METHODS: [&str; 15] = [
     "Create",
     "Update",
     "Get",
@@ -57,6 +57,9 @@ pub const ADMIN_METHODS: [&str; 12] = [
     "ListTokens",
     "RevokeToken",
     "ListAudit",
+    "WaitForVersion",
+    "History",
+    "Rollback",
 ];
 
 /// How long a scraper may take to send its request head.
@@ -122,6 +125,7 @@ pub struct CpMetrics {
     pushes: Counter,
     acks: Counter,
     nacks: Counter,
+    stream_refusals: Family<RefusalLabels, Counter>,
 }
 
 impl fmt::Debug for CpMetrics {
@@ -150,6 +154,7 @@ impl CpMetrics {
         let pushes = Counter::default();
         let acks = Counter::default();
         let nacks = Counter::default();
+        let stream_refusals = Family::<RefusalLabels, Counter>::default();
 
         let mut registry = Registry::with_prefix("tollgate_cp");
         registry.register(
@@ -199,6 +204,12 @@ impl CpMetrics {
             nacks.clone(),
         );
         registry.register(
+            "stream_refusals",
+            "Config streams refused, by reason (unauthenticated: wrong or missing cluster \
+             token; bad_hello); the peer's address is in the log",
+            stream_refusals.clone(),
+        );
+        registry.register(
             "connected_data_planes",
             "Data planes with an open config stream",
             DataPlaneMetric {
@@ -233,7 +244,15 @@ impl CpMetrics {
             pushes,
             acks,
             nacks,
+            stream_refusals,
         })
+    }
+
+    /// Counts a refused config stream.
+    pub fn stream_refused(&self, reason: &'static str) {
+        self.stream_refusals
+            .get_or_create(&RefusalLabels { reason })
+            .inc();
     }
 
     /// Counts one finished admin call.

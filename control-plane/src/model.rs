@@ -35,6 +35,7 @@ use crate::diff::{self, Action, Change};
 use crate::entity::NameIndex;
 use crate::error::CpError;
 use crate::secrets;
+use crate::store::history::{self, Record};
 use crate::store::{EntityWrite, Store};
 
 /// The identity of one committed state: which store, which revision.
@@ -85,14 +86,39 @@ pub struct WriteOutcome {
 }
 
 pub struct Model {
-    store: Store,
+    store: Arc<Store>,
     write_lock: Mutex<()>,
     current: watch::Sender<Arc<Published>>,
+    /// How many revisions the history keeps.
+    history_keep: usize,
+}
+
+/// Who made a write, and why (kept in the revision's history record).
+#[derive(Debug, Clone, Default)]
+pub struct Author {
+    /// The admin token's name, or "local".
+    pub actor: String,
+    /// E.g. "rollback to revision 7"; empty for ordinary writes.
+    pub note: String,
+}
+
+impl Author {
+    pub fn new(actor: impl Into<String>) -> Author {
+        Author {
+            actor: actor.into(),
+            note: String::new(),
+        }
+    }
 }
 
 impl Model {
     /// Opens the store in `data_dir` and loads it. Blocking.
     pub fn open(data_dir: &Path) -> Result<Model, CpError> {
+        Model::open_keeping(data_dir, history::DEFAULT_KEEP)
+    }
+
+    /// [`Model::open`], keeping the newest `history_keep` revisions' history.
+    pub fn open_keeping(data_dir: &Path, history_keep: usize) -> Result<Model, CpError> {
         let (store, loaded) = Store::open(data_dir)?;
         tracing::info!(
             store_id = %loaded.store_id,
@@ -111,15 +137,43 @@ impl Model {
         };
         let (current, _) = watch::channel(Arc::new(published));
         Ok(Model {
-            store,
+            store: Arc::new(store),
             write_lock: Mutex::new(()),
             current,
+            history_keep: history_keep.max(1),
         })
     }
 
     /// A side tree of the store (see [`Store::side_tree`]).
     pub fn side_tree(&self, name: &str) -> Result<sled::Tree, CpError> {
         self.store.side_tree(name)
+    }
+
+    /// The newest `limit` revisions' history records, newest first.
+    pub async fn history(&self, limit: usize) -> Result<Vec<Record>, CpError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.history(limit))
+            .await
+            .map_err(|e| CpError::Internal(format!("history task failed: {e}")))?
+    }
+
+    /// The whole state (secrets as stored) at `revision` (0: the current
+    /// one), and the current version.
+    pub async fn state_at(
+        &self,
+        revision: u64,
+    ) -> Result<(Arc<GatewayConfig>, ConfigVersion), CpError> {
+        let current = self.current();
+        if revision == 0 || revision == current.version.revision {
+            return Ok((current.config.clone(), current.version.clone()));
+        }
+        let store = self.store.clone();
+        let config = tokio::task::spawn_blocking(move || {
+            store.state_at(revision, &current.config, current.version.revision)
+        })
+        .await
+        .map_err(|e| CpError::Internal(format!("history task failed: {e}")))??;
+        Ok((Arc::new(config), self.current().version.clone()))
     }
 
     /// The current state.
@@ -139,15 +193,30 @@ impl Model {
     where
         F: FnOnce(&mut GatewayConfig) -> Result<(), CpError> + Send + 'static,
     {
+        self.write_as(Author::new("local"), dry_run, change).await
+    }
+
+    /// [`Model::write`], recording `author` in the revision's history.
+    pub async fn write_as<F>(
+        &self,
+        author: Author,
+        dry_run: bool,
+        change: F,
+    ) -> Result<WriteOutcome, CpError>
+    where
+        F: FnOnce(&mut GatewayConfig) -> Result<(), CpError> + Send + 'static,
+    {
         let _serialized = self.write_lock.lock().await;
         let current = self.current();
         let base = current.config.clone();
+        let revision = current.version.revision + 1;
         let Prepared {
             next,
             changes,
             writes,
             warnings,
-        } = tokio::task::spawn_blocking(move || prepare(&base, change, dry_run))
+            record,
+        } = tokio::task::spawn_blocking(move || prepare(&base, change, dry_run, revision, &author))
             .await
             .map_err(|e| CpError::Internal(format!("config write task failed: {e}")))??;
         if dry_run || changes.is_empty() {
@@ -166,9 +235,13 @@ impl Model {
 
         let version = ConfigVersion {
             store_id: current.version.store_id.clone(),
-            revision: current.version.revision + 1,
+            revision,
         };
-        if let Err(err) = self.store.commit(writes, version.revision).await {
+        if let Err(err) = self
+            .store
+            .commit_recorded(writes, version.revision, record, self.history_keep)
+            .await
+        {
             // The outcome is unknown (the transaction may have applied without
             // the fsync succeeding): follow what the store now holds, so the
             // next diff starts from the truth rather than from a guess.
@@ -231,12 +304,20 @@ struct Prepared {
     writes: Vec<EntityWrite>,
     /// Accepted, but worth the operator's attention (see `WriteOutcome`).
     warnings: Vec<String>,
+    /// The encoded history record of the new revision (not on a dry run).
+    record: Option<Vec<u8>>,
 }
 
 /// The CPU-bound part of a write (blocking): change a copy, restore kept
 /// secrets, validate, hash API keys, sort, check the encoded size, diff, and
 /// encode the entity writes.
-fn prepare<F>(current: &GatewayConfig, change: F, dry_run: bool) -> Result<Prepared, CpError>
+fn prepare<F>(
+    current: &GatewayConfig,
+    change: F,
+    dry_run: bool,
+    revision: u64,
+    author: &Author,
+) -> Result<Prepared, CpError>
 where
     F: FnOnce(&mut GatewayConfig) -> Result<(), CpError>,
 {
@@ -257,6 +338,14 @@ where
     check_encoded_size(&next)?;
     let changes = diff::diff(current, &next);
     let mut writes = Vec::new();
+    let mut record = None;
+    if !dry_run && !changes.is_empty() {
+        record = Some(
+            Record::new(revision, &author.actor, &author.note, current, &changes)
+                .and_then(|r| r.encode())
+                .map_err(|e| CpError::Internal(format!("cannot encode the history record: {e}")))?,
+        );
+    }
     if !dry_run {
         let index = NameIndex::new(&next);
         writes.reserve(changes.len());
@@ -277,7 +366,27 @@ where
         changes,
         writes,
         warnings,
+        record,
     })
+}
+
+/// The checks of a write that need no stored state (for `tollgatectl
+/// validate`, offline): the same functions and messages as [`prepare`],
+/// against an empty current state. Returns the warnings.
+pub fn check_offline(config: &GatewayConfig) -> Result<Vec<String>, CpError> {
+    let mut next = config.clone();
+    for certificate in &mut next.certificates {
+        certificate.info = None;
+    }
+    tollgate_shared::validate::validate(&next)?;
+    let warnings = tollgate_shared::certs::check_write(
+        &GatewayConfig::default(),
+        &next,
+        tollgate_shared::certs::unix_now(),
+    )?;
+    secrets::hash_api_keys(&mut next);
+    check_encoded_size(&next)?;
+    Ok(warnings)
 }
 
 /// Refuses a config whose snapshot (secrets in clear) or export (secrets as

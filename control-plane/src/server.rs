@@ -24,14 +24,13 @@ use crate::access::tokens::TOKENS_TREE;
 use crate::access::TokenBook;
 use crate::admin::AdminService;
 use crate::audit::{AuditLog, AUDIT_TREE};
-use crate::auth::BearerAuth;
 use crate::config::CpConfig;
 use crate::error::CpError;
 use crate::listener::{ConnLayer, Incoming};
 use crate::metrics::{self, CpMetrics, DataPlaneView, ObservedService};
 use crate::model::Model;
 use crate::stream::registry::Registry;
-use crate::stream::StreamService;
+use crate::stream::{StreamAuth, StreamService};
 
 /// Largest gRPC message either way: a 10,000-route Apply or snapshot is a
 /// few MiB; this leaves room without letting one call take unbounded memory.
@@ -62,8 +61,9 @@ pub async fn bind(config: CpConfig) -> Result<Bound, CpError> {
     config.check()?;
     let data_dir = config.data_dir.clone();
     let bootstrap = config.admin_token.clone();
+    let keep = config.history_revisions;
     let (model, tokens, audit) = tokio::task::spawn_blocking(move || {
-        let model = Model::open(&data_dir)?;
+        let model = Model::open_keeping(&data_dir, keep)?;
         let tokens = TokenBook::open(model.side_tree(TOKENS_TREE)?, bootstrap.as_deref())?;
         let audit = AuditLog::open(model.side_tree(AUDIT_TREE)?)?;
         Ok::<_, CpError>((model, tokens, audit))
@@ -195,7 +195,7 @@ impl Bound {
             ))
             .max_decoding_message_size(STREAM_MAX_DECODING_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            BearerAuth::new(self.config.cluster_token.as_deref()),
+            StreamAuth::new(self.config.cluster_token.as_deref(), self.metrics.clone()),
         );
         let (stream_on_admin, stream_apart) = match self.stream_listener {
             None => (Some(stream), None),
@@ -354,7 +354,7 @@ mod tests {
             .into_inner();
         assert_eq!(applied.version.map(|v| v.revision), Some(1));
         let exported = admin
-            .export(ExportRequest {})
+            .export(ExportRequest::default())
             .await
             .expect("exports")
             .into_inner();

@@ -67,6 +67,8 @@ pub struct DpConfig {
     /// The plugins this node loads (`None`: every bundled plugin). A
     /// snapshot using another is NACKed by this node, whole.
     pub plugins: Option<Vec<String>>,
+    /// How often a heartbeat tells the control plane this node is alive.
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for DpConfig {
@@ -99,6 +101,7 @@ impl Default for DpConfig {
             request_metrics: true,
             redis_url: None,
             plugins: None,
+            heartbeat_interval: tollgate_proxy::snapshot::subscribe::DEFAULT_HEARTBEAT,
         }
     }
 }

@@ -168,12 +168,14 @@ impl DataPlane {
             config.cluster_token.as_deref(),
             applier,
             connection.clone(),
-        )?;
+        )?
+        .with_heartbeat(config.heartbeat_interval);
         let status = Arc::new(NodeStatus {
             node_id: node_id.clone(),
             store: store.clone(),
             control_plane: connection,
             draining: Default::default(),
+            last_rejection: subscriber.last_rejection(),
         });
         let (stop_accepting, stop_rx) = watch::channel(false);
         let access_log = Arc::new(

@@ -155,6 +155,10 @@ struct Args {
     /// config using another plugin is rejected (NACKed) by this node.
     #[arg(long, env = "TOLLGATE_PLUGINS", value_delimiter = ',')]
     plugins: Option<Vec<String>>,
+    /// How often the data plane tells the control plane it is alive (and
+    /// which version it serves), in milliseconds (at least 100).
+    #[arg(long, env = "TOLLGATE_HEARTBEAT_INTERVAL_MS", default_value_t = 5_000)]
+    heartbeat_interval_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -268,6 +272,7 @@ fn main() -> ExitCode {
         request_metrics: args.request_metrics,
         redis_url: args.redis_url.filter(|url| !url.is_empty()),
         plugins: args.plugins,
+        heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms.max(100)),
     };
 
     let result = runtime.block_on(tollgate_data_plane::run(config, workers));

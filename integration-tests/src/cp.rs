@@ -372,6 +372,20 @@ impl ControlPlane {
         }
     }
 
+    /// Freezes the server (SIGSTOP): it keeps its sockets but answers nothing.
+    pub fn sigstop(&self) {
+        if let Some(process) = self.process.as_ref() {
+            process.sigstop();
+        }
+    }
+
+    /// Resumes the server after [`ControlPlane::sigstop`].
+    pub fn sigcont(&self) {
+        if let Some(process) = self.process.as_ref() {
+            process.sigcont();
+        }
+    }
+
     /// Everything every server process of this fixture wrote so far.
     pub fn logs(&self) -> String {
         let current = self

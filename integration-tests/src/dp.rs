@@ -218,6 +218,15 @@ impl DataPlane {
         self.process.kill_9();
     }
 
+    /// Freezes the process (SIGSTOP); [`DataPlane::sigcont`] resumes it.
+    pub fn sigstop(&self) {
+        self.process.sigstop();
+    }
+
+    pub fn sigcont(&self) {
+        self.process.sigcont();
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.process.is_running()
     }

@@ -143,6 +143,16 @@ impl ChildProcess {
         self.signal("-TERM");
     }
 
+    /// SIGSTOP: the process freezes, its sockets stay open.
+    pub fn sigstop(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`ChildProcess::sigstop`].
+    pub fn sigcont(&self) {
+        self.signal("-CONT");
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.try_exit().is_none()

@@ -854,7 +854,7 @@ async fn canary_secrets_appear_in_no_log_and_no_admin_read() {
     // ...and through tollgatectl apply -f.
     let file = gw.cp.scratch_dir().join("ctl-consumer.yaml");
     let exported = admin
-        .export(admin_pb::ExportRequest {})
+        .export(admin_pb::ExportRequest::default())
         .await
         .expect("export")
         .into_inner();
@@ -869,7 +869,7 @@ async fn canary_secrets_appear_in_no_log_and_no_admin_read() {
         &["apply", "-f", &file.display().to_string()],
     ));
     let revision = admin
-        .export(admin_pb::ExportRequest {})
+        .export(admin_pb::ExportRequest::default())
         .await
         .expect("export")
         .into_inner()
@@ -935,7 +935,7 @@ async fn canary_secrets_appear_in_no_log_and_no_admin_read() {
         reads.push(format!("{list:?}"));
     }
     let export = admin
-        .export(admin_pb::ExportRequest {})
+        .export(admin_pb::ExportRequest::default())
         .await
         .expect("export")
         .into_inner();

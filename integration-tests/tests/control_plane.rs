@@ -69,7 +69,7 @@ fn write_file(cp: &ControlPlane, name: &str, contents: &str) -> String {
 
 async fn export(admin: &mut Admin) -> (GatewayConfig, ConfigVersion) {
     let response = admin
-        .export(ExportRequest {})
+        .export(ExportRequest::default())
         .await
         .expect("export")
         .into_inner();
@@ -1032,7 +1032,7 @@ certificates:
         seen.push_str(&format!("{listed:?}"));
     }
     let exported = admin
-        .export(ExportRequest {})
+        .export(ExportRequest::default())
         .await
         .expect("export")
         .into_inner();
@@ -1093,7 +1093,7 @@ async fn admin_token_is_enforced_when_set() {
         let status = cp
             .admin_with_token(token)
             .await
-            .export(ExportRequest {})
+            .export(ExportRequest::default())
             .await
             .expect_err("no or wrong token");
         assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");

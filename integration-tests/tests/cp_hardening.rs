@@ -36,7 +36,7 @@ async fn revision(cp: &ControlPlane) -> u64 {
 async fn current(cp: &ControlPlane) -> GatewayConfig {
     let mut admin = cp.admin().await;
     let export = admin
-        .export(tollgate_shared::proto::admin::ExportRequest {})
+        .export(tollgate_shared::proto::admin::ExportRequest::default())
         .await
         .expect("export")
         .into_inner();

@@ -67,7 +67,7 @@ async fn apply_with_ctl(cp: &ControlPlane, dir: &std::path::Path, config: &Gatew
 async fn current_revision(cp: &ControlPlane) -> u64 {
     let mut admin = cp.admin().await;
     let response = admin
-        .export(admin_pb::ExportRequest {})
+        .export(admin_pb::ExportRequest::default())
         .await
         .unwrap_or_else(|status| panic!("Export failed: {status}"))
         .into_inner();
@@ -918,7 +918,7 @@ async fn data_plane_follows_a_control_plane_whose_store_was_wiped() {
     cp.apply_revision(&to(&new, "/")).await;
     let mut admin = cp.admin().await;
     let exported = admin
-        .export(admin_pb::ExportRequest {})
+        .export(admin_pb::ExportRequest::default())
         .await
         .expect("export")
         .into_inner()

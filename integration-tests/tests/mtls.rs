@@ -281,7 +281,7 @@ async fn apply(cp: &ControlPlane, name: &str, yaml: &str) -> std::process::Outpu
 async fn revision(cp: &ControlPlane) -> u64 {
     cp.admin()
         .await
-        .export(tollgate_shared::proto::admin::ExportRequest {})
+        .export(tollgate_shared::proto::admin::ExportRequest::default())
         .await
         .expect("export")
         .into_inner()

@@ -31,7 +31,7 @@ async fn apply(cp: &ControlPlane, name: &str, yaml: &str) -> (Output, u64) {
     let revision = cp
         .admin()
         .await
-        .export(tollgate_shared::proto::admin::ExportRequest {})
+        .export(tollgate_shared::proto::admin::ExportRequest::default())
         .await
         .expect("export")
         .into_inner()

@@ -79,7 +79,7 @@ pub fn required(method: &str) -> Role {
         // Reads. Apply is listed here because its dry run (`tollgatectl
         // diff`) is a read: the handler requires `editor` for a real one.
         "Get" | "List" | "Export" | "ListDataPlanes" | "ListAudit" | "History" | "GetRevision"
-        | "Stats" | "Health" | "WaitForRollout" | "Apply" => Role::Viewer,
+        | "GetStats" | "WaitForVersion" | "Apply" => Role::Viewer,
         "Create" | "Update" | "Delete" | "Rollback" | "PurgeCache" => Role::Editor,
         _ => Role::Admin,
     }

@@ -7,14 +7,18 @@
 //! `crate::error`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::admin::admin_server::Admin;
 use tollgate_shared::proto::admin::{
-    ApplyRequest, ApplyResponse, CreateTokenRequest, CreateTokenResponse, EntityRef, EntityRequest,
-    EntityResponse, ExportRequest, ExportResponse, ListAuditRequest, ListAuditResponse,
-    ListDataPlanesRequest, ListDataPlanesResponse, ListRequest, ListResponse, ListTokensRequest,
-    ListTokensResponse, RevokeTokenRequest, RevokeTokenResponse,
+    ApplyRequest, ApplyResponse, CreateTokenRequest, CreateTokenResponse, DataPlaneRollout,
+    EntityRef, EntityRequest, EntityResponse, ExportRequest, ExportResponse, HistoryRequest,
+    HistoryResponse, ListAuditRequest, ListAuditResponse, ListDataPlanesRequest,
+    ListDataPlanesResponse, ListRequest, ListResponse, ListTokensRequest, ListTokensResponse,
+    Revision, RevokeTokenRequest, RevokeTokenResponse, RollbackRequest, WaitForVersionRequest,
 };
 use tollgate_shared::proto::config as pb_config;
 use tonic::{Request, Response, Status};
@@ -22,11 +26,13 @@ use tonic::{Request, Response, Status};
 use crate::access::{Role, TokenBook};
 use crate::audit::AuditLog;
 use crate::auth::Actor;
+use crate::diff::Change;
 use crate::entity::{self, Entity};
 use crate::error::CpError;
 use crate::kind::EntityKind;
-use crate::model::{Model, WriteOutcome};
+use crate::model::{Author, Model, WriteOutcome};
 use crate::stream::registry::Registry;
+use crate::stream::rollout;
 
 pub struct AdminService {
     model: Arc<Model>,
@@ -79,6 +85,38 @@ impl AdminService {
     }
 }
 
+/// A service still named by routes cannot be deleted alone: say which
+/// routes, rather than the validation error about the route.
+fn refuse_if_used(config: &GatewayConfig, service: &str) -> Result<(), CpError> {
+    let users: Vec<&str> = config
+        .routes
+        .iter()
+        .filter(|r| r.service == service)
+        .map(|r| r.name.as_str())
+        .collect();
+    let Some(first) = users.first() else {
+        return Ok(());
+    };
+    let more = match users.len() - 1 {
+        0 => String::new(),
+        n => format!(" and {n} more route(s)"),
+    };
+    Err(CpError::BadRequest(format!(
+        "service {} is used by route {}{more}: delete or move those routes first",
+        tollgate_shared::limits::show(service),
+        tollgate_shared::limits::show(first)
+    )))
+}
+
+fn apply_response(outcome: WriteOutcome, dry_run: bool) -> ApplyResponse {
+    ApplyResponse {
+        changes: outcome.changes.iter().map(Change::to_pb).collect(),
+        version: Some(outcome.version.to_pb()),
+        dry_run,
+        warnings: outcome.warnings,
+    }
+}
+
 /// Runs CPU-bound work for a read on a blocking thread.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
@@ -100,17 +138,20 @@ fn kind_of(raw: i32) -> Result<EntityKind, CpError> {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    type WaitForVersionStream = ReceiverStream<Result<DataPlaneRollout, Status>>;
+
     async fn create(
         &self,
         request: Request<EntityRequest>,
     ) -> Result<Response<EntityResponse>, Status> {
         let actor = Actor::of(&request);
+        let author = Author::new(actor.name.clone());
         let new = Entity::from_pb(request.into_inner().entity)?;
         let (kind, name) = (new.kind(), new.name().to_string());
         let taken = name.clone();
         let outcome = self
             .model
-            .write(false, move |config| {
+            .write_as(author, false, move |config| {
                 if entity::find(config, kind, &taken).is_some() {
                     return Err(CpError::AlreadyExists { kind, name: taken });
                 }
@@ -127,12 +168,13 @@ impl Admin for AdminService {
         request: Request<EntityRequest>,
     ) -> Result<Response<EntityResponse>, Status> {
         let actor = Actor::of(&request);
+        let author = Author::new(actor.name.clone());
         let new = Entity::from_pb(request.into_inner().entity)?;
         let (kind, name) = (new.kind(), new.name().to_string());
         let missing = name.clone();
         let outcome = self
             .model
-            .write(false, move |config| {
+            .write_as(author, false, move |config| {
                 if entity::replace(config, new) {
                     Ok(())
                 } else {
@@ -181,12 +223,16 @@ impl Admin for AdminService {
         request: Request<EntityRef>,
     ) -> Result<Response<EntityResponse>, Status> {
         let actor = Actor::of(&request);
+        let author = Author::new(actor.name.clone());
         let reference = request.into_inner();
         let kind = kind_of(reference.kind)?;
         let name = reference.name;
         let outcome = self
             .model
-            .write(false, move |config| {
+            .write_as(author, false, move |config| {
+                if kind == EntityKind::Service {
+                    refuse_if_used(config, &name)?;
+                }
                 if entity::remove(config, kind, &name) {
                     Ok(())
                 } else {
@@ -207,6 +253,7 @@ impl Admin for AdminService {
         request: Request<ApplyRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
         let actor = Actor::of(&request);
+        let author = Author::new(actor.name.clone());
         let request = request.into_inner();
         if !request.dry_run {
             // The gate lets viewers through for dry runs (diffs are reads).
@@ -221,7 +268,7 @@ impl Admin for AdminService {
         // CPU-bound work (a large Apply must not hold an async worker).
         let outcome = self
             .model
-            .write(request.dry_run, move |config| {
+            .write_as(author, request.dry_run, move |config| {
                 *config = GatewayConfig::try_from(&wire)?;
                 drop(wire);
                 Ok(())
@@ -230,25 +277,29 @@ impl Admin for AdminService {
         if !request.dry_run {
             self.audit_write(&actor, "Apply", &outcome).await;
         }
-        Ok(Response::new(ApplyResponse {
-            changes: outcome.changes.iter().map(|c| c.to_pb()).collect(),
-            version: Some(outcome.version.to_pb()),
-            dry_run: request.dry_run,
-            warnings: outcome.warnings,
-        }))
+        Ok(Response::new(apply_response(outcome, request.dry_run)))
     }
 
     async fn export(
         &self,
-        _request: Request<ExportRequest>,
+        request: Request<ExportRequest>,
     ) -> Result<Response<ExportResponse>, Status> {
-        let current = self.model.current();
+        let revision = request.into_inner().revision;
+        let (state, current) = self.model.state_at(revision).await?;
         let response = blocking(move || {
-            let mut config = current.config.redacted();
+            let mut config = state.redacted();
             config.sort();
+            let version = tollgate_shared::proto::config::ConfigVersion {
+                store_id: current.store_id,
+                revision: if revision == 0 {
+                    current.revision
+                } else {
+                    revision
+                },
+            };
             ExportResponse {
                 config: Some(pb_config::GatewayConfig::from(&config)),
-                version: Some(current.version.to_pb()),
+                version: Some(version),
             }
         })
         .await?;
@@ -321,5 +372,97 @@ impl Admin for AdminService {
         let audit = self.audit.clone();
         let entries = blocking(move || audit.list(request.since_ms, request.limit)).await??;
         Ok(Response::new(ListAuditResponse { entries }))
+    }
+
+    async fn wait_for_version(
+        &self,
+        request: Request<WaitForVersionRequest>,
+    ) -> Result<Response<Self::WaitForVersionStream>, Status> {
+        let request = request.into_inner();
+        let target = match request.version {
+            Some(version) => version,
+            None => self.model.current().version.to_pb(),
+        };
+        let timeout = match request.timeout_ms {
+            0 => rollout::DEFAULT_TIMEOUT,
+            ms => Duration::from_millis(ms),
+        };
+        if timeout > rollout::MAX_TIMEOUT {
+            return Err(
+                CpError::BadRequest("timeout_ms: must be at most 3600000 (1 h)".into()).into(),
+            );
+        }
+        let (events, receiver) = mpsc::channel(16);
+        tokio::spawn(rollout::wait_for(
+            self.registry.clone(),
+            target,
+            timeout,
+            events,
+        ));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn history(
+        &self,
+        request: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryResponse>, Status> {
+        let limit = match request.into_inner().limit {
+            0 => usize::MAX,
+            n => n as usize,
+        };
+        let version = self.model.current().version.to_pb();
+        let revisions = self
+            .model
+            .history(limit)
+            .await?
+            .into_iter()
+            .map(|record| Revision {
+                revision: record.revision,
+                at_ms: record.at_ms,
+                actor: record.actor,
+                note: record.note,
+                changes: record
+                    .changes
+                    .into_iter()
+                    .map(|c| {
+                        Change {
+                            kind: c.kind,
+                            name: c.name,
+                            action: c.action,
+                        }
+                        .to_pb()
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(HistoryResponse {
+            revisions,
+            version: Some(version),
+        }))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<RollbackRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        let actor = Actor::of(&request);
+        let mut author = Author::new(actor.name.clone());
+        let request = request.into_inner();
+        if request.revision == 0 {
+            return Err(CpError::BadRequest("revision: required (at least 1)".into()).into());
+        }
+        let (state, _) = self.model.state_at(request.revision).await?;
+        author.note = format!("rollback to revision {}", request.revision);
+        let outcome = self
+            .model
+            .write_as(author, request.dry_run, move |config| {
+                *config = GatewayConfig::clone(&state);
+                Ok(())
+            })
+            .await?;
+        if !request.dry_run {
+            self.audit_write(&actor, "Rollback", &outcome).await;
+        }
+        Ok(Response::new(apply_response(outcome, request.dry_run)))
     }
 }

@@ -36,8 +36,37 @@ impl Interceptor for TokenInterceptor {
 
 pub type Client = AdminClient<InterceptedService<Channel, TokenInterceptor>>;
 
-/// Connects to `server` (`http://host:port`).
+/// `server` as a URL: `host:port` without a scheme is taken as `http://host:port`.
+pub fn server_url(server: &str) -> String {
+    if server.contains("://") {
+        server.to_string()
+    } else {
+        format!("http://{server}")
+    }
+}
+
+/// Whether a failed call was answered by something that is not a gRPC
+/// server (a data plane's proxy or status port, a web server): its HTTP
+/// answer reached tonic as a non-gRPC body or a broken HTTP/2 exchange.
+pub fn answered_by_non_grpc(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::Unknown | Code::Internal | Code::Unimplemented
+    ) && [
+        "invalid compression flag",
+        "grpc-status header missing",
+        "while receiving response with status",
+        "invalid content-type",
+        "transport error",
+    ]
+    .iter()
+    .any(|sign| status.message().contains(sign))
+}
+
+/// Connects to `server` (`http://host:port`; `host:port` means http).
 pub async fn connect(server: &str, token: Option<&str>) -> Result<Client, CpError> {
+    let server = &server_url(server);
     let connect_error = |message: String| CpError::Connect {
         server: server.to_string(),
         message,

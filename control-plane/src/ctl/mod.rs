@@ -1,9 +1,12 @@
 //! `tollgatectl`, the operator CLI for the admin API.
 //!
-//! `apply -f FILE [--dry-run]`, `diff -f FILE`, `get <kind> [name] [-o ...]`,
-//! `delete <kind> <name>`, `export`, `dataplanes`, `tokens create|list|revoke`,
-//! `audit [--since 24h]`, `health SERVICE --data-plane URL...` (read from the
-//! data planes themselves, see [`health`]). Results go to stdout;
+//! `apply -f FILE [--dry-run] [--wait [--timeout 30s]]`, `diff -f FILE`,
+//! `get <kind> [name] [-o ...]`, `delete <kind> <name> [--wait]`, `export`,
+//! `dataplanes`, `history`, `diff --from REV [--to REV]`,
+//! `export [--revision REV]`, `rollback --to REV [--wait]`,
+//! `tokens create|list|revoke`, `audit [--since 24h]`, `health SERVICE
+//! --data-plane URL...` (read from the data planes themselves, see
+//! [`health`]). Results go to stdout;
 //! errors go to stderr as one readable line (`error: route "orders-api":
 //! service "ordrs" does not exist`) with a non-zero exit. The server's
 //! responses are already redacted, so nothing printed here can hold a secret;
@@ -11,16 +14,20 @@
 
 pub mod access;
 pub mod client;
+pub mod fields;
 pub mod health;
+pub mod history;
 pub mod input;
 pub mod output;
+pub mod wait;
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::admin::{
-    ApplyRequest, ChangeAction, EntityRef, ExportRequest, ListDataPlanesRequest, ListRequest,
+    ApplyRequest, ApplyResponse, ChangeAction, EntityRef, ListDataPlanesRequest, ListRequest,
+    RollbackRequest,
 };
 use tollgate_shared::proto::config as pb_config;
 
@@ -68,11 +75,42 @@ pub enum Command {
         /// Show the changes without making them.
         #[arg(long)]
         dry_run: bool,
+        /// Accept a file without any entity (it deletes everything).
+        #[arg(long)]
+        allow_empty: bool,
+        #[command(flatten)]
+        wait: wait::WaitArgs,
     },
-    /// Show what `apply -f FILE` would change.
-    Diff {
+    /// Check a file offline (no server needed), with the server's messages.
+    Validate {
         #[arg(short = 'f', long = "file")]
         file: String,
+    },
+    /// Print a shell completion script: `tollgatectl completion bash > ...`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Show what `apply -f FILE` would change, or what changed between two
+    /// revisions (`--from REV [--to REV]`, `--to` defaulting to the current one).
+    Diff {
+        #[arg(
+            short = 'f',
+            long = "file",
+            required_unless_present = "from",
+            conflicts_with = "from"
+        )]
+        file: Option<String>,
+        /// An earlier revision (see `history`).
+        #[arg(long)]
+        from: Option<u64>,
+        /// A later revision [default: the current one].
+        #[arg(long, requires = "from")]
+        to: Option<u64>,
+        /// Exit 1 when there are changes, 0 when there are none, 2 on an
+        /// error (for CI drift checks).
+        #[arg(long)]
+        exit_code: bool,
     },
     /// List entities of a kind, or show one.
     Get {
@@ -83,9 +121,35 @@ pub enum Command {
         output: Format,
     },
     /// Delete one entity.
-    Delete { kind: String, name: String },
+    Delete {
+        kind: String,
+        name: String,
+        #[command(flatten)]
+        wait: wait::WaitArgs,
+    },
     /// Print the whole state as YAML (secrets as fingerprints); re-appliable.
-    Export,
+    Export {
+        /// Export an earlier revision still in the history instead.
+        #[arg(long)]
+        revision: Option<u64>,
+    },
+    /// List the newest revisions: who wrote each, when, what changed.
+    History {
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Make a new revision equal to an earlier one (history is kept).
+    Rollback {
+        /// The revision to return to (see `history`).
+        #[arg(long = "to")]
+        to: u64,
+        /// Show the changes without making them.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        wait: wait::WaitArgs,
+    },
     /// List the data planes that subscribed to the config stream.
     Dataplanes {
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
@@ -131,12 +195,33 @@ pub fn main() -> ExitCode {
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    // `diff --exit-code`: 1 means "there are changes", so errors say 2.
+    let server = client::server_url(&args.server);
+    let drift_check = matches!(
+        args.command,
+        Command::Diff {
+            exit_code: true,
+            ..
+        }
+    );
     match runtime.block_on(run(args, &mut out)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CpError::Drift) => ExitCode::from(1),
         Err(err) => {
             let _ = out.flush();
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
+            match &err {
+                CpError::Rpc(status) if client::answered_by_non_grpc(status) => eprintln!(
+                    "error: {server} is not a Tollgate admin API (is it a data plane's proxy or \
+                     status port? tollgate-cp's admin API listens on 127.0.0.1:7070 by default; \
+                     the answer was: {err})"
+                ),
+                _ => eprintln!("error: {err}"),
+            }
+            if drift_check {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -166,13 +251,26 @@ fn read_config(path: &str) -> Result<GatewayConfig, CpError> {
 
 /// Runs one command, writing its result to `out`.
 pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CpError> {
+    // Commands that need no server.
+    match &args.command {
+        Command::Validate { file } => return validate(file, out),
+        Command::Completion { shell } => {
+            let mut command = <CtlArgs as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "tollgatectl", out);
+            return Ok(());
+        }
+        _ => {}
+    }
     // Check what can be checked before connecting.
     let kind = match &args.command {
         Command::Get { kind, .. } | Command::Delete { kind, .. } => Some(parse_kind(kind)?),
         _ => None,
     };
     let desired = match &args.command {
-        Command::Apply { file, .. } | Command::Diff { file } => Some(read_config(file)?),
+        Command::Apply { file, .. }
+        | Command::Diff {
+            file: Some(file), ..
+        } => Some(read_config(file)?),
         _ => None,
     };
     if let Command::Health {
@@ -184,17 +282,81 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CpError> {
         // Health lives in the data planes: no control plane call.
         return health::run(service, data_planes, *output, out).await;
     }
+    if let (
+        Command::Apply {
+            file,
+            allow_empty: false,
+            ..
+        },
+        Some(desired),
+    ) = (&args.command, &desired)
+    {
+        if entity_count(desired) == 0 {
+            return Err(CpError::File {
+                path: file.clone(),
+                message: "the file has no entities: applying it would delete everything; \
+                          pass --allow-empty to do that"
+                    .into(),
+            });
+        }
+    }
     let mut client = client::connect(&args.server, args.token.as_deref()).await?;
 
     match (args.command, kind, desired) {
-        (Command::Apply { dry_run, .. }, _, Some(desired)) => {
-            apply(&mut client, &desired, dry_run, out).await
+        (Command::Apply { dry_run, wait, .. }, _, Some(desired)) => {
+            let version = apply(&mut client, &desired, dry_run, out).await?;
+            match version {
+                Some(version) if wait.wait && !dry_run => {
+                    wait::rollout(&mut client, version, wait.timeout, out).await
+                }
+                _ => Ok(()),
+            }
         }
-        (Command::Diff { .. }, _, Some(desired)) => apply(&mut client, &desired, true, out).await,
+        (Command::Diff { exit_code, .. }, _, Some(desired)) => {
+            let changes = diff_file(&mut client, &desired, out).await?;
+            drift(exit_code, changes)
+        }
+        (
+            Command::Diff {
+                from: Some(from),
+                to,
+                exit_code,
+                ..
+            },
+            _,
+            None,
+        ) => {
+            let changes = history::diff_revisions(&mut client, from, to, out).await?;
+            drift(exit_code, changes)
+        }
+        (Command::History { limit }, _, _) => history::list(&mut client, limit, out).await,
+        (
+            Command::Rollback {
+                to, dry_run, wait, ..
+            },
+            _,
+            _,
+        ) => {
+            let response = client
+                .rollback(RollbackRequest {
+                    revision: to,
+                    dry_run,
+                })
+                .await
+                .map_err(CpError::from)?
+                .into_inner();
+            let version = print_changes(&response, dry_run, out)?;
+            match version {
+                Some(version) if wait.wait && !dry_run => {
+                    wait::rollout(&mut client, version, wait.timeout, out).await
+                }
+                _ => Ok(()),
+            }
+        }
         (Command::Get { name, output, .. }, Some(kind), _) => {
             get(&mut client, kind, name, output, out).await
         }
-        (Command::Delete { name, .. }, Some(kind), _) => {
+        (Command::Delete { name, wait, .. }, Some(kind), _) => {
             let response = client
                 .delete(EntityRef {
                     kind: kind.to_pb() as i32,
@@ -209,15 +371,15 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CpError> {
                 "deleted; {}",
                 describe_version(response.version.as_ref())
             )?;
-            Ok(())
+            match response.version {
+                Some(version) if wait.wait => {
+                    wait::rollout(&mut client, version, wait.timeout, out).await
+                }
+                _ => Ok(()),
+            }
         }
-        (Command::Export, _, _) => {
-            let response = client
-                .export(ExportRequest {})
-                .await
-                .map_err(CpError::from)?
-                .into_inner();
-            let config = GatewayConfig::try_from(&response.config.unwrap_or_default())?;
+        (Command::Export { revision }, _, _) => {
+            let config = history::export(&mut client, revision.unwrap_or(0)).await?;
             write!(out, "{}", config.to_yaml())?;
             Ok(())
         }
@@ -258,12 +420,99 @@ fn describe_version(version: Option<&pb_config::ConfigVersion>) -> String {
     }
 }
 
+/// `validate -f FILE`: the server's checks that need no stored state (the
+/// whole-config validation, certificates, size), with its messages. A secret
+/// given only by fingerprint cannot be checked offline: said, not guessed.
+fn validate(path: &str, out: &mut dyn Write) -> Result<(), CpError> {
+    let config = read_config(path)?;
+    for warning in crate::model::check_offline(&config)? {
+        eprintln!("warning: {warning}");
+    }
+    let by_fingerprint = config
+        .consumers
+        .iter()
+        .flat_map(|c| &c.credentials)
+        .filter(|c| {
+            c.jwt
+                .as_ref()
+                .is_some_and(|j| j.secret.is_none() && j.secret_fingerprint.is_some())
+        })
+        .count()
+        + config
+            .certificates
+            .iter()
+            .filter(|c| c.key_pem.is_none() && c.key_fingerprint.is_some())
+            .count();
+    writeln!(out, "{path}: valid ({} entities)", entity_count(&config))?;
+    if by_fingerprint > 0 {
+        writeln!(
+            out,
+            "note: {by_fingerprint} secret(s) given by fingerprint; the server checks that it still holds them"
+        )?;
+    }
+    Ok(())
+}
+
+fn entity_count(config: &GatewayConfig) -> usize {
+    config.services.len()
+        + config.routes.len()
+        + config.consumers.len()
+        + config.plugins.len()
+        + config.certificates.len()
+}
+
+/// `diff --exit-code` found changes: exit 1 (no error line).
+fn drift(exit_code: bool, changes: usize) -> Result<(), CpError> {
+    if exit_code && changes > 0 {
+        Err(CpError::Drift)
+    } else {
+        Ok(())
+    }
+}
+
+/// `diff -f FILE`: the server's dry run (its validation, its change list),
+/// each update shown field by field against the current export. Returns the
+/// number of changes.
+async fn diff_file(
+    client: &mut client::Client,
+    desired: &GatewayConfig,
+    out: &mut dyn Write,
+) -> Result<usize, CpError> {
+    let response = client
+        .apply(ApplyRequest {
+            config: Some(pb_config::GatewayConfig::from(desired)),
+            dry_run: true,
+        })
+        .await
+        .map_err(CpError::from)?
+        .into_inner();
+    for warning in &response.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let current = history::export(client, 0).await?;
+    history::print_changes(&current, &desired.redacted(), &response.changes, out)?;
+    let version = describe_version(response.version.as_ref());
+    let count = response.changes.len();
+    if count == 0 {
+        writeln!(out, "no changes; {version}")?;
+    } else {
+        let noun = if count == 1 { "change" } else { "changes" };
+        writeln!(
+            out,
+            "dry run: {count} {noun}, nothing written; current {version}"
+        )?;
+    }
+    Ok(count)
+}
+
+/// Applies (or, with `dry_run`, diffs) `desired` and prints the changes;
+/// returns the version in force afterwards.
 async fn apply(
     client: &mut client::Client,
     desired: &GatewayConfig,
     dry_run: bool,
     out: &mut dyn Write,
-) -> Result<(), CpError> {
+) -> Result<Option<pb_config::ConfigVersion>, CpError> {
     let response = client
         .apply(ApplyRequest {
             config: Some(pb_config::GatewayConfig::from(desired)),
@@ -272,6 +521,16 @@ async fn apply(
         .await
         .map_err(CpError::from)?
         .into_inner();
+    print_changes(&response, dry_run, out)
+}
+
+/// Prints an Apply's (or Rollback's) changes and outcome; returns the version
+/// in force afterwards.
+fn print_changes(
+    response: &ApplyResponse,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> Result<Option<pb_config::ConfigVersion>, CpError> {
     for warning in &response.warnings {
         eprintln!("warning: {warning}");
     }
@@ -300,7 +559,7 @@ async fn apply(
     } else {
         writeln!(out, "applied {count} {noun}; {version}")?;
     }
-    Ok(())
+    Ok(response.version.clone())
 }
 
 async fn get(

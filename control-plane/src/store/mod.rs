@@ -8,10 +8,15 @@
 //! after an acknowledgement loses nothing, and a crash before it leaves either
 //! the whole change or none of it.
 //!
+//! Every revision committed through [`Store::commit_recorded`] also gets its
+//! [`history::Record`] (who, when, what changed, the values before) in the
+//! `history` tree, in the same transaction; the newest `keep` are kept.
+//!
 //! The data directory holds secrets that data planes need in clear (JWT HMAC
 //! secrets, private keys), so it is created, or tightened, to mode 0700.
 
 pub mod format;
+pub mod history;
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -68,9 +73,25 @@ impl EntityWrite {
 pub struct Store {
     path: PathBuf,
     db: sled::Db,
-    /// The entity trees in [`EntityKind::ALL`] order, then `meta` last, so a
-    /// commit can open one transaction over all of them.
+    /// The entity trees in [`EntityKind::ALL`] order, then `meta`, then
+    /// `history`, so a commit can open one transaction over all of them.
     trees: Vec<sled::Tree>,
+}
+
+/// Why the state at a revision cannot be rebuilt.
+fn unreachable_revision(wanted: u64, current: u64, oldest: Option<u64>) -> CpError {
+    let kept = match oldest {
+        Some(oldest) if oldest <= current => {
+            format!(
+                "the history reaches back to revision {}",
+                oldest.saturating_sub(1)
+            )
+        }
+        _ => "no history is kept yet".to_string(),
+    };
+    CpError::BadRequest(format!(
+        "revision: {wanted} is no longer kept ({kept}; the current revision is {current})"
+    ))
 }
 
 /// How long [`Store::open`] waits for the data dir's lock: a previous owner
@@ -118,6 +139,7 @@ impl Store {
             trees.push(db.open_tree(kind.tree_name())?);
         }
         trees.push(db.open_tree(META_TREE)?);
+        trees.push(db.open_tree(history::HISTORY_TREE)?);
         let store = Store { path, db, trees };
         let loaded = store.load()?;
         Ok((store, loaded))
@@ -125,6 +147,50 @@ impl Store {
 
     fn meta(&self) -> &sled::Tree {
         &self.trees[EntityKind::ALL.len()]
+    }
+
+    fn history_tree(&self) -> &sled::Tree {
+        &self.trees[EntityKind::ALL.len() + 1]
+    }
+
+    /// The newest `limit` history records, newest first. Blocking.
+    pub fn history(&self, limit: usize) -> Result<Vec<history::Record>, CpError> {
+        let mut records = Vec::new();
+        for item in self.history_tree().iter().rev().take(limit) {
+            let (_, value) = item?;
+            records.push(history::Record::decode(&value).map_err(|m| self.corrupt(m))?);
+        }
+        Ok(records)
+    }
+
+    /// The state at `revision`, rebuilt from `current` (the state at
+    /// `current_revision`) by undoing the newer records. Blocking.
+    pub fn state_at(
+        &self,
+        revision: u64,
+        current: &GatewayConfig,
+        current_revision: u64,
+    ) -> Result<GatewayConfig, CpError> {
+        if revision > current_revision {
+            return Err(CpError::BadRequest(format!(
+                "revision: {revision} does not exist yet (the current revision is {current_revision})"
+            )));
+        }
+        let mut state = current.clone();
+        for newer in ((revision + 1)..=current_revision).rev() {
+            let Some(bytes) = self.history_tree().get(history::key(newer))? else {
+                let oldest = self
+                    .history_tree()
+                    .first()?
+                    .and_then(|(key, _)| <[u8; 8]>::try_from(key.as_ref()).ok())
+                    .map(u64::from_be_bytes);
+                return Err(unreachable_revision(revision, current_revision, oldest));
+            };
+            let record = history::Record::decode(&bytes).map_err(|m| self.corrupt(m))?;
+            record.undo(&mut state).map_err(|m| self.corrupt(m))?;
+        }
+        state.sort();
+        Ok(state)
     }
 
     fn corrupt(&self, message: impl Into<String>) -> CpError {
@@ -219,8 +285,24 @@ impl Store {
     /// Writes `writes` and sets the revision to `revision`, atomically and
     /// durably: returns only once the data is fsynced.
     pub async fn commit(&self, writes: Vec<EntityWrite>, revision: u64) -> Result<(), CpError> {
+        self.commit_recorded(writes, revision, None, history::DEFAULT_KEEP)
+            .await
+    }
+
+    /// [`Store::commit`], with `record` (the encoded [`history::Record`] of
+    /// `revision`) stored in the same transaction; the record that falls
+    /// out of the newest `keep` is removed.
+    pub async fn commit_recorded(
+        &self,
+        writes: Vec<EntityWrite>,
+        revision: u64,
+        record: Option<Vec<u8>>,
+        keep: usize,
+    ) -> Result<(), CpError> {
         let trees = self.trees.clone();
         let meta_index = EntityKind::ALL.len();
+        let history_index = meta_index + 1;
+        let expired = revision.checked_sub(keep as u64);
         tokio::task::spawn_blocking(move || {
             trees
                 .as_slice()
@@ -237,6 +319,12 @@ impl Store {
                         }
                     }
                     tx[meta_index].insert(META_REVISION, &revision.to_be_bytes())?;
+                    if let Some(record) = &record {
+                        tx[history_index].insert(&history::key(revision), record.as_slice())?;
+                    }
+                    if let Some(expired) = expired.filter(|r| *r > 0) {
+                        tx[history_index].remove(&history::key(expired))?;
+                    }
                     Ok::<(), ConflictableTransactionError<()>>(())
                 })
                 .map_err(tx_error)

@@ -4,12 +4,14 @@
 //! - [`session`]: one data plane's stream (hello, snapshots, ACK/NACK,
 //!   coalescing of write bursts).
 //! - [`registry`]: every data plane seen, for `ListDataPlanes`.
+//! - [`rollout`]: waiting until the fleet serves a version (`WaitForVersion`).
 //!
 //! Snapshots carry secrets (JWT HMAC secrets, private keys, API-key hashes), so
 //! the stream is guarded by the cluster token when one is configured (see
 //! [`crate::auth`]), and required to be when it listens beyond loopback.
 
 pub mod registry;
+pub mod rollout;
 pub mod session;
 
 use std::sync::Arc;
@@ -19,7 +21,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_shared::proto::stream::config_stream_server::ConfigStream;
 use tollgate_shared::proto::stream::{ControlPlaneMessage, DataPlaneMessage};
+use tonic::service::Interceptor;
 use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::BearerAuth;
 
 use crate::metrics::CpMetrics;
 use crate::model::Model;
@@ -48,6 +53,41 @@ impl StreamService {
             metrics,
             shutdown,
             max_lag,
+        }
+    }
+}
+
+/// The cluster-token check of the stream: a refusal is logged with the
+/// peer's address and counted (`tollgate_cp_stream_refusals_total`), so a
+/// data plane with a wrong token is visible from the control plane's side.
+#[derive(Clone)]
+pub struct StreamAuth {
+    auth: BearerAuth,
+    metrics: Arc<CpMetrics>,
+}
+
+impl StreamAuth {
+    pub fn new(cluster_token: Option<&str>, metrics: Arc<CpMetrics>) -> StreamAuth {
+        StreamAuth {
+            auth: BearerAuth::new(cluster_token),
+            metrics,
+        }
+    }
+}
+
+impl Interceptor for StreamAuth {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        match self.auth.check(&request) {
+            Ok(()) => Ok(request),
+            Err(err) => {
+                let peer = request
+                    .remote_addr()
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "unknown".into());
+                tracing::warn!(%peer, reason = %err, "config stream refused");
+                self.metrics.stream_refused("unauthenticated");
+                Err(err.into())
+            }
         }
     }
 }

@@ -6,10 +6,19 @@
 //! session gets a session number; a disconnect only marks an entry
 //! disconnected if it still belongs to that session, so a data plane that
 //! reconnected before its old stream was noticed dead stays `connected`.
+//!
+//! What an entry shows is the data plane's own word: the version it serves
+//! comes from its hello (what it held when it connected), its ACKs and its
+//! heartbeats, so a control-plane restart does not blank it; a rejection is
+//! shown only while it is the data plane's latest answer (a later ACK, or a
+//! reconnect serving that version or a newer one, clears it). Every change
+//! bumps a `watch` counter that rollout waiters (`--wait`) sleep on.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
 
 use tollgate_shared::proto::admin as pb;
 use tollgate_shared::proto::config::ConfigVersion;
@@ -35,9 +44,24 @@ pub struct Identity {
     pub address: String,
 }
 
-#[derive(Default)]
 pub struct Registry {
     inner: Mutex<Inner>,
+    /// Bumped on every change, for [`Registry::changes`].
+    changed: watch::Sender<u64>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            inner: Mutex::default(),
+            changed: watch::channel(0).0,
+        }
+    }
+}
+
+/// Whether `version` is `target` or later (same store, revision not lower).
+pub fn reaches(version: Option<&ConfigVersion>, target: &ConfigVersion) -> bool {
+    version.is_some_and(|v| v.store_id == target.store_id && v.revision >= target.revision)
 }
 
 #[derive(Default)]
@@ -73,21 +97,44 @@ impl Registry {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records a new stream session; returns its session number.
-    pub fn connect(&self, identity: Identity) -> u64 {
+    /// A receiver that wakes on every change to any entry.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Records a new stream session; returns its session number. `serving`
+    /// is the version the data plane said it holds in its hello.
+    pub fn connect(&self, identity: Identity, serving: Option<ConfigVersion>) -> u64 {
+        let session = self.connect_entry(identity, serving);
+        self.bump();
+        session
+    }
+
+    fn connect_entry(&self, identity: Identity, serving: Option<ConfigVersion>) -> u64 {
         let mut inner = self.lock();
         inner.next_session += 1;
         let session = inner.next_session;
         let now = now_ms();
         let previous = inner.planes.remove(&identity.node_id);
-        let (applied_version, rejected_version, last_rejection) = match previous {
-            Some(entry) => (
-                entry.plane.applied_version,
-                entry.plane.rejected_version,
-                entry.plane.last_rejection,
-            ),
-            None => (None, None, String::new()),
+        let (rejected_version, last_rejection) = match previous {
+            // A rejection of a version older than the one now served is
+            // no longer the data plane's latest answer.
+            Some(entry)
+                if !entry
+                    .plane
+                    .rejected_version
+                    .as_ref()
+                    .is_some_and(|rejected| reaches(serving.as_ref(), rejected)) =>
+            {
+                (entry.plane.rejected_version, entry.plane.last_rejection)
+            }
+            _ => (None, String::new()),
         };
+        let applied_version = serving;
         if inner.planes.len() >= MAX_ENTRIES {
             let oldest = inner
                 .planes
@@ -121,13 +168,28 @@ impl Registry {
     }
 
     fn update(&self, node_id: &str, session: u64, apply: impl FnOnce(&mut pb::DataPlane)) {
-        let mut inner = self.lock();
-        if let Some(entry) = inner.planes.get_mut(node_id) {
-            if entry.session == session {
-                entry.plane.last_seen_ms = now_ms();
-                apply(&mut entry.plane);
+        {
+            let mut inner = self.lock();
+            let Some(entry) = inner.planes.get_mut(node_id) else {
+                return;
+            };
+            if entry.session != session {
+                return;
             }
+            entry.plane.last_seen_ms = now_ms();
+            apply(&mut entry.plane);
         }
+        self.bump();
+    }
+
+    /// A heartbeat: alive, and serving `serving`.
+    pub fn heartbeat(&self, node_id: &str, session: u64, serving: Option<ConfigVersion>) {
+        self.update(node_id, session, |plane| {
+            if let Some(version) = serving {
+                clear_rejection_up_to(plane, &version);
+                plane.applied_version = Some(version);
+            }
+        });
     }
 
     /// Any message from the data plane: it is alive.
@@ -138,6 +200,7 @@ impl Registry {
     /// ACK: `version` is in service on that data plane.
     pub fn ack(&self, node_id: &str, session: u64, version: ConfigVersion) {
         self.update(node_id, session, |plane| {
+            clear_rejection_up_to(plane, &version);
             plane.applied_version = Some(version);
         });
     }
@@ -168,6 +231,18 @@ impl Registry {
     }
 }
 
+/// An ACK of `version` supersedes a rejection of that version or an older one.
+fn clear_rejection_up_to(plane: &mut pb::DataPlane, version: &ConfigVersion) {
+    if plane
+        .rejected_version
+        .as_ref()
+        .is_some_and(|rejected| reaches(Some(version), rejected))
+    {
+        plane.rejected_version = None;
+        plane.last_rejection.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,10 +266,10 @@ mod tests {
     #[test]
     fn tracks_acks_nacks_and_reconnects() {
         let registry = Registry::default();
-        let first = registry.connect(identity("dp-1"));
+        let first = registry.connect(identity("dp-1"), None);
         registry.ack("dp-1", first, version(3));
         registry.nack("dp-1", first, version(4), "route \"x\": bad");
-        let second = registry.connect(identity("dp-1"));
+        let second = registry.connect(identity("dp-1"), Some(version(3)));
         // The old session ending late does not mark the new one disconnected.
         registry.disconnect("dp-1", first);
         let planes = registry.list();
@@ -205,6 +280,30 @@ mod tests {
         assert_eq!(planes[0].last_rejection, "route \"x\": bad");
         registry.disconnect("dp-1", second);
         assert!(!registry.list()[0].connected);
+    }
+
+    #[test]
+    fn a_rejection_shows_only_while_it_is_the_latest_answer() {
+        let registry = Registry::default();
+        let changes = registry.changes();
+        let session = registry.connect(identity("dp-1"), Some(version(2)));
+        assert!(changes.has_changed().unwrap_or(false));
+        assert_eq!(registry.list()[0].applied_version, Some(version(2)));
+        registry.nack("dp-1", session, version(3), "bad");
+        // An ACK of an older version (a resend) keeps the rejection.
+        registry.ack("dp-1", session, version(2));
+        assert_eq!(registry.list()[0].last_rejection, "bad");
+        registry.heartbeat("dp-1", session, Some(version(4)));
+        let plane = &registry.list()[0];
+        assert_eq!(plane.applied_version, Some(version(4)));
+        assert_eq!(plane.rejected_version, None);
+        assert_eq!(plane.last_rejection, "");
+        // A reconnect serving a version at or past the rejected one clears it.
+        registry.nack("dp-1", session, version(5), "worse");
+        registry.connect(identity("dp-1"), Some(version(4)));
+        assert_eq!(registry.list()[0].last_rejection, "worse");
+        registry.connect(identity("dp-1"), Some(version(6)));
+        assert_eq!(registry.list()[0].rejected_version, None);
     }
 
     #[test]

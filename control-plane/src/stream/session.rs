@@ -3,7 +3,7 @@
 //! 1. Wait (bounded) for the `Hello`; register the data plane.
 //! 2. If the version it holds is not the current one (another revision, or
 //!    another store altogether), send the full snapshot at once.
-//! 3. Then loop: read ACK/NACK into the registry; on each new version, wait
+//! 3. Then loop: read ACK/NACK and heartbeats into the registry; on each new version, wait
 //!    until writes pause for [`QUIET`] but never more than [`MAX_DELAY`] after
 //!    the first unsent change, and send the latest snapshot. A burst of writes
 //!    thus costs one snapshot, and no change waits longer than 100 ms.
@@ -61,6 +61,7 @@ impl Session {
                 kind: Some(data_plane_message::Kind::Hello(hello)),
             }))) => hello,
             Ok(Ok(Some(_))) => {
+                self.refused("the first message was not a Hello");
                 let _ = outbound
                     .send(Err(Status::invalid_argument(
                         "the first message on the stream must be a Hello",
@@ -83,12 +84,17 @@ impl Session {
         let identity = match self.identity(&hello) {
             Ok(identity) => identity,
             Err(message) => {
+                self.refused(message);
                 let _ = outbound.send(Err(Status::invalid_argument(message))).await;
                 return;
             }
         };
         let node_id = identity.node_id.clone();
-        let session = self.registry.connect(identity.clone());
+        // The version it serves is shown from the first moment, so a
+        // control-plane restart never blanks a serving data plane.
+        let session = self
+            .registry
+            .connect(identity.clone(), hello.held_version.clone());
         tracing::info!(
             node_id = %identity.node_id,
             hostname = %identity.hostname,
@@ -105,6 +111,16 @@ impl Session {
         let held = hello.held_version.as_ref().map(ConfigVersion::from_pb);
         self.serve(&node_id, session, held, inbound, outbound).await;
         tracing::info!(node_id = %node_id, "data plane disconnected");
+    }
+
+    /// Logs (with the peer's address) and counts a refused stream.
+    fn refused(&self, reason: &str) {
+        let peer = self
+            .peer
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        tracing::warn!(%peer, reason, "config stream refused");
+        self.metrics.stream_refused("bad_hello");
     }
 
     fn identity(&self, hello: &Hello) -> Result<Identity, &'static str> {
@@ -216,6 +232,10 @@ impl Session {
                 );
                 self.metrics.nacked();
                 self.registry.nack(node_id, session, version, &nack.error);
+            }
+            Some(data_plane_message::Kind::Heartbeat(heartbeat)) => {
+                self.registry
+                    .heartbeat(node_id, session, heartbeat.serving_version);
             }
             Some(data_plane_message::Kind::Hello(_)) | None => {
                 self.registry.seen(node_id, session);

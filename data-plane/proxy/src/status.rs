@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::ResponseBody;
-use crate::snapshot::subscribe::{Connection, ConnectionState};
+use crate::snapshot::subscribe::{Connection, ConnectionState, LastRejection};
 use crate::snapshot::SnapshotStore;
 use tollgate_telemetry::metrics;
 
@@ -41,6 +41,8 @@ pub struct NodeStatus {
     pub store: Arc<SnapshotStore>,
     pub control_plane: Arc<ConnectionState>,
     pub draining: AtomicBool,
+    /// The latest NACK, while no later version serves.
+    pub last_rejection: Arc<LastRejection>,
 }
 
 impl NodeStatus {
@@ -66,6 +68,11 @@ impl NodeStatus {
             "ready": self.ready(),
             "draining": self.draining.load(Ordering::Relaxed),
             "upstreams": upstreams,
+            "last_rejection": self.last_rejection.get().map(|r| serde_json::json!({
+                "version": {"store_id": r.version.store_id, "revision": r.version.revision},
+                "reason": r.reason,
+                "at_ms": r.at_ms,
+            })),
         })
     }
 

@@ -5,22 +5,32 @@
 //! apply it (convert, validate, compile, swap) and answer `Ack` once it is in
 //! service, or `Nack` with the reason while the old config keeps serving.
 //!
+//! While the stream is up, a `Heartbeat` with the version in service goes out
+//! every `--heartbeat-interval-ms`, so the control plane's "last seen" moves
+//! while no config changes. The last NACK (version, reason, when) is kept for
+//! `/status` until a later version is in service.
+//!
 //! When the stream breaks, the data plane keeps serving its last good config
-//! and reconnects with exponential backoff (100 ms doubling, full jitter,
-//! capped at 5 s; reset once a session delivers a message). HTTP/2 keepalive
-//! notices a control plane that vanished without closing the connection.
-//! With `--cluster-token`, every session carries `authorization: Bearer ...`.
+//! and reconnects: first quickly ([`QUICK_ATTEMPTS`] tries 50 to 250 ms
+//! apart, jittered, so a restarted control plane has its fleet back within a
+//! second), then with exponential backoff (500 ms doubling, jitter, capped at
+//! 5 s); reset once a session delivers a message. HTTP/2 keepalive pings
+//! (every 1 s without incoming data, answer due within 3 s) notice a control
+//! plane that vanished or froze without closing the connection in at most
+//! about 4 s. With `--cluster-token`, every session carries
+//! `authorization: Bearer ...`.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_shared::proto::stream::config_stream_client::ConfigStreamClient;
 use tollgate_shared::proto::stream::{
-    control_plane_message, data_plane_message, Ack, DataPlaneMessage, Hello, Nack, Snapshot,
+    control_plane_message, data_plane_message, Ack, DataPlaneMessage, Heartbeat, Hello, Nack,
+    Snapshot,
 };
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Endpoint;
@@ -28,8 +38,21 @@ use tonic::transport::Endpoint;
 use super::{version_label, Applier};
 use crate::error::DpError;
 
-const BACKOFF_START: Duration = Duration::from_millis(100);
+/// Reconnect attempts made quickly after a stream breaks...
+pub const QUICK_ATTEMPTS: u32 = 40;
+/// ...each this far apart, jittered between the two bounds...
+const QUICK_DELAY_MIN: Duration = Duration::from_millis(50);
+const QUICK_DELAY_MAX: Duration = Duration::from_millis(250);
+/// ...then exponential backoff from here, with jitter, capped.
+const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// HTTP/2 ping after this long without incoming data...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// ...whose answer is due within this: a frozen control plane is noticed in
+/// at most the sum.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default `--heartbeat-interval-ms`.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// Largest snapshot accepted from the control plane.
 const MAX_SNAPSHOT_BYTES: usize = 64 * 1024 * 1024;
 
@@ -75,9 +98,11 @@ impl ConnectionState {
     }
 }
 
-/// Exponential backoff with full jitter.
+/// Reconnect delays: [`QUICK_ATTEMPTS`] quick jittered tries, then
+/// exponential backoff with jitter.
 #[derive(Debug)]
 pub struct Backoff {
+    quick_left: u32,
     next: Duration,
     /// Whether [`Backoff::reset`] ran since the last delay was taken.
     reset: bool,
@@ -86,6 +111,7 @@ pub struct Backoff {
 impl Default for Backoff {
     fn default() -> Self {
         Backoff {
+            quick_left: QUICK_ATTEMPTS,
             next: BACKOFF_START,
             reset: true,
         }
@@ -93,24 +119,78 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    /// The delay before the next attempt: uniformly in [ceiling/2, ceiling].
+    /// The delay before the next attempt: in the quick phase uniformly in
+    /// [50 ms, 250 ms]; then uniformly in [ceiling/2, ceiling], the ceiling
+    /// doubling up to 5 s.
     pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.next;
-        self.next = (self.next * 2).min(BACKOFF_CAP);
         self.reset = false;
-        let millis = ceiling.as_millis().max(2) as u64;
-        Duration::from_millis(rand::thread_rng().gen_range(millis / 2..=millis))
+        let (low, high) = if self.quick_left > 0 {
+            self.quick_left -= 1;
+            (QUICK_DELAY_MIN, QUICK_DELAY_MAX)
+        } else {
+            let ceiling = self.next;
+            self.next = (self.next * 2).min(BACKOFF_CAP);
+            (ceiling / 2, ceiling)
+        };
+        let (low, high) = (low.as_millis() as u64, high.as_millis() as u64);
+        Duration::from_millis(rand::thread_rng().gen_range(low..=high.max(low)))
     }
 
     pub fn reset(&mut self) {
-        self.next = BACKOFF_START;
-        self.reset = true;
+        *self = Backoff::default();
     }
 
     /// True when no delay was taken since the last reset (or ever): the
     /// failure about to be retried is the first of an outage.
     pub fn was_reset(&self) -> bool {
         self.reset
+    }
+}
+
+/// The data plane's latest rejection, while no later version is in service
+/// (shown on `/status`). Written on the config path only.
+#[derive(Debug, Default)]
+pub struct LastRejection(Mutex<Option<Rejection>>);
+
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub version: tollgate_shared::proto::config::ConfigVersion,
+    pub reason: String,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+}
+
+impl LastRejection {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Rejection>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn get(&self) -> Option<Rejection> {
+        self.lock().clone()
+    }
+
+    fn set(&self, version: tollgate_shared::proto::config::ConfigVersion, reason: &str) {
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        *self.lock() = Some(Rejection {
+            version,
+            reason: reason.to_string(),
+            at_ms,
+        });
+    }
+
+    /// `version` is in service: a rejection of it or of an older one is over.
+    fn served(&self, version: &tollgate_shared::proto::config::ConfigVersion) {
+        let mut last = self.lock();
+        if last.as_ref().is_some_and(|r| {
+            r.version.store_id != version.store_id || r.version.revision <= version.revision
+        }) {
+            *last = None;
+        }
     }
 }
 
@@ -123,6 +203,8 @@ pub struct Subscriber {
     authorization: Option<MetadataValue<Ascii>>,
     applier: Arc<Applier>,
     state: Arc<ConnectionState>,
+    heartbeat: Duration,
+    rejection: Arc<LastRejection>,
 }
 
 impl Subscriber {
@@ -145,8 +227,8 @@ impl Subscriber {
             })?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
         let authorization = cluster_token
             .map(|token| {
@@ -161,7 +243,20 @@ impl Subscriber {
             authorization,
             applier,
             state,
+            heartbeat: DEFAULT_HEARTBEAT,
+            rejection: Arc::default(),
         })
+    }
+
+    /// Sends a heartbeat every `interval` while connected (at least 100 ms).
+    pub fn with_heartbeat(mut self, interval: Duration) -> Subscriber {
+        self.heartbeat = interval.max(Duration::from_millis(100));
+        self
+    }
+
+    /// The latest rejection, for `/status`.
+    pub fn last_rejection(&self) -> Arc<LastRejection> {
+        self.rejection.clone()
     }
 
     /// Runs sessions until `shutdown` turns true.
@@ -239,11 +334,23 @@ impl Subscriber {
         self.state.set(Connection::Connected);
         tracing::info!(control_plane = %self.endpoint.uri(), node_id = %self.node_id, "config stream connected");
 
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let message = inbound
-                .message()
-                .await
-                .map_err(|status| format!("stream: {}: {}", status.code(), status.message()))?;
+            let message = tokio::select! {
+                message = inbound.message() => message
+                    .map_err(|status| format!("stream: {}: {}", status.code(), status.message()))?,
+                _ = heartbeat.tick() => {
+                    // Skipped when answers are queued: they say as much.
+                    let _ = outbound.try_send(DataPlaneMessage {
+                        kind: Some(data_plane_message::Kind::Heartbeat(Heartbeat {
+                            serving_version: self.applier.store().version(),
+                        })),
+                    });
+                    continue;
+                }
+            };
             let Some(message) = message else {
                 return Ok(());
             };
@@ -280,10 +387,12 @@ impl Subscriber {
         match result {
             Ok(applied) => {
                 tracing::info!(version = %version_label(&applied), "config applied");
+                self.rejection.served(&applied);
                 ack(applied)
             }
             Err(error) => {
                 tracing::warn!(version = %version_label(&version), %error, "config rejected (NACK); the previous config stays in service");
+                self.rejection.set(version.clone(), &error);
                 DataPlaneMessage {
                     kind: Some(data_plane_message::Kind::Nack(Nack {
                         version: Some(version),
@@ -318,16 +427,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_grows_with_jitter_and_is_capped() {
+    fn backoff_is_quick_first_then_grows_with_jitter_and_is_capped() {
         let mut backoff = Backoff::default();
-        let first = backoff.next_delay();
-        assert!(first >= Duration::from_millis(50) && first <= BACKOFF_START);
+        let quick: Vec<Duration> = (0..QUICK_ATTEMPTS).map(|_| backoff.next_delay()).collect();
+        assert!(quick
+            .iter()
+            .all(|d| *d >= QUICK_DELAY_MIN && *d <= QUICK_DELAY_MAX));
+        // Jittered: forty draws are not all the same.
+        assert!(quick.iter().any(|d| *d != quick[0]), "{quick:?}");
+        let first_slow = backoff.next_delay();
+        assert!(first_slow >= BACKOFF_START / 2 && first_slow <= BACKOFF_START);
         for _ in 0..20 {
             assert!(backoff.next_delay() <= BACKOFF_CAP);
         }
         let late = backoff.next_delay();
         assert!(late >= BACKOFF_CAP / 2, "{late:?}");
         backoff.reset();
-        assert!(backoff.next_delay() <= BACKOFF_START);
+        assert!(backoff.was_reset());
+        assert!(backoff.next_delay() <= QUICK_DELAY_MAX);
+    }
+
+    #[test]
+    fn a_rejection_lasts_until_a_later_version_serves() {
+        let version = |revision| tollgate_shared::proto::config::ConfigVersion {
+            store_id: "s".into(),
+            revision,
+        };
+        let last = LastRejection::default();
+        last.set(version(5), "plugin \"cors\" is not loaded");
+        last.served(&version(4));
+        assert_eq!(
+            last.get().map(|r| r.reason).as_deref(),
+            Some("plugin \"cors\" is not loaded")
+        );
+        last.served(&version(6));
+        assert!(last.get().is_none());
     }
 }
