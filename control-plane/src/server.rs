@@ -28,6 +28,7 @@ use crate::metrics::{self, CpMetrics, DataPlaneView, ObservedService};
 use crate::model::Model;
 use crate::stream::registry::Registry;
 use crate::stream::StreamService;
+use crate::usage::Usage;
 
 /// Largest gRPC message either way: a 10,000-route Apply or snapshot is a
 /// few MiB; this leaves room without letting one call take unbounded memory.
@@ -44,6 +45,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct Bound {
     model: Arc<Model>,
     registry: Arc<Registry>,
+    usage: Arc<Usage>,
     config: CpConfig,
     admin_listener: TcpListener,
     stream_listener: Option<TcpListener>,
@@ -72,6 +74,7 @@ pub async fn bind(config: CpConfig) -> Result<Bound, CpError> {
     Ok(Bound {
         model: Arc::new(model),
         registry,
+        usage: Arc::new(Usage::default()),
         config,
         admin_listener,
         stream_listener,
@@ -158,7 +161,11 @@ impl Bound {
 
         let admin = ObservedService::new(
             InterceptedService::new(
-                AdminServer::new(AdminService::new(self.model.clone(), self.registry.clone()))
+                AdminServer::new(AdminService::new(
+                    self.model.clone(),
+                    self.registry.clone(),
+                    self.usage.clone(),
+                ))
                     .max_decoding_message_size(MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
                 BearerAuth::new(self.config.admin_token.as_deref()),
@@ -169,6 +176,7 @@ impl Bound {
             ConfigStreamServer::new(StreamService::new(
                 self.model.clone(),
                 self.registry.clone(),
+                self.usage.clone(),
                 self.metrics.clone(),
                 stopped.clone(),
                 self.config.stream_max_lag,
@@ -210,9 +218,17 @@ impl Bound {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(address = %addr, "metrics on http://{addr}/metrics");
             }
+            let dashboard = Arc::new(crate::dashboard::Dashboard::new(
+                self.model.clone(),
+                self.registry.clone(),
+                self.usage.clone(),
+                self.config.admin_token.as_deref(),
+                listener.local_addr().map(|a| a.ip().is_loopback()).unwrap_or(false),
+            ));
             tokio::spawn(metrics::serve(
                 listener,
                 self.metrics.clone(),
+                Some(dashboard),
                 stop_signal(stopped.clone()),
             ));
         }
@@ -273,8 +289,9 @@ impl Bound {
     }
 }
 
-/// Data planes send hellos and ACK/NACKs: small messages.
-const STREAM_MAX_DECODING_BYTES: usize = 1024 * 1024;
+/// Data planes send hellos, ACK/NACKs and usage reports (at most 500 routes
+/// with their histograms and 2,000 consumer series: well under this).
+const STREAM_MAX_DECODING_BYTES: usize = 4 * 1024 * 1024;
 
 fn builder() -> Server<tower_layer::Stack<ConnLayer, tower_layer::Identity>> {
     Server::builder()

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::admin::admin_server::Admin;
 use tollgate_shared::proto::admin::{
-    ApplyRequest, ApplyResponse, EntityRef, EntityRequest, EntityResponse, ExportRequest,
+    ApplyRequest, ApplyResponse, EntityRef, GetStatsRequest, GetStatsResponse, EntityRequest, EntityResponse, ExportRequest,
     ExportResponse, ListDataPlanesRequest, ListDataPlanesResponse, ListRequest, ListResponse,
 };
 use tollgate_shared::proto::config as pb_config;
@@ -22,15 +22,21 @@ use crate::error::CpError;
 use crate::kind::EntityKind;
 use crate::model::{Model, WriteOutcome};
 use crate::stream::registry::Registry;
+use crate::usage::{self, Usage};
 
 pub struct AdminService {
     model: Arc<Model>,
     registry: Arc<Registry>,
+    usage: Arc<Usage>,
 }
 
 impl AdminService {
-    pub fn new(model: Arc<Model>, registry: Arc<Registry>) -> AdminService {
-        AdminService { model, registry }
+    pub fn new(model: Arc<Model>, registry: Arc<Registry>, usage: Arc<Usage>) -> AdminService {
+        AdminService {
+            model,
+            registry,
+            usage,
+        }
     }
 
     /// The response to a single-entity write: the new version, and the entity
@@ -213,5 +219,23 @@ impl Admin for AdminService {
         Ok(Response::new(ListDataPlanesResponse {
             data_planes: self.registry.list(),
         }))
+    }
+
+    async fn get_stats(
+        &self,
+        request: Request<GetStatsRequest>,
+    ) -> Result<Response<GetStatsResponse>, Status> {
+        let request = request.into_inner();
+        let query = usage::StatsQuery::from_request(
+            &request.by,
+            request.since_seconds,
+            &request.route,
+            request.top,
+        )?;
+        let usage = self.usage.clone();
+        let report = blocking(move || usage.stats(&query)).await?;
+        let json = serde_json::to_string(&report)
+            .map_err(|e| CpError::Internal(format!("encoding stats: {e}")))?;
+        Ok(Response::new(GetStatsResponse { json }))
     }
 }

@@ -1,7 +1,7 @@
 //! `tollgatectl`, the operator CLI for the admin API.
 //!
 //! `apply -f FILE [--dry-run]`, `diff -f FILE`, `get <kind> [name] [-o ...]`,
-//! `delete <kind> <name>`, `export`, `dataplanes`. Results go to stdout;
+//! `delete <kind> <name>`, `export`, `dataplanes`, `stats`. Results go to stdout;
 //! errors go to stderr as one readable line (`error: route "orders-api":
 //! service "ordrs" does not exist`) with a non-zero exit. The server's
 //! responses are already redacted, so nothing printed here can hold a secret;
@@ -10,13 +10,15 @@
 pub mod client;
 pub mod input;
 pub mod output;
+pub mod stats;
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::admin::{
-    ApplyRequest, ChangeAction, EntityRef, ExportRequest, ListDataPlanesRequest, ListRequest,
+    ApplyRequest, ChangeAction, EntityRef, ExportRequest, GetStatsRequest, ListDataPlanesRequest,
+    ListRequest,
 };
 use tollgate_shared::proto::config as pb_config;
 
@@ -87,6 +89,27 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: Format,
     },
+    /// Fleet usage from the data planes' reports: requests, RPS, errors,
+    /// p50/p95/p99 and refusals, busiest first.
+    Stats {
+        /// Group rows by route, consumer, dataplane or status.
+        #[arg(long, default_value = "route", value_parser = ["route", "consumer", "dataplane", "status"])]
+        by: String,
+        /// The window: 90s, 15m, 2h, 1d (at most 1d).
+        #[arg(long, default_value = "15m")]
+        since: String,
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// At most this many rows (0: all).
+        #[arg(long, default_value_t = 0)]
+        top: u32,
+        /// Refresh in place every 2 s until interrupted.
+        #[arg(long)]
+        watch: bool,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: Format,
+    },
 }
 
 /// Entry point of the `tollgatectl` binary.
@@ -148,6 +171,13 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CpError> {
         Command::Apply { file, .. } | Command::Diff { file } => Some(read_config(file)?),
         _ => None,
     };
+    let since = match &args.command {
+        Command::Stats { since, .. } => Some(
+            crate::usage::parse_since(since)
+                .map_err(|e| CpError::BadRequest(format!("--since: {e}")))?,
+        ),
+        _ => None,
+    };
     let mut client = client::connect(&args.server, args.token.as_deref()).await?;
 
     match (args.command, kind, desired) {
@@ -205,6 +235,31 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CpError> {
                     let views: Vec<output::DataPlaneView> = planes.iter().map(Into::into).collect();
                     print_structured(out, &views, output)
                 }
+            }
+        }
+        (
+            Command::Stats {
+                by,
+                route,
+                top,
+                watch,
+                output,
+                ..
+            },
+            _,
+            _,
+        ) => {
+            let request = GetStatsRequest {
+                by,
+                since_seconds: since.map_or(0, |s| s.as_secs()),
+                route: route.unwrap_or_default(),
+                top,
+            };
+            if watch {
+                stats::watch(&mut client, request, output, out).await
+            } else {
+                let report = stats::fetch(&mut client, request).await?;
+                stats::print(out, &report, output)
             }
         }
         _ => Err(CpError::Internal("unreachable command combination".into())),

@@ -4,6 +4,7 @@
 //! - [`session`]: one data plane's stream (hello, snapshots, ACK/NACK,
 //!   coalescing of write bursts).
 //! - [`registry`]: every data plane seen, for `ListDataPlanes`.
+//! - usage reports are handed to [`crate::usage`].
 //!
 //! Snapshots carry secrets (JWT HMAC secrets, private keys, API-key hashes), so
 //! the stream is guarded by the cluster token when one is configured (see
@@ -23,12 +24,14 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::CpMetrics;
 use crate::model::Model;
+use crate::usage::Usage;
 use registry::Registry;
 use session::Session;
 
 pub struct StreamService {
     model: Arc<Model>,
     registry: Arc<Registry>,
+    usage: Arc<Usage>,
     metrics: Arc<CpMetrics>,
     shutdown: watch::Receiver<bool>,
     max_lag: Duration,
@@ -38,6 +41,7 @@ impl StreamService {
     pub fn new(
         model: Arc<Model>,
         registry: Arc<Registry>,
+        usage: Arc<Usage>,
         metrics: Arc<CpMetrics>,
         shutdown: watch::Receiver<bool>,
         max_lag: Duration,
@@ -45,6 +49,7 @@ impl StreamService {
         StreamService {
             model,
             registry,
+            usage,
             metrics,
             shutdown,
             max_lag,
@@ -63,6 +68,7 @@ impl ConfigStream for StreamService {
         let session = Session {
             model: self.model.clone(),
             registry: self.registry.clone(),
+            usage: self.usage.clone(),
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
             peer: request.remote_addr(),
