@@ -166,8 +166,8 @@ impl Bound {
                     self.registry.clone(),
                     self.usage.clone(),
                 ))
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
                 BearerAuth::new(self.config.admin_token.as_deref()),
             ),
             self.metrics.clone(),
@@ -223,7 +223,10 @@ impl Bound {
                 self.registry.clone(),
                 self.usage.clone(),
                 self.config.admin_token.as_deref(),
-                listener.local_addr().map(|a| a.ip().is_loopback()).unwrap_or(false),
+                listener
+                    .local_addr()
+                    .map(|a| a.ip().is_loopback())
+                    .unwrap_or(false),
             ));
             tokio::spawn(metrics::serve(
                 listener,

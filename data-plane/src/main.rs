@@ -113,7 +113,11 @@ struct Args {
     /// consumer and status, bytes, latency histograms, refusals) over the
     /// config stream this often, in milliseconds; 0 turns reports off. Read
     /// from the request metrics, so it needs --request-metrics.
-    #[arg(long, env = "TOLLGATE_USAGE_REPORT_INTERVAL_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "TOLLGATE_USAGE_REPORT_INTERVAL_MS",
+        default_value_t = 10_000
+    )]
     usage_report_interval_ms: u64,
     /// Export traces over OTLP/gRPC to this collector, e.g.
     /// http://127.0.0.1:4317. Off when unset (spans then cost nothing).

@@ -113,9 +113,36 @@ async fn load(dp: &DataPlane, sent: &mut Sent) {
     send(dp, sent, "orders", &orders, None, 10, &[200]).await;
     send(dp, sent, "orders", "/orders/status/404", None, 2, &[404]).await;
     // alice goes over her limit on this data plane: 5 x 200 then 429s.
-    send(dp, sent, "users", "/users/a", Some(("alice", ALICE_KEY)), USERS_LIMIT, &[200]).await;
-    send(dp, sent, "users", "/users/a", Some(("alice", ALICE_KEY)), 3, &[429]).await;
-    send(dp, sent, "users", "/users/b", Some(("bob", BOB_KEY)), 3, &[200]).await;
+    send(
+        dp,
+        sent,
+        "users",
+        "/users/a",
+        Some(("alice", ALICE_KEY)),
+        USERS_LIMIT,
+        &[200],
+    )
+    .await;
+    send(
+        dp,
+        sent,
+        "users",
+        "/users/a",
+        Some(("alice", ALICE_KEY)),
+        3,
+        &[429],
+    )
+    .await;
+    send(
+        dp,
+        sent,
+        "users",
+        "/users/b",
+        Some(("bob", BOB_KEY)),
+        3,
+        &[200],
+    )
+    .await;
     send(dp, sent, "users", "/users/c", None, 1, &[401]).await;
     send(dp, sent, "none", "/nowhere", None, 2, &[404]).await;
     send(dp, sent, "health", "/health", None, 1, &[200]).await;
@@ -275,7 +302,16 @@ async fn stats_count_exactly_across_three_data_planes_and_a_kill() {
     // A data plane killed mid-run: what it reported stays, and once it is back
     // (a new process under the same node id) nothing is counted twice.
     let mut before_kill = sent.clone();
-    send(&planes[1], &mut before_kill, "orders", "/orders/x", None, 10, &[200]).await;
+    send(
+        &planes[1],
+        &mut before_kill,
+        "orders",
+        "/orders/x",
+        None,
+        10,
+        &[200],
+    )
+    .await;
     wait_total(&cp, before_kill.total()).await;
     planes[1].kill_9();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -288,7 +324,16 @@ async fn stats_count_exactly_across_three_data_planes_and_a_kill() {
     back.wait_version(revision).await;
     let mut after = before_kill.clone();
     send(&back, &mut after, "orders", "/orders/y", None, 5, &[200]).await;
-    send(&planes[0], &mut after, "orders", "/orders/z", None, 4, &[200]).await;
+    send(
+        &planes[0],
+        &mut after,
+        "orders",
+        "/orders/z",
+        None,
+        4,
+        &[200],
+    )
+    .await;
     let settled = wait_total(&cp, after.total()).await;
     assert_eq!(counts(&settled), after.routes);
     // Several more report rounds from every data plane change nothing.
@@ -302,7 +347,8 @@ async fn stats_count_exactly_across_three_data_planes_and_a_kill() {
     std::fs::create_dir_all(&shots).expect("screenshot dir");
     let expected = shots.join("expected-stats.json");
     std::fs::write(&expected, serde_json::to_vec(&later).expect("json")).expect("write expected");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/dashboard_check.py");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("browser/dashboard_check.py");
     // Debian's interpreter, which sees Debian's python3-websockets (a python3
     // earlier on PATH, e.g. pyenv's, may not).
     let python = ["/usr/bin/python3", "python3"]
@@ -368,7 +414,10 @@ async fn the_api_is_behind_the_admin_token() {
     assert!(page
         .headers()
         .get("content-security-policy")
-        .is_some_and(|v| v.to_str().unwrap_or_default().contains("default-src 'self'")));
+        .is_some_and(|v| v
+            .to_str()
+            .unwrap_or_default()
+            .contains("default-src 'self'")));
     let bad = client
         .get(format!(
             "http://127.0.0.1:{metrics_port}/api/stats?by=colour"

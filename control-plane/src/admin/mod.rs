@@ -11,8 +11,9 @@ use std::sync::Arc;
 use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::admin::admin_server::Admin;
 use tollgate_shared::proto::admin::{
-    ApplyRequest, ApplyResponse, EntityRef, GetStatsRequest, GetStatsResponse, EntityRequest, EntityResponse, ExportRequest,
-    ExportResponse, ListDataPlanesRequest, ListDataPlanesResponse, ListRequest, ListResponse,
+    ApplyRequest, ApplyResponse, EntityRef, EntityRequest, EntityResponse, ExportRequest,
+    ExportResponse, GetStatsRequest, GetStatsResponse, ListDataPlanesRequest,
+    ListDataPlanesResponse, ListRequest, ListResponse,
 };
 use tollgate_shared::proto::config as pb_config;
 use tonic::{Request, Response, Status};

@@ -110,9 +110,11 @@ impl Dashboard {
     /// Answers a GET of one of [`Dashboard::serves`]'s paths.
     pub fn answer(&self, path: &str, query: Option<&str>, headers: &http::HeaderMap) -> Answer {
         match path {
-            "/dashboard" | "/dashboard/" | "/dashboard/index.html" => {
-                (http::StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML.into())
-            }
+            "/dashboard" | "/dashboard/" | "/dashboard/index.html" => (
+                http::StatusCode::OK,
+                "text/html; charset=utf-8",
+                INDEX_HTML.into(),
+            ),
             "/dashboard/app.js" => (
                 http::StatusCode::OK,
                 "text/javascript; charset=utf-8",
@@ -164,7 +166,13 @@ impl Dashboard {
             "/api/stats" => self.stats(&params),
             "/api/series" => self.series(&params),
             "/api/fleet" => Ok(self.fleet()),
-            _ => return (http::StatusCode::NOT_FOUND, TEXT, "not found; try /api/stats, /api/series, /api/fleet\n".into()),
+            _ => {
+                return (
+                    http::StatusCode::NOT_FOUND,
+                    TEXT,
+                    "not found; try /api/stats, /api/series, /api/fleet\n".into(),
+                )
+            }
         };
         match result {
             Ok(body) => (http::StatusCode::OK, JSON, body),

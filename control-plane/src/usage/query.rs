@@ -106,7 +106,11 @@ pub fn parse_since(text: &str) -> Result<Duration, String> {
         "m" => number.saturating_mul(60),
         "h" => number.saturating_mul(3600),
         "d" => number.saturating_mul(86_400),
-        _ => return Err(format!("{text:?} is not a duration like 90s, 15m, 2h or 1d")),
+        _ => {
+            return Err(format!(
+                "{text:?} is not a duration like 90s, 15m, 2h or 1d"
+            ))
+        }
     };
     if seconds == 0 || seconds > MAX_SINCE.as_secs() {
         return Err(format!("{text:?} must be between 1s and 1d"));
@@ -242,11 +246,10 @@ pub fn stats(window: &Window, query: &StatsQuery, now_ms: i64, uptime: Duration)
     let span = since_ms(query.since).max(1000);
     let tier = window.tier_for(span);
     let from = now_ms - span;
-    let window_seconds = (span.min(i64::try_from(uptime.as_millis()).unwrap_or(i64::MAX)) as f64
-        / 1000.0)
-        .max(1.0);
+    let window_seconds =
+        (span.min(i64::try_from(uptime.as_millis()).unwrap_or(i64::MAX)) as f64 / 1000.0).max(1.0);
     let route_filter = query.route.as_deref().filter(|r| !r.is_empty());
-    let wanted = |route: &str| route_filter.map_or(true, |r| r == route);
+    let wanted = |route: &str| route_filter.is_none_or(|r| r == route);
 
     let mut totals = Acc {
         has_latency: true,
@@ -254,7 +257,14 @@ pub fn stats(window: &Window, query: &StatsQuery, now_ms: i64, uptime: Duration)
     };
     let mut rows: HashMap<String, Acc> = HashMap::new();
     for bucket in tier.since(from) {
-        add_bucket(bucket, query.by, &wanted, route_filter, &mut totals, &mut rows);
+        add_bucket(
+            bucket,
+            query.by,
+            &wanted,
+            route_filter,
+            &mut totals,
+            &mut rows,
+        );
     }
     let mut rows: Vec<Row> = rows
         .into_iter()
@@ -348,8 +358,9 @@ pub fn series(
     let tier = window.tier_for(span);
     let resolution = tier.resolution_ms;
     let route = route.filter(|r| !r.is_empty());
-    let wanted = |r: &str| route.map_or(true, |want| want == r);
-    let by_start: HashMap<i64, &Bucket> = tier.since(now_ms - span).map(|b| (b.start_ms, b)).collect();
+    let wanted = |r: &str| route.is_none_or(|want| want == r);
+    let by_start: HashMap<i64, &Bucket> =
+        tier.since(now_ms - span).map(|b| (b.start_ms, b)).collect();
     let last = now_ms - now_ms.rem_euclid(resolution);
     let first = (now_ms - span) - (now_ms - span).rem_euclid(resolution);
     let mut points = Vec::new();
@@ -373,7 +384,8 @@ pub fn series(
             for (r, traffic) in &bucket.routes {
                 if wanted(r) {
                     latency.merge(&traffic.total);
-                    point.rate_limited += traffic.refusals.get("rate_limited").copied().unwrap_or(0);
+                    point.rate_limited +=
+                        traffic.refusals.get("rate_limited").copied().unwrap_or(0);
                 }
             }
             point.p99_ms = latency.quantile(0.99).map(|us| us / 1000.0);

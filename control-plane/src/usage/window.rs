@@ -329,11 +329,7 @@ mod tests {
         assert_eq!(window.coarse.buckets.len(), 1);
         window.add("dp", &delta("a", 8), hour + 10_000);
         // The fine tier keeps 360 buckets: the first two are an hour old.
-        let fine: u64 = window
-            .fine
-            .since(0)
-            .flat_map(|b| b.requests.values())
-            .sum();
+        let fine: u64 = window.fine.since(0).flat_map(|b| b.requests.values()).sum();
         assert_eq!(fine, 8);
         let coarse: u64 = window
             .coarse

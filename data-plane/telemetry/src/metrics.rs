@@ -831,8 +831,7 @@ impl RouteMetrics {
         };
         match cell {
             Some(cell) => {
-                cell.get_or_init(|| self.families.requests(&labels()))
-                    .inc();
+                cell.get_or_init(|| self.families.requests(&labels())).inc();
             }
             None => {
                 self.families.requests(&labels()).inc();

@@ -304,7 +304,10 @@ impl RouteUsage {
             (&entry.total, &mut self.total),
             (&entry.upstream, &mut self.upstream),
         ] {
-            if let Some(buckets) = histogram.as_ref().and_then(LatencyHistogram::report_buckets) {
+            if let Some(buckets) = histogram
+                .as_ref()
+                .and_then(LatencyHistogram::report_buckets)
+            {
                 merge(into, &buckets);
             }
         }
