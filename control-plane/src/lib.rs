@@ -16,12 +16,15 @@
 //! - [`store`]: sled, the durable truth; versioned on-disk format.
 //! - [`stream`]: the config stream to data planes, and the registry of who is
 //!   connected.
+//! - [`usage`]: the data planes' usage reports in a rolling window, answered
+//!   as stats (`GetStats`, `tollgatectl stats`, the dashboard's `/api/`).
 //!
 //! Around them: [`entity`] and [`kind`] (the five entity kinds and their
 //! names), [`config`] (flags and exposure checks), [`server`] (listeners and
 //! graceful shutdown), [`listener`] (the accept loop: connection cap,
 //! handshake and idle timeouts, status codes of tonic's own errors), [`error`] (one error type, one mapping to gRPC status),
-//! [`metrics`] (Prometheus metrics on `--metrics-listen`, traced admin calls)
+//! [`metrics`] (Prometheus metrics on `--metrics-listen`, traced admin calls),
+//! [`dashboard`] (the web dashboard and JSON API on the same listener)
 //! and [`ctl`] (the `tollgatectl` operator CLI).
 
 pub mod access;
@@ -30,6 +33,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod ctl;
+pub mod dashboard;
 pub mod diff;
 pub mod entity;
 pub mod error;
@@ -41,6 +45,7 @@ pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod stream;
+pub mod usage;
 
 pub use config::{CpArgs, CpConfig};
 pub use error::CpError;

@@ -42,6 +42,8 @@ use tonic::body::BoxBody;
 use tonic::server::NamedService;
 use tracing::Instrument;
 
+use crate::dashboard::Dashboard;
+
 /// The admin API's methods (`proto/tollgate_admin.proto`), the only values
 /// the `method` label takes besides `other`.
 pub const ADMIN_METHODS: [&str; 15] = [
@@ -417,10 +419,12 @@ pub fn admin_method(path: &str) -> &'static str {
         .unwrap_or("other")
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves, and the
+/// dashboard and its API when given (`crate::dashboard`).
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<CpMetrics>,
+    dashboard: Option<Arc<Dashboard>>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -437,10 +441,19 @@ pub async fn serve(
             },
         };
         let metrics = Arc::clone(&metrics);
+        let dashboard = dashboard.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
                 let metrics = Arc::clone(&metrics);
-                async move { Ok::<_, Infallible>(metrics_response(&request, &metrics)) }
+                let dashboard = dashboard.clone();
+                async move {
+                    Ok::<_, Infallible>(match dashboard {
+                        Some(dashboard) if Dashboard::serves(request.uri().path()) => {
+                            dashboard_response(&request, dashboard).await
+                        }
+                        _ => metrics_response(&request, &metrics),
+                    })
+                }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -451,6 +464,55 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// A dashboard answer, computed on a blocking thread (stats merge
+/// histograms over the window).
+async fn dashboard_response<B>(
+    request: &http::Request<B>,
+    dashboard: Arc<Dashboard>,
+) -> http::Response<String> {
+    let (status, content_type, body) = if request.method() == http::Method::GET {
+        let path = request.uri().path().to_string();
+        let query = request.uri().query().map(str::to_string);
+        let headers = request.headers().clone();
+        tokio::task::spawn_blocking(move || dashboard.answer(&path, query.as_deref(), &headers))
+            .await
+            .unwrap_or_else(|_| {
+                (
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain; charset=utf-8",
+                    "internal error\n".to_owned(),
+                )
+            })
+    } else {
+        (
+            http::StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "method not allowed: the dashboard is read-only\n".to_owned(),
+        )
+    };
+    let mut response = http::Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("content-type", content_type),
+        ("cache-control", "no-store"),
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        (
+            "content-security-policy",
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             frame-ancestors 'none'",
+        ),
+    ] {
+        headers.insert(
+            http::header::HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
+        );
+    }
+    response
 }
 
 fn metrics_response<B>(request: &http::Request<B>, metrics: &CpMetrics) -> http::Response<String> {
@@ -867,7 +929,7 @@ mod tests {
         };
         let addr = listener.local_addr().ok();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, metrics, async {
+        let server = tokio::spawn(serve(listener, metrics, None, async {
             let _ = stop_rx.await;
         }));
         let Some(addr) = addr else {

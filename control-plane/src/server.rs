@@ -31,6 +31,7 @@ use crate::metrics::{self, CpMetrics, DataPlaneView, ObservedService};
 use crate::model::Model;
 use crate::stream::registry::Registry;
 use crate::stream::{StreamAuth, StreamService};
+use crate::usage::Usage;
 
 /// Largest gRPC message either way: a 10,000-route Apply or snapshot is a
 /// few MiB; this leaves room without letting one call take unbounded memory.
@@ -49,6 +50,7 @@ pub struct Bound {
     registry: Arc<Registry>,
     tokens: Arc<TokenBook>,
     audit: Arc<AuditLog>,
+    usage: Arc<Usage>,
     config: CpConfig,
     admin_listener: TcpListener,
     stream_listener: Option<TcpListener>,
@@ -86,6 +88,7 @@ pub async fn bind(config: CpConfig) -> Result<Bound, CpError> {
         registry,
         tokens: Arc::new(tokens),
         audit: Arc::new(audit),
+        usage: Arc::new(Usage::default()),
         config,
         admin_listener,
         stream_listener,
@@ -177,6 +180,7 @@ impl Bound {
                     self.registry.clone(),
                     self.tokens.clone(),
                     self.audit.clone(),
+                    self.usage.clone(),
                 ))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
@@ -189,6 +193,7 @@ impl Bound {
             ConfigStreamServer::new(StreamService::new(
                 self.model.clone(),
                 self.registry.clone(),
+                self.usage.clone(),
                 self.metrics.clone(),
                 stopped.clone(),
                 self.config.stream_max_lag,
@@ -230,9 +235,20 @@ impl Bound {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(address = %addr, "metrics on http://{addr}/metrics");
             }
+            let dashboard = Arc::new(crate::dashboard::Dashboard::new(
+                self.model.clone(),
+                self.registry.clone(),
+                self.usage.clone(),
+                self.config.admin_token.as_deref(),
+                listener
+                    .local_addr()
+                    .map(|a| a.ip().is_loopback())
+                    .unwrap_or(false),
+            ));
             tokio::spawn(metrics::serve(
                 listener,
                 self.metrics.clone(),
+                Some(dashboard),
                 stop_signal(stopped.clone()),
             ));
         }
@@ -293,8 +309,9 @@ impl Bound {
     }
 }
 
-/// Data planes send hellos and ACK/NACKs: small messages.
-const STREAM_MAX_DECODING_BYTES: usize = 1024 * 1024;
+/// Data planes send hellos, ACK/NACKs and usage reports (at most 500 routes
+/// with their histograms and 2,000 consumer series: well under this).
+const STREAM_MAX_DECODING_BYTES: usize = 4 * 1024 * 1024;
 
 fn builder() -> Server<tower_layer::Stack<ConnLayer, tower_layer::Identity>> {
     Server::builder()

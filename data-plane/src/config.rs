@@ -62,6 +62,9 @@ pub struct DpConfig {
     /// Whether each request is counted in the per-route request metrics
     /// (`--request-metrics`; on by default).
     pub request_metrics: bool,
+    /// How often a usage report goes to the control plane
+    /// (`--usage-report-interval-ms`; `None`: never).
+    pub usage_report_interval: Option<Duration>,
     /// Redis holding fleet-wide rate-limit counters (`--redis-url`).
     pub redis_url: Option<String>,
     /// The plugins this node loads (`None`: every bundled plugin). A
@@ -99,6 +102,7 @@ impl Default for DpConfig {
             max_connections: 10_000,
             access_log: AccessLogTarget::Stdout,
             request_metrics: true,
+            usage_report_interval: Some(Duration::from_secs(10)),
             redis_url: None,
             plugins: None,
             heartbeat_interval: tollgate_proxy::snapshot::subscribe::DEFAULT_HEARTBEAT,

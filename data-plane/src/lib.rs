@@ -46,7 +46,7 @@ pub use tollgate_proxy::DpError;
 use tollgate_proxy::body::BodyLimits;
 use tollgate_proxy::handler::{ProxyState, RequestLimits};
 use tollgate_proxy::server::ServerSettings;
-use tollgate_proxy::snapshot::subscribe::{ConnectionState, Subscriber};
+use tollgate_proxy::snapshot::subscribe::{ConnectionState, Subscriber, UsageReports};
 use tollgate_proxy::snapshot::{Applier, ConfigCache, SnapshotStore};
 use tollgate_proxy::status::{self, NodeStatus};
 use tollgate_proxy::tls::client_auth::ClientCertPolicy;
@@ -162,12 +162,22 @@ impl DataPlane {
         let cache_applier = applier.clone();
         let _ = tokio::task::spawn_blocking(move || cache_applier.load_cache()).await;
 
+        // Reports read the request metrics; their fine latency buckets are
+        // kept only when reports are on (before any histogram is made).
+        let usage = config
+            .usage_report_interval
+            .filter(|_| config.request_metrics)
+            .map(|interval| {
+                telemetry::histogram::enable_report_buckets();
+                UsageReports::new(interval)
+            });
         let subscriber = Subscriber::new(
             &config.control_plane,
             node_id.clone(),
             config.cluster_token.as_deref(),
             applier,
             connection.clone(),
+            usage,
         )?
         .with_heartbeat(config.heartbeat_interval);
         let status = Arc::new(NodeStatus {
@@ -223,7 +233,10 @@ impl DataPlane {
         }
         tracing::info!("status listening on {status_addr}");
 
-        let subscriber_task = tokio::spawn(subscriber.run(stop_rx.clone()));
+        // The subscriber stops after the proxy drained, so its last usage
+        // report counts the drained requests too.
+        let (stop_subscriber, subscriber_rx) = watch::channel(false);
+        let subscriber_task = tokio::spawn(subscriber.run(subscriber_rx));
         let (stop_status, status_rx) = watch::channel(false);
         let status_task = tokio::spawn(status::serve(status_listener, status.clone(), status_rx));
         let tls_task = tls_listener.map(|listener| {
@@ -254,6 +267,7 @@ impl DataPlane {
         if let Some(task) = tls_task {
             let _ = task.await;
         }
+        let _ = stop_subscriber.send(true);
         let _ = subscriber_task.await;
         let _ = pool_maintenance.await;
         let _ = stop_status.send(true);

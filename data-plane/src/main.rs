@@ -137,6 +137,16 @@ struct Args {
     /// nothing per request, and to measure what the metrics cost.
     #[arg(long, env = "TOLLGATE_REQUEST_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
     request_metrics: bool,
+    /// Send the control plane a usage report (request counts by route,
+    /// consumer and status, bytes, latency histograms, refusals) over the
+    /// config stream this often, in milliseconds; 0 turns reports off. Read
+    /// from the request metrics, so it needs --request-metrics.
+    #[arg(
+        long,
+        env = "TOLLGATE_USAGE_REPORT_INTERVAL_MS",
+        default_value_t = 10_000
+    )]
+    usage_report_interval_ms: u64,
     /// Export traces over OTLP/gRPC to this collector, e.g.
     /// http://127.0.0.1:4317. Off when unset (spans then cost nothing).
     #[arg(long, env = "TOLLGATE_OTLP_ENDPOINT")]
@@ -270,6 +280,8 @@ fn main() -> ExitCode {
         max_connections: args.max_connections,
         access_log: args.access_log,
         request_metrics: args.request_metrics,
+        usage_report_interval: (args.usage_report_interval_ms > 0)
+            .then(|| std::time::Duration::from_millis(args.usage_report_interval_ms)),
         redis_url: args.redis_url.filter(|url| !url.is_empty()),
         plugins: args.plugins,
         heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms.max(100)),

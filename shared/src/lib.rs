@@ -23,6 +23,7 @@ pub mod model;
 pub mod plugins;
 pub mod secrets;
 pub mod telemetry;
+pub mod usage;
 pub mod validate;
 
 pub use validate::ConfigError;

@@ -15,10 +15,11 @@ use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::admin::admin_server::Admin;
 use tollgate_shared::proto::admin::{
     ApplyRequest, ApplyResponse, CreateTokenRequest, CreateTokenResponse, DataPlaneRollout,
-    EntityRef, EntityRequest, EntityResponse, ExportRequest, ExportResponse, HistoryRequest,
-    HistoryResponse, ListAuditRequest, ListAuditResponse, ListDataPlanesRequest,
-    ListDataPlanesResponse, ListRequest, ListResponse, ListTokensRequest, ListTokensResponse,
-    Revision, RevokeTokenRequest, RevokeTokenResponse, RollbackRequest, WaitForVersionRequest,
+    EntityRef, EntityRequest, EntityResponse, ExportRequest, ExportResponse, GetStatsRequest,
+    GetStatsResponse, HistoryRequest, HistoryResponse, ListAuditRequest, ListAuditResponse,
+    ListDataPlanesRequest, ListDataPlanesResponse, ListRequest, ListResponse, ListTokensRequest,
+    ListTokensResponse, Revision, RevokeTokenRequest, RevokeTokenResponse, RollbackRequest,
+    WaitForVersionRequest,
 };
 use tollgate_shared::proto::config as pb_config;
 use tonic::{Request, Response, Status};
@@ -33,12 +34,14 @@ use crate::kind::EntityKind;
 use crate::model::{Author, Model, WriteOutcome};
 use crate::stream::registry::Registry;
 use crate::stream::rollout;
+use crate::usage::{self, Usage};
 
 pub struct AdminService {
     model: Arc<Model>,
     registry: Arc<Registry>,
     tokens: Arc<TokenBook>,
     audit: Arc<AuditLog>,
+    usage: Arc<Usage>,
 }
 
 impl AdminService {
@@ -47,12 +50,14 @@ impl AdminService {
         registry: Arc<Registry>,
         tokens: Arc<TokenBook>,
         audit: Arc<AuditLog>,
+        usage: Arc<Usage>,
     ) -> AdminService {
         AdminService {
             model,
             registry,
             tokens,
             audit,
+            usage,
         }
     }
 
@@ -464,5 +469,23 @@ impl Admin for AdminService {
             self.audit_write(&actor, "Rollback", &outcome).await;
         }
         Ok(Response::new(apply_response(outcome, request.dry_run)))
+    }
+
+    async fn get_stats(
+        &self,
+        request: Request<GetStatsRequest>,
+    ) -> Result<Response<GetStatsResponse>, Status> {
+        let request = request.into_inner();
+        let query = usage::StatsQuery::from_request(
+            &request.by,
+            request.since_seconds,
+            &request.route,
+            request.top,
+        )?;
+        let usage = self.usage.clone();
+        let report = blocking(move || usage.stats(&query)).await?;
+        let json = serde_json::to_string(&report)
+            .map_err(|e| CpError::Internal(format!("encoding stats: {e}")))?;
+        Ok(Response::new(GetStatsResponse { json }))
     }
 }

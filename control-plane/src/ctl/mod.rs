@@ -4,7 +4,7 @@
 //! `get <kind> [name] [-o ...]`, `delete <kind> <name> [--wait]`, `export`,
 //! `dataplanes`, `history`, `diff --from REV [--to REV]`,
 //! `export [--revision REV]`, `rollback --to REV [--wait]`,
-//! `tokens create|list|revoke`, `audit [--since 24h]`, `health SERVICE
+//! `tokens create|list|revoke`, `audit [--since 24h]`, `stats`, `health SERVICE
 //! --data-plane URL...` (read from the data planes themselves, see
 //! [`health`]). Results go to stdout;
 //! errors go to stderr as one readable line (`error: route "orders-api":
@@ -19,6 +19,7 @@ pub mod health;
 pub mod history;
 pub mod input;
 pub mod output;
+pub mod stats;
 pub mod wait;
 
 use std::io::Write;
@@ -26,8 +27,8 @@ use std::process::ExitCode;
 
 use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::admin::{
-    ApplyRequest, ApplyResponse, ChangeAction, EntityRef, ListDataPlanesRequest, ListRequest,
-    RollbackRequest,
+    ApplyRequest, ApplyResponse, ChangeAction, EntityRef, GetStatsRequest, ListDataPlanesRequest,
+    ListRequest, RollbackRequest,
 };
 use tollgate_shared::proto::config as pb_config;
 
@@ -178,6 +179,27 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: Format,
     },
+    /// Fleet usage from the data planes' reports: requests, RPS, errors,
+    /// p50/p95/p99 and refusals, busiest first.
+    Stats {
+        /// Group rows by route, consumer, dataplane or status.
+        #[arg(long, default_value = "route", value_parser = ["route", "consumer", "dataplane", "status"])]
+        by: String,
+        /// The window: 90s, 15m, 2h, 1d (at most 1d).
+        #[arg(long, default_value = "15m")]
+        since: String,
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// At most this many rows (0: all).
+        #[arg(long, default_value_t = 0)]
+        top: u32,
+        /// Refresh in place every 2 s until interrupted.
+        #[arg(long)]
+        watch: bool,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: Format,
+    },
 }
 
 /// Entry point of the `tollgatectl` binary.
@@ -300,6 +322,13 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CpError> {
             });
         }
     }
+    let since = match &args.command {
+        Command::Stats { since, .. } => Some(
+            crate::usage::parse_since(since)
+                .map_err(|e| CpError::BadRequest(format!("--since: {e}")))?,
+        ),
+        _ => None,
+    };
     let mut client = client::connect(&args.server, args.token.as_deref()).await?;
 
     match (args.command, kind, desired) {
@@ -408,6 +437,31 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CpError> {
         (Command::Tokens { command }, _, _) => access::tokens(&mut client, command, out).await,
         (Command::Audit { since, output }, _, _) => {
             access::audit(&mut client, since, output, out).await
+        }
+        (
+            Command::Stats {
+                by,
+                route,
+                top,
+                watch,
+                output,
+                ..
+            },
+            _,
+            _,
+        ) => {
+            let request = GetStatsRequest {
+                by,
+                since_seconds: since.map_or(0, |s| s.as_secs()),
+                route: route.unwrap_or_default(),
+                top,
+            };
+            if watch {
+                stats::watch(&mut client, request, output, out).await
+            } else {
+                let report = stats::fetch(&mut client, request).await?;
+                stats::print(out, &report, output)
+            }
         }
         _ => Err(CpError::Internal("unreachable command combination".into())),
     }

@@ -5,6 +5,7 @@
 //!   coalescing of write bursts).
 //! - [`registry`]: every data plane seen, for `ListDataPlanes`.
 //! - [`rollout`]: waiting until the fleet serves a version (`WaitForVersion`).
+//! - usage reports are handed to [`crate::usage`].
 //!
 //! Snapshots carry secrets (JWT HMAC secrets, private keys, API-key hashes), so
 //! the stream is guarded by the cluster token when one is configured (see
@@ -28,12 +29,14 @@ use crate::auth::BearerAuth;
 
 use crate::metrics::CpMetrics;
 use crate::model::Model;
+use crate::usage::Usage;
 use registry::Registry;
 use session::Session;
 
 pub struct StreamService {
     model: Arc<Model>,
     registry: Arc<Registry>,
+    usage: Arc<Usage>,
     metrics: Arc<CpMetrics>,
     shutdown: watch::Receiver<bool>,
     max_lag: Duration,
@@ -43,6 +46,7 @@ impl StreamService {
     pub fn new(
         model: Arc<Model>,
         registry: Arc<Registry>,
+        usage: Arc<Usage>,
         metrics: Arc<CpMetrics>,
         shutdown: watch::Receiver<bool>,
         max_lag: Duration,
@@ -50,6 +54,7 @@ impl StreamService {
         StreamService {
             model,
             registry,
+            usage,
             metrics,
             shutdown,
             max_lag,
@@ -103,6 +108,7 @@ impl ConfigStream for StreamService {
         let session = Session {
             model: self.model.clone(),
             registry: self.registry.clone(),
+            usage: self.usage.clone(),
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
             peer: request.remote_addr(),

@@ -3,7 +3,8 @@
 //! 1. Wait (bounded) for the `Hello`; register the data plane.
 //! 2. If the version it holds is not the current one (another revision, or
 //!    another store altogether), send the full snapshot at once.
-//! 3. Then loop: read ACK/NACK and heartbeats into the registry; on each new version, wait
+//! 3. Then loop: read ACK/NACK and heartbeats into the registry, usage reports into
+//!    [`crate::usage`]; on each new version, wait
 //!    until writes pause for [`QUIET`] but never more than [`MAX_DELAY`] after
 //!    the first unsent change, and send the latest snapshot. A burst of writes
 //!    thus costs one snapshot, and no change waits longer than 100 ms.
@@ -32,6 +33,7 @@ use tonic::{Status, Streaming};
 use super::registry::{truncate, Identity, Registry};
 use crate::metrics::CpMetrics;
 use crate::model::{ConfigVersion, Model, Published};
+use crate::usage::Usage;
 
 /// How long a new stream may take to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +49,7 @@ pub type Outbound = mpsc::Sender<Result<ControlPlaneMessage, Status>>;
 pub struct Session {
     pub model: Arc<Model>,
     pub registry: Arc<Registry>,
+    pub usage: Arc<Usage>,
     pub metrics: Arc<CpMetrics>,
     pub shutdown: watch::Receiver<bool>,
     pub peer: Option<SocketAddr>,
@@ -236,6 +239,10 @@ impl Session {
             Some(data_plane_message::Kind::Heartbeat(heartbeat)) => {
                 self.registry
                     .heartbeat(node_id, session, heartbeat.serving_version);
+            }
+            Some(data_plane_message::Kind::Usage(report)) => {
+                self.usage.ingest(node_id, &report);
+                self.registry.seen(node_id, session);
             }
             Some(data_plane_message::Kind::Hello(_)) | None => {
                 self.registry.seen(node_id, session);

@@ -10,8 +10,14 @@
 //! Buckets are stored non-cumulatively and summed at scrape time; the count is
 //! the sum of the buckets read in the same pass, so `_count` and the `+Inf`
 //! bucket always agree.
+//!
+//! With usage reports on ([`enable_report_buckets`], before the first
+//! histogram is made), each histogram also keeps the fine log-linear buckets
+//! of [`tollgate_shared::usage`] (3% relative error, mergeable across data
+//! planes): one more relaxed `fetch_add` per observation, read by the usage
+//! reporter off the request path.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +45,28 @@ struct Inner {
     counts: Box<[AtomicU64]>,
     /// Sum of all observations in nanoseconds.
     sum_nanos: AtomicU64,
+    /// The usage report's buckets (`tollgate_shared::usage`), when enabled.
+    report: Option<Box<[AtomicU64]>>,
+}
+
+static REPORT_BUCKETS: AtomicBool = AtomicBool::new(false);
+
+/// Histograms made from now on also keep the usage report's fine buckets.
+pub fn enable_report_buckets() {
+    REPORT_BUCKETS.store(true, Ordering::Relaxed);
+}
+
+/// Whether usage reports are on (histograms keep report buckets).
+pub fn report_buckets_enabled() -> bool {
+    REPORT_BUCKETS.load(Ordering::Relaxed)
+}
+
+/// A histogram's report buckets read at one moment: sparse `(index, count)`
+/// pairs (cumulative since the process started) and the sum in microseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportBuckets {
+    pub buckets: Vec<(u32, u64)>,
+    pub sum_micros: u64,
 }
 
 impl LatencyHistogram {
@@ -54,12 +82,18 @@ impl LatencyHistogram {
         secs.dedup();
         let nanos = secs.iter().map(|s| (s * 1e9) as u64).collect();
         let counts = (0..=secs.len()).map(|_| AtomicU64::new(0)).collect();
+        let report = report_buckets_enabled().then(|| {
+            (0..tollgate_shared::usage::BUCKETS)
+                .map(|_| AtomicU64::new(0))
+                .collect()
+        });
         Self {
             inner: Arc::new(Inner {
                 bounds_nanos: nanos,
                 bounds_secs: secs.into_boxed_slice(),
                 counts,
                 sum_nanos: AtomicU64::new(0),
+                report,
             }),
         }
     }
@@ -78,6 +112,28 @@ impl LatencyHistogram {
             bucket.fetch_add(1, Ordering::Relaxed);
         }
         inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        if let Some(report) = &inner.report {
+            if let Some(bucket) = report.get(tollgate_shared::usage::bucket_of(nanos / 1000)) {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The report buckets, if this histogram keeps them.
+    pub fn report_buckets(&self) -> Option<ReportBuckets> {
+        let report = self.inner.report.as_ref()?;
+        let buckets = report
+            .iter()
+            .enumerate()
+            .filter_map(|(index, count)| {
+                let count = count.load(Ordering::Relaxed);
+                (count > 0).then_some((index as u32, count))
+            })
+            .collect();
+        Some(ReportBuckets {
+            buckets,
+            sum_micros: self.inner.sum_nanos.load(Ordering::Relaxed) / 1000,
+        })
     }
 
     /// Number of observations so far.
@@ -149,6 +205,19 @@ mod tests {
         assert!(text.contains("lat_bucket{le=\"1.0\"} 3\n"), "{text}");
         assert!(text.contains("lat_bucket{le=\"+Inf\"} 4\n"), "{text}");
         assert!(text.contains("lat_count 4\n"), "{text}");
+    }
+
+    #[test]
+    fn report_buckets_follow_observations() {
+        enable_report_buckets();
+        let h = LatencyHistogram::default();
+        h.observe(Duration::from_micros(5));
+        h.observe(Duration::from_millis(20));
+        h.observe(Duration::from_millis(20));
+        let report = h.report_buckets().unwrap_or_default();
+        let twenty = tollgate_shared::usage::bucket_of(20_000) as u32;
+        assert_eq!(report.buckets, vec![(5, 1), (twenty, 2)]);
+        assert_eq!(report.sum_micros, 40_005);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! What the data plane tells operators about itself: Prometheus metrics
 //! ([`metrics`], served as `GET /metrics` on the status port), per-request
 //! JSON access-log lines ([`access_log`]), the lock-free latency histogram
-//! they rest on ([`histogram`]). The proxy core's `observe` module is the
+//! they rest on ([`histogram`]), and the usage reports streamed to the
+//! control plane ([`usage`]). The proxy core's `observe` module is the
 //! per-request glue that opens the request span and records both. Traces
 //! are set up in `tollgate_shared::telemetry`.
 //!
@@ -16,6 +17,7 @@
 pub mod access_log;
 pub mod histogram;
 pub mod metrics;
+pub mod usage;
 
 pub use access_log::{AccessLog, AccessLogRecord, AccessLogTarget};
 pub use metrics::{AuthFailure, Metrics, RateLimitResult, RouteMetrics};

@@ -44,6 +44,7 @@ use prometheus_client::registry::Registry;
 
 use super::access_log::RouteFields;
 use super::histogram::LatencyHistogram;
+use super::usage::{self, UsageIndex};
 use tollgate_plugin_api::{AuthFailureReason, Phase, PhaseObserver, Refusal, RefusalKind};
 
 /// `Content-Type` of [`Metrics::render`]'s output.
@@ -94,6 +95,15 @@ pub enum RateLimitResult {
 
 impl RateLimitResult {
     const ALL: [RateLimitResult; 3] = [Self::Allowed, Self::Limited, Self::Error];
+
+    /// The refusal kind of usage reports (`None`: not a refusal).
+    fn refusal_kind(self) -> Option<&'static str> {
+        match self {
+            Self::Allowed => None,
+            Self::Limited => Some("rate_limited"),
+            Self::Error => Some("rate_limit_error"),
+        }
+    }
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -255,6 +265,37 @@ struct Families {
     auth_failures: Family<AuthFailureLabels, Counter>,
     websocket_upgrades: Family<RouteLabels, Counter>,
     websocket_tunnels: Family<RouteLabels, Gauge>,
+    /// The series usage reports read (registered as handles are created).
+    usage: UsageIndex,
+}
+
+/// Handle creation: the family's series, registered for usage reports. Only
+/// on a series' first use by a route's metrics (and on the rare uncached
+/// paths), never per request on the cached ones.
+impl Families {
+    fn requests(&self, labels: &RequestLabels) -> Counter {
+        let counter = self.requests.get_or_create(labels).clone();
+        self.usage.request(
+            &labels.route.0,
+            &labels.service.0,
+            labels.method,
+            labels.code,
+            &counter,
+        );
+        counter
+    }
+
+    fn consumer_requests(&self, labels: &ConsumerRequestLabels) -> Counter {
+        let counter = self.consumer_requests.get_or_create(labels).clone();
+        self.usage.consumer_request(
+            &labels.route.0,
+            &labels.service.0,
+            &labels.consumer.0,
+            labels.code,
+            &counter,
+        );
+        counter
+    }
 }
 
 /// All data-plane metrics, registered once at startup.
@@ -566,6 +607,16 @@ impl Metrics {
         self.access_log_dropped.clone()
     }
 
+    /// A usage report for the control plane: every route's and consumer's
+    /// counts so far (cumulative), read from the counters above.
+    pub fn usage_report(
+        &self,
+        instance_id: &str,
+        sequence: u64,
+    ) -> tollgate_shared::proto::stream::UsageReport {
+        self.families.usage.report(instance_id, sequence)
+    }
+
     /// The exposition for `GET /metrics`, in the Prometheus text format
     /// (see [`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
@@ -670,11 +721,7 @@ impl RouteMetrics {
                 // is skipped. Each is set once, so this is atomic loads only.
                 for cell in codes.iter() {
                     let (code, counter) = cell.get_or_init(|| {
-                        let counter = self
-                            .families
-                            .consumer_requests
-                            .get_or_create(&labels(label.clone()))
-                            .clone();
+                        let counter = self.families.consumer_requests(&labels(label.clone()));
                         (status, counter)
                     });
                     if *code == status {
@@ -683,8 +730,7 @@ impl RouteMetrics {
                     }
                 }
                 self.families
-                    .consumer_requests
-                    .get_or_create(&labels(label.clone()))
+                    .consumer_requests(&labels(label.clone()))
                     .inc();
             }
             // A name missing from the snapshot's index cannot come from its
@@ -692,8 +738,7 @@ impl RouteMetrics {
             None => {
                 if let Some(name) = consumer {
                     self.families
-                        .consumer_requests
-                        .get_or_create(&labels(Label(Arc::from(name))))
+                        .consumer_requests(&labels(Label(Arc::from(name))))
                         .inc();
                 }
             }
@@ -722,10 +767,18 @@ impl RouteMetrics {
         self.count_request(method, status);
         self.request_duration
             .get_or_init(|| {
-                self.families
+                let histogram = self
+                    .families
                     .request_duration
                     .get_or_create(&self.route_labels())
-                    .clone()
+                    .clone();
+                self.families.usage.latency(
+                    &self.route.0,
+                    &self.service.0,
+                    usage::Latency::Total,
+                    &histogram,
+                );
+                histogram
             })
             .observe(elapsed);
     }
@@ -735,10 +788,18 @@ impl RouteMetrics {
     pub fn record_upstream(&self, elapsed: Duration) {
         self.upstream_duration
             .get_or_init(|| {
-                self.families
+                let histogram = self
+                    .families
                     .upstream_duration
                     .get_or_create(&self.route_labels())
-                    .clone()
+                    .clone();
+                self.families.usage.latency(
+                    &self.route.0,
+                    &self.service.0,
+                    usage::Latency::Upstream,
+                    &histogram,
+                );
+                histogram
             })
             .observe(elapsed);
     }
@@ -748,10 +809,18 @@ impl RouteMetrics {
     pub fn add_bytes_in(&self, bytes: u64) {
         self.bytes_in
             .get_or_init(|| {
-                self.families
+                let counter = self
+                    .families
                     .bytes_in
                     .get_or_create(&self.route_labels())
-                    .clone()
+                    .clone();
+                self.families.usage.bytes(
+                    &self.route.0,
+                    &self.service.0,
+                    usage::Bytes::In,
+                    &counter,
+                );
+                counter
             })
             .inc_by(bytes);
     }
@@ -761,10 +830,18 @@ impl RouteMetrics {
     pub fn add_bytes_out(&self, bytes: u64) {
         self.bytes_out
             .get_or_init(|| {
-                self.families
+                let counter = self
+                    .families
                     .bytes_out
                     .get_or_create(&self.route_labels())
-                    .clone()
+                    .clone();
+                self.families.usage.bytes(
+                    &self.route.0,
+                    &self.service.0,
+                    usage::Bytes::Out,
+                    &counter,
+                );
+                counter
             })
             .inc_by(bytes);
     }
@@ -805,13 +882,20 @@ impl RouteMetrics {
         let index = result as usize;
         if let Some(cell) = self.rate_limit.get(index) {
             cell.get_or_init(|| {
-                self.families
+                let counter = self
+                    .families
                     .rate_limit
                     .get_or_create(&RateLimitLabels {
                         route: self.route.clone(),
                         result: result.as_str(),
                     })
-                    .clone()
+                    .clone();
+                if let Some(kind) = result.refusal_kind() {
+                    self.families
+                        .usage
+                        .refusal(&self.route.0, &self.service.0, kind, &counter);
+                }
+                counter
             })
             .inc();
         }
@@ -823,13 +907,21 @@ impl RouteMetrics {
         let index = reason as usize;
         if let Some(cell) = self.auth_failures.get(index) {
             cell.get_or_init(|| {
-                self.families
+                let counter = self
+                    .families
                     .auth_failures
                     .get_or_create(&AuthFailureLabels {
                         route: self.route.clone(),
                         reason: reason.as_str(),
                     })
-                    .clone()
+                    .clone();
+                self.families.usage.refusal(
+                    &self.route.0,
+                    &self.service.0,
+                    reason.as_str(),
+                    &counter,
+                );
+                counter
             })
             .inc();
         }
@@ -863,11 +955,10 @@ impl RouteMetrics {
         };
         match cell {
             Some(cell) => {
-                cell.get_or_init(|| self.families.requests.get_or_create(&labels()).clone())
-                    .inc();
+                cell.get_or_init(|| self.families.requests(&labels())).inc();
             }
             None => {
-                self.families.requests.get_or_create(&labels()).inc();
+                self.families.requests(&labels()).inc();
             }
         }
     }

@@ -19,8 +19,15 @@
 //! plane that vanished or froze without closing the connection in at most
 //! about 4 s. With `--cluster-token`, every session carries
 //! `authorization: Bearer ...`.
+//!
+//! Usage reports (issue 20) ride on the same stream: once connected, and then
+//! every `--usage-report-interval-ms`, the session sends a `UsageReport` read
+//! from the metrics' counters ([`tollgate_telemetry::usage`]); counts are
+//! cumulative, so a report lost with a broken stream is made up by the first
+//! one of the next session. On shutdown the subscriber is stopped after the
+//! proxy drained, and sends a last report before it closes the stream.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -205,6 +212,39 @@ pub struct Subscriber {
     state: Arc<ConnectionState>,
     heartbeat: Duration,
     rejection: Arc<LastRejection>,
+    usage: Option<UsageReports>,
+}
+
+/// How long the last report may take to leave on shutdown.
+const LAST_REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// This process's usage reports: every `interval`, one per connected session.
+#[derive(Debug)]
+pub struct UsageReports {
+    interval: Duration,
+    instance_id: String,
+    sequence: AtomicU64,
+}
+
+impl UsageReports {
+    /// Reports every `interval` under a new random instance id.
+    pub fn new(interval: Duration) -> UsageReports {
+        UsageReports {
+            interval: interval.max(Duration::from_millis(100)),
+            instance_id: tollgate_telemetry::usage::new_instance_id(),
+            sequence: AtomicU64::new(0),
+        }
+    }
+
+    /// The next report (read from the process's metrics).
+    fn next(&self) -> DataPlaneMessage {
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed) + 1;
+        let report =
+            tollgate_telemetry::metrics::global().usage_report(&self.instance_id, sequence);
+        DataPlaneMessage {
+            kind: Some(data_plane_message::Kind::Usage(report)),
+        }
+    }
 }
 
 impl Subscriber {
@@ -214,6 +254,7 @@ impl Subscriber {
         cluster_token: Option<&str>,
         applier: Arc<Applier>,
         state: Arc<ConnectionState>,
+        usage: Option<UsageReports>,
     ) -> Result<Subscriber, DpError> {
         let address = if control_plane.contains("://") {
             control_plane.to_string()
@@ -245,6 +286,7 @@ impl Subscriber {
             state,
             heartbeat: DEFAULT_HEARTBEAT,
             rejection: Arc::default(),
+            usage,
         })
     }
 
@@ -268,10 +310,11 @@ impl Subscriber {
                 return;
             }
             self.state.set(Connection::Connecting);
-            let outcome = tokio::select! {
-                outcome = self.session(&mut backoff) => outcome,
-                _ = shutdown.changed() => return,
-            };
+            let outcome = self.session(&mut backoff, shutdown.clone()).await;
+            let stop = *shutdown.borrow();
+            if stop {
+                return;
+            }
             self.state.set(Connection::Disconnected);
             let outage_began = backoff.was_reset();
             let delay = backoff.next_delay();
@@ -299,12 +342,18 @@ impl Subscriber {
         }
     }
 
-    async fn session(&self, backoff: &mut Backoff) -> Result<(), String> {
-        let channel = self
-            .endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("connect: {}", crate::upstream::DisplayChain(&e)))?;
+    /// One stream session; returns at once when `shutdown` turns true (after
+    /// a last usage report once connected).
+    async fn session(
+        &self,
+        backoff: &mut Backoff,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let channel = tokio::select! {
+            channel = self.endpoint.connect() => channel
+                .map_err(|e| format!("connect: {}", crate::upstream::DisplayChain(&e)))?,
+            _ = stopped(&mut shutdown) => return Ok(()),
+        };
         let mut client =
             ConfigStreamClient::new(channel).max_decoding_message_size(MAX_SNAPSHOT_BYTES);
         let (outbound, outbound_rx) = mpsc::channel::<DataPlaneMessage>(8);
@@ -326,9 +375,11 @@ impl Subscriber {
                 .metadata_mut()
                 .insert("authorization", value.clone());
         }
-        let mut inbound = client
-            .subscribe(request)
-            .await
+        let subscribed = tokio::select! {
+            subscribed = client.subscribe(request) => subscribed,
+            _ = stopped(&mut shutdown) => return Ok(()),
+        };
+        let mut inbound = subscribed
             .map_err(|status| format!("subscribe: {}: {}", status.code(), status.message()))?
             .into_inner();
         self.state.set(Connection::Connected);
@@ -337,10 +388,27 @@ impl Subscriber {
         let mut heartbeat =
             tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate: a new session starts with a report.
+        let mut reports = self
+            .usage
+            .as_ref()
+            .map(|usage| (usage, tokio::time::interval(usage.interval)));
+        if let Some((_, ticker)) = &mut reports {
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
         loop {
             let message = tokio::select! {
-                message = inbound.message() => message
-                    .map_err(|status| format!("stream: {}: {}", status.code(), status.message()))?,
+                message = inbound.message() => message,
+                _ = next_tick(&mut reports) => {
+                    if let Some((usage, _)) = &reports {
+                        // A full queue skips this report: the next one is
+                        // cumulative and covers it.
+                        if let Err(mpsc::error::TrySendError::Closed(_)) = outbound.try_send(usage.next()) {
+                            return Err("stream closed while reporting usage".to_string());
+                        }
+                    }
+                    continue;
+                }
                 _ = heartbeat.tick() => {
                     // Skipped when answers are queued: they say as much.
                     let _ = outbound.try_send(DataPlaneMessage {
@@ -350,7 +418,13 @@ impl Subscriber {
                     });
                     continue;
                 }
+                _ = stopped(&mut shutdown) => {
+                    self.last_report(outbound, inbound).await;
+                    return Ok(());
+                }
             };
+            let message = message
+                .map_err(|status| format!("stream: {}: {}", status.code(), status.message()))?;
             let Some(message) = message else {
                 return Ok(());
             };
@@ -364,6 +438,27 @@ impl Subscriber {
                 .await
                 .map_err(|_| "stream closed while answering".to_string())?;
         }
+    }
+
+    /// On shutdown: sends a last usage report, closes our side of the stream
+    /// and waits (bounded) for the control plane to close its side, so the
+    /// report is read before the connection goes.
+    async fn last_report(
+        &self,
+        outbound: mpsc::Sender<DataPlaneMessage>,
+        mut inbound: tonic::Streaming<tollgate_shared::proto::stream::ControlPlaneMessage>,
+    ) {
+        let Some(usage) = &self.usage else {
+            return;
+        };
+        let _ = tokio::time::timeout(LAST_REPORT_TIMEOUT, async {
+            if outbound.send(usage.next()).await.is_err() {
+                return;
+            }
+            drop(outbound);
+            while let Ok(Some(_)) = inbound.message().await {}
+        })
+        .await;
     }
 
     /// Applies one snapshot and builds the ACK/NACK. The cache is written
@@ -401,6 +496,21 @@ impl Subscriber {
                 }
             }
         }
+    }
+}
+
+/// Resolves once `shutdown` is true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// The next report tick; never resolves when reports are off.
+async fn next_tick(reports: &mut Option<(&UsageReports, tokio::time::Interval)>) {
+    match reports {
+        Some((_, ticker)) => {
+            ticker.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
