@@ -18,4 +18,4 @@ pub mod histogram;
 pub mod metrics;
 
 pub use access_log::{AccessLog, AccessLogRecord, AccessLogTarget};
-pub use metrics::{AuthFailure, Metrics, RateLimitResult, RouteMetrics};
+pub use metrics::{AuthFailure, Metrics, RateLimitResult, RateLimitSyncMetrics, RouteMetrics};

@@ -171,6 +171,17 @@ struct RateLimitLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RateLimitInstanceLabels {
+    instance: Label,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RateLimitSyncLabels {
+    instance: Label,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthFailureLabels {
     route: Label,
     reason: &'static str,
@@ -256,6 +267,34 @@ pub struct Metrics {
     /// One handle per [`HandshakeResult`], resolved at startup.
     tls_handshakes: [Counter; HandshakeResult::ALL.len()],
     certificate_expiry: Family<CertificateLabels, Gauge>,
+    rate_limit_overshoot: Family<RateLimitInstanceLabels, Gauge>,
+    rate_limit_overshoot_max: Family<RateLimitInstanceLabels, Gauge>,
+    rate_limit_syncs: Family<RateLimitSyncLabels, Counter>,
+}
+
+/// The handles of one `sync: batched` rate limit (see
+/// [`Metrics::rate_limit_sync`]).
+#[derive(Debug, Clone)]
+pub struct RateLimitSyncMetrics {
+    /// Requests over the limit the fleet's counters showed at the last sync
+    /// (largest over the counters synced then).
+    pub overshoot: Gauge,
+    /// The largest such overshoot since the data plane started.
+    pub overshoot_max: Gauge,
+    pub syncs_ok: Counter,
+    pub syncs_failed: Counter,
+}
+
+impl RateLimitSyncMetrics {
+    /// Records the overshoot seen at one sync.
+    pub fn observe_overshoot(&self, requests: u64) {
+        let requests = i64::try_from(requests).unwrap_or(i64::MAX);
+        self.overshoot.set(requests);
+        // Gauges have no fetch_max; a sync loop is the only writer per instance.
+        if requests > self.overshoot_max.get() {
+            self.overshoot_max.set(requests);
+        }
+    }
 }
 
 /// The process's metrics, created on first use. One registry per process is
@@ -371,6 +410,27 @@ impl Metrics {
             certificate_expiry.clone(),
         );
 
+        let rate_limit_overshoot = Family::<RateLimitInstanceLabels, Gauge>::default();
+        registry.register(
+            "rate_limit_sync_overshoot",
+            "sync: batched rate limits: requests over the limit the fleet's counters showed at the \
+             last sync (largest over the counters synced), by rate-limit instance",
+            rate_limit_overshoot.clone(),
+        );
+        let rate_limit_overshoot_max = Family::<RateLimitInstanceLabels, Gauge>::default();
+        registry.register(
+            "rate_limit_sync_overshoot_max",
+            "sync: batched rate limits: the largest overshoot seen at any sync since start, \
+             by rate-limit instance",
+            rate_limit_overshoot_max.clone(),
+        );
+        let rate_limit_syncs = Family::<RateLimitSyncLabels, Counter>::default();
+        registry.register(
+            "rate_limit_syncs",
+            "sync: batched rate limits: pipelined Redis syncs, by rate-limit instance and result (ok, error)",
+            rate_limit_syncs.clone(),
+        );
+
         let unmatched = Arc::new(RouteMetrics::new(
             Arc::clone(&families),
             Arc::from(UNMATCHED),
@@ -387,7 +447,34 @@ impl Metrics {
             unmatched,
             tls_handshakes,
             certificate_expiry,
+            rate_limit_overshoot,
+            rate_limit_overshoot_max,
+            rate_limit_syncs,
         })
+    }
+
+    /// The handles of one `sync: batched` rate-limit instance; call when the
+    /// limit is built, not per sync.
+    pub fn rate_limit_sync(&self, instance: &str) -> RateLimitSyncMetrics {
+        let labels = RateLimitInstanceLabels {
+            instance: Label(Arc::from(instance)),
+        };
+        let result = |result| RateLimitSyncLabels {
+            instance: labels.instance.clone(),
+            result,
+        };
+        // One statement each: `get_or_create` hands back a read guard on
+        // the family, which a second call in the same statement would wait on.
+        let overshoot = self.rate_limit_overshoot.get_or_create(&labels).clone();
+        let overshoot_max = self.rate_limit_overshoot_max.get_or_create(&labels).clone();
+        let syncs_ok = self.rate_limit_syncs.get_or_create(&result("ok")).clone();
+        let syncs_failed = self.rate_limit_syncs.get_or_create(&result("error")).clone();
+        RateLimitSyncMetrics {
+            overshoot,
+            overshoot_max,
+            syncs_ok,
+            syncs_failed,
+        }
     }
 
     /// Counts one client TLS handshake (a relaxed add, no lock).
