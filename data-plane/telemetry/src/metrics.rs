@@ -468,7 +468,10 @@ impl Metrics {
         let overshoot = self.rate_limit_overshoot.get_or_create(&labels).clone();
         let overshoot_max = self.rate_limit_overshoot_max.get_or_create(&labels).clone();
         let syncs_ok = self.rate_limit_syncs.get_or_create(&result("ok")).clone();
-        let syncs_failed = self.rate_limit_syncs.get_or_create(&result("error")).clone();
+        let syncs_failed = self
+            .rate_limit_syncs
+            .get_or_create(&result("error"))
+            .clone();
         RateLimitSyncMetrics {
             overshoot,
             overshoot_max,

@@ -166,12 +166,7 @@ impl BatchedLimiter {
 
     /// Checks and counts one request of counter `key` at `now_us` (Redis's
     /// clock); `redis_key` names the counter the first time it is seen.
-    pub fn check_at(
-        &self,
-        key: u64,
-        now_us: u64,
-        redis_key: impl FnOnce() -> String,
-    ) -> Decision {
+    pub fn check_at(&self, key: u64, now_us: u64, redis_key: impl FnOnce() -> String) -> Decision {
         let params = &self.params;
         let mut shard = self.shard(key);
         if shard.len() >= MAX_PER_SHARD && !shard.contains_key(&key) {
@@ -181,9 +176,7 @@ impl BatchedLimiter {
                 shard.remove(&victim);
             }
         }
-        let entry = shard
-            .entry(key)
-            .or_insert_with(|| Entry::new(redis_key()));
+        let entry = shard.entry(key).or_insert_with(|| Entry::new(redis_key()));
         match params.algorithm {
             RateLimitAlgorithm::SlidingWindow => {
                 let index = now_us / params.window_us.max(1);
@@ -420,7 +413,10 @@ mod tests {
         // Fleet 7 + own 2 unsynced = 9 of 10.
         assert_eq!(admitted(&limiter, 5, now), 1);
         let (items, _) = limiter.collect(now);
-        assert_eq!(items[0].added, 3, "only what Redis has not seen is pushed again");
+        assert_eq!(
+            items[0].added, 3,
+            "only what Redis has not seen is pushed again"
+        );
     }
 
     #[test]

@@ -419,7 +419,10 @@ impl Inner {
         let sent_at = now_us();
         let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut connection).await?;
         let local = sent_at + now_us().saturating_sub(sent_at) / 2;
-        self.set_clock(seconds.saturating_mul(1_000_000).saturating_add(micros), local);
+        self.set_clock(
+            seconds.saturating_mul(1_000_000).saturating_add(micros),
+            local,
+        );
         self.load_script(&mut connection).await?;
         self.load(&mut connection, SYNC_SCRIPT, &self.sync_script)
             .await
