@@ -54,6 +54,10 @@ pub enum RefusalKind {
     RateLimited,
     /// The shared rate-limit store is down and the limit fails closed.
     RateLimitUnavailable,
+    /// Too many requests in flight (`concurrency-limit`, `status: 429`).
+    ConcurrencyLimited,
+    /// Too many requests in flight (`concurrency-limit`, `status: 503`).
+    ConcurrencyBusy,
     // The upstream.
     /// The service has no target with a non-zero weight.
     NoHealthyTarget,
@@ -85,7 +89,7 @@ pub enum AuthFailureReason {
 
 impl RefusalKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [RefusalKind; 24] = [
+    pub const ALL: [RefusalKind; 26] = [
         RefusalKind::BadRequest,
         RefusalKind::BadPath,
         RefusalKind::UriTooLong,
@@ -103,6 +107,8 @@ impl RefusalKind {
         RefusalKind::IpForbidden,
         RefusalKind::RateLimited,
         RefusalKind::RateLimitUnavailable,
+        RefusalKind::ConcurrencyLimited,
+        RefusalKind::ConcurrencyBusy,
         RefusalKind::NoHealthyTarget,
         RefusalKind::UpstreamUnavailable,
         RefusalKind::UpstreamMalformed,
@@ -200,6 +206,16 @@ impl RefusalKind {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "rate_limit_unavailable",
                 "rate limiting is temporarily unavailable",
+            ),
+            ConcurrencyLimited => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "concurrency_limited",
+                "too many requests in flight",
+            ),
+            ConcurrencyBusy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "concurrency_limited",
+                "too many requests in flight",
             ),
             NoHealthyTarget => (
                 StatusCode::SERVICE_UNAVAILABLE,

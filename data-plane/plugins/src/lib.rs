@@ -12,6 +12,7 @@
 
 pub mod acl;
 pub mod auth;
+pub mod concurrency_limit;
 pub mod consumers;
 pub mod cors;
 pub mod ip_restriction;
@@ -45,6 +46,7 @@ pub fn registry(options: &PluginOptions) -> Registry {
         .with(request_transformer::RequestTransformerFactory)
         .with(ip_restriction::IpRestrictionFactory)
         .with(cors::CorsFactory)
+        .with(concurrency_limit::ConcurrencyLimitFactory::default())
 }
 
 #[cfg(test)]

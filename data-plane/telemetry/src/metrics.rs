@@ -967,13 +967,18 @@ impl PhaseObserver for RouteMetrics {
     fn observe(&self, phase: Phase, refusal: Option<&Refusal>) {
         match (phase, refusal) {
             (Phase::RateLimit, None) => self.record_rate_limit(RateLimitResult::Allowed),
-            (Phase::RateLimit, Some(refusal)) => {
-                self.record_rate_limit(if refusal.kind == RefusalKind::RateLimited {
+            (Phase::RateLimit, Some(refusal)) => self.record_rate_limit(
+                if matches!(
+                    refusal.kind,
+                    RefusalKind::RateLimited
+                        | RefusalKind::ConcurrencyLimited
+                        | RefusalKind::ConcurrencyBusy
+                ) {
                     RateLimitResult::Limited
                 } else {
                     RateLimitResult::Error
-                })
-            }
+                },
+            ),
             (Phase::Authenticate | Phase::Authorize, Some(refusal)) => {
                 if let Some(reason) = refusal.kind.auth_failure() {
                     self.record_auth_failure(AuthFailure::from(reason));

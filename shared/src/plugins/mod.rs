@@ -18,6 +18,7 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 
 mod acl;
+mod concurrency_limit;
 mod cors;
 mod ip_restriction;
 mod jwt;
@@ -26,6 +27,7 @@ mod rate_limit;
 mod request_transformer;
 
 pub use acl::AclConfig;
+pub use concurrency_limit::ConcurrencyLimitConfig;
 pub use cors::CorsConfig;
 pub use ip_restriction::{parse_network, IpRestrictionConfig};
 pub use jwt::JwtConfig;
@@ -90,7 +92,7 @@ impl<T: PluginConfigSchema> PluginSchema for Schema<T> {
 }
 
 /// Every plugin this version knows: one line each.
-pub static SCHEMAS: [&dyn PluginSchema; 7] = [
+pub static SCHEMAS: [&dyn PluginSchema; 8] = [
     &Schema::<KeyAuthConfig>(PhantomData),
     &Schema::<JwtConfig>(PhantomData),
     &Schema::<AclConfig>(PhantomData),
@@ -98,6 +100,7 @@ pub static SCHEMAS: [&dyn PluginSchema; 7] = [
     &Schema::<RequestTransformerConfig>(PhantomData),
     &Schema::<IpRestrictionConfig>(PhantomData),
     &Schema::<CorsConfig>(PhantomData),
+    &Schema::<ConcurrencyLimitConfig>(PhantomData),
 ];
 
 /// The schema of the plugin named `name`.

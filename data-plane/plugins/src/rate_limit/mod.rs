@@ -53,6 +53,7 @@ use tollgate_plugin_api::{Refusal, RefusalKind};
 pub use algorithm::{Decision, Params};
 pub use batched::BatchedLimiter;
 pub use local::LocalLimiter;
+pub(crate) use plugin::subject;
 pub use plugin::RateLimitFactory;
 pub use quota::{most_restrictive, Quota, RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET};
 pub use redis::RedisStore;
@@ -148,6 +149,27 @@ fn push_hashed(key: &mut String, value: &[u8]) {
     key.push('#');
     for byte in &digest[..16] {
         let _ = write!(key, "{byte:02x}");
+    }
+}
+
+/// The in-process counter key of `subject` under `scope` (the
+/// concurrency limiter counts by the same values).
+pub(crate) fn scope_key(scope: &Scope, subject: &Subject<'_>) -> u64 {
+    scope_value(scope, subject).local_key()
+}
+
+fn scope_value<'a>(scope: &Scope, subject: &Subject<'a>) -> ScopeValue<'a> {
+    let ip = ScopeValue::Ip(subject.client_ip);
+    match scope {
+        Scope::Consumer => subject.consumer.map_or(ip, ScopeValue::Consumer),
+        Scope::Credential => subject.credential.map_or(ip, ScopeValue::Credential),
+        Scope::Route => ScopeValue::Route(subject.route),
+        Scope::Service => ScopeValue::Service(subject.service),
+        Scope::Ip => ip,
+        Scope::Header(name) => subject
+            .headers
+            .get(name.as_str())
+            .map_or(ip, |value| ScopeValue::Header(value.as_bytes())),
     }
 }
 
@@ -258,18 +280,7 @@ impl RateLimit {
     }
 
     fn scope_value<'a>(&self, subject: &Subject<'a>) -> ScopeValue<'a> {
-        let ip = ScopeValue::Ip(subject.client_ip);
-        match &self.scope {
-            Scope::Consumer => subject.consumer.map_or(ip, ScopeValue::Consumer),
-            Scope::Credential => subject.credential.map_or(ip, ScopeValue::Credential),
-            Scope::Route => ScopeValue::Route(subject.route),
-            Scope::Service => ScopeValue::Service(subject.service),
-            Scope::Ip => ip,
-            Scope::Header(name) => subject
-                .headers
-                .get(name.as_str())
-                .map_or(ip, |value| ScopeValue::Header(value.as_bytes())),
-        }
+        scope_value(&self.scope, subject)
     }
 
     /// Checks and counts one request.
