@@ -364,13 +364,21 @@ mod tests {
     use std::collections::HashMap;
 
     #[test]
-    fn every_kind_has_its_own_code_but_expired_tokens() {
+    fn every_kind_has_its_own_code_but_expired_tokens_and_concurrency() {
         let mut codes: HashMap<&str, RefusalKind> = HashMap::new();
         for kind in RefusalKind::ALL {
             if let Some(other) = codes.insert(kind.code(), kind) {
-                assert_eq!(
-                    (other, kind),
-                    (RefusalKind::InvalidToken, RefusalKind::ExpiredToken)
+                // Same meaning, a status of the operator's choice.
+                assert!(
+                    [
+                        (RefusalKind::InvalidToken, RefusalKind::ExpiredToken),
+                        (
+                            RefusalKind::ConcurrencyLimited,
+                            RefusalKind::ConcurrencyBusy
+                        ),
+                    ]
+                    .contains(&(other, kind)),
+                    "{other:?} and {kind:?} share a code"
                 );
             }
             assert!(
