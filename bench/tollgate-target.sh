@@ -7,9 +7,9 @@
 # everything to $UPSTREAM_ADDR (exported by compare.sh), starts tollgate-dp on
 # 127.0.0.1:PORT, and on TERM stops both (by PID). VARIANT picks the plugins on
 # the route: plain (default), transformer, keyauth, jwt, ratelimit-local,
-# ratelimit-redis, accesslog, tracing, tls, bare (a limit high enough never to reject, so the run measures
-# its cost; the redis variant starts its own redis-server on PORT+3000 and
-# stops it by PID). keyauth and jwt take
+# ratelimit-redis, ratelimit-batched, accesslog, tracing, tls, bare (a limit high enough never to reject, so the run measures
+# its cost; the redis variants start their own redis-server on PORT+3000 and
+# stop it by PID; ratelimit-batched is `sync: batched` at the default 100 ms). keyauth and jwt take
 # their credential from BENCH_HEADER="apikey: <token>" (bench/auth-token.sh):
 # keyauth registers the token string as an API key, jwt verifies it as an
 # RS256 token read from that same header. Every variant but accesslog runs with
@@ -61,6 +61,7 @@ case "$VARIANT" in
   jwt) PLUGINS='[{ name: jwt, config: { header: apikey, algorithms: [RS256] } }]' ;;
   ratelimit-local) PLUGINS='[{ name: rate-limit, config: { limit: 1000000000000, window: 1h, scope: ip } }]' ;;
   ratelimit-redis) PLUGINS='[{ name: rate-limit, config: { limit: 1000000000000, window: 1h, scope: ip, policy: redis } }]' ;;
+  ratelimit-batched) PLUGINS='[{ name: rate-limit, config: { limit: 1000000000000, window: 1h, scope: ip, policy: redis, sync: batched } }]' ;;
   *) echo "unknown variant $VARIANT" >&2; exit 2 ;;
 esac
 
@@ -145,7 +146,7 @@ case "$VARIANT" in
     DP_ARGS=(--access-log off --otlp-endpoint "http://127.0.0.1:$SINK_PORT" --trace-sample-ratio 1.0)
     ;;
 esac
-if [ "$VARIANT" = ratelimit-redis ]; then
+if [ "$VARIANT" = ratelimit-redis ] || [ "$VARIANT" = ratelimit-batched ]; then
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
   REDIS_PID=$!
   for _ in $(seq 1 100); do

@@ -528,3 +528,296 @@ async fn wrong_redis_url_starts_and_serves() {
         garbage.logs()
     );
 }
+
+// ------------------------------------------------------------ sync: batched
+
+/// The batched sync interval the tests use, and its round-trip allowance on
+/// a loaded machine (the `d` of the documented bound).
+const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+const SYNC_ROUND_TRIP: Duration = Duration::from_millis(150);
+
+/// `calls` of a Redis command from `INFO commandstats` (0 when never called).
+fn command_calls(redis: &tollgate_integration_tests::redis::RedisServer, command: &str) -> u64 {
+    let info = redis.cli(&["INFO", "commandstats"]).unwrap_or_default();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A sample of a data plane's `/metrics` (`name{labels}` as exposed).
+async fn metric(dp: &DataPlane, series: &str) -> Option<f64> {
+    let text = dp
+        .client()
+        .get(dp.status_url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Seconds since the Unix epoch, the clock Redis's `TIME` (and so every
+/// window) runs on: the test and Redis share the machine.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// `sync: batched`, three data planes each offered a steady 100 requests a
+/// second (300 against a limit of 100 per 1 s window) for
+/// `TOLLGATE_BATCHED_SECS` (default 20) seconds: every window admits at most
+/// the documented `limit + (N-1) x r x (2T + d)`, and at least most of the
+/// limit; the overshoot gauge agrees with what the test counted; Redis sees
+/// about N / T sync calls a second, not one per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_holds_its_bound_across_three_data_planes() {
+    let fleet = Fleet::start("rl-batched").await;
+    let limit = 100u64;
+    fleet
+        .apply(
+            json!([route(
+                "steady",
+                "/steady",
+                vec![rate_limit(json!({
+                "limit": limit, "window": "1s", "scope": "route", "policy": "redis",
+                "sync": "batched", "sync_interval_ms": SYNC_INTERVAL.as_millis() as u64}))]
+            )]),
+            json!([]),
+        )
+        .await;
+    // Warm up: every data plane has synced once (the breaker closed, the
+    // clock offset known) before the measured run.
+    for i in 0..3 {
+        assert_eq!(fleet.get(i, "/steady", &[]).await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let seconds: u64 = std::env::var("TOLLGATE_BATCHED_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let per_dp_rate = 100u64;
+    let evalsha_before = command_calls(&fleet.redis, "evalsha");
+    let started = Instant::now();
+    let loads = (0..3).map(|i| {
+        let dp = &fleet.dps[i];
+        async move {
+            let mut ticks = tokio::time::interval(Duration::from_micros(1_000_000 / per_dp_rate));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut sent = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(seconds);
+            let mut in_flight = futures::stream::FuturesUnordered::new();
+            use futures::StreamExt;
+            while Instant::now() < deadline {
+                tokio::select! {
+                    _ = ticks.tick() => in_flight.push(async move {
+                        let at = unix_now();
+                        let answer = send(dp, "/steady", &[]).await;
+                        (at, unix_now(), answer.status)
+                    }),
+                    Some(done) = in_flight.next() => sent.push(done),
+                }
+            }
+            while let Some(done) = in_flight.next().await {
+                sent.push(done);
+            }
+            sent
+        }
+    });
+    let answers: Vec<(f64, f64, u16)> = futures::future::join_all(loads)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let took = started.elapsed().as_secs_f64();
+    let evalsha = command_calls(&fleet.redis, "evalsha") - evalsha_before;
+
+    assert!(
+        answers.iter().all(|(_, _, s)| *s == 200 || *s == 429),
+        "only 200 and 429"
+    );
+    // Admitted requests by 1 s window (Redis's windows: whole Unix seconds),
+    // placed at the midpoint of send and answer.
+    let mut windows: BTreeMap<u64, u64> = BTreeMap::new();
+    for (sent, answered, status) in &answers {
+        if *status == 200 {
+            *windows.entry(((sent + answered) / 2.0) as u64).or_default() += 1;
+        }
+    }
+    // The first and last windows are partial.
+    let full: Vec<(u64, u64)> = windows
+        .iter()
+        .skip(1)
+        .take(windows.len().saturating_sub(2))
+        .map(|(w, n)| (*w, *n))
+        .collect();
+    let two_t_d = 2.0 * SYNC_INTERVAL.as_secs_f64() + SYNC_ROUND_TRIP.as_secs_f64();
+    let bound = limit as f64 + 2.0 * per_dp_rate as f64 * two_t_d;
+    // A request answered near a window edge may be placed in its neighbour.
+    let edge = 5.0;
+    let worst = full.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    let offered = answers.len() as f64 / took;
+    eprintln!(
+        "batched: {} requests in {took:.1} s ({offered:.0}/s offered), admitted per window {:?}, \
+         worst {worst}, bound {bound:.0}; {evalsha} EVALSHA ({:.1}/s)",
+        answers.len(),
+        full.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        evalsha as f64 / took
+    );
+    assert!(full.len() as u64 >= seconds.saturating_sub(3), "{full:?}");
+    for (window, admitted) in &full {
+        assert!(
+            (*admitted as f64) <= bound + edge,
+            "window {window}: {admitted} admitted, over the bound {bound}"
+        );
+        assert!(
+            *admitted as f64 >= limit as f64 * 0.5,
+            "window {window}: only {admitted} admitted of {limit}"
+        );
+    }
+    // Requests were offered at about 300/s; Redis saw about 3 / 0.1 s = 30
+    // sync calls a second (a loaded machine syncs less often, never more).
+    let per_second = evalsha as f64 / took;
+    assert!(
+        per_second <= 3.0 / SYNC_INTERVAL.as_secs_f64() * 1.2 + 2.0,
+        "{per_second:.1} EVALSHA/s: more than one sync per data plane and interval"
+    );
+    assert!(per_second >= 5.0, "{per_second:.1} EVALSHA/s: not syncing");
+    assert!(
+        offered >= 150.0,
+        "the machine could not offer the load ({offered:.0}/s)"
+    );
+
+    // The overshoot gauge: what the fleet's counters showed over the limit.
+    let series = "tollgate_rate_limit_sync_overshoot_max{instance=\"route:steady#0\"}";
+    let mut gauge = 0.0f64;
+    for dp in &fleet.dps {
+        let value = metric(dp, series)
+            .await
+            .unwrap_or_else(|| panic!("{series} missing on {}", dp.node_id()));
+        gauge = gauge.max(value);
+    }
+    let measured = (worst as f64 - limit as f64).max(0.0);
+    eprintln!("batched: overshoot gauge {gauge}, measured {measured}");
+    // The gauge is the sliding estimate (the previous window's weighted
+    // count plus the current one) at sync times, which a burst can push a
+    // little above any one window's count: it must show at least what the
+    // test counted (less the edge placement) and stay within the bound.
+    assert!(
+        gauge <= bound - limit as f64 + edge,
+        "gauge {gauge} over the bound"
+    );
+    assert!(
+        gauge + 15.0 >= measured,
+        "gauge {gauge} missed the measured overshoot {measured}"
+    );
+}
+
+/// Nine requests round-robin over the fleet, each a sync round (3 T) after
+/// the last: the statuses.
+async fn paced(fleet: &Fleet, path: &str, headers: &[(&str, &str)]) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for i in 0..9 {
+        statuses.push(fleet.get(i, path, headers).await.status);
+        tokio::time::sleep(SYNC_INTERVAL * 3).await;
+    }
+    statuses
+}
+
+/// `sync: batched` on every scope and with GCRA: requests paced slower than
+/// a sync round (2T + d) see the fleet's count exactly, so the limit holds
+/// exactly across three data planes; consumers and header values keep
+/// separate counters; Redis down with `on_redis_failure: local` never
+/// answers 5xx, and limiting is fleet-wide again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_scopes_gcra_and_outage() {
+    let mut fleet = Fleet::start("rl-batched-scopes").await;
+    let batched = |extra: Value| {
+        let mut config = json!({"limit": 4, "window": "1h", "policy": "redis", "sync": "batched",
+            "sync_interval_ms": SYNC_INTERVAL.as_millis() as u64});
+        if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+            config.extend(extra.clone());
+        }
+        rate_limit(config)
+    };
+    fleet
+        .apply(
+            json!([
+                route(
+                    "consumer",
+                    "/consumer",
+                    vec![key_auth(), batched(json!({"scope": "consumer"}))]
+                ),
+                route(
+                    "header",
+                    "/header",
+                    vec![batched(json!({"scope": "header:x-tenant"}))]
+                ),
+                route("ip", "/ip", vec![batched(json!({"scope": "ip"}))]),
+                route(
+                    "gcra",
+                    "/gcra",
+                    vec![batched(json!(
+                    {"scope": "service", "algorithm": "gcra", "burst": 3}))]
+                ),
+            ]),
+            consumers(),
+        )
+        .await;
+    let admitted = |statuses: &[u16]| statuses.iter().filter(|s| **s == 200).count();
+    let alice = paced(&fleet, "/consumer", &[("apikey", "alice-secret-key")]).await;
+    assert_eq!(admitted(&alice), 4, "consumer alice: {alice:?}");
+    let bob = paced(&fleet, "/consumer", &[("apikey", "bob-secret-key")]).await;
+    assert_eq!(admitted(&bob), 4, "consumer bob: {bob:?}");
+    let tenant_a = paced(&fleet, "/header", &[("x-tenant", "a")]).await;
+    assert_eq!(admitted(&tenant_a), 4, "header a: {tenant_a:?}");
+    let tenant_b = paced(&fleet, "/header", &[("x-tenant", "b")]).await;
+    assert_eq!(admitted(&tenant_b), 4, "header b: {tenant_b:?}");
+    let ip = paced(&fleet, "/ip", &[]).await;
+    assert_eq!(admitted(&ip), 4, "ip: {ip:?}");
+    // GCRA, 4 an hour with a burst of 3: 4 at once, then one per 15 min.
+    let gcra = paced(&fleet, "/gcra", &[]).await;
+    assert_eq!(admitted(&gcra), 4, "gcra: {gcra:?}");
+    assert!(gcra.iter().all(|s| *s == 200 || *s == 429), "{gcra:?}");
+
+    // Redis down: the local fallback, no 5xx.
+    fleet.redis.kill();
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        let answer = fleet.get(i, "/header", &[("x-tenant", "outage")]).await;
+        assert!(answer.status == 200 || answer.status == 429, "{answer:?}");
+        statuses.push(answer.status);
+    }
+    // Each data plane admits at most its own 4 (plus at most one unsynced
+    // interval before its breaker opened).
+    assert!(admitted(&statuses) <= 12 + 3, "{statuses:?}");
+    // Redis back (empty): fleet-wide again without restarting anything.
+    fleet.redis.restart();
+    wait_until("batched syncs again", WAIT, || {
+        let fleet = &fleet;
+        async move {
+            let mut synced = 0;
+            for dp in &fleet.dps {
+                let series =
+                    "tollgate_rate_limit_syncs_total{instance=\"route:header#0\",result=\"ok\"}";
+                let before = metric(dp, series).await.unwrap_or(0.0);
+                tokio::time::sleep(SYNC_INTERVAL * 3).await;
+                if metric(dp, series).await.unwrap_or(0.0) > before {
+                    synced += 1;
+                }
+            }
+            (synced == 3).then_some(())
+        }
+    })
+    .await;
+    let after = paced(&fleet, "/header", &[("x-tenant", "after")]).await;
+    assert_eq!(admitted(&after), 4, "after the outage: {after:?}");
+}

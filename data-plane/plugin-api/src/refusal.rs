@@ -63,6 +63,10 @@ pub enum RefusalKind {
     RateLimited,
     /// The shared rate-limit store is down and the limit fails closed.
     RateLimitUnavailable,
+    /// Too many requests in flight (`concurrency-limit`, `status: 429`).
+    ConcurrencyLimited,
+    /// Too many requests in flight (`concurrency-limit`, `status: 503`).
+    ConcurrencyBusy,
     // The upstream.
     /// The service has no target with a non-zero weight.
     NoHealthyTarget,
@@ -94,7 +98,7 @@ pub enum AuthFailureReason {
 
 impl RefusalKind {
     /// Every kind, for tests and documentation.
-    pub const ALL: [RefusalKind; 27] = [
+    pub const ALL: [RefusalKind; 29] = [
         RefusalKind::BadRequest,
         RefusalKind::BadPath,
         RefusalKind::UriTooLong,
@@ -115,6 +119,8 @@ impl RefusalKind {
         RefusalKind::IpForbidden,
         RefusalKind::RateLimited,
         RefusalKind::RateLimitUnavailable,
+        RefusalKind::ConcurrencyLimited,
+        RefusalKind::ConcurrencyBusy,
         RefusalKind::NoHealthyTarget,
         RefusalKind::UpstreamUnavailable,
         RefusalKind::UpstreamMalformed,
@@ -227,6 +233,16 @@ impl RefusalKind {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "rate_limit_unavailable",
                 "rate limiting is temporarily unavailable",
+            ),
+            ConcurrencyLimited => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "concurrency_limited",
+                "too many requests in flight",
+            ),
+            ConcurrencyBusy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "concurrency_limited",
+                "too many requests in flight",
             ),
             NoHealthyTarget => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -376,13 +392,21 @@ mod tests {
     use std::collections::HashMap;
 
     #[test]
-    fn every_kind_has_its_own_code_but_expired_tokens_and_slow_bodies() {
+    fn every_kind_has_its_own_code_but_expired_tokens_slow_bodies_and_concurrency() {
         let mut codes: HashMap<&str, RefusalKind> = HashMap::new();
         for kind in RefusalKind::ALL {
             if let Some(other) = codes.insert(kind.code(), kind) {
+                // Same meaning, a status of the operator's choice.
                 assert!(
-                    (other, kind) == (RefusalKind::InvalidToken, RefusalKind::ExpiredToken)
-                        || (other, kind) == (RefusalKind::BodyTimeout, RefusalKind::BodyTooSlow),
+                    [
+                        (RefusalKind::InvalidToken, RefusalKind::ExpiredToken),
+                        (RefusalKind::BodyTimeout, RefusalKind::BodyTooSlow),
+                        (
+                            RefusalKind::ConcurrencyLimited,
+                            RefusalKind::ConcurrencyBusy
+                        ),
+                    ]
+                    .contains(&(other, kind)),
                     "{other:?} and {kind:?} share a code"
                 );
             }

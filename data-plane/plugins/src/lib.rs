@@ -12,6 +12,7 @@
 
 pub mod acl;
 pub mod auth;
+pub mod concurrency_limit;
 pub mod consumers;
 pub mod cors;
 pub mod ip_restriction;
@@ -47,6 +48,7 @@ pub fn registry(options: &PluginOptions) -> Registry {
         .with(ip_restriction::IpRestrictionFactory)
         .with(cors::CorsFactory)
         .with(mtls_auth::MtlsAuthFactory)
+        .with(concurrency_limit::ConcurrencyLimitFactory::default())
 }
 
 #[cfg(test)]

@@ -262,7 +262,11 @@ pub async fn handle(
     )
     .await;
     exchange.set_consumer(ctx.consumer.as_ref().map(|identity| &identity.consumer));
-    finish(route, &mut ctx, response)
+    let response = finish(route, &mut ctx, response);
+    // What plugins still hold (a concurrency slot) lives as long as the
+    // response body; a client gone before the head drops it with `ctx`.
+    exchange.hold(std::mem::take(&mut ctx.ext));
+    response
 }
 
 /// From a matched route to a response: body limit, request phases, target

@@ -72,9 +72,19 @@ pub struct Exchange {
     pub grpc: bool,
     /// The WebSocket tunnel to open once the `101` has been sent.
     pub tunnel: Option<crate::websocket::Tunnel>,
+    /// The plugins' request state, kept until the response body is done or
+    /// abandoned (a `concurrency-limit` slot is released when this drops).
+    held: tollgate_plugin_api::Extensions,
 }
 
 impl Exchange {
+    /// Keeps the plugins' request state until the response is finished.
+    pub fn hold(&mut self, ext: tollgate_plugin_api::Extensions) {
+        if !ext.is_empty() {
+            self.held = ext;
+        }
+    }
+
     /// An exchange for a request; `log`: whether the access log is on.
     pub fn new(log: bool) -> Self {
         Self {

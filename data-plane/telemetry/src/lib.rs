@@ -20,4 +20,4 @@ pub mod metrics;
 pub mod usage;
 
 pub use access_log::{AccessLog, AccessLogRecord, AccessLogTarget};
-pub use metrics::{AuthFailure, Metrics, RateLimitResult, RouteMetrics};
+pub use metrics::{AuthFailure, Metrics, RateLimitResult, RateLimitSyncMetrics, RouteMetrics};

@@ -181,6 +181,17 @@ struct RateLimitLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RateLimitInstanceLabels {
+    instance: Label,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RateLimitSyncLabels {
+    instance: Label,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthFailureLabels {
     route: Label,
     reason: &'static str,
@@ -315,6 +326,34 @@ pub struct Metrics {
     target_state: Family<TargetStateLabels, Gauge>,
     target_ejections: Family<TargetLabels, Counter>,
     retries: Family<ServiceLabels, Counter>,
+    rate_limit_overshoot: Family<RateLimitInstanceLabels, Gauge>,
+    rate_limit_overshoot_max: Family<RateLimitInstanceLabels, Gauge>,
+    rate_limit_syncs: Family<RateLimitSyncLabels, Counter>,
+}
+
+/// The handles of one `sync: batched` rate limit (see
+/// [`Metrics::rate_limit_sync`]).
+#[derive(Debug, Clone)]
+pub struct RateLimitSyncMetrics {
+    /// Requests over the limit the fleet's counters showed at the last sync
+    /// (largest over the counters synced then).
+    pub overshoot: Gauge,
+    /// The largest such overshoot since the data plane started.
+    pub overshoot_max: Gauge,
+    pub syncs_ok: Counter,
+    pub syncs_failed: Counter,
+}
+
+impl RateLimitSyncMetrics {
+    /// Records the overshoot seen at one sync.
+    pub fn observe_overshoot(&self, requests: u64) {
+        let requests = i64::try_from(requests).unwrap_or(i64::MAX);
+        self.overshoot.set(requests);
+        // Gauges have no fetch_max; a sync loop is the only writer per instance.
+        if requests > self.overshoot_max.get() {
+            self.overshoot_max.set(requests);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -464,6 +503,26 @@ impl Metrics {
             "Upstream tries beyond the first, by service",
             retries.clone(),
         );
+        let rate_limit_overshoot = Family::<RateLimitInstanceLabels, Gauge>::default();
+        registry.register(
+            "rate_limit_sync_overshoot",
+            "sync: batched rate limits: requests over the limit the fleet's counters showed at the \
+             last sync (largest over the counters synced), by rate-limit instance",
+            rate_limit_overshoot.clone(),
+        );
+        let rate_limit_overshoot_max = Family::<RateLimitInstanceLabels, Gauge>::default();
+        registry.register(
+            "rate_limit_sync_overshoot_max",
+            "sync: batched rate limits: the largest overshoot seen at any sync since start, \
+             by rate-limit instance",
+            rate_limit_overshoot_max.clone(),
+        );
+        let rate_limit_syncs = Family::<RateLimitSyncLabels, Counter>::default();
+        registry.register(
+            "rate_limit_syncs",
+            "sync: batched rate limits: pipelined Redis syncs, by rate-limit instance and result (ok, error)",
+            rate_limit_syncs.clone(),
+        );
 
         let unmatched = Arc::new(RouteMetrics::new(
             Arc::clone(&families),
@@ -484,6 +543,9 @@ impl Metrics {
             target_state,
             target_ejections,
             retries,
+            rate_limit_overshoot,
+            rate_limit_overshoot_max,
+            rate_limit_syncs,
         })
     }
 
@@ -522,6 +584,33 @@ impl Metrics {
                     state,
                 })
                 .set(1);
+        }
+    }
+
+    /// The handles of one `sync: batched` rate-limit instance; call when the
+    /// limit is built, not per sync.
+    pub fn rate_limit_sync(&self, instance: &str) -> RateLimitSyncMetrics {
+        let labels = RateLimitInstanceLabels {
+            instance: Label(Arc::from(instance)),
+        };
+        let result = |result| RateLimitSyncLabels {
+            instance: labels.instance.clone(),
+            result,
+        };
+        // One statement each: `get_or_create` hands back a read guard on
+        // the family, which a second call in the same statement would wait on.
+        let overshoot = self.rate_limit_overshoot.get_or_create(&labels).clone();
+        let overshoot_max = self.rate_limit_overshoot_max.get_or_create(&labels).clone();
+        let syncs_ok = self.rate_limit_syncs.get_or_create(&result("ok")).clone();
+        let syncs_failed = self
+            .rate_limit_syncs
+            .get_or_create(&result("error"))
+            .clone();
+        RateLimitSyncMetrics {
+            overshoot,
+            overshoot_max,
+            syncs_ok,
+            syncs_failed,
         }
     }
 
@@ -1092,13 +1181,18 @@ impl PhaseObserver for RouteMetrics {
     fn observe(&self, phase: Phase, refusal: Option<&Refusal>) {
         match (phase, refusal) {
             (Phase::RateLimit, None) => self.record_rate_limit(RateLimitResult::Allowed),
-            (Phase::RateLimit, Some(refusal)) => {
-                self.record_rate_limit(if refusal.kind == RefusalKind::RateLimited {
+            (Phase::RateLimit, Some(refusal)) => self.record_rate_limit(
+                if matches!(
+                    refusal.kind,
+                    RefusalKind::RateLimited
+                        | RefusalKind::ConcurrencyLimited
+                        | RefusalKind::ConcurrencyBusy
+                ) {
                     RateLimitResult::Limited
                 } else {
                     RateLimitResult::Error
-                })
-            }
+                },
+            ),
             (Phase::Authenticate | Phase::Authorize, Some(refusal)) => {
                 if let Some(reason) = refusal.kind.auth_failure() {
                     self.record_auth_failure(AuthFailure::from(reason));

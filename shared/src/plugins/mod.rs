@@ -18,6 +18,7 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 
 mod acl;
+mod concurrency_limit;
 mod cors;
 mod ip_restriction;
 mod jwt;
@@ -27,6 +28,7 @@ mod rate_limit;
 mod request_transformer;
 
 pub use acl::AclConfig;
+pub use concurrency_limit::ConcurrencyLimitConfig;
 pub use cors::CorsConfig;
 pub use ip_restriction::{parse_network, IpRestrictionConfig};
 pub use jwt::JwtConfig;
@@ -113,7 +115,7 @@ impl<T: PluginConfigSchema> PluginSchema for Schema<T> {
 }
 
 /// Every plugin this version knows: one line each.
-pub static SCHEMAS: [&dyn PluginSchema; 8] = [
+pub static SCHEMAS: [&dyn PluginSchema; 9] = [
     &Schema::<KeyAuthConfig>(PhantomData),
     &Schema::<JwtConfig>(PhantomData),
     &Schema::<AclConfig>(PhantomData),
@@ -122,6 +124,7 @@ pub static SCHEMAS: [&dyn PluginSchema; 8] = [
     &Schema::<IpRestrictionConfig>(PhantomData),
     &Schema::<CorsConfig>(PhantomData),
     &Schema::<MtlsAuthConfig>(PhantomData),
+    &Schema::<ConcurrencyLimitConfig>(PhantomData),
 ];
 
 /// The schema of the plugin named `name`.

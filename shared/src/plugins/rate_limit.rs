@@ -25,6 +25,10 @@ pub struct RateLimitConfig {
     pub policy: RateLimitPolicy,
     #[serde(default)]
     pub sync: RateLimitSync,
+    /// `sync: batched`: how often each data plane pushes its increments to
+    /// Redis and reads back the fleet's totals (default 100 ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_interval_ms: Option<u64>,
     #[serde(default)]
     pub on_redis_failure: OnRedisFailure,
     /// Per-call Redis timeout.
@@ -37,6 +41,16 @@ pub struct RateLimitConfig {
 
 fn default_redis_timeout_ms() -> u64 {
     25
+}
+
+/// `sync_interval_ms` when not given.
+pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 100;
+
+impl RateLimitConfig {
+    /// The batched sync interval in effect.
+    pub fn sync_interval(&self) -> Duration {
+        Duration::from_millis(self.sync_interval_ms.unwrap_or(DEFAULT_SYNC_INTERVAL_MS))
+    }
 }
 fn default_true() -> bool {
     true
@@ -241,6 +255,17 @@ impl PluginConfigSchema for RateLimitConfig {
         }
         if self.redis_timeout_ms == 0 || self.redis_timeout_ms > 10_000 {
             return Err("config.redis_timeout_ms: must be between 1 and 10000".into());
+        }
+        if let Some(interval) = self.sync_interval_ms {
+            if self.sync != RateLimitSync::Batched || self.policy != RateLimitPolicy::Redis {
+                return Err(
+                    "config.sync_interval_ms: only applies to policy redis with sync batched"
+                        .into(),
+                );
+            }
+            if !(10..=60_000).contains(&interval) {
+                return Err("config.sync_interval_ms: must be between 10 and 60000".into());
+            }
         }
         Ok(())
     }

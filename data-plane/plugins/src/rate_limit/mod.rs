@@ -14,6 +14,10 @@
 //! and by the scope value. In-process counters outlive snapshots: a config
 //! change does not hand every client a fresh quota.
 //!
+//! `sync: strict` (the default) makes one Redis round trip per request and is
+//! exact across the fleet; `sync: batched` ([`batched`]) decides locally and
+//! syncs with Redis once per `sync_interval_ms`, within a stated bound.
+//!
 //! When Redis cannot answer, `on_redis_failure` decides: `local` (enforce the
 //! limit per data plane meanwhile), `allow`, or `deny` (503). The rate-limit
 //! phase runs after authentication, so none of these ever skips it.
@@ -25,6 +29,7 @@
 //! restrictive one is reported.
 
 pub mod algorithm;
+pub mod batched;
 pub mod breaker;
 pub mod local;
 mod plugin;
@@ -46,7 +51,9 @@ use tollgate_shared::plugins::{
 use tollgate_plugin_api::{Refusal, RefusalKind};
 
 pub use algorithm::{Decision, Params};
+pub use batched::BatchedLimiter;
 pub use local::LocalLimiter;
+pub(crate) use plugin::subject;
 pub use plugin::RateLimitFactory;
 pub use quota::{most_restrictive, Quota, RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET};
 pub use redis::RedisStore;
@@ -145,6 +152,27 @@ fn push_hashed(key: &mut String, value: &[u8]) {
     }
 }
 
+/// The in-process counter key of `subject` under `scope` (the
+/// concurrency limiter counts by the same values).
+pub(crate) fn scope_key(scope: &Scope, subject: &Subject<'_>) -> u64 {
+    scope_value(scope, subject).local_key()
+}
+
+fn scope_value<'a>(scope: &Scope, subject: &Subject<'a>) -> ScopeValue<'a> {
+    let ip = ScopeValue::Ip(subject.client_ip);
+    match scope {
+        Scope::Consumer => subject.consumer.map_or(ip, ScopeValue::Consumer),
+        Scope::Credential => subject.credential.map_or(ip, ScopeValue::Credential),
+        Scope::Route => ScopeValue::Route(subject.route),
+        Scope::Service => ScopeValue::Service(subject.service),
+        Scope::Ip => ip,
+        Scope::Header(name) => subject
+            .headers
+            .get(name.as_str())
+            .map_or(ip, |value| ScopeValue::Header(value.as_bytes())),
+    }
+}
+
 /// What the rate-limit phase decided for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -171,6 +199,8 @@ pub struct RateLimit {
     limit_value: HeaderValue,
     local: Arc<LocalLimiter>,
     redis: Option<RedisStore>,
+    /// `sync: batched` with a Redis: the counters synced in the background.
+    batched: Option<Arc<BatchedLimiter>>,
     /// `tollgate:rl:<instance>:<algorithm>:<window s>:`
     redis_prefix: String,
 }
@@ -220,14 +250,14 @@ impl RateLimit {
                         "rate limit has policy redis but this data plane has no --redis-url; it runs under on_redis_failure"
                     );
                 }
-                if config.sync == RateLimitSync::Batched {
-                    tracing::warn!(
-                        instance,
-                        "rate limit sync batched is not available yet; counting strictly (one redis round trip per request)"
-                    );
-                }
                 limiters.redis.clone()
             }
+        };
+        let batched = match (&redis, config.sync) {
+            (Some(store), RateLimitSync::Batched) => {
+                Some(limiters.batched(instance, params, config.sync_interval(), store))
+            }
+            _ => None,
         };
         RateLimit {
             params,
@@ -239,6 +269,7 @@ impl RateLimit {
             limit_value: quota::number_value(params.limit),
             local: limiters.local(instance, params),
             redis,
+            batched,
             redis_prefix,
         }
     }
@@ -249,22 +280,14 @@ impl RateLimit {
     }
 
     fn scope_value<'a>(&self, subject: &Subject<'a>) -> ScopeValue<'a> {
-        let ip = ScopeValue::Ip(subject.client_ip);
-        match &self.scope {
-            Scope::Consumer => subject.consumer.map_or(ip, ScopeValue::Consumer),
-            Scope::Credential => subject.credential.map_or(ip, ScopeValue::Credential),
-            Scope::Route => ScopeValue::Route(subject.route),
-            Scope::Service => ScopeValue::Service(subject.service),
-            Scope::Ip => ip,
-            Scope::Header(name) => subject
-                .headers
-                .get(name.as_str())
-                .map_or(ip, |value| ScopeValue::Header(value.as_bytes())),
-        }
+        scope_value(&self.scope, subject)
     }
 
     /// Checks and counts one request.
     pub async fn check(&self, subject: &Subject<'_>) -> Verdict {
+        if self.batched.is_some() {
+            return self.check_local(subject);
+        }
         let value = self.scope_value(subject);
         let decision = match self.policy {
             RateLimitPolicy::Local => self.local.check(value.local_key()),
@@ -280,15 +303,35 @@ impl RateLimit {
         self.verdict(decision)
     }
 
-    /// Whether a check completes without waiting (in-process counters).
+    /// Whether a check completes without waiting (in-process counters, or
+    /// batched ones synced in the background).
     pub fn is_local(&self) -> bool {
-        self.policy == RateLimitPolicy::Local
+        self.policy == RateLimitPolicy::Local || self.batched.is_some()
     }
 
-    /// [`RateLimit::check`] for a local instance: no await, no future.
+    /// [`RateLimit::check`] for an instance that [`RateLimit::is_local`]: no
+    /// await, no future.
     pub fn check_local(&self, subject: &Subject<'_>) -> Verdict {
         let value = self.scope_value(subject);
-        self.verdict(self.local.check(value.local_key()))
+        let key = value.local_key();
+        let (Some(batched), Some(store)) = (&self.batched, &self.redis) else {
+            return self.verdict(self.local.check(key));
+        };
+        match store.redis_now_us().filter(|_| store.is_available()) {
+            Some(now) => self.verdict(batched.check_at(key, now, || self.redis_key(&value))),
+            None => match self.on_redis_failure {
+                OnRedisFailure::Local => self.verdict(self.local.check(key)),
+                OnRedisFailure::Allow => Verdict::Continue(None),
+                OnRedisFailure::Deny => Verdict::Unavailable,
+            },
+        }
+    }
+
+    fn redis_key(&self, value: &ScopeValue<'_>) -> String {
+        let mut key = String::with_capacity(self.redis_prefix.len() + 48);
+        key.push_str(&self.redis_prefix);
+        value.write_redis_part(&mut key);
+        key
     }
 
     fn verdict(&self, decision: Decision) -> Verdict {
@@ -314,9 +357,7 @@ impl RateLimit {
         if !store.is_available() {
             return None;
         }
-        let mut key = String::with_capacity(self.redis_prefix.len() + 48);
-        key.push_str(&self.redis_prefix);
-        value.write_redis_part(&mut key);
+        let key = self.redis_key(value);
         store.check(&key, &self.params, self.redis_timeout).await
     }
 }
@@ -326,6 +367,8 @@ impl RateLimit {
 pub struct RateLimiters {
     redis: Option<RedisStore>,
     local: Mutex<HashMap<LocalId, Weak<LocalLimiter>>>,
+    /// `sync: batched` counters, by instance, numbers and sync interval.
+    batched: Mutex<HashMap<(LocalId, Duration), Weak<BatchedLimiter>>>,
 }
 
 /// What makes in-process counters reusable: same instance, same algorithm and numbers.
@@ -336,6 +379,21 @@ struct LocalId {
     limit: u64,
     window_us: u64,
     burst: u64,
+}
+
+impl LocalId {
+    fn new(instance: &str, params: Params) -> LocalId {
+        LocalId {
+            instance: instance.to_string(),
+            algorithm: match params.algorithm {
+                RateLimitAlgorithm::SlidingWindow => 1,
+                RateLimitAlgorithm::Gcra => 2,
+            },
+            limit: params.limit,
+            window_us: params.window_us,
+            burst: params.burst,
+        }
+    }
 }
 
 impl Default for RateLimiters {
@@ -358,6 +416,7 @@ impl RateLimiters {
         RateLimiters {
             redis,
             local: Mutex::new(HashMap::new()),
+            batched: Mutex::new(HashMap::new()),
         }
     }
 
@@ -365,19 +424,36 @@ impl RateLimiters {
         self.redis.as_ref()
     }
 
+    /// The batched counters of `instance` (and their sync loop, started with
+    /// them), shared with the previous snapshot's plugin when the limit is
+    /// unchanged.
+    fn batched(
+        &self,
+        instance: &str,
+        params: Params,
+        interval: Duration,
+        store: &RedisStore,
+    ) -> Arc<BatchedLimiter> {
+        let id = (LocalId::new(instance, params), interval);
+        let mut map = self
+            .batched
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(existing) = map.get(&id).and_then(Weak::upgrade) {
+            return existing;
+        }
+        map.retain(|_, limiter| limiter.strong_count() > 0);
+        let metrics = tollgate_telemetry::metrics::global().rate_limit_sync(instance);
+        let limiter = Arc::new(BatchedLimiter::new(params, metrics));
+        batched::spawn(&limiter, store.clone(), interval);
+        map.insert(id, Arc::downgrade(&limiter));
+        limiter
+    }
+
     /// The in-process counters of `instance`, shared with the previous
     /// snapshot's plugin when the limit is unchanged.
     fn local(&self, instance: &str, params: Params) -> Arc<LocalLimiter> {
-        let id = LocalId {
-            instance: instance.to_string(),
-            algorithm: match params.algorithm {
-                RateLimitAlgorithm::SlidingWindow => 1,
-                RateLimitAlgorithm::Gcra => 2,
-            },
-            limit: params.limit,
-            window_us: params.window_us,
-            burst: params.burst,
-        };
+        let id = LocalId::new(instance, params);
         let mut map = self
             .local
             .lock()

@@ -83,7 +83,7 @@ fn merge_quota(ctx: &mut RequestCtx<'_>, next: Quota, force: bool) {
     }
 }
 
-fn subject<'a>(ctx: &'a RequestCtx<'_>, request: &'a request::Parts) -> Subject<'a> {
+pub(crate) fn subject<'a>(ctx: &'a RequestCtx<'_>, request: &'a request::Parts) -> Subject<'a> {
     let identity = ctx.consumer.as_ref().filter(|identity| !identity.anonymous);
     Subject {
         client_ip: ctx.client_ip,

@@ -21,10 +21,16 @@
 //! start-up still starts: the breaker starts open, the log says why, and the
 //! probe keeps trying.
 //!
+//! `sync: batched` limits call Redis off the request path: one pipeline of
+//! `sync.lua` calls per limit and interval ([`RedisStore::sync`], through the
+//! shared connection), feeding the same breaker. Their windows follow Redis's
+//! clock too: every (re)connection reads `TIME` and keeps the offset from this
+//! process's clock ([`RedisStore::redis_now_us`]), refreshed by every sync.
+//!
 //! Passwords in the URL never reach the log: only [`redact_url`]'s form does.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -36,9 +42,12 @@ use super::algorithm::{
     gcra_decision, sliding_decision, Decision, GcraOutcome, Params, SlidingOutcome,
 };
 use super::breaker::{Breaker, DEFAULT_THRESHOLD};
+use super::local::now_us;
 
 /// The check script, loaded into Redis once and called by SHA.
 pub const CHECK_SCRIPT: &str = include_str!("check.lua");
+/// The batched sync script (`sync: batched`), loaded and called alike.
+pub const SYNC_SCRIPT: &str = include_str!("sync.lua");
 
 /// How long start-up waits for the first connection before serving without it.
 const INITIAL_CONNECT: Duration = Duration::from_secs(2);
@@ -98,6 +107,32 @@ struct Inner {
     connection: OnceLock<ConnectionManager>,
     breaker: Arc<Breaker>,
     script: Script,
+    sync_script: Script,
+    /// Redis's clock minus this process's ([`now_us`]), in microseconds;
+    /// `i64::MIN` until Redis first answered `TIME`.
+    clock_offset_us: AtomicI64,
+}
+
+/// One counter's increments in a batched sync (see `sync.lua` for the fields).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncItem {
+    pub key: String,
+    pub from: u64,
+    pub added: u64,
+    pub added_before: u64,
+}
+
+/// The fleet's view of one counter after a batched sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncReply {
+    /// Sliding window: Redis's current window index and its two counts.
+    pub index: u64,
+    pub previous: u64,
+    pub current: u64,
+    /// GCRA: the fleet's theoretical arrival time.
+    pub tat_us: u64,
+    /// Redis's clock when the script ran.
+    pub now_us: u64,
 }
 
 /// Why a call did not get an answer from Redis.
@@ -169,6 +204,8 @@ impl RedisStore {
                 connection: OnceLock::new(),
                 breaker: Arc::new(Breaker::new(DEFAULT_THRESHOLD, true)),
                 script: Script::new(CHECK_SCRIPT),
+                sync_script: Script::new(SYNC_SCRIPT),
+                clock_offset_us: AtomicI64::new(i64::MIN),
             }),
         };
         if store.inner.client.is_some() {
@@ -206,6 +243,52 @@ impl RedisStore {
         !self.inner.breaker.is_open()
     }
 
+    /// Now on Redis's clock, from this process's clock and the offset seen at
+    /// the last (re)connection or sync; `None` until Redis first answered.
+    pub fn redis_now_us(&self) -> Option<u64> {
+        let offset = self.inner.clock_offset_us.load(Ordering::Relaxed);
+        (offset != i64::MIN).then(|| now_us().saturating_add_signed(offset))
+    }
+
+    /// One batched sync: adds each item's increments to its counter and
+    /// reads back the fleet's totals, in one pipelined round trip (through
+    /// the shared connection) bounded by `timeout`. `None`: Redis did not
+    /// answer (the breaker counts it); the caller keeps its increments for
+    /// the next sync.
+    pub async fn sync(
+        &self,
+        items: &[SyncItem],
+        params: &Params,
+        timeout: Duration,
+    ) -> Option<Vec<SyncReply>> {
+        let inner = &self.inner;
+        if inner.breaker.is_open() || items.is_empty() {
+            return None;
+        }
+        let mut connection = inner.connection.get()?.clone();
+        let sent_at = now_us();
+        let result =
+            match tokio::time::timeout(timeout, inner.sync(&mut connection, items, params)).await {
+                Ok(result) => result,
+                Err(_) => Err(CallError::Timeout(timeout)),
+            };
+        match result {
+            Ok(replies) => {
+                inner.breaker.record_success();
+                if let Some(last) = replies.last() {
+                    // Redis ran the scripts about half way through the round trip.
+                    let local = sent_at + now_us().saturating_sub(sent_at) / 2;
+                    inner.set_clock(last.now_us, local);
+                }
+                Some(replies)
+            }
+            Err(err) => {
+                inner.record_failure(&err);
+                None
+            }
+        }
+    }
+
     /// Checks and counts one request against counter `key`, in one round trip
     /// bounded by `timeout`. `None` means Redis could not answer (breaker
     /// open, timeout, error): the caller applies `on_redis_failure`.
@@ -229,16 +312,7 @@ impl RedisStore {
                 Some(decision)
             }
             Err(err) => {
-                if inner.breaker.record_failure() {
-                    tracing::warn!(
-                        redis = %inner.target,
-                        error = %err,
-                        failures = inner.breaker.threshold(),
-                        "redis failing; rate limits fall back to on_redis_failure until it answers again"
-                    );
-                } else {
-                    tracing::debug!(redis = %inner.target, error = %err, "redis rate-limit call failed");
-                }
+                inner.record_failure(&err);
                 None
             }
         }
@@ -246,6 +320,28 @@ impl RedisStore {
 }
 
 impl Inner {
+    fn record_failure(&self, err: &CallError) {
+        if self.breaker.record_failure() {
+            tracing::warn!(
+                redis = %self.target,
+                error = %err,
+                failures = self.breaker.threshold(),
+                "redis failing; rate limits fall back to on_redis_failure until it answers again"
+            );
+        } else {
+            tracing::debug!(redis = %self.target, error = %err, "redis rate-limit call failed");
+        }
+    }
+
+    /// Keeps the offset between Redis's clock (`redis_us`) and ours (`local_us`).
+    fn set_clock(&self, redis_us: u64, local_us: u64) {
+        let offset = i64::try_from(redis_us)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(local_us).unwrap_or(i64::MAX));
+        self.clock_offset_us
+            .store(offset.max(i64::MIN + 1), Ordering::Relaxed);
+    }
+
     fn connection_config() -> ConnectionManagerConfig {
         ConnectionManagerConfig::new()
             .set_connection_timeout(CONNECT_TIMEOUT)
@@ -320,22 +416,107 @@ impl Inner {
         if pong != "PONG" {
             return Err(CallError::Reply(format!("PING answered {pong:?}")));
         }
-        self.load_script(&mut connection).await
+        let sent_at = now_us();
+        let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut connection).await?;
+        let local = sent_at + now_us().saturating_sub(sent_at) / 2;
+        self.set_clock(
+            seconds.saturating_mul(1_000_000).saturating_add(micros),
+            local,
+        );
+        self.load_script(&mut connection).await?;
+        self.load(&mut connection, SYNC_SCRIPT, &self.sync_script)
+            .await
     }
 
     async fn load_script(&self, connection: &mut ConnectionManager) -> Result<(), CallError> {
+        self.load(connection, CHECK_SCRIPT, &self.script).await
+    }
+
+    async fn load(
+        &self,
+        connection: &mut ConnectionManager,
+        source: &str,
+        script: &Script,
+    ) -> Result<(), CallError> {
         let sha: String = redis::cmd("SCRIPT")
             .arg("LOAD")
-            .arg(CHECK_SCRIPT)
+            .arg(source)
             .query_async(connection)
             .await?;
-        if sha != self.script.get_hash() {
+        if sha != script.get_hash() {
             return Err(CallError::Reply(format!(
                 "SCRIPT LOAD returned SHA {sha}, expected {}",
-                self.script.get_hash()
+                script.get_hash()
             )));
         }
         Ok(())
+    }
+
+    async fn sync(
+        &self,
+        connection: &mut ConnectionManager,
+        items: &[SyncItem],
+        params: &Params,
+    ) -> Result<Vec<SyncReply>, CallError> {
+        let algorithm: u8 = match params.algorithm {
+            RateLimitAlgorithm::SlidingWindow => 1,
+            RateLimitAlgorithm::Gcra => 2,
+        };
+        let mut pipe = redis::pipe();
+        for item in items {
+            pipe.cmd("EVALSHA")
+                .arg(self.sync_script.get_hash())
+                .arg(1)
+                .arg(&item.key)
+                .arg(algorithm)
+                .arg(params.limit)
+                .arg(params.window_us)
+                .arg(item.from)
+                .arg(item.added)
+                .arg(item.added_before);
+        }
+        let replies: Vec<Vec<i64>> = match pipe.query_async(connection).await {
+            Ok(replies) => replies,
+            Err(err) if err.kind() == ErrorKind::NoScriptError => {
+                self.load(connection, SYNC_SCRIPT, &self.sync_script)
+                    .await?;
+                pipe.query_async(connection).await?
+            }
+            Err(err) => return Err(err.into()),
+        };
+        if replies.len() != items.len() {
+            return Err(CallError::Reply(format!(
+                "{} replies to {} sync calls",
+                replies.len(),
+                items.len()
+            )));
+        }
+        let number = |value: i64| u64::try_from(value).unwrap_or(0);
+        replies
+            .into_iter()
+            .map(|reply| match reply[..] {
+                [index, a, b, now] => Ok(match params.algorithm {
+                    RateLimitAlgorithm::SlidingWindow => SyncReply {
+                        index: number(index),
+                        previous: number(a),
+                        current: number(b),
+                        tat_us: 0,
+                        now_us: number(now),
+                    },
+                    RateLimitAlgorithm::Gcra => SyncReply {
+                        index: 0,
+                        previous: 0,
+                        current: 0,
+                        tat_us: number(a),
+                        now_us: number(now),
+                    },
+                }),
+                _ => Err(CallError::Reply(format!(
+                    "{} values, expected 4",
+                    reply.len()
+                ))),
+            })
+            .collect()
     }
 
     async fn eval(

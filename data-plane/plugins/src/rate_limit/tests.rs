@@ -454,3 +454,66 @@ async fn password_and_database_come_from_the_url() {
     let wrong = RedisStore::start(&format!("redis://:nope@127.0.0.1:{port}/0")).await;
     assert!(!wrong.is_available());
 }
+
+#[test]
+fn sync_interval_is_validated_with_its_field_name() {
+    let parse = |value| tollgate_shared::plugins::parse::<RateLimitConfig>(&value);
+    let ok = parse(
+        json!({"limit": 5, "window": "1s", "policy": "redis", "sync": "batched",
+        "sync_interval_ms": 250}),
+    );
+    assert_eq!(
+        ok.map(|c| c.sync_interval()),
+        Ok(Duration::from_millis(250))
+    );
+    for (value, message) in [
+        (
+            json!({"limit": 5, "window": "1s", "policy": "redis", "sync": "batched", "sync_interval_ms": 0}),
+            "config.sync_interval_ms: must be between 10 and 60000",
+        ),
+        (
+            json!({"limit": 5, "window": "1s", "policy": "redis", "sync_interval_ms": 100}),
+            "config.sync_interval_ms: only applies to policy redis with sync batched",
+        ),
+        (
+            json!({"limit": 5, "window": "1s", "sync": "batched", "sync_interval_ms": 100}),
+            "config.sync_interval_ms: only applies to policy redis with sync batched",
+        ),
+    ] {
+        assert_eq!(parse(value).err().as_deref(), Some(message));
+    }
+}
+
+/// `sync: batched` against a real Redis: decided locally, counted in Redis
+/// by the background sync (one pipelined call per interval), under the same
+/// key `strict` uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_counts_locally_and_syncs_to_redis() {
+    let redis = RedisServer::start();
+    let store = RedisStore::start(&redis.url()).await;
+    assert!(store.is_available());
+    let limiters = RateLimiters::new(Some(store));
+    let plugin = RateLimit::new(
+        "route:orders#0",
+        &redis_config(
+            json!({"limit": 5, "window": "1h", "scope": "ip", "sync": "batched",
+            "sync_interval_ms": 50}),
+        ),
+        &limiters,
+    );
+    assert!(plugin.is_local(), "no future per request");
+    let headers = HeaderMap::new();
+    let statuses: Vec<bool> = (0..8)
+        .map(|_| admitted(&plugin.check_local(&subject(&headers, None, [10, 0, 0, 9]))))
+        .collect();
+    assert_eq!(statuses.iter().filter(|a| **a).count(), 5, "{statuses:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let count = redis.cli(&["HGET", "tollgate:rl:route:orders#0:sw:3600:i:10.0.0.9", "c"]);
+        if count.as_deref() == Some("5") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not synced: {count:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
