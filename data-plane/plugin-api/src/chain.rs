@@ -46,6 +46,7 @@ pub struct CompiledInstance {
 pub struct PluginChain {
     plugins: Box<[Arc<dyn Plugin>]>,
     response_hooks: bool,
+    response_body_hooks: bool,
 }
 
 /// Compiles the enabled instances of one level (`owner`: `route:orders`,
@@ -178,9 +179,11 @@ impl PluginChain {
             chosen.into_iter().map(|i| i.plugin.clone()).collect();
         merge_authentication(&mut plugins);
         let response_hooks = plugins.iter().any(|p| p.has_response_hook());
+        let response_body_hooks = plugins.iter().any(|p| p.has_response_body_hook());
         PluginChain {
             plugins: plugins.into_boxed_slice(),
             response_hooks,
+            response_body_hooks,
         }
     }
 
@@ -222,6 +225,45 @@ impl PluginChain {
             }
         }
         Outcome::Continue
+    }
+
+    /// Whether any plugin of the chain may want response bodies.
+    pub fn has_response_body_hooks(&self) -> bool {
+        self.response_body_hooks
+    }
+
+    /// The largest body any plugin wants for this response, if any does.
+    pub fn response_body_limit(
+        &self,
+        ctx: &RequestCtx<'_>,
+        response: &response::Parts,
+    ) -> Option<usize> {
+        if !self.response_body_hooks {
+            return None;
+        }
+        self.plugins
+            .iter()
+            .filter_map(|plugin| plugin.response_body_limit(ctx, response))
+            .max()
+    }
+
+    /// Runs the response-body hooks, last plugin first, on a buffered body;
+    /// each plugin only if the body (as the previous ones left it) fits its
+    /// own limit.
+    pub fn run_response_body(
+        &self,
+        ctx: &mut RequestCtx<'_>,
+        response: &mut response::Parts,
+        body: &mut bytes::Bytes,
+    ) {
+        for plugin in self.plugins.iter().rev() {
+            if plugin
+                .response_body_limit(ctx, response)
+                .is_some_and(|limit| body.len() <= limit)
+            {
+                plugin.on_response_body(ctx, response, body);
+            }
+        }
     }
 
     /// Runs the response hooks on the response head.

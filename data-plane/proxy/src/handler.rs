@@ -37,6 +37,7 @@ use crate::body::{ResponseBody, UpstreamBody};
 use crate::forward::{self, Peer, TrustedProxies};
 use crate::observe::Exchange;
 use crate::respond;
+use crate::response_body;
 use crate::router::{normalize_path, strip_prefix, PathPolicy};
 use crate::snapshot::{CompiledRoute, SnapshotStore};
 use crate::untrusted::UntrustedHeaders;
@@ -346,6 +347,15 @@ async fn forward_route(
                 }
             };
             forward::remove_hop_by_hop(&mut response_parts.headers);
+            if route.plugins.has_response_body_hooks() {
+                let timeout = service.request_timeout;
+                return match response_body::run(&route.plugins, ctx, response_parts, body, timeout)
+                    .await
+                {
+                    Ok(response) => response,
+                    Err(kind) => refused(exchange, ctx, kind.into()),
+                };
+            }
             Response::from_parts(response_parts, body)
         }
         Err(kind) => {

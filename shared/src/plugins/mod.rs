@@ -22,19 +22,25 @@ mod cors;
 mod ip_restriction;
 mod jwt;
 mod key_auth;
+mod proxy_cache;
 mod rate_limit;
 mod request_transformer;
+mod response_transformer;
 
 pub use acl::AclConfig;
 pub use cors::CorsConfig;
 pub use ip_restriction::{parse_network, IpRestrictionConfig};
 pub use jwt::JwtConfig;
 pub use key_auth::KeyAuthConfig;
+pub use proxy_cache::{CacheStrategy, ProxyCacheConfig, MAX_CACHED_BODY};
 pub use rate_limit::{
     OnRedisFailure, RateLimitAlgorithm, RateLimitConfig, RateLimitPolicy, RateLimitSync, Scope,
     Window,
 };
 pub use request_transformer::{AddSpec, RemoveSpec, RenameSpec, RequestTransformerConfig};
+pub use response_transformer::{
+    HeaderEdits, JsonEdits, ResponseTransformerConfig, MAX_TRANSFORMED_BODY,
+};
 
 /// One plugin's typed config.
 pub trait PluginConfigSchema: DeserializeOwned + 'static {
@@ -90,7 +96,7 @@ impl<T: PluginConfigSchema> PluginSchema for Schema<T> {
 }
 
 /// Every plugin this version knows: one line each.
-pub static SCHEMAS: [&dyn PluginSchema; 7] = [
+pub static SCHEMAS: [&dyn PluginSchema; 9] = [
     &Schema::<KeyAuthConfig>(PhantomData),
     &Schema::<JwtConfig>(PhantomData),
     &Schema::<AclConfig>(PhantomData),
@@ -98,6 +104,8 @@ pub static SCHEMAS: [&dyn PluginSchema; 7] = [
     &Schema::<RequestTransformerConfig>(PhantomData),
     &Schema::<IpRestrictionConfig>(PhantomData),
     &Schema::<CorsConfig>(PhantomData),
+    &Schema::<ProxyCacheConfig>(PhantomData),
+    &Schema::<ResponseTransformerConfig>(PhantomData),
 ];
 
 /// The schema of the plugin named `name`.
