@@ -135,8 +135,11 @@ impl DataPlane {
             Some(url) => Some(plugins::RedisStore::start(url).await),
             None => None,
         };
+        // Cached responses outlive snapshots; purges reach them here.
+        let cache_stores = Arc::new(plugins::CacheStores::default());
         let mut registry = plugins::registry(&plugins::PluginOptions {
             rate_limiters: Arc::new(plugins::RateLimiters::new(redis)),
+            cache_stores: cache_stores.clone(),
         });
         if let Some(enabled) = &config.plugins {
             registry = registry.only(enabled).map_err(DpError::Plugins)?;

@@ -21,6 +21,9 @@
 //! - `.../sink`: reads the request body frame by frame, counting bytes without
 //!   keeping them, and answers `{"name", "received": N}`.
 //!
+//! Any query parameter `set-NAME=VALUE` (percent-decoded) becomes a response
+//! header `NAME: VALUE` (`?set-cache-control=no-store`), for cache tests.
+//!
 //! [`RawUpstream`] covers upstreams that misbehave below HTTP: one answering
 //! with both `Content-Length` and `Transfer-Encoding` (a response a gateway must
 //! never forward), and one that closes every connection at once.
@@ -198,7 +201,25 @@ async fn handle(
     let echo = echo_json(&name, &req);
     let mut echo = echo;
     echo["body_bytes"] = drain(req.into_body()).await.into();
-    Ok(json_response(status, &echo))
+    let mut response = json_response(status, &echo);
+    set_headers_from_query(&query, response.headers_mut());
+    Ok(response)
+}
+
+/// `set-NAME=VALUE` query parameters as response headers.
+fn set_headers_from_query(query: &str, headers: &mut hyper::HeaderMap) {
+    for (name, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
+        let Some(name) = name.strip_prefix("set-") else {
+            continue;
+        };
+        let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_str(&value),
+        ) {
+            headers.append(name, value);
+        }
+    }
 }
 
 /// The JSON echo of a request (without its body).

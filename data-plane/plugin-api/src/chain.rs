@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use http::header::{HeaderValue, CONTENT_LENGTH};
 use http::{request, response, StatusCode};
 use tollgate_shared::model::{GlobalPlugin, PluginInstance};
 use tollgate_shared::telemetry::TRACE_TARGET;
@@ -249,7 +250,9 @@ impl PluginChain {
 
     /// Runs the response-body hooks, last plugin first, on a buffered body;
     /// each plugin only if the body (as the previous ones left it) fits its
-    /// own limit.
+    /// own limit. A hook that changes the body's length gets
+    /// `Content-Length` fixed before the next one sees the response (a
+    /// cache after a transformer stores a consistent response).
     pub fn run_response_body(
         &self,
         ctx: &mut RequestCtx<'_>,
@@ -261,7 +264,13 @@ impl PluginChain {
                 .response_body_limit(ctx, response)
                 .is_some_and(|limit| body.len() <= limit)
             {
+                let before = body.len();
                 plugin.on_response_body(ctx, response, body);
+                if body.len() != before && response.headers.contains_key(CONTENT_LENGTH) {
+                    response
+                        .headers
+                        .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+                }
             }
         }
     }
