@@ -26,6 +26,7 @@ mod proxy_cache;
 mod rate_limit;
 mod request_transformer;
 mod response_transformer;
+pub mod template;
 
 pub use acl::AclConfig;
 pub use cors::CorsConfig;
@@ -59,6 +60,12 @@ pub trait PluginConfigSchema: DeserializeOwned + 'static {
     fn anonymous(&self) -> Option<&str> {
         None
     }
+
+    /// Route path captures (`{id}`) the config uses, which every route it
+    /// runs on must declare.
+    fn path_captures(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// What validation learns from a config beyond "it is valid".
@@ -66,6 +73,8 @@ pub trait PluginConfigSchema: DeserializeOwned + 'static {
 pub struct Checked {
     /// A consumer the config refers to (`anonymous`).
     pub anonymous: Option<String>,
+    /// Route path captures the config uses (`request-transformer`'s path).
+    pub path_captures: Vec<String>,
 }
 
 /// A schema as validation sees it, whatever its config type.
@@ -91,6 +100,7 @@ impl<T: PluginConfigSchema> PluginSchema for Schema<T> {
         let parsed = parse::<T>(config)?;
         Ok(Checked {
             anonymous: parsed.anonymous().map(str::to_string),
+            path_captures: parsed.path_captures(),
         })
     }
 }
@@ -305,7 +315,8 @@ mod tests {
         assert_eq!(
             check("key-auth", &json!({"anonymous": "guest"})),
             Ok(Checked {
-                anonymous: Some("guest".into())
+                anonymous: Some("guest".into()),
+                path_captures: Vec::new(),
             })
         );
     }
