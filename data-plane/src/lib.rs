@@ -136,7 +136,7 @@ impl DataPlane {
             None => None,
         };
         // Cached responses outlive snapshots; purges reach them here.
-        let cache_stores = Arc::new(plugins::CacheStores::default());
+        let cache_stores = Arc::new(plugins::CacheStores::new(redis.clone()));
         let mut registry = plugins::registry(&plugins::PluginOptions {
             rate_limiters: Arc::new(plugins::RateLimiters::new(redis)),
             cache_stores: cache_stores.clone(),

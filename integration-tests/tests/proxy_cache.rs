@@ -9,6 +9,7 @@ use serde_json::json;
 use tollgate_integration_tests::cp::config_from_json as config;
 use tollgate_integration_tests::cp::ControlPlane;
 use tollgate_integration_tests::dp::DataPlane;
+use tollgate_integration_tests::redis::RedisServer;
 use tollgate_integration_tests::upstream::Upstream;
 
 async fn gateway(
@@ -380,4 +381,64 @@ async fn bad_cache_and_transformer_configs_are_refused_naming_the_field() {
         let err = result.expect_err("refused");
         assert!(err.message().contains(field), "{plugin}: {}", err.message());
     }
+}
+
+#[tokio::test]
+async fn redis_strategy_shares_the_cache_across_three_data_planes() {
+    let mut redis = RedisServer::start();
+    let cp = ControlPlane::start().await;
+    let upstream = Upstream::start("origin").await;
+    let revision = cp
+        .apply_revision(&config(json!({
+            "services": [{"name": "origin", "upstream": {"targets": [{"address": upstream.address()}]}}],
+            "routes": [cached_route("shared", "/s", json!({"strategy": "redis", "ttl": 60, "redis_timeout_ms": 2000}))],
+        })))
+        .await;
+    let args = vec!["--redis-url".to_string(), redis.url()];
+    let dps: Vec<DataPlane> = (0..3)
+        .map(|i| DataPlane::start(cp.port(), &format!("cache-redis-{i}"), &args))
+        .collect();
+    for dp in &dps {
+        dp.wait_version(revision).await;
+    }
+    let before = upstream.requests();
+    let (_, cache, first) = fetch(&dps[0], "/s/x", &[]).await;
+    assert_eq!(cache, "MISS");
+    // The entry is written to Redis just after the answer: wait for it.
+    tollgate_integration_tests::process::wait_until(
+        "the entry in redis",
+        Duration::from_secs(10),
+        || async { (!redis.keys("tollgate:cache:*").is_empty()).then_some(()) },
+    )
+    .await;
+    for dp in &dps {
+        let (_, cache, body) = fetch(dp, "/s/x", &[]).await;
+        assert_eq!(cache, "HIT", "{}", dp.node_id());
+        assert_eq!(body, first);
+    }
+    assert_eq!(
+        upstream.requests() - before,
+        1,
+        "one upstream request for three data planes"
+    );
+    let keys = redis.keys("tollgate:cache:*");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys[0].starts_with("tollgate:cache:{shared}:"), "{keys:?}");
+    let ttl: i64 = redis
+        .cli(&["PTTL", &keys[0]])
+        .and_then(|t| t.trim().parse().ok())
+        .expect("pttl");
+    assert!(
+        ttl > 0 && ttl <= 120_000,
+        "the entry expires in Redis: {ttl}"
+    );
+
+    // Redis gone: requests still answer (from the upstream), never an error.
+    redis.kill();
+    let before = upstream.requests();
+    for _ in 0..3 {
+        let (status, _, _) = fetch(&dps[1], "/s/y", &[]).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(upstream.requests() - before, 3);
 }

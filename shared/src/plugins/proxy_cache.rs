@@ -84,9 +84,6 @@ impl PluginConfigSchema for ProxyCacheConfig {
     const NAME: &'static str = "proxy-cache";
 
     fn check(&self) -> Result<(), String> {
-        if self.strategy == CacheStrategy::Redis {
-            return Err("config.strategy: \"redis\" is not supported yet".into());
-        }
         if self.methods.is_empty() {
             return Err("config.methods: must name at least one method".into());
         }

@@ -27,13 +27,17 @@
 //!   upstream request; the others wait (at most `lock_timeout_ms`) and are
 //!   answered from the cache, or go upstream themselves if the response
 //!   was not cacheable.
-//! - Storage ([`store`]): in memory per data plane (moka, bounded by bytes,
-//!   TinyLFU); purge by route or key through [`CacheStores::purge`].
+//! - Storage: in memory per data plane ([`store`]: moka, bounded by bytes,
+//!   TinyLFU), or `strategy: redis` ([`redis`]), shared by the fleet through
+//!   the rate limiter's Redis connections and breaker (collapsing then works
+//!   per data plane: at most one upstream fetch per key per data plane).
+//!   Purge by route or key through [`CacheStores::purge`].
 
 mod collapse;
 mod key;
 mod plugin;
 mod policy;
+mod redis;
 mod store;
 
 use std::collections::HashMap;
@@ -44,7 +48,9 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, AGE, AUTHORIZATION};
 use http::{request, response, Method};
 use tollgate_plugin_api::{Outcome, Reply, RequestCtx, Step};
-use tollgate_shared::plugins::ProxyCacheConfig;
+use tollgate_shared::plugins::{CacheStrategy, ProxyCacheConfig};
+
+use crate::RedisStore;
 
 pub use collapse::{Inflight, Join, Leader};
 pub use key::CacheKey;
@@ -107,12 +113,33 @@ impl CacheState {
 
 /// Every memory store of this data plane, by plugin instance: kept across
 /// snapshots, and where a purge reaches them all.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct CacheStores {
     stores: Mutex<HashMap<String, (Weak<MemoryStore>, Weak<Inflight>)>>,
+    /// The `--redis-url` Redis, for `strategy: redis`.
+    redis: Option<RedisStore>,
 }
 
+impl std::fmt::Debug for CacheStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheStores")
+            .field("redis", &self.redis.as_ref().map(RedisStore::target))
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a purge's Redis calls may take, each.
+const PURGE_REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl CacheStores {
+    /// The stores of a data plane whose Redis (if any) is `redis`.
+    pub fn new(redis: Option<RedisStore>) -> CacheStores {
+        CacheStores {
+            stores: Mutex::default(),
+            redis,
+        }
+    }
+
     /// The store of `instance` if one of this size and lifetime exists,
     /// else a new one (and its in-flight map).
     fn get_or_create(
@@ -143,9 +170,10 @@ impl CacheStores {
     }
 
     /// Drops the cached responses of `route` (all, or the one whose
-    /// `X-Cache-Key` is `key`) from every store of this data plane.
-    /// Returns an error for a key that is not 32 hex digits.
-    pub fn purge(&self, route: &str, key: Option<&str>) -> Result<(), String> {
+    /// `X-Cache-Key` is `key`) from every memory store of this data plane
+    /// and from Redis when there is one. An error for a key that is not
+    /// 32 hex digits.
+    pub async fn purge(&self, route: &str, key: Option<&str>) -> Result<(), String> {
         let digest = match key {
             None => None,
             Some(key) => Some(parse_key(key)?),
@@ -160,6 +188,13 @@ impl CacheStores {
         for store in stores {
             store.purge(route, digest);
         }
+        if let Some(redis) = &self.redis {
+            let key = digest.map(|digest| CacheKey {
+                route: route.into(),
+                digest,
+            });
+            redis::purge(redis, route, key, PURGE_REDIS_TIMEOUT).await;
+        }
         Ok(())
     }
 }
@@ -170,6 +205,35 @@ pub fn parse_key(key: &str) -> Result<[u8; 16], String> {
     hex::decode_to_slice(key, &mut digest)
         .map_err(|_| "key: must be the 32 hex digits of an X-Cache-Key".to_string())?;
     Ok(digest)
+}
+
+/// Where an instance keeps its entries.
+enum Backend {
+    Memory(Arc<MemoryStore>),
+    Redis {
+        redis: RedisStore,
+        timeout: Duration,
+    },
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Memory(store) => f.debug_tuple("Memory").field(&store.max_bytes()).finish(),
+            Backend::Redis { redis, .. } => f.debug_tuple("Redis").field(&redis.target()).finish(),
+        }
+    }
+}
+
+impl Backend {
+    async fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        match self {
+            Backend::Memory(store) => store.get(key),
+            Backend::Redis { redis, timeout } => {
+                redis::get(redis, key, *timeout).await.map(Arc::new)
+            }
+        }
+    }
 }
 
 /// One compiled instance.
@@ -184,7 +248,7 @@ pub struct ProxyCache {
     max_body_bytes: usize,
     limits: Limits,
     lock_timeout: Duration,
-    store: Arc<MemoryStore>,
+    backend: Backend,
     inflight: Arc<Inflight>,
     /// Route names by `ctx.route_name`, shared so keys do not allocate.
     routes: HashMap<String, Arc<str>>,
@@ -217,7 +281,33 @@ impl ProxyCache {
         };
         // An entry lives at most max_ttl fresh plus as long stale.
         let lifetime = limits.max_ttl * 2;
-        let (store, inflight) = stores.get_or_create(instance, config.memory_max_bytes, lifetime);
+        let redis = match (config.strategy, &stores.redis) {
+            (CacheStrategy::Redis, Some(redis)) => Some(redis.clone()),
+            (CacheStrategy::Redis, None) => {
+                // The control plane cannot know a data plane's flags: serve
+                // from memory rather than refuse the whole snapshot.
+                tracing::warn!(
+                    instance,
+                    "proxy-cache strategy redis without --redis-url: caching in this data plane's memory"
+                );
+                None
+            }
+            (CacheStrategy::Memory, _) => None,
+        };
+        let (backend, inflight) = match redis {
+            None => {
+                let (store, inflight) =
+                    stores.get_or_create(instance, config.memory_max_bytes, lifetime);
+                (Backend::Memory(store), inflight)
+            }
+            Some(redis) => {
+                let timeout = Duration::from_millis(config.redis_timeout_ms);
+                (
+                    Backend::Redis { redis, timeout },
+                    Arc::new(Inflight::default()),
+                )
+            }
+        };
         Ok(ProxyCache {
             methods,
             statuses: config.statuses.clone().into_boxed_slice(),
@@ -228,7 +318,7 @@ impl ProxyCache {
             max_body_bytes: config.max_body_bytes,
             limits,
             lock_timeout: Duration::from_millis(config.lock_timeout_ms),
-            store,
+            backend,
             inflight,
             routes,
         })
@@ -264,14 +354,36 @@ impl ProxyCache {
         };
         let key = key::key(route, request, &spec);
         let authorized = ctx.consumer.is_none() && request.headers.contains_key(AUTHORIZATION);
+        match &self.backend {
+            Backend::Memory(store) => {
+                let found = if refresh { None } else { store.get(&key) };
+                self.decide(ctx, request, key, authorized, found)
+            }
+            Backend::Redis { .. } => Step::Wait(Box::pin(async move {
+                let found = if refresh {
+                    None
+                } else {
+                    self.backend.get(&key).await
+                };
+                match self.decide(ctx, request, key, authorized, found) {
+                    Step::Done(outcome) => outcome,
+                    Step::Wait(future) => future.await,
+                }
+            })),
+        }
+    }
+
+    /// A hit answers; a miss leads the fetch or follows the one under way.
+    fn decide<'a>(
+        &'a self,
+        ctx: &'a mut RequestCtx<'_>,
+        request: &'a request::Parts,
+        key: CacheKey,
+        authorized: bool,
+        found: Option<Arc<Entry>>,
+    ) -> Step<'a> {
         let now = store::now_ms();
-        let found = if refresh {
-            None
-        } else {
-            self.store
-                .get(&key)
-                .filter(|entry| entry.matches(&request.headers))
-        };
+        let found = found.filter(|entry| entry.matches(&request.headers));
         let freshness = found.as_ref().map(|entry| entry.freshness(now));
         if let (Some(entry), Some(Freshness::Fresh)) = (&found, freshness) {
             return self.hit(ctx, key, entry, now, CacheStatus::Hit);
@@ -301,17 +413,16 @@ impl ProxyCache {
                 let state = state(None);
                 Step::Wait(Box::pin(async move {
                     collapse::wait(waiting, self.lock_timeout).await;
-                    let now = store::now_ms();
-                    if let Some(entry) = self.store.get(&key) {
+                    if let Some(entry) = self.backend.get(&key).await {
+                        let now = store::now_ms();
                         if entry.matches(&request.headers)
                             && entry.freshness(now) == Freshness::Fresh
                         {
-                            let Step::Done(outcome) =
+                            if let Step::Done(outcome) =
                                 self.hit(ctx, key, &entry, now, CacheStatus::Hit)
-                            else {
-                                return Outcome::Continue;
-                            };
-                            return outcome;
+                            {
+                                return outcome;
+                            }
                         }
                     }
                     // Not cacheable after all, or too slow: go upstream.
@@ -387,9 +498,22 @@ impl ProxyCache {
             stale_ms: stale.as_millis() as u64,
             vary,
         };
-        self.store.insert(key, entry);
-        // Stored: wake the followers now rather than when the request ends.
-        state.leader = None;
+        match &self.backend {
+            Backend::Memory(store) => {
+                store.insert(key, entry);
+                // Stored: wake the followers now rather than when the request ends.
+                state.leader = None;
+            }
+            Backend::Redis { redis, timeout } => {
+                // Followers wake once the entry is in Redis.
+                let leader = state.leader.take();
+                let (redis, timeout) = (redis.clone(), *timeout);
+                tokio::spawn(async move {
+                    redis::set(&redis, &key, &entry, timeout).await;
+                    drop(leader);
+                });
+            }
+        }
     }
 
     /// `X-Cache-Status` and `X-Cache-Key` on the answer.
