@@ -44,7 +44,7 @@ use tracing::Instrument;
 
 /// The admin API's methods (`proto/tollgate_admin.proto`), the only values
 /// the `method` label takes besides `other`.
-pub const ADMIN_METHODS: [&str; 8] = [
+pub const ADMIN_METHODS: [&str; 9] = [
     "Create",
     "Update",
     "Get",
@@ -53,6 +53,7 @@ pub const ADMIN_METHODS: [&str; 8] = [
     "Apply",
     "Export",
     "ListDataPlanes",
+    "PurgeCache",
 ];
 
 /// How long a scraper may take to send its request head.

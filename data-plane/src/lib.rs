@@ -164,7 +164,8 @@ impl DataPlane {
             config.cluster_token.as_deref(),
             applier,
             connection.clone(),
-        )?;
+        )?
+        .with_cache_purger(cache_stores);
         let status = Arc::new(NodeStatus {
             node_id: node_id.clone(),
             store: store.clone(),

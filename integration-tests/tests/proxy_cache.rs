@@ -433,6 +433,20 @@ async fn redis_strategy_shares_the_cache_across_three_data_planes() {
         "the entry expires in Redis: {ttl}"
     );
 
+    // A purge reaches Redis too.
+    let output = cp.ctl(&["cache", "purge", "shared"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    tollgate_integration_tests::process::wait_until(
+        "the purge in redis",
+        Duration::from_secs(10),
+        || async { redis.keys("tollgate:cache:*").is_empty().then_some(()) },
+    )
+    .await;
+
     // Redis gone: requests still answer (from the upstream), never an error.
     redis.kill();
     let before = upstream.requests();
@@ -441,4 +455,94 @@ async fn redis_strategy_shares_the_cache_across_three_data_planes() {
         assert_eq!(status, 200);
     }
     assert_eq!(upstream.requests() - before, 3);
+}
+
+#[tokio::test]
+async fn a_purge_makes_the_next_request_a_miss_on_every_data_plane() {
+    let cp = ControlPlane::start().await;
+    let upstream = Upstream::start("origin").await;
+    let revision = cp
+        .apply_revision(&config(json!({
+            "services": [{"name": "origin", "upstream": {"targets": [{"address": upstream.address()}]}}],
+            "routes": [cached_route("c", "/c", json!({})), cached_route("other", "/o", json!({}))],
+        })))
+        .await;
+    let dps: Vec<DataPlane> = (0..2)
+        .map(|i| DataPlane::start(cp.port(), &format!("cache-purge-{i}"), &[]))
+        .collect();
+    for dp in &dps {
+        dp.wait_version(revision).await;
+    }
+    let mut keys = Vec::new();
+    for dp in &dps {
+        for path in ["/c/a", "/c/b", "/o/a"] {
+            assert_eq!(fetch(dp, path, &[]).await.1, "MISS");
+            let hit = dp.get("cache.test", path).send().await.expect("hit");
+            assert_eq!(hit.headers()["x-cache-status"], "HIT");
+            keys.push(
+                hit.headers()["x-cache-key"]
+                    .to_str()
+                    .expect("key")
+                    .to_string(),
+            );
+        }
+    }
+    assert_eq!(
+        keys[0], keys[3],
+        "the same request has the same key on every data plane"
+    );
+
+    // One entry, by its key.
+    let output = cp.ctl(&["cache", "purge", "c", "--key", &keys[0]]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("on 2 data plane(s)"), "{stdout}");
+    for dp in &dps {
+        tollgate_integration_tests::process::wait_until(
+            "the key purged",
+            Duration::from_secs(10),
+            || async { (fetch(dp, "/c/a", &[]).await.1 == "MISS").then_some(()) },
+        )
+        .await;
+        assert_eq!(fetch(dp, "/c/b", &[]).await.1, "HIT", "other entries stay");
+    }
+    // The whole route: every data plane misses next, other routes keep theirs.
+    let output = cp.ctl(&["cache", "purge", "c"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for dp in &dps {
+        tollgate_integration_tests::process::wait_until(
+            "the route purged",
+            Duration::from_secs(10),
+            || async { (fetch(dp, "/c/b", &[]).await.1 == "MISS").then_some(()) },
+        )
+        .await;
+        assert_eq!(
+            fetch(dp, "/c/a", &[]).await.1,
+            "MISS",
+            "every entry of the route"
+        );
+        assert_eq!(
+            fetch(dp, "/o/a", &[]).await.1,
+            "HIT",
+            "another route is untouched"
+        );
+    }
+    // Refused: an unknown route, a malformed key.
+    for (args, expected) in [
+        (vec!["cache", "purge", "nope"], "not found"),
+        (vec!["cache", "purge", "c", "--key", "xyz"], "key: must be"),
+    ] {
+        let output = cp.ctl(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
 }

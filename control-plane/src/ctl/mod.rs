@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::admin::{
     ApplyRequest, ChangeAction, EntityRef, ExportRequest, ListDataPlanesRequest, ListRequest,
+    PurgeCacheRequest,
 };
 use tollgate_shared::proto::config as pb_config;
 
@@ -86,6 +87,23 @@ pub enum Command {
     Dataplanes {
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: Format,
+    },
+    /// Cached responses (proxy-cache).
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CacheAction {
+    /// Drop a route's cached responses on every connected data plane (and
+    /// in Redis): all of them, or one by its X-Cache-Key.
+    Purge {
+        route: String,
+        /// One entry: the X-Cache-Key a response showed (32 hex digits).
+        #[arg(long)]
+        key: Option<String>,
     },
 }
 
@@ -183,6 +201,29 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CpError> {
                 .into_inner();
             let config = GatewayConfig::try_from(&response.config.unwrap_or_default())?;
             write!(out, "{}", config.to_yaml())?;
+            Ok(())
+        }
+        (
+            Command::Cache {
+                action: CacheAction::Purge { route, key },
+            },
+            _,
+            _,
+        ) => {
+            let response = client
+                .purge_cache(PurgeCacheRequest {
+                    route: route.clone(),
+                    key: key.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(CpError::from)?
+                .into_inner();
+            let what = key.map_or_else(|| "every entry".to_string(), |k| format!("entry {k}"));
+            writeln!(
+                out,
+                "purged {what} of route {route} on {} data plane(s)",
+                response.data_planes
+            )?;
             Ok(())
         }
         (Command::Dataplanes { output }, _, _) => {

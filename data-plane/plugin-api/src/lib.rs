@@ -18,6 +18,8 @@
 //!   once per snapshot and run per request.
 //! - [`request_id`] and [`identity`]: the request id and the identity
 //!   headers, which every layer reads.
+//! - [`commands`]: what the control plane asks of plugin state outside any
+//!   request (a cache purge), delivered by the core's config stream.
 //!
 //! Dispatch is through `dyn Plugin`: a virtual call per hook, measured with
 //! callgrind against the previous enum dispatch (see `docs/architecture.md`).
@@ -27,6 +29,7 @@
 
 pub mod auth;
 pub mod chain;
+pub mod commands;
 pub mod context;
 pub mod extensions;
 pub mod identity;
@@ -37,6 +40,7 @@ pub mod request_id;
 
 pub use auth::{AuthAttempt, AuthSet, Authenticator};
 pub use chain::{CompiledInstance, PhaseObserver, PluginChain};
+pub use commands::CachePurger;
 pub use context::{Identity, RequestCtx};
 pub use extensions::Extensions;
 pub use plugin::{Outcome, Phase, Plugin, Reply, Step};

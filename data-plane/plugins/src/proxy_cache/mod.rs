@@ -199,6 +199,16 @@ impl CacheStores {
     }
 }
 
+impl tollgate_plugin_api::CachePurger for CacheStores {
+    fn purge<'a>(
+        &'a self,
+        route: &'a str,
+        key: Option<&'a str>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(CacheStores::purge(self, route, key))
+    }
+}
+
 /// A key as `X-Cache-Key` shows it.
 pub fn parse_key(key: &str) -> Result<[u8; 16], String> {
     let mut digest = [0u8; 16];

@@ -123,9 +123,17 @@ pub struct Subscriber {
     authorization: Option<MetadataValue<Ascii>>,
     applier: Arc<Applier>,
     state: Arc<ConnectionState>,
+    /// Where `CachePurge` messages go (the plugins' cache stores).
+    purger: Option<Arc<dyn tollgate_plugin_api::CachePurger>>,
 }
 
 impl Subscriber {
+    /// Hands cache purges from the control plane to `purger`.
+    pub fn with_cache_purger(mut self, purger: Arc<dyn tollgate_plugin_api::CachePurger>) -> Self {
+        self.purger = Some(purger);
+        self
+    }
+
     pub fn new(
         control_plane: &str,
         node_id: String,
@@ -161,6 +169,7 @@ impl Subscriber {
             authorization,
             applier,
             state,
+            purger: None,
         })
     }
 
@@ -248,6 +257,10 @@ impl Subscriber {
                 return Ok(());
             };
             backoff.reset();
+            if let Some(control_plane_message::Kind::CachePurge(purge)) = message.kind {
+                self.purge_cache(purge).await;
+                continue;
+            }
             let Some(control_plane_message::Kind::Snapshot(snapshot)) = message.kind else {
                 continue;
             };
@@ -256,6 +269,18 @@ impl Subscriber {
                 .send(reply)
                 .await
                 .map_err(|_| "stream closed while answering".to_string())?;
+        }
+    }
+
+    /// Drops cached responses as the control plane asked.
+    async fn purge_cache(&self, purge: tollgate_shared::proto::stream::CachePurge) {
+        let Some(purger) = &self.purger else {
+            return;
+        };
+        let key = (!purge.key.is_empty()).then_some(purge.key.as_str());
+        match purger.purge(&purge.route, key).await {
+            Ok(()) => tracing::info!(route = %purge.route, key = key.unwrap_or(""), "cache purged"),
+            Err(error) => tracing::warn!(route = %purge.route, %error, "cache purge refused"),
         }
     }
 
