@@ -8,7 +8,7 @@
 //! request abandoned) removes the key and wakes every follower.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -43,9 +43,7 @@ pub struct Leader {
 
 impl Inflight {
     fn shard(&self, key: &CacheKey) -> &Mutex<HashMap<CacheKey, watch::Receiver<bool>>> {
-        let mut hasher = self.hasher.build_hasher();
-        key.hash(&mut hasher);
-        &self.shards[hasher.finish() as usize % SHARDS]
+        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
     }
 
     /// Leads the fetch of `key`, or follows the one already under way.

@@ -111,11 +111,15 @@ impl CacheState {
     }
 }
 
+/// A memory store and its in-flight map, held weakly (the instances of the
+/// snapshots in service hold them).
+type InstanceStore = (Weak<MemoryStore>, Weak<Inflight>);
+
 /// Every memory store of this data plane, by plugin instance: kept across
 /// snapshots, and where a purge reaches them all.
 #[derive(Default)]
 pub struct CacheStores {
-    stores: Mutex<HashMap<String, (Weak<MemoryStore>, Weak<Inflight>)>>,
+    stores: Mutex<HashMap<String, InstanceStore>>,
     /// The `--redis-url` Redis, for `strategy: redis`.
     redis: Option<RedisStore>,
 }

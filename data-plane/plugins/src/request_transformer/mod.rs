@@ -54,6 +54,11 @@ enum Value<T> {
     Template(Box<[Part]>),
 }
 
+/// Header edits: name and value.
+type HeaderEdits = Box<[(HeaderName, Value<HeaderValue>)]>;
+/// Query edits: decoded name and value.
+type QueryEdits = Box<[(String, Value<String>)]>;
+
 /// One segment of a route path template.
 #[derive(Debug)]
 enum Segment {
@@ -79,13 +84,13 @@ struct PathRewrite {
 pub struct RequestTransformer {
     remove_headers: Box<[HeaderName]>,
     rename_headers: Box<[(HeaderName, HeaderName)]>,
-    replace_headers: Box<[(HeaderName, Value<HeaderValue>)]>,
-    add_headers: Box<[(HeaderName, Value<HeaderValue>)]>,
+    replace_headers: HeaderEdits,
+    add_headers: HeaderEdits,
     remove_query: Box<[String]>,
     rename_query: Box<[(String, String)]>,
     /// (decoded name, value).
-    replace_query: Box<[(String, Value<String>)]>,
-    add_query: Box<[(String, Value<String>)]>,
+    replace_query: QueryEdits,
+    add_query: QueryEdits,
     method: Option<Method>,
     path: Option<PathRewrite>,
 }
@@ -98,7 +103,7 @@ fn header_name(name: &str) -> Result<HeaderName, String> {
 fn header_values(
     section: &str,
     edits: &std::collections::BTreeMap<String, String>,
-) -> Result<Box<[(HeaderName, Value<HeaderValue>)]>, String> {
+) -> Result<HeaderEdits, String> {
     edits
         .iter()
         .map(|(name, value)| {
@@ -121,7 +126,7 @@ fn header_values(
 fn query_values(
     section: &str,
     edits: &std::collections::BTreeMap<String, String>,
-) -> Result<Box<[(String, Value<String>)]>, String> {
+) -> Result<QueryEdits, String> {
     edits
         .iter()
         .map(|(name, value)| {
