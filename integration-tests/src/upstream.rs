@@ -21,6 +21,10 @@
 //! - `.../sink`: reads the request body frame by frame, counting bytes without
 //!   keeping them, and answers `{"name", "received": N}`.
 //!
+//! - `.../echo-body`: answers with the request body itself (same
+//!   `Content-Type`), and the `Content-Length` it was sent with in
+//!   `x-received-length`.
+//!
 //! Any query parameter `set-NAME=VALUE` (percent-decoded) becomes a response
 //! header `NAME: VALUE` (`?set-cache-control=no-store`), for cache tests.
 //!
@@ -183,6 +187,26 @@ async fn handle(
         stats.sink_bytes.fetch_add(received, Ordering::SeqCst);
         let body = serde_json::json!({"name": &*name, "received": received});
         return Ok(json_response(StatusCode::OK, &body));
+    }
+    if path.ends_with("/echo-body") {
+        let content_type = req.headers().get(hyper::header::CONTENT_TYPE).cloned();
+        let length = req.headers().get(hyper::header::CONTENT_LENGTH).cloned();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let mut response = Response::new(Full::new(body).boxed());
+        if let Some(content_type) = content_type {
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, content_type);
+        }
+        if let Some(length) = length {
+            response.headers_mut().insert("x-received-length", length);
+        }
+        return Ok(response);
     }
     if path.ends_with("/bytes") {
         let total = query_u64(&query, "n").unwrap_or(0);

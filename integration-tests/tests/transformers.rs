@@ -126,6 +126,9 @@ async fn request_transformer_rewrites_path_method_and_templated_values() {
                 "replace": {"querystring": {"page": "1"}},
                 "add": {"headers": {"x-tenant": "$(headers.x-org)", "x-caller": "$(consumer.name)",
                                     "x-route": "$(route.name)"}}}}]},
+            {"name": "json", "service": "origin", "paths": ["/json"],
+             "plugins": [{"name": "request-transformer", "config": {
+                "json": {"remove": ["password"], "replace": {"role": "user"}, "add": {"source": "gateway"}}}}]},
         ]),
         json!([{"name": "alice", "credentials": [{"api_key": "alice-key-0123456789"}]}]),
     )
@@ -144,6 +147,43 @@ async fn request_transformer_rewrites_path_method_and_templated_values() {
     assert_eq!(echo["headers"]["x-tenant"], "acme");
     assert_eq!(echo["headers"]["x-caller"], "alice");
     assert_eq!(echo["headers"]["x-route"], "users");
+
+    // JSON request bodies: fields edited, Content-Length follows; other
+    // bodies pass as sent.
+    let sent = r#"{"user":"ann","password":"s3cret","role":"admin"}"#;
+    for (content_type, expected) in [
+        (
+            "application/json",
+            json!({"user": "ann", "role": "user", "source": "gateway"}),
+        ),
+        ("text/plain", serde_json::Value::Null),
+    ] {
+        let response = dp
+            .request(reqwest::Method::POST, "transform.test", "/json/echo-body")
+            .header("content-type", content_type)
+            .body(sent)
+            .send()
+            .await
+            .expect("json");
+        assert_eq!(response.status(), 200);
+        let received_length: usize = response.headers()["x-received-length"]
+            .to_str()
+            .expect("length")
+            .parse()
+            .expect("number");
+        let body = response.bytes().await.expect("body");
+        assert_eq!(
+            received_length,
+            body.len(),
+            "Content-Length matches the edited body"
+        );
+        if expected.is_null() {
+            assert_eq!(&body[..], sent.as_bytes(), "{content_type} untouched");
+        } else {
+            let got: serde_json::Value = serde_json::from_slice(&body).expect("json");
+            assert_eq!(got, expected);
+        }
+    }
 
     // A capture the route does not declare, or a route that strips its
     // path, is refused by the control plane, naming the field.

@@ -48,6 +48,7 @@ pub struct PluginChain {
     plugins: Box<[Arc<dyn Plugin>]>,
     response_hooks: bool,
     response_body_hooks: bool,
+    request_body_hooks: bool,
 }
 
 /// Compiles the enabled instances of one level (`owner`: `route:orders`,
@@ -181,10 +182,12 @@ impl PluginChain {
         merge_authentication(&mut plugins);
         let response_hooks = plugins.iter().any(|p| p.has_response_hook());
         let response_body_hooks = plugins.iter().any(|p| p.has_response_body_hook());
+        let request_body_hooks = plugins.iter().any(|p| p.has_request_body_hook());
         PluginChain {
             plugins: plugins.into_boxed_slice(),
             response_hooks,
             response_body_hooks,
+            request_body_hooks,
         }
     }
 
@@ -226,6 +229,50 @@ impl PluginChain {
             }
         }
         Outcome::Continue
+    }
+
+    /// Whether any plugin of the chain may want request bodies.
+    pub fn has_request_body_hooks(&self) -> bool {
+        self.request_body_hooks
+    }
+
+    /// The largest request body any plugin wants for this request, if any.
+    pub fn request_body_limit(
+        &self,
+        ctx: &RequestCtx<'_>,
+        request: &request::Parts,
+    ) -> Option<usize> {
+        if !self.request_body_hooks {
+            return None;
+        }
+        self.plugins
+            .iter()
+            .filter_map(|plugin| plugin.request_body_limit(ctx, request))
+            .max()
+    }
+
+    /// Runs the request-body hooks in chain order; each plugin only if the
+    /// body fits its own limit; `Content-Length` follows every change.
+    pub fn run_request_body(
+        &self,
+        ctx: &mut RequestCtx<'_>,
+        request: &mut request::Parts,
+        body: &mut bytes::Bytes,
+    ) {
+        for plugin in self.plugins.iter() {
+            if plugin
+                .request_body_limit(ctx, request)
+                .is_some_and(|limit| body.len() <= limit)
+            {
+                let before = body.len();
+                plugin.on_request_body(ctx, request, body);
+                if body.len() != before {
+                    request
+                        .headers
+                        .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+                }
+            }
+        }
     }
 
     /// Whether any plugin of the chain may want response bodies.

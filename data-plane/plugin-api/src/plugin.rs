@@ -118,6 +118,35 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
     /// runs for every routed request, whoever produced the response.
     fn on_response(&self, _ctx: &mut RequestCtx<'_>, _response: &mut response::Parts) {}
 
+    /// Whether this plugin wants the client's request body whole, and up to
+    /// how many bytes: asked after the request phases, for bodies with a
+    /// declared `Content-Length` within the largest such cap (a chunked or
+    /// larger body streams upstream untouched).
+    fn request_body_limit(
+        &self,
+        _ctx: &RequestCtx<'_>,
+        _request: &request::Parts,
+    ) -> Option<usize> {
+        None
+    }
+
+    /// The request-body hook: the buffered body, which the plugin may
+    /// replace (a transformer editing JSON fields); `Content-Length`
+    /// follows the body. Called in chain order on plugins whose
+    /// [`Plugin::request_body_limit`] the body fits.
+    fn on_request_body(
+        &self,
+        _ctx: &mut RequestCtx<'_>,
+        _request: &mut request::Parts,
+        _body: &mut Bytes,
+    ) {
+    }
+
+    /// Whether [`Plugin::request_body_limit`] can ever answer `Some`.
+    fn has_request_body_hook(&self) -> bool {
+        false
+    }
+
     /// Whether this plugin wants the upstream response's body whole, and up
     /// to how many bytes: asked after the upstream's head arrives (never
     /// for answers the gateway made itself). The core buffers the body when

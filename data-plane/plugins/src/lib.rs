@@ -15,6 +15,7 @@ pub mod auth;
 pub mod consumers;
 pub mod cors;
 pub mod ip_restriction;
+pub mod json_body;
 pub mod jwt;
 pub mod key_auth;
 pub mod proxy_cache;

@@ -134,6 +134,8 @@ pub enum UpstreamBody {
     /// allocation.
     Empty,
     Streaming(GuardedBody),
+    /// A body read whole and edited by a plugin (`request_body.rs`).
+    Full(Option<Bytes>),
 }
 
 /// The client's body with a size limit and an idle timeout.
@@ -188,6 +190,7 @@ impl Body for UpstreamBody {
         match self.get_mut() {
             UpstreamBody::Empty => Poll::Ready(None),
             UpstreamBody::Streaming(body) => body.poll_guarded(cx),
+            UpstreamBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -195,6 +198,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Empty => true,
             UpstreamBody::Streaming(body) => body.inner.is_end_stream(),
+            UpstreamBody::Full(bytes) => bytes.is_none(),
         }
     }
 
@@ -202,6 +206,9 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
             UpstreamBody::Streaming(body) => body.inner.size_hint(),
+            UpstreamBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }

@@ -36,6 +36,7 @@ use tollgate_plugin_api::{Outcome, Refusal, RefusalKind, RequestCtx};
 use crate::body::{ResponseBody, UpstreamBody};
 use crate::forward::{self, Peer, TrustedProxies};
 use crate::observe::Exchange;
+use crate::request_body::{self, RequestBody};
 use crate::respond;
 use crate::response_body;
 use crate::router::{normalize_path, strip_prefix, PathPolicy};
@@ -299,7 +300,30 @@ async fn forward_route(
         }
     }
 
-    let mut body = UpstreamBody::new(body, route.max_body_bytes, state.limits.body_idle_timeout);
+    let body = if route.plugins.has_request_body_hooks() {
+        let idle = state.limits.body_idle_timeout;
+        match request_body::run(
+            &route.plugins,
+            ctx,
+            &mut parts,
+            body,
+            route.max_body_bytes,
+            idle,
+        )
+        .await
+        {
+            Ok(body) => body,
+            Err(kind) => return refused(exchange, ctx, kind.into()),
+        }
+    } else {
+        RequestBody::Streamed(body)
+    };
+    let mut body = match body {
+        RequestBody::Streamed(body) => {
+            UpstreamBody::new(body, route.max_body_bytes, state.limits.body_idle_timeout)
+        }
+        RequestBody::Buffered(bytes) => UpstreamBody::Full(Some(bytes)),
+    };
     if body.has_body() {
         body.count_into(exchange.body_counter());
     }

@@ -11,6 +11,8 @@
 //!   ([`router`]), plugin chain (through `tollgate_plugin_api` only: the core
 //!   never names a plugin), target pick (`tollgate_lb`), upstream call.
 //! - [`respond`]: the one place a refusal becomes a response.
+//! - [`request_body`]: client bodies buffered (declared length, under a cap)
+//!   for the plugins that asked to edit them.
 //! - [`response_body`]: upstream bodies buffered (under a cap) for the
 //!   plugins that asked to read or replace them.
 //! - [`forward`]: hop-by-hop headers out, `X-Forwarded-*` and `X-Request-Id` in;
@@ -40,6 +42,7 @@ pub mod handler;
 pub mod observe;
 pub mod parse_errors;
 pub mod pool;
+pub mod request_body;
 pub mod respond;
 pub mod response_body;
 pub mod router;

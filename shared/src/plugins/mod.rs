@@ -38,7 +38,9 @@ pub use rate_limit::{
     OnRedisFailure, RateLimitAlgorithm, RateLimitConfig, RateLimitPolicy, RateLimitSync, Scope,
     Window,
 };
-pub use request_transformer::{AddSpec, RemoveSpec, RenameSpec, RequestTransformerConfig};
+pub use request_transformer::{
+    AddSpec, RemoveSpec, RenameSpec, RequestTransformerConfig, MAX_REQUEST_JSON,
+};
 pub use response_transformer::{
     HeaderEdits, JsonEdits, ResponseTransformerConfig, MAX_TRANSFORMED_BODY,
 };

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_header_name, template, PluginConfigSchema};
+use super::{check_header_name, template, JsonEdits, PluginConfigSchema};
 use crate::limits::Shown;
 use crate::validate::{check_header_value, check_query_name, check_query_value};
 
@@ -31,7 +31,14 @@ pub struct RequestTransformerConfig {
     /// template matched is replaced, the rest kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Edits of a JSON object request body's top-level fields (bodies with
+    /// a `Content-Length` up to [`MAX_REQUEST_JSON`]; others pass as sent).
+    #[serde(skip_serializing_if = "JsonEdits::is_empty")]
+    pub json: JsonEdits,
 }
+
+/// Largest request body `request-transformer` edits.
+pub const MAX_REQUEST_JSON: usize = 1024 * 1024;
 
 impl RequestTransformerConfig {
     /// The captures `path` uses, which the routes it runs on must declare.
@@ -109,6 +116,7 @@ impl PluginConfigSchema for RequestTransformerConfig {
                     .map_err(|m| format!("config.{section}.querystring.{}: {m}", Shown(name)))?;
             }
         }
+        self.json.check()?;
         if let Some(method) = &self.method {
             if method.is_empty()
                 || method.len() > 32

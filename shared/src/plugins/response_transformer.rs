@@ -54,6 +54,26 @@ pub struct JsonEdits {
 }
 
 impl JsonEdits {
+    /// Field names: 1 to 256 bytes.
+    pub fn check(&self) -> Result<(), String> {
+        let names = self
+            .remove
+            .iter()
+            .chain(self.rename.keys())
+            .chain(self.rename.values())
+            .chain(self.replace.keys())
+            .chain(self.add.keys());
+        for name in names {
+            if name.is_empty() || name.len() > 256 {
+                return Err(format!(
+                    "config.json: field name {} must be 1 to 256 bytes",
+                    crate::limits::show(name)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.remove.is_empty()
             && self.rename.is_empty()
@@ -95,22 +115,7 @@ impl PluginConfigSchema for ResponseTransformerConfig {
                     .map_err(|m| format!("config.headers.{section}.{}: {m}", Shown(name)))?;
             }
         }
-        let j = &self.json;
-        let names = j
-            .remove
-            .iter()
-            .chain(j.rename.keys())
-            .chain(j.rename.values())
-            .chain(j.replace.keys())
-            .chain(j.add.keys());
-        for name in names {
-            if name.is_empty() || name.len() > 256 {
-                return Err(format!(
-                    "config.json: field name {} must be 1 to 256 bytes",
-                    crate::limits::show(name)
-                ));
-            }
-        }
+        self.json.check()?;
         if self.max_body_bytes == 0 || self.max_body_bytes > MAX_TRANSFORMED_BODY {
             return Err(format!(
                 "config.max_body_bytes: must be between 1 and {MAX_TRANSFORMED_BODY}"

@@ -93,6 +93,7 @@ pub struct RequestTransformer {
     add_query: QueryEdits,
     method: Option<Method>,
     path: Option<PathRewrite>,
+    json: Option<tollgate_shared::plugins::JsonEdits>,
 }
 
 fn header_name(name: &str) -> Result<HeaderName, String> {
@@ -307,6 +308,7 @@ impl RequestTransformer {
             add_query: query_values("add", &config.add.querystring)?,
             method,
             path,
+            json: (!config.json.is_empty()).then(|| config.json.clone()),
         })
     }
 
@@ -335,6 +337,24 @@ impl RequestTransformer {
             request.uri = Uri::from(path_and_query);
         }
         Ok(())
+    }
+
+    /// The body cap when this request's body is one to edit.
+    pub fn wants_body(&self, request: &request::Parts) -> Option<usize> {
+        self.json.as_ref()?;
+        crate::json_body::is_plain_json(&request.headers)
+            .then_some(tollgate_shared::plugins::MAX_REQUEST_JSON)
+    }
+
+    /// Edits a JSON object body; anything else is left as it is.
+    pub fn edit_body(&self, body: &mut bytes::Bytes) {
+        if let Some(edits) = &self.json {
+            crate::json_body::edit(edits, body);
+        }
+    }
+
+    pub fn edits_bodies(&self) -> bool {
+        self.json.is_some()
     }
 
     fn render(&self, ctx: &RequestCtx<'_>, request: &request::Parts) -> Rendered {

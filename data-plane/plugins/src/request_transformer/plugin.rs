@@ -49,4 +49,21 @@ impl Plugin for RequestTransformer {
     ) -> Step<'a> {
         self.apply(ctx, request).into()
     }
+
+    fn request_body_limit(&self, _ctx: &RequestCtx<'_>, request: &request::Parts) -> Option<usize> {
+        self.wants_body(request)
+    }
+
+    fn on_request_body(
+        &self,
+        _ctx: &mut RequestCtx<'_>,
+        _request: &mut request::Parts,
+        body: &mut bytes::Bytes,
+    ) {
+        self.edit_body(body);
+    }
+
+    fn has_request_body_hook(&self) -> bool {
+        self.edits_bodies()
+    }
 }

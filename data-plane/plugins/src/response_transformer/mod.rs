@@ -13,10 +13,12 @@
 mod plugin;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tollgate_shared::plugins::{JsonEdits, ResponseTransformerConfig};
 
 pub use plugin::ResponseTransformerFactory;
+
+use crate::json_body;
 
 /// One compiled instance.
 #[derive(Debug)]
@@ -95,49 +97,13 @@ impl ResponseTransformer {
     /// The body cap when this response's body is one to edit.
     pub fn wants_body(&self, headers: &HeaderMap) -> Option<usize> {
         self.json.as_ref()?;
-        if headers.contains_key(CONTENT_ENCODING) {
-            return None;
-        }
-        let content_type = headers.get(CONTENT_TYPE)?.to_str().ok()?;
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        let json = essence == "application/json"
-            || (essence.starts_with("application/") && essence.ends_with("+json"));
-        json.then_some(self.max_body_bytes)
+        json_body::is_plain_json(headers).then_some(self.max_body_bytes)
     }
 
     /// Edits a JSON object body; anything else is left as it is.
     pub fn edit_body(&self, body: &mut Bytes) {
-        let Some(edits) = &self.json else { return };
-        let Ok(serde_json::Value::Object(mut object)) =
-            serde_json::from_slice::<serde_json::Value>(body)
-        else {
-            return;
-        };
-        for field in &edits.remove {
-            object.remove(field);
-        }
-        for (from, to) in &edits.rename {
-            if let Some(value) = object.remove(from) {
-                object.insert(to.clone(), value);
-            }
-        }
-        for (field, value) in &edits.replace {
-            if let Some(slot) = object.get_mut(field) {
-                *slot = value.clone();
-            }
-        }
-        for (field, value) in &edits.add {
-            if !object.contains_key(field) {
-                object.insert(field.clone(), value.clone());
-            }
-        }
-        if let Ok(edited) = serde_json::to_vec(&serde_json::Value::Object(object)) {
-            *body = Bytes::from(edited);
+        if let Some(edits) = &self.json {
+            json_body::edit(edits, body);
         }
     }
 }
@@ -145,6 +111,7 @@ impl ResponseTransformer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
     use serde_json::json;
 
     fn transformer(config: serde_json::Value) -> ResponseTransformer {
