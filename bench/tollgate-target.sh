@@ -7,7 +7,9 @@
 # everything to $UPSTREAM_ADDR (exported by compare.sh), starts tollgate-dp on
 # 127.0.0.1:PORT, and on TERM stops both (by PID). VARIANT picks the plugins on
 # the route: plain (default), transformer, keyauth, jwt, ratelimit-local,
-# ratelimit-redis, ratelimit-batched, accesslog, tracing, tls, bare (a limit high enough never to reject, so the run measures
+# ratelimit-redis, ratelimit-batched, cache (proxy-cache in memory: compare.sh's one URL is a
+# HIT after the first request; callgrind.sh's distinct URLs are all MISSes),
+# accesslog, tracing, tls, bare (a limit high enough never to reject, so the run measures
 # its cost; the redis variants start their own redis-server on PORT+3000 and
 # stop it by PID; ratelimit-batched is `sync: batched` at the default 100 ms). keyauth and jwt take
 # their credential from BENCH_HEADER="apikey: <token>" (bench/auth-token.sh):
@@ -62,6 +64,7 @@ case "$VARIANT" in
   ratelimit-local) PLUGINS='[{ name: rate-limit, config: { limit: 1000000000000, window: 1h, scope: ip } }]' ;;
   ratelimit-redis) PLUGINS='[{ name: rate-limit, config: { limit: 1000000000000, window: 1h, scope: ip, policy: redis } }]' ;;
   ratelimit-batched) PLUGINS='[{ name: rate-limit, config: { limit: 1000000000000, window: 1h, scope: ip, policy: redis, sync: batched } }]' ;;
+  cache) PLUGINS='[{ name: proxy-cache, config: { ttl: 3600, max_ttl: 3600 } }]' ;;
   *) echo "unknown variant $VARIANT" >&2; exit 2 ;;
 esac
 

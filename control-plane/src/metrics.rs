@@ -46,7 +46,7 @@ use crate::dashboard::Dashboard;
 
 /// The admin API's methods (`proto/tollgate_admin.proto`), the only values
 /// the `method` label takes besides `other`.
-pub const ADMIN_METHODS: [&str; 15] = [
+pub const ADMIN_METHODS: [&str; 16] = [
     "Create",
     "Update",
     "Get",
@@ -62,6 +62,7 @@ pub const ADMIN_METHODS: [&str; 15] = [
     "WaitForVersion",
     "History",
     "Rollback",
+    "PurgeCache",
 ];
 
 /// How long a scraper may take to send its request head.

@@ -137,8 +137,11 @@ impl DataPlane {
             Some(url) => Some(plugins::RedisStore::start(url).await),
             None => None,
         };
+        // Cached responses outlive snapshots; purges reach them here.
+        let cache_stores = Arc::new(plugins::CacheStores::new(redis.clone()));
         let mut registry = plugins::registry(&plugins::PluginOptions {
             rate_limiters: Arc::new(plugins::RateLimiters::new(redis)),
+            cache_stores: cache_stores.clone(),
         });
         if let Some(enabled) = &config.plugins {
             registry = registry.only(enabled).map_err(DpError::Plugins)?;
@@ -179,7 +182,8 @@ impl DataPlane {
             connection.clone(),
             usage,
         )?
-        .with_heartbeat(config.heartbeat_interval);
+        .with_heartbeat(config.heartbeat_interval)
+        .with_cache_purger(cache_stores);
         let status = Arc::new(NodeStatus {
             node_id: node_id.clone(),
             store: store.clone(),

@@ -21,11 +21,18 @@
 //! - `.../sink`: reads the request body frame by frame, counting bytes without
 //!   keeping them, and answers `{"name", "received": N}`.
 //!
+//! - `.../echo-body`: answers with the request body itself (same
+//!   `Content-Type`), and the `Content-Length` it was sent with in
+//!   `x-received-length`.
+//!
 //! Every request is also delayed by [`Upstream::set_delay`] (0 by default),
 //! for a target that is slower than its peers, and its `X-Request-Id` is
 //! noted ([`Upstream::request_ids`]). [`Upstream::start_on`] binds a given
 //! port, so a test can stop a target (drop it: its listener and open
 //! connections close) and bring it back on the same address.
+//!
+//! Any query parameter `set-NAME=VALUE` (percent-decoded) becomes a response
+//! header `NAME: VALUE` (`?set-cache-control=no-store`), for cache tests.
 //!
 //! [`RawUpstream`] covers upstreams that misbehave below HTTP: one answering
 //! with both `Content-Length` and `Transfer-Encoding` (a response a gateway must
@@ -238,6 +245,26 @@ async fn handle(
         let body = serde_json::json!({"name": &*name, "received": received});
         return Ok(json_response(StatusCode::OK, &body));
     }
+    if path.ends_with("/echo-body") {
+        let content_type = req.headers().get(hyper::header::CONTENT_TYPE).cloned();
+        let length = req.headers().get(hyper::header::CONTENT_LENGTH).cloned();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let mut response = Response::new(Full::new(body).boxed());
+        if let Some(content_type) = content_type {
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, content_type);
+        }
+        if let Some(length) = length {
+            response.headers_mut().insert("x-received-length", length);
+        }
+        return Ok(response);
+    }
     if path.ends_with("/bytes") {
         let total = query_u64(&query, "n").unwrap_or(0);
         return Ok(stream_bytes(total));
@@ -255,7 +282,25 @@ async fn handle(
     let echo = echo_json(&name, &req);
     let mut echo = echo;
     echo["body_bytes"] = drain(req.into_body()).await.into();
-    Ok(json_response(status, &echo))
+    let mut response = json_response(status, &echo);
+    set_headers_from_query(&query, response.headers_mut());
+    Ok(response)
+}
+
+/// `set-NAME=VALUE` query parameters as response headers.
+fn set_headers_from_query(query: &str, headers: &mut hyper::HeaderMap) {
+    for (name, value) in query.split('&').filter_map(|pair| pair.split_once('=')) {
+        let Some(name) = name.strip_prefix("set-") else {
+            continue;
+        };
+        let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_str(&value),
+        ) {
+            headers.append(name, value);
+        }
+    }
 }
 
 /// The JSON echo of a request (without its body).

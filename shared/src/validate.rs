@@ -189,25 +189,38 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
             return Err(err("instance: defined more than once".into()));
         }
         let parsed = parse_plugin(&plugin.name, &plugin.config).map_err(&err)?;
-        check_anonymous(&parsed, &consumer_names).map_err(err)?;
+        check_anonymous(&parsed, &consumer_names).map_err(&err)?;
+        for route in &config.routes {
+            check_captures(&parsed, route).map_err(&err)?;
+        }
     }
 
     // Plugins on routes and services may name an anonymous consumer: check it exists.
     for route in &config.routes {
         for (i, plugin) in route.plugins.iter().enumerate() {
             if let Ok(parsed) = crate::plugins::check(&plugin.name, &plugin.config) {
-                check_anonymous(&parsed, &consumer_names).map_err(|m| {
-                    ConfigError::new("route", &route.name, format!("plugins[{i}].{m}"))
-                })?;
+                check_anonymous(&parsed, &consumer_names)
+                    .and_then(|()| check_captures(&parsed, route))
+                    .map_err(|m| {
+                        ConfigError::new("route", &route.name, format!("plugins[{i}].{m}"))
+                    })?;
             }
         }
     }
     for service in &config.services {
         for (i, plugin) in service.plugins.iter().enumerate() {
             if let Ok(parsed) = crate::plugins::check(&plugin.name, &plugin.config) {
-                check_anonymous(&parsed, &consumer_names).map_err(|m| {
-                    ConfigError::new("service", &service.name, format!("plugins[{i}].{m}"))
-                })?;
+                check_anonymous(&parsed, &consumer_names)
+                    .and_then(|()| {
+                        config
+                            .routes
+                            .iter()
+                            .filter(|route| route.service == service.name)
+                            .try_for_each(|route| check_captures(&parsed, route))
+                    })
+                    .map_err(|m| {
+                        ConfigError::new("service", &service.name, format!("plugins[{i}].{m}"))
+                    })?;
             }
         }
     }
@@ -778,6 +791,36 @@ fn parse_plugin(name: &str, config: &serde_json::Value) -> Result<Checked, Strin
     }
     limits::check_plugin_config_size(config)?;
     crate::plugins::check(name, config)
+}
+
+/// A path rewrite's captures must be declared by every path of every route
+/// the plugin runs on, and the route must not strip its path (the rewrite
+/// matches the template against the path as routed).
+fn check_captures(parsed: &Checked, route: &Route) -> Result<(), String> {
+    if parsed.path_captures.is_empty() {
+        return Ok(());
+    }
+    if route.strip_path {
+        return Err(format!(
+            "config.path: uses route captures, but route {} strips its path",
+            show(&route.name)
+        ));
+    }
+    for path in &route.paths {
+        let declared = crate::plugins::template::route_captures(path);
+        if let Some(missing) = parsed
+            .path_captures
+            .iter()
+            .find(|name| !declared.contains(&name.as_str()))
+        {
+            return Err(format!(
+                "config.path: capture {{{missing}}} is not in path {} of route {}",
+                show(path),
+                show(&route.name)
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_plugins(plugins: &[PluginInstance]) -> Result<(), String> {

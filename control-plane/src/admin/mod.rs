@@ -18,10 +18,11 @@ use tollgate_shared::proto::admin::{
     EntityRef, EntityRequest, EntityResponse, ExportRequest, ExportResponse, GetStatsRequest,
     GetStatsResponse, HistoryRequest, HistoryResponse, ListAuditRequest, ListAuditResponse,
     ListDataPlanesRequest, ListDataPlanesResponse, ListRequest, ListResponse, ListTokensRequest,
-    ListTokensResponse, Revision, RevokeTokenRequest, RevokeTokenResponse, RollbackRequest,
-    WaitForVersionRequest,
+    ListTokensResponse, PurgeCacheRequest, PurgeCacheResponse, Revision, RevokeTokenRequest,
+    RevokeTokenResponse, RollbackRequest, WaitForVersionRequest,
 };
 use tollgate_shared::proto::config as pb_config;
+use tollgate_shared::proto::stream::CachePurge;
 use tonic::{Request, Response, Status};
 
 use crate::access::{Role, TokenBook};
@@ -309,6 +310,31 @@ impl Admin for AdminService {
         })
         .await?;
         Ok(Response::new(response))
+    }
+
+    async fn purge_cache(
+        &self,
+        request: Request<PurgeCacheRequest>,
+    ) -> Result<Response<PurgeCacheResponse>, Status> {
+        let PurgeCacheRequest { route, key } = request.into_inner();
+        let current = self.model.current();
+        if !current.config.routes.iter().any(|r| r.name == route) {
+            return Err(Status::not_found(format!(
+                "route {}: not found",
+                tollgate_shared::limits::show(&route)
+            )));
+        }
+        if !key.is_empty() && (key.len() != 32 || !key.bytes().all(|b| b.is_ascii_hexdigit())) {
+            return Err(Status::invalid_argument(
+                "key: must be the 32 hex digits of an X-Cache-Key",
+            ));
+        }
+        let key = key.to_ascii_lowercase();
+        tracing::info!(route = %route, key = %key, "cache purge requested");
+        let sent = self.registry.purge_cache(CachePurge { route, key });
+        Ok(Response::new(PurgeCacheResponse {
+            data_planes: u32::try_from(sent).unwrap_or(u32::MAX),
+        }))
     }
 
     async fn list_data_planes(

@@ -28,7 +28,7 @@ use std::process::ExitCode;
 use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::admin::{
     ApplyRequest, ApplyResponse, ChangeAction, EntityRef, GetStatsRequest, ListDataPlanesRequest,
-    ListRequest, RollbackRequest,
+    ListRequest, PurgeCacheRequest, RollbackRequest,
 };
 use tollgate_shared::proto::config as pb_config;
 
@@ -199,6 +199,23 @@ pub enum Command {
         watch: bool,
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: Format,
+    },
+    /// Cached responses (proxy-cache).
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CacheAction {
+    /// Drop a route's cached responses on every connected data plane (and
+    /// in Redis): all of them, or one by its X-Cache-Key.
+    Purge {
+        route: String,
+        /// One entry: the X-Cache-Key a response showed (32 hex digits).
+        #[arg(long)]
+        key: Option<String>,
     },
 }
 
@@ -410,6 +427,29 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CpError> {
         (Command::Export { revision }, _, _) => {
             let config = history::export(&mut client, revision.unwrap_or(0)).await?;
             write!(out, "{}", config.to_yaml())?;
+            Ok(())
+        }
+        (
+            Command::Cache {
+                action: CacheAction::Purge { route, key },
+            },
+            _,
+            _,
+        ) => {
+            let response = client
+                .purge_cache(PurgeCacheRequest {
+                    route: route.clone(),
+                    key: key.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(CpError::from)?
+                .into_inner();
+            let what = key.map_or_else(|| "every entry".to_string(), |k| format!("entry {k}"));
+            writeln!(
+                out,
+                "purged {what} of route {route} on {} data plane(s)",
+                response.data_planes
+            )?;
             Ok(())
         }
         (Command::Dataplanes { output }, _, _) => {

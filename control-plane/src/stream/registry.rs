@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use tollgate_shared::proto::admin as pb;
 use tollgate_shared::proto::config::ConfigVersion;
+use tollgate_shared::proto::stream::CachePurge;
 
 /// At most this many entries are kept; beyond it, the disconnected entry
 /// seen longest ago is forgotten first.
@@ -48,6 +49,8 @@ pub struct Registry {
     inner: Mutex<Inner>,
     /// Bumped on every change, for [`Registry::changes`].
     changed: watch::Sender<u64>,
+    /// Cache purges for every connected session to forward.
+    purges: Purges,
 }
 
 impl Default for Registry {
@@ -55,6 +58,7 @@ impl Default for Registry {
         Registry {
             inner: Mutex::default(),
             changed: watch::channel(0).0,
+            purges: Purges::default(),
         }
     }
 }
@@ -89,7 +93,27 @@ pub fn truncate(text: &str, max: usize) -> String {
     format!("{}…", &text[..end])
 }
 
+/// The channel cache purges travel on to the stream sessions.
+struct Purges(tokio::sync::broadcast::Sender<CachePurge>);
+
+impl Default for Purges {
+    fn default() -> Self {
+        Purges(tokio::sync::broadcast::channel(64).0)
+    }
+}
+
 impl Registry {
+    /// Sends a cache purge to every connected data plane; returns how many
+    /// sessions will forward it.
+    pub fn purge_cache(&self, purge: CachePurge) -> usize {
+        self.purges.0.send(purge).unwrap_or(0)
+    }
+
+    /// Cache purges from now on, for one session to forward.
+    pub fn cache_purges(&self) -> tokio::sync::broadcast::Receiver<CachePurge> {
+        self.purges.0.subscribe()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves plain data behind: keep going.
         self.inner

@@ -152,6 +152,7 @@ impl Session {
         outbound: Outbound,
     ) {
         let mut updates = self.model.subscribe();
+        let mut purges = self.registry.cache_purges();
         let current_version = updates.borrow_and_update().version.clone();
         let mut sent = held;
         let mut shutdown = self.shutdown.clone();
@@ -177,6 +178,20 @@ impl Session {
                         tracing::debug!(node_id, %status, "stream from data plane failed");
                         return;
                     }
+                },
+                purge = purges.recv() => match purge {
+                    Ok(purge) => {
+                        let message = ControlPlaneMessage {
+                            kind: Some(control_plane_message::Kind::CachePurge(purge)),
+                        };
+                        if outbound.send(Ok(message)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(node_id, missed, "cache purges dropped for a slow data plane");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {}
                 },
                 changed = updates.changed() => {
                     if changed.is_err() {

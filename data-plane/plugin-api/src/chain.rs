@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use http::header::{HeaderValue, CONTENT_LENGTH};
 use http::{request, response, StatusCode};
 use tollgate_shared::model::{GlobalPlugin, PluginInstance};
 use tollgate_shared::telemetry::TRACE_TARGET;
@@ -46,6 +47,8 @@ pub struct CompiledInstance {
 pub struct PluginChain {
     plugins: Box<[Arc<dyn Plugin>]>,
     response_hooks: bool,
+    response_body_hooks: bool,
+    request_body_hooks: bool,
 }
 
 /// Compiles the enabled instances of one level (`owner`: `route:orders`,
@@ -178,9 +181,13 @@ impl PluginChain {
             chosen.into_iter().map(|i| i.plugin.clone()).collect();
         merge_authentication(&mut plugins);
         let response_hooks = plugins.iter().any(|p| p.has_response_hook());
+        let response_body_hooks = plugins.iter().any(|p| p.has_response_body_hook());
+        let request_body_hooks = plugins.iter().any(|p| p.has_request_body_hook());
         PluginChain {
             plugins: plugins.into_boxed_slice(),
             response_hooks,
+            response_body_hooks,
+            request_body_hooks,
         }
     }
 
@@ -222,6 +229,97 @@ impl PluginChain {
             }
         }
         Outcome::Continue
+    }
+
+    /// Whether any plugin of the chain may want request bodies.
+    pub fn has_request_body_hooks(&self) -> bool {
+        self.request_body_hooks
+    }
+
+    /// The largest request body any plugin wants for this request, if any.
+    pub fn request_body_limit(
+        &self,
+        ctx: &RequestCtx<'_>,
+        request: &request::Parts,
+    ) -> Option<usize> {
+        if !self.request_body_hooks {
+            return None;
+        }
+        self.plugins
+            .iter()
+            .filter_map(|plugin| plugin.request_body_limit(ctx, request))
+            .max()
+    }
+
+    /// Runs the request-body hooks in chain order; each plugin only if the
+    /// body fits its own limit; `Content-Length` follows every change.
+    pub fn run_request_body(
+        &self,
+        ctx: &mut RequestCtx<'_>,
+        request: &mut request::Parts,
+        body: &mut bytes::Bytes,
+    ) {
+        for plugin in self.plugins.iter() {
+            if plugin
+                .request_body_limit(ctx, request)
+                .is_some_and(|limit| body.len() <= limit)
+            {
+                let before = body.len();
+                plugin.on_request_body(ctx, request, body);
+                if body.len() != before {
+                    request
+                        .headers
+                        .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+                }
+            }
+        }
+    }
+
+    /// Whether any plugin of the chain may want response bodies.
+    pub fn has_response_body_hooks(&self) -> bool {
+        self.response_body_hooks
+    }
+
+    /// The largest body any plugin wants for this response, if any does.
+    pub fn response_body_limit(
+        &self,
+        ctx: &RequestCtx<'_>,
+        response: &response::Parts,
+    ) -> Option<usize> {
+        if !self.response_body_hooks {
+            return None;
+        }
+        self.plugins
+            .iter()
+            .filter_map(|plugin| plugin.response_body_limit(ctx, response))
+            .max()
+    }
+
+    /// Runs the response-body hooks, last plugin first, on a buffered body;
+    /// each plugin only if the body (as the previous ones left it) fits its
+    /// own limit. A hook that changes the body's length gets
+    /// `Content-Length` fixed before the next one sees the response (a
+    /// cache after a transformer stores a consistent response).
+    pub fn run_response_body(
+        &self,
+        ctx: &mut RequestCtx<'_>,
+        response: &mut response::Parts,
+        body: &mut bytes::Bytes,
+    ) {
+        for plugin in self.plugins.iter().rev() {
+            if plugin
+                .response_body_limit(ctx, response)
+                .is_some_and(|limit| body.len() <= limit)
+            {
+                let before = body.len();
+                plugin.on_response_body(ctx, response, body);
+                if body.len() != before && response.headers.contains_key(CONTENT_LENGTH) {
+                    response
+                        .headers
+                        .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+                }
+            }
+        }
     }
 
     /// Runs the response hooks on the response head.

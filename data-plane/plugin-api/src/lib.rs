@@ -21,6 +21,8 @@
 //!   extensions for authentication plugins (`mtls-auth`).
 //! - [`request_id`] and [`identity`]: the request id and the identity
 //!   headers, which every layer reads.
+//! - [`commands`]: what the control plane asks of plugin state outside any
+//!   request (a cache purge), delivered by the core's config stream.
 //!
 //! Dispatch is through `dyn Plugin`: a virtual call per hook, measured with
 //! callgrind against the previous enum dispatch (see `docs/architecture.md`).
@@ -31,6 +33,7 @@
 pub mod auth;
 pub mod chain;
 pub mod client_cert;
+pub mod commands;
 pub mod context;
 pub mod extensions;
 pub mod identity;
@@ -42,6 +45,7 @@ pub mod request_id;
 pub use auth::{AuthAttempt, AuthSet, Authenticator};
 pub use chain::{CompiledInstance, PhaseObserver, PluginChain};
 pub use client_cert::ClientCertificate;
+pub use commands::CachePurger;
 pub use context::{Identity, RequestCtx};
 pub use extensions::Extensions;
 pub use plugin::{Outcome, Phase, Plugin, Reply, Step};

@@ -22,6 +22,9 @@ pub enum Phase {
     Authorize,
     /// Within their quota (`rate-limit`).
     RateLimit,
+    /// Answer from a cache, or note what to store (`proxy-cache`): after
+    /// every check, before the request is edited for the upstream.
+    Cache,
     /// Edit what goes upstream (`request-transformer`).
     TransformRequest,
     /// Edit what goes back (response headers).
@@ -37,6 +40,7 @@ impl Phase {
             Phase::Authenticate => "authenticate",
             Phase::Authorize => "authorize",
             Phase::RateLimit => "rate_limit",
+            Phase::Cache => "cache",
             Phase::TransformRequest => "transform_request",
             Phase::TransformResponse => "transform_response",
             Phase::Log => "log",
@@ -113,6 +117,68 @@ pub trait Plugin: Send + Sync + std::fmt::Debug {
     /// The response-side hook, before the response head goes to the client;
     /// runs for every routed request, whoever produced the response.
     fn on_response(&self, _ctx: &mut RequestCtx<'_>, _response: &mut response::Parts) {}
+
+    /// Whether this plugin wants the client's request body whole, and up to
+    /// how many bytes: asked after the request phases, for bodies with a
+    /// declared `Content-Length` within the largest such cap (a chunked or
+    /// larger body streams upstream untouched).
+    fn request_body_limit(
+        &self,
+        _ctx: &RequestCtx<'_>,
+        _request: &request::Parts,
+    ) -> Option<usize> {
+        None
+    }
+
+    /// The request-body hook: the buffered body, which the plugin may
+    /// replace (a transformer editing JSON fields); `Content-Length`
+    /// follows the body. Called in chain order on plugins whose
+    /// [`Plugin::request_body_limit`] the body fits.
+    fn on_request_body(
+        &self,
+        _ctx: &mut RequestCtx<'_>,
+        _request: &mut request::Parts,
+        _body: &mut Bytes,
+    ) {
+    }
+
+    /// Whether [`Plugin::request_body_limit`] can ever answer `Some`.
+    fn has_request_body_hook(&self) -> bool {
+        false
+    }
+
+    /// Whether this plugin wants the upstream response's body whole, and up
+    /// to how many bytes: asked after the upstream's head arrives (never
+    /// for answers the gateway made itself). The core buffers the body when
+    /// some plugin wants it and it fits the largest such cap; a body over
+    /// the cap (declared or found while reading) streams through untouched
+    /// and [`Plugin::on_response_body`] is not called.
+    fn response_body_limit(
+        &self,
+        _ctx: &RequestCtx<'_>,
+        _response: &response::Parts,
+    ) -> Option<usize> {
+        None
+    }
+
+    /// The response-body hook: the buffered upstream body, which the plugin
+    /// may read (a cache stores it) or replace (a transformer); the core sets
+    /// `Content-Length` from the final body. Called, in reverse chain order
+    /// (the response unwinds the request phases), only on plugins whose
+    /// [`Plugin::response_body_limit`] the body fits.
+    fn on_response_body(
+        &self,
+        _ctx: &mut RequestCtx<'_>,
+        _response: &mut response::Parts,
+        _body: &mut Bytes,
+    ) {
+    }
+
+    /// Whether [`Plugin::response_body_limit`] can ever answer `Some`, so
+    /// chains without body hooks never ask.
+    fn has_response_body_hook(&self) -> bool {
+        false
+    }
 
     /// The `log` hook, run once per routed request with the final status.
     fn on_log(&self, _ctx: &RequestCtx<'_>, _status: StatusCode) {}

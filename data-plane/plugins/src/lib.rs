@@ -16,16 +16,20 @@ pub mod concurrency_limit;
 pub mod consumers;
 pub mod cors;
 pub mod ip_restriction;
+pub mod json_body;
 pub mod jwt;
 pub mod key_auth;
 pub mod mtls_auth;
+pub mod proxy_cache;
 pub mod rate_limit;
 pub mod request_transformer;
+pub mod response_transformer;
 
 use std::sync::Arc;
 
 use tollgate_plugin_api::Registry;
 
+pub use proxy_cache::CacheStores;
 pub use rate_limit::{RateLimiters, RedisStore};
 
 /// What plugins need from the data plane's startup (process-lifetime state).
@@ -33,6 +37,8 @@ pub use rate_limit::{RateLimiters, RedisStore};
 pub struct PluginOptions {
     /// Rate-limit state every snapshot's plugins share (Redis, counters).
     pub rate_limiters: Arc<RateLimiters>,
+    /// Cached responses every snapshot's `proxy-cache` instances share.
+    pub cache_stores: Arc<CacheStores>,
 }
 
 /// Every plugin this data plane implements: one line each.
@@ -49,6 +55,10 @@ pub fn registry(options: &PluginOptions) -> Registry {
         .with(cors::CorsFactory)
         .with(mtls_auth::MtlsAuthFactory)
         .with(concurrency_limit::ConcurrencyLimitFactory::default())
+        .with(proxy_cache::ProxyCacheFactory::new(
+            options.cache_stores.clone(),
+        ))
+        .with(response_transformer::ResponseTransformerFactory)
 }
 
 #[cfg(test)]

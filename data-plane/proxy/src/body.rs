@@ -191,7 +191,8 @@ pub enum UpstreamBody {
     /// No body (GET, or a body already known to be empty): no timer, no
     /// allocation.
     Empty,
-    /// A body read whole before connecting (cheap to clone for a retry).
+    /// A body read whole before connecting (cheap to clone for a retry),
+    /// or read whole and edited by a plugin (`request_body.rs`).
     Buffered(Option<Bytes>),
     Streaming(GuardedBody),
 }

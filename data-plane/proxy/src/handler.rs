@@ -37,7 +37,9 @@ use crate::body::{BodyLimits, Buffered, ResponseBody, UpstreamBody};
 use crate::forward::{self, Peer, TrustedProxies};
 use crate::observe::Exchange;
 use crate::pool::SendFailure;
+use crate::request_body::{self, RequestBody};
 use crate::respond;
+use crate::response_body;
 use crate::router::{normalize_path, strip_prefix, PathPolicy};
 use crate::snapshot::{CompiledRoute, SnapshotStore};
 use crate::untrusted::UntrustedHeaders;
@@ -324,9 +326,33 @@ async fn forward_route(
         (None, None) => !parts.headers.contains_key(HOST),
     };
 
-    // A small body is read whole before a connection is taken: a slow
-    // sender holds no upstream connection, and the body can be replayed.
-    let mut body = UpstreamBody::new(body, route.max_body_bytes, state.limits.body);
+    // A body a plugin reads (and may edit) is read whole by
+    // `request_body.rs`; otherwise a small body is read whole before a
+    // connection is taken: a slow sender holds no upstream connection, and
+    // the body can be replayed.
+    let body = if route.plugins.has_request_body_hooks() {
+        match request_body::run(
+            &route.plugins,
+            ctx,
+            &mut parts,
+            body,
+            route.max_body_bytes,
+            state.limits.body.idle_timeout,
+        )
+        .await
+        {
+            Ok(body) => body,
+            Err(kind) => return refused(exchange, ctx, kind.into()),
+        }
+    } else {
+        RequestBody::Streamed(body)
+    };
+    let mut body = match body {
+        RequestBody::Streamed(body) => {
+            UpstreamBody::new(body, route.max_body_bytes, state.limits.body)
+        }
+        RequestBody::Buffered(bytes) => UpstreamBody::Buffered(Some(bytes)),
+    };
     if body.has_body() {
         body = match body.buffer().await {
             Ok(Buffered::Whole(bytes)) => {
@@ -459,7 +485,15 @@ async fn forward_route(
                 span.record("http.response.status_code", status.as_u16());
                 span.record("tollgate.tries", exchange.tries);
                 drop(span);
-                return relay(exchange, ctx, route, target, response);
+                return relay(
+                    exchange,
+                    ctx,
+                    route,
+                    target,
+                    response,
+                    service.request_timeout,
+                )
+                .await;
             }
             Err(SendFailure { kind, unsent }) => {
                 if !is_upstream_failure(kind) {
@@ -535,13 +569,15 @@ fn eject_note(
     }
 }
 
-/// The upstream's response on its way to the client.
-fn relay(
+/// The upstream's response on its way to the client (through the plugins'
+/// response-body hooks when the route has any).
+async fn relay(
     exchange: &mut Exchange,
-    ctx: &RequestCtx<'_>,
+    ctx: &mut RequestCtx<'_>,
     route: &CompiledRoute,
     target: &crate::upstream::UpstreamTarget,
     response: Response<crate::pool::PooledBody>,
+    timeout: Duration,
 ) -> Response<ResponseBody> {
     let (mut response_parts, response_body) = response.into_parts();
     // A body that is already broken when its head arrives (bad chunked
@@ -563,6 +599,12 @@ fn relay(
         }
     };
     forward::remove_hop_by_hop(&mut response_parts.headers);
+    if route.plugins.has_response_body_hooks() {
+        return match response_body::run(&route.plugins, ctx, response_parts, body, timeout).await {
+            Ok(response) => response,
+            Err(kind) => refused(exchange, ctx, kind.into()),
+        };
+    }
     Response::from_parts(response_parts, body)
 }
 

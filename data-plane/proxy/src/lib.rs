@@ -11,6 +11,10 @@
 //!   ([`router`]), plugin chain (through `tollgate_plugin_api` only: the core
 //!   never names a plugin), target pick (`tollgate_lb`), upstream call.
 //! - [`respond`]: the one place a refusal becomes a response.
+//! - [`request_body`]: client bodies buffered (declared length, under a cap)
+//!   for the plugins that asked to edit them.
+//! - [`response_body`]: upstream bodies buffered (under a cap) for the
+//!   plugins that asked to read or replace them.
 //! - [`forward`]: hop-by-hop headers out, `X-Forwarded-*` and `X-Request-Id` in;
 //!   [`untrusted`]: identity headers an untrusted client may not set.
 //! - [`upstream`]: a service's targets, balancer and connector; timeouts,
@@ -43,7 +47,9 @@ pub mod observe;
 pub mod parse_errors;
 pub mod pool;
 pub mod probe;
+pub mod request_body;
 pub mod respond;
+pub mod response_body;
 pub mod router;
 pub mod send_timeout;
 pub mod server;

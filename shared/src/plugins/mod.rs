@@ -24,8 +24,11 @@ mod ip_restriction;
 mod jwt;
 mod key_auth;
 mod mtls_auth;
+mod proxy_cache;
 mod rate_limit;
 mod request_transformer;
+mod response_transformer;
+pub mod template;
 
 pub use acl::AclConfig;
 pub use concurrency_limit::ConcurrencyLimitConfig;
@@ -34,11 +37,17 @@ pub use ip_restriction::{parse_network, IpRestrictionConfig};
 pub use jwt::JwtConfig;
 pub use key_auth::KeyAuthConfig;
 pub use mtls_auth::MtlsAuthConfig;
+pub use proxy_cache::{CacheStrategy, ProxyCacheConfig, MAX_CACHED_BODY};
 pub use rate_limit::{
     OnRedisFailure, RateLimitAlgorithm, RateLimitConfig, RateLimitPolicy, RateLimitSync, Scope,
     Window,
 };
-pub use request_transformer::{AddSpec, RemoveSpec, RenameSpec, RequestTransformerConfig};
+pub use request_transformer::{
+    AddSpec, RemoveSpec, RenameSpec, RequestTransformerConfig, MAX_REQUEST_JSON,
+};
+pub use response_transformer::{
+    HeaderEdits, JsonEdits, ResponseTransformerConfig, MAX_TRANSFORMED_BODY,
+};
 
 /// One plugin's typed config.
 pub trait PluginConfigSchema: DeserializeOwned + schemars::JsonSchema + 'static {
@@ -63,6 +72,12 @@ pub trait PluginConfigSchema: DeserializeOwned + schemars::JsonSchema + 'static 
     fn certificates(&self) -> &[String] {
         &[]
     }
+
+    /// Route path captures (`{id}`) the config uses, which every route it
+    /// runs on must declare.
+    fn path_captures(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// What validation learns from a config beyond "it is valid".
@@ -72,6 +87,8 @@ pub struct Checked {
     pub anonymous: Option<String>,
     /// Certificates the config refers to (`ca_certificates`).
     pub certificates: Vec<String>,
+    /// Route path captures the config uses (`request-transformer`'s path).
+    pub path_captures: Vec<String>,
 }
 
 /// A schema as validation sees it, whatever its config type.
@@ -103,6 +120,7 @@ impl<T: PluginConfigSchema> PluginSchema for Schema<T> {
         Ok(Checked {
             anonymous: parsed.anonymous().map(str::to_string),
             certificates: parsed.certificates().to_vec(),
+            path_captures: parsed.path_captures(),
         })
     }
 
@@ -115,7 +133,7 @@ impl<T: PluginConfigSchema> PluginSchema for Schema<T> {
 }
 
 /// Every plugin this version knows: one line each.
-pub static SCHEMAS: [&dyn PluginSchema; 9] = [
+pub static SCHEMAS: [&dyn PluginSchema; 11] = [
     &Schema::<KeyAuthConfig>(PhantomData),
     &Schema::<JwtConfig>(PhantomData),
     &Schema::<AclConfig>(PhantomData),
@@ -125,6 +143,8 @@ pub static SCHEMAS: [&dyn PluginSchema; 9] = [
     &Schema::<CorsConfig>(PhantomData),
     &Schema::<MtlsAuthConfig>(PhantomData),
     &Schema::<ConcurrencyLimitConfig>(PhantomData),
+    &Schema::<ProxyCacheConfig>(PhantomData),
+    &Schema::<ResponseTransformerConfig>(PhantomData),
 ];
 
 /// The schema of the plugin named `name`.
@@ -326,6 +346,7 @@ mod tests {
             Ok(Checked {
                 anonymous: Some("guest".into()),
                 certificates: Vec::new(),
+                path_captures: Vec::new(),
             })
         );
     }

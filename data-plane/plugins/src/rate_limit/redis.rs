@@ -319,6 +319,50 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Runs one command on the same connections and behind the same
+    /// breaker as the rate-limit calls (the proxy cache's GET/SET/DEL),
+    /// bounded by `timeout`. `None` means Redis could not answer.
+    pub async fn query<T: redis::FromRedisValue>(
+        &self,
+        command: &redis::Cmd,
+        timeout: Duration,
+    ) -> Option<T> {
+        let inner = &self.inner;
+        if inner.breaker.is_open() {
+            return None;
+        }
+        let mut connection = match inner.local_connection() {
+            Some(connection) => connection,
+            None => inner.connection.get()?.clone(),
+        };
+        let result = match tokio::time::timeout(timeout, command.query_async(&mut connection)).await
+        {
+            Ok(result) => result.map_err(CallError::from),
+            Err(_) => Err(CallError::Timeout(timeout)),
+        };
+        match result {
+            Ok(value) => {
+                inner.breaker.record_success();
+                Some(value)
+            }
+            Err(err) => {
+                if inner.breaker.record_failure() {
+                    tracing::warn!(
+                        redis = %inner.target,
+                        error = %err,
+                        failures = inner.breaker.threshold(),
+                        "redis failing; callers fall back until it answers again"
+                    );
+                } else {
+                    tracing::debug!(redis = %inner.target, error = %err, "redis call failed");
+                }
+                None
+            }
+        }
+    }
+}
+
 impl Inner {
     fn record_failure(&self, err: &CallError) {
         if self.breaker.record_failure() {

@@ -22,10 +22,14 @@ impl PluginFactory for RequestTransformerFactory {
     fn build(
         &self,
         config: &serde_json::Value,
-        _ctx: &BuildCtx<'_>,
+        ctx: &BuildCtx<'_>,
     ) -> Result<Arc<dyn Plugin>, String> {
         let config = parse::<RequestTransformerConfig>(config)?;
-        Ok(Arc::new(RequestTransformer::new(&config)?))
+        Ok(Arc::new(RequestTransformer::new(
+            &config,
+            ctx.config,
+            ctx.instance,
+        )?))
     }
 }
 
@@ -40,9 +44,26 @@ impl Plugin for RequestTransformer {
 
     fn on_request<'a>(
         &'a self,
-        _ctx: &'a mut RequestCtx<'_>,
+        ctx: &'a mut RequestCtx<'_>,
         request: &'a mut request::Parts,
     ) -> Step<'a> {
-        self.apply(request).into()
+        self.apply(ctx, request).into()
+    }
+
+    fn request_body_limit(&self, _ctx: &RequestCtx<'_>, request: &request::Parts) -> Option<usize> {
+        self.wants_body(request)
+    }
+
+    fn on_request_body(
+        &self,
+        _ctx: &mut RequestCtx<'_>,
+        _request: &mut request::Parts,
+        body: &mut bytes::Bytes,
+    ) {
+        self.edit_body(body);
+    }
+
+    fn has_request_body_hook(&self) -> bool {
+        self.edits_bodies()
     }
 }

@@ -213,6 +213,8 @@ pub struct Subscriber {
     heartbeat: Duration,
     rejection: Arc<LastRejection>,
     usage: Option<UsageReports>,
+    /// Where `CachePurge` messages go (the plugins' cache stores).
+    purger: Option<Arc<dyn tollgate_plugin_api::CachePurger>>,
 }
 
 /// How long the last report may take to leave on shutdown.
@@ -248,6 +250,12 @@ impl UsageReports {
 }
 
 impl Subscriber {
+    /// Hands cache purges from the control plane to `purger`.
+    pub fn with_cache_purger(mut self, purger: Arc<dyn tollgate_plugin_api::CachePurger>) -> Self {
+        self.purger = Some(purger);
+        self
+    }
+
     pub fn new(
         control_plane: &str,
         node_id: String,
@@ -287,6 +295,7 @@ impl Subscriber {
             heartbeat: DEFAULT_HEARTBEAT,
             rejection: Arc::default(),
             usage,
+            purger: None,
         })
     }
 
@@ -429,6 +438,10 @@ impl Subscriber {
                 return Ok(());
             };
             backoff.reset();
+            if let Some(control_plane_message::Kind::CachePurge(purge)) = message.kind {
+                self.purge_cache(purge).await;
+                continue;
+            }
             let Some(control_plane_message::Kind::Snapshot(snapshot)) = message.kind else {
                 continue;
             };
@@ -459,6 +472,18 @@ impl Subscriber {
             while let Ok(Some(_)) = inbound.message().await {}
         })
         .await;
+    }
+
+    /// Drops cached responses as the control plane asked.
+    async fn purge_cache(&self, purge: tollgate_shared::proto::stream::CachePurge) {
+        let Some(purger) = &self.purger else {
+            return;
+        };
+        let key = (!purge.key.is_empty()).then_some(purge.key.as_str());
+        match purger.purge(&purge.route, key).await {
+            Ok(()) => tracing::info!(route = %purge.route, key = key.unwrap_or(""), "cache purged"),
+            Err(error) => tracing::warn!(route = %purge.route, %error, "cache purge refused"),
+        }
     }
 
     /// Applies one snapshot and builds the ACK/NACK. The cache is written
