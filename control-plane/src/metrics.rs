@@ -112,6 +112,8 @@ pub struct CpMetrics {
     pushes: Counter,
     acks: Counter,
     nacks: Counter,
+    /// The config path's own metrics (full vs delta bytes, commit to ACK).
+    pub distribution: crate::stream::distribution_metrics::DistributionMetrics,
 }
 
 impl fmt::Debug for CpMetrics {
@@ -205,7 +207,10 @@ impl CpMetrics {
                 kind: DataPlaneMetricKind::AppliedRevision,
             },
         );
+        let distribution =
+            crate::stream::distribution_metrics::DistributionMetrics::register(&mut registry);
         Arc::new(Self {
+            distribution,
             registry,
             admin_calls,
             admin_call_duration,

@@ -4,11 +4,20 @@
 //! - [`session`]: one data plane's stream (hello, snapshots, ACK/NACK,
 //!   coalescing of write bursts).
 //! - [`registry`]: every data plane seen, for `ListDataPlanes`.
+//! - [`builds`]: each version built once (entity hashes, full snapshot
+//!   encoded once, deltas once per base), shared by every session.
+//! - [`delivery`] and [`chunks`]: what a session sends next (a delta, the
+//!   chunks of a full snapshot, or a whole snapshot to older data planes).
+//! - [`distribution_metrics`]: bytes sent full vs delta, commit to ACK.
 //!
 //! Snapshots carry secrets (JWT HMAC secrets, private keys, API-key hashes), so
 //! the stream is guarded by the cluster token when one is configured (see
 //! [`crate::auth`]), and required to be when it listens beyond loopback.
 
+pub mod builds;
+pub mod chunks;
+pub mod delivery;
+pub mod distribution_metrics;
 pub mod registry;
 pub mod session;
 
@@ -23,11 +32,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::CpMetrics;
 use crate::model::Model;
+use builds::Builds;
 use registry::Registry;
 use session::Session;
 
 pub struct StreamService {
-    model: Arc<Model>,
+    builds: Arc<Builds>,
     registry: Arc<Registry>,
     metrics: Arc<CpMetrics>,
     shutdown: watch::Receiver<bool>,
@@ -43,7 +53,7 @@ impl StreamService {
         max_lag: Duration,
     ) -> StreamService {
         StreamService {
-            model,
+            builds: Builds::start(&model, metrics.clone()),
             registry,
             metrics,
             shutdown,
@@ -61,7 +71,7 @@ impl ConfigStream for StreamService {
         request: Request<Streaming<DataPlaneMessage>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let session = Session {
-            model: self.model.clone(),
+            builds: self.builds.clone(),
             registry: self.registry.clone(),
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
