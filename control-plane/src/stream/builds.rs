@@ -32,6 +32,8 @@ use crate::model::{ConfigVersion, Model, Published};
 
 /// Versions kept as delta bases.
 pub const HISTORY: usize = 32;
+/// Longest a new session waits for the build of the version just written.
+pub const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The full snapshot of one version, built once.
 pub struct Full {
@@ -206,6 +208,23 @@ impl Builds {
     /// Follows the newest version.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Built>> {
         self.latest.subscribe()
+    }
+
+    /// Follows the newest version, once the build of the model's current one
+    /// is out (waiting at most [`CATCH_UP`]): a data plane that connects
+    /// right after a write starts from that write, not from the one before.
+    pub async fn subscribe_current(&self, model: &Model) -> watch::Receiver<Arc<Built>> {
+        let target = model.current().version.clone();
+        let mut updates = self.subscribe();
+        let _ = tokio::time::timeout(
+            CATCH_UP,
+            updates.wait_for(|built| {
+                built.version.store_id != target.store_id
+                    || built.version.revision >= target.revision
+            }),
+        )
+        .await;
+        updates
     }
 
     /// The kept build of `version`, if it is still kept.

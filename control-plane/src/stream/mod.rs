@@ -37,6 +37,7 @@ use registry::Registry;
 use session::Session;
 
 pub struct StreamService {
+    model: Arc<Model>,
     builds: Arc<Builds>,
     registry: Arc<Registry>,
     metrics: Arc<CpMetrics>,
@@ -54,6 +55,7 @@ impl StreamService {
     ) -> StreamService {
         StreamService {
             builds: Builds::start(&model, metrics.clone()),
+            model,
             registry,
             metrics,
             shutdown,
@@ -71,6 +73,7 @@ impl ConfigStream for StreamService {
         request: Request<Streaming<DataPlaneMessage>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let session = Session {
+            model: self.model.clone(),
             builds: self.builds.clone(),
             registry: self.registry.clone(),
             metrics: self.metrics.clone(),

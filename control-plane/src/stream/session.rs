@@ -33,7 +33,7 @@ use super::delivery::Delivery;
 use super::distribution_metrics::Sent;
 use super::registry::{truncate, Identity, Registry};
 use crate::metrics::CpMetrics;
-use crate::model::ConfigVersion;
+use crate::model::{ConfigVersion, Model};
 
 /// How long a new stream may take to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +47,7 @@ const MAX_ID_BYTES: usize = 256;
 pub type Outbound = mpsc::Sender<Result<ControlPlaneMessage, Status>>;
 
 pub struct Session {
+    pub model: Arc<Model>,
     pub builds: Arc<Builds>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<CpMetrics>,
@@ -133,7 +134,7 @@ impl Session {
         mut inbound: Streaming<DataPlaneMessage>,
         outbound: Outbound,
     ) {
-        let mut updates = self.builds.subscribe();
+        let mut updates = self.builds.subscribe_current(&self.model).await;
         let current = updates.borrow_and_update().clone();
         let mut state = Delivery::new(&self.builds, &current, hello);
         let mut shutdown = self.shutdown.clone();
