@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use prost::Message;
 use serde_json::{json, Value};
+use tollgate_integration_tests::cp::StreamSubscriber;
 use tollgate_integration_tests::cp::{config_from_json, many_routes, ControlPlane, CpOptions};
 use tollgate_integration_tests::dp::{DataPlane, WAIT};
 use tollgate_integration_tests::process::{free_port, wait_until};
@@ -18,7 +19,6 @@ use tollgate_shared::proto::stream::{
     control_plane_message, data_plane_message, ControlPlaneMessage, Delta, Hello, ResyncRequest,
     Snapshot,
 };
-use tollgate_integration_tests::cp::StreamSubscriber;
 
 const QUIET: Duration = Duration::from_millis(1500);
 
@@ -123,7 +123,10 @@ async fn deltas_chunks_legacy_snapshots_and_resyncs_on_the_wire() {
     assert_eq!(change.upserts.len(), 1);
     assert!(change.removals.is_empty());
     let (state2, table2) = delta::apply(&state1, &table1, &change).expect("delta applies");
-    let whole2 = legacy.next_snapshot(WAIT).await.expect("legacy gets it whole");
+    let whole2 = legacy
+        .next_snapshot(WAIT)
+        .await
+        .expect("legacy gets it whole");
     assert_eq!(
         serde_json::to_string(&state2).expect("json"),
         serde_json::to_string(&parsed(&whole2)).expect("json"),
@@ -200,18 +203,19 @@ async fn a_real_data_plane_follows_deltas_and_repairs_a_tampered_cache() {
     let up = Upstream::start("deltas").await;
     let dir = tempfile::tempdir().expect("temp dir");
     let cache = dir.path().join("cache.pb");
-    let args = vec![
-        "--config-cache".to_string(),
-        cache.display().to_string(),
-    ];
-    let first = cp.apply_revision(&gateway_config(&up, 200, "/probe/1")).await;
+    let args = vec!["--config-cache".to_string(), cache.display().to_string()];
+    let first = cp
+        .apply_revision(&gateway_config(&up, 200, "/probe/1"))
+        .await;
     let mut dp = DataPlane::start(cp.port(), "dp-real", &args);
     dp.wait_ready().await;
     dp.wait_version(first).await;
     assert_eq!(status_of(&dp, "/probe/1").await, 200);
 
     // A one-route change arrives as a delta and is served.
-    let second = cp.apply_revision(&gateway_config(&up, 200, "/probe/2")).await;
+    let second = cp
+        .apply_revision(&gateway_config(&up, 200, "/probe/2"))
+        .await;
     dp.wait_version(second).await;
     assert_eq!(status_of(&dp, "/probe/2").await, 200);
     assert_eq!(status_of(&dp, "/probe/1").await, 404);
@@ -224,7 +228,11 @@ async fn a_real_data_plane_follows_deltas_and_repairs_a_tampered_cache() {
     let sent = |kind: &str| {
         scrape
             .lines()
-            .find(|l| l.starts_with(&format!("tollgate_cp_config_bytes_sent_total{{kind=\"{kind}\"}}")))
+            .find(|l| {
+                l.starts_with(&format!(
+                    "tollgate_cp_config_bytes_sent_total{{kind=\"{kind}\"}}"
+                ))
+            })
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
@@ -258,10 +266,14 @@ async fn a_real_data_plane_follows_deltas_and_repairs_a_tampered_cache() {
 
     let dp = DataPlane::start(cp.port(), "dp-real", &args);
     dp.wait_ready().await;
-    wait_until("the data plane to serve the real config again", WAIT, || async {
-        (status_of(&dp, "/r7").await == 200 && status_of(&dp, "/tampered").await == 404)
-            .then_some(())
-    })
+    wait_until(
+        "the data plane to serve the real config again",
+        WAIT,
+        || async {
+            (status_of(&dp, "/r7").await == 200 && status_of(&dp, "/tampered").await == 404)
+                .then_some(())
+        },
+    )
     .await;
     assert_eq!(dp.revision().await, Some(second));
 }

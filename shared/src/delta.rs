@@ -286,8 +286,9 @@ pub fn apply(
     // Lists sorted by name, as the control plane publishes them.
     next.sort();
     for removal in &delta.removals {
-        let kind = EntityKind::parse(&removal.kind)
-            .ok_or_else(|| DeltaError::Invalid(format!("delta: unknown kind {:?}", removal.kind)))?;
+        let kind = EntityKind::parse(&removal.kind).ok_or_else(|| {
+            DeltaError::Invalid(format!("delta: unknown kind {:?}", removal.kind))
+        })?;
         let name = removal.name.as_str();
         match kind {
             EntityKind::Service => remove_sorted(&mut next.services, name, |s| &s.name),
@@ -332,8 +333,7 @@ pub fn apply(
                 name
             }
             EntityKind::Certificate => {
-                let c =
-                    Certificate::try_from(&pb_config::Certificate { json }).map_err(invalid)?;
+                let c = Certificate::try_from(&pb_config::Certificate { json }).map_err(invalid)?;
                 let name = c.name.clone();
                 upsert_sorted(&mut next.certificates, c, |c| &c.name);
                 name

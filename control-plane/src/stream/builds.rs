@@ -174,8 +174,8 @@ impl Builds {
             while updates.changed().await.is_ok() {
                 let published = updates.borrow_and_update().clone();
                 let metrics = metrics.clone();
-                let built = tokio::task::spawn_blocking(move || build_counted(&published, &metrics))
-                    .await;
+                let built =
+                    tokio::task::spawn_blocking(move || build_counted(&published, &metrics)).await;
                 let (Ok(built), Some(builds)) = (built, weak.upgrade()) else {
                     return;
                 };
@@ -289,9 +289,12 @@ mod tests {
         let a = target.full(&metrics).await;
         let b = target.full(&metrics).await;
         assert!(Arc::ptr_eq(&a, &b));
-        assert_eq!(a.encoded, Bytes::from(match &a.message.kind {
-            Some(control_plane_message::Kind::Snapshot(s)) => s.encode_to_vec(),
-            _ => panic!("not a snapshot"),
-        }));
+        assert_eq!(
+            a.encoded,
+            Bytes::from(match &a.message.kind {
+                Some(control_plane_message::Kind::Snapshot(s)) => s.encode_to_vec(),
+                _ => panic!("not a snapshot"),
+            })
+        );
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tollgate_shared::proto::stream::{ControlPlaneMessage, Hello};
 
-use super::builds::{Built, Builds};
+use super::builds::{Builds, Built};
 use super::chunks::ChunkCursor;
 use super::distribution_metrics::Sent;
 use crate::metrics::CpMetrics;

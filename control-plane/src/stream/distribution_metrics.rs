@@ -121,7 +121,9 @@ impl DistributionMetrics {
     }
 
     pub fn sent(&self, kind: Sent, bytes: usize) {
-        self.bytes_sent.get_or_create(&kind.label()).inc_by(bytes as u64);
+        self.bytes_sent
+            .get_or_create(&kind.label())
+            .inc_by(bytes as u64);
         self.messages_sent.get_or_create(&kind.label()).inc();
     }
 

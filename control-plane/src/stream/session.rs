@@ -20,9 +20,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use prost::Message;
 use tollgate_shared::proto::stream::{
     data_plane_message, ControlPlaneMessage, DataPlaneMessage, Hello,
 };
@@ -105,7 +105,8 @@ impl Session {
             node_id: node_id.clone(),
             session,
         };
-        self.serve(&node_id, session, &hello, inbound, outbound).await;
+        self.serve(&node_id, session, &hello, inbound, outbound)
+            .await;
         tracing::info!(node_id = %node_id, "data plane disconnected");
     }
 

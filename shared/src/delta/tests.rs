@@ -16,7 +16,8 @@ fn version(revision: u64) -> ConfigVersion {
 /// A config from small integer choices: which services, routes, consumers
 /// and global plugins exist and what each holds.
 fn config_of(state: &State) -> GatewayConfig {
-    let mut json = serde_json::json!({ "services": [], "routes": [], "consumers": [], "plugins": [] });
+    let mut json =
+        serde_json::json!({ "services": [], "routes": [], "consumers": [], "plugins": [] });
     for (i, port) in state.services.iter().enumerate() {
         if let Some(port) = port {
             json["services"].as_array_mut().unwrap().push(serde_json::json!({
@@ -27,29 +28,38 @@ fn config_of(state: &State) -> GatewayConfig {
     }
     for (i, route) in state.routes.iter().enumerate() {
         if let Some((service, path, strip)) = route {
-            json["routes"].as_array_mut().unwrap().push(serde_json::json!({
-                "name": format!("route-{i}"),
-                "service": format!("svc-{service}"),
-                "paths": [format!("/p{path}")],
-                "strip_path": strip,
-            }));
+            json["routes"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({
+                    "name": format!("route-{i}"),
+                    "service": format!("svc-{service}"),
+                    "paths": [format!("/p{path}")],
+                    "strip_path": strip,
+                }));
         }
     }
     for (i, consumer) in state.consumers.iter().enumerate() {
         if let Some(group) = consumer {
-            json["consumers"].as_array_mut().unwrap().push(serde_json::json!({
-                "name": format!("consumer-{i}"),
-                "groups": [format!("g{group}")],
-            }));
+            json["consumers"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({
+                    "name": format!("consumer-{i}"),
+                    "groups": [format!("g{group}")],
+                }));
         }
     }
     for (i, plugin) in state.plugins.iter().enumerate() {
         if let Some(value) = plugin {
-            json["plugins"].as_array_mut().unwrap().push(serde_json::json!({
-                "name": "request-transformer",
-                "instance": format!("tag-{i}"),
-                "config": { "add": { "headers": { "x-tag": format!("v{value}") } } },
-            }));
+            json["plugins"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({
+                    "name": "request-transformer",
+                    "instance": format!("tag-{i}"),
+                    "config": { "add": { "headers": { "x-tag": format!("v{value}") } } },
+                }));
         }
     }
     let mut config: GatewayConfig = serde_json::from_value(json).expect("model json");
@@ -149,7 +159,10 @@ fn a_drifted_state_is_detected_not_served() {
     // An entity that does not parse is a bad delta (NACK), not drift.
     let mut bad = delta.clone();
     bad.upserts[0].json = r#"{"name":"route-0","service":"svc-1","priority":"high"}"#.into();
-    assert!(matches!(apply(&old, &old_table, &bad), Err(DeltaError::Invalid(_))));
+    assert!(matches!(
+        apply(&old, &old_table, &bad),
+        Err(DeltaError::Invalid(_))
+    ));
     // The untouched state applies.
     let (next, _) = apply(&old, &old_table, &delta).expect("applies");
     assert_eq!(next, new);

@@ -95,7 +95,10 @@ fn deltas_apply_refusals_keep_the_config_and_drift_asks_for_a_full_snapshot() {
     let pool_after = applier.store().load().expect("v2").services["users"]
         .upstream
         .clone();
-    assert!(Arc::ptr_eq(&pool_before, &pool_after), "untouched pools survive");
+    assert!(
+        Arc::ptr_eq(&pool_before, &pool_after),
+        "untouched pools survive"
+    );
     assert_eq!(probe_paths(&applier), ["probe", "users-api"]);
 
     // A delta to an invalid config (a route to a missing service) is a NACK:

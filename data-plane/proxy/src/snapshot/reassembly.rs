@@ -128,7 +128,9 @@ mod tests {
         let mut gap = Reassembly::default();
         gap.push(parts[0].clone(), 1 << 20).expect("first");
         assert!(gap.push(parts[2].clone(), 1 << 20).is_err());
-        assert!(Reassembly::default().push(parts[1].clone(), 1 << 20).is_err());
+        assert!(Reassembly::default()
+            .push(parts[1].clone(), 1 << 20)
+            .is_err());
         assert!(Reassembly::default().push(parts[0].clone(), 10).is_err());
     }
 }

@@ -305,7 +305,11 @@ impl Subscriber {
             result.map(|(version, _)| version)
         })
         .await
-        .unwrap_or_else(|e| Err(DeltaRefused::Invalid(format!("applying the delta failed: {e}"))));
+        .unwrap_or_else(|e| {
+            Err(DeltaRefused::Invalid(format!(
+                "applying the delta failed: {e}"
+            )))
+        });
         match result {
             Ok(applied) => {
                 tracing::info!(version = %version_label(&applied), "config delta applied");
