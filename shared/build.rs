@@ -4,7 +4,11 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
-    let proto_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    // Read at run time, not baked in with env!(): a build script compiled in
+    // one worktree and reused from a copied target dir must read this
+    // worktree's protos.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
+    let proto_dir = std::path::Path::new(&manifest_dir).join("../proto");
     let files = [
         "tollgate_config.proto",
         "tollgate_admin.proto",
@@ -13,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let paths: Vec<_> = files.iter().map(|f| proto_dir.join(f)).collect();
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_build::configure()
+        // A snapshot chunk is a slice of one shared buffer: no copy per stream.
+        .bytes([".tollgate.stream.v1.SnapshotChunk.data"])
         .file_descriptor_set_path(out_dir.join("tollgate_descriptor.bin"))
         .compile_protos(&paths, std::slice::from_ref(&proto_dir))?;
     for path in &paths {

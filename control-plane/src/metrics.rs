@@ -129,6 +129,8 @@ pub struct CpMetrics {
     acks: Counter,
     nacks: Counter,
     stream_refusals: Family<RefusalLabels, Counter>,
+    /// The config path's own metrics (full vs delta bytes, commit to ACK).
+    pub distribution: crate::stream::distribution_metrics::DistributionMetrics,
 }
 
 impl fmt::Debug for CpMetrics {
@@ -236,7 +238,10 @@ impl CpMetrics {
                 kind: DataPlaneMetricKind::AppliedRevision,
             },
         );
+        let distribution =
+            crate::stream::distribution_metrics::DistributionMetrics::register(&mut registry);
         Arc::new(Self {
+            distribution,
             registry,
             admin_calls,
             admin_call_duration,

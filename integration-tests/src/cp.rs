@@ -414,6 +414,16 @@ impl ControlPlane {
 }
 
 impl ControlPlane {
+    /// Opens a config stream with the test's own `hello` (deltas, checksum).
+    pub async fn subscribe_with(&self, hello: Hello) -> Result<StreamSubscriber, Status> {
+        StreamSubscriber::connect_with(
+            &self.stream_url(),
+            self.options.cluster_token.as_deref(),
+            hello,
+        )
+        .await
+    }
+
     /// Sends `body` as the raw protobuf of a unary call to `path` (no token):
     /// lets a test send what no generated client would.
     pub async fn raw_call(&self, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
@@ -481,12 +491,29 @@ pub struct StreamSubscriber {
 }
 
 impl StreamSubscriber {
-    /// Connects to `url`, sends the hello, and returns once the stream is open.
+    /// Connects to `url`, sends the hello of a data plane that does not
+    /// speak deltas, and returns once the stream is open.
     pub async fn connect(
         url: &str,
         token: Option<&str>,
         node_id: &str,
         held: Option<ConfigVersion>,
+    ) -> Result<StreamSubscriber, Status> {
+        let hello = Hello {
+            node_id: node_id.to_string(),
+            hostname: "test-host".into(),
+            build_version: "test".into(),
+            held_version: held,
+            ..Hello::default()
+        };
+        StreamSubscriber::connect_with(url, token, hello).await
+    }
+
+    /// Connects to `url` with the test's own `hello` (deltas, checksum).
+    pub async fn connect_with(
+        url: &str,
+        token: Option<&str>,
+        hello: Hello,
     ) -> Result<StreamSubscriber, Status> {
         let channel = ControlPlane::channel(url.to_string()).await;
         let mut client = ConfigStreamClient::with_interceptor(channel, BearerToken::new(token))
@@ -494,12 +521,7 @@ impl StreamSubscriber {
         let (mut outbound, receiver) = mpsc::channel(16);
         outbound
             .send(DataPlaneMessage {
-                kind: Some(data_plane_message::Kind::Hello(Hello {
-                    node_id: node_id.to_string(),
-                    hostname: "test-host".into(),
-                    build_version: "test".into(),
-                    held_version: held,
-                })),
+                kind: Some(data_plane_message::Kind::Hello(hello)),
             })
             .await
             .expect("queue hello");
@@ -546,7 +568,8 @@ impl StreamSubscriber {
         .await;
     }
 
-    async fn send(&mut self, kind: data_plane_message::Kind) {
+    /// Sends any data-plane message.
+    pub async fn send(&mut self, kind: data_plane_message::Kind) {
         self.outbound
             .send(DataPlaneMessage { kind: Some(kind) })
             .await

@@ -406,6 +406,7 @@ async fn stuck_subscriber(
                 hostname: "stuck".into(),
                 build_version: "test".into(),
                 held_version: None,
+                ..Hello::default()
             })),
         })
         .await

@@ -17,6 +17,7 @@
 pub mod calendar;
 pub mod certs;
 pub mod convert;
+pub mod delta;
 pub mod json_schema;
 pub mod limits;
 pub mod model;

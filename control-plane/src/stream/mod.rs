@@ -6,11 +6,20 @@
 //! - [`registry`]: every data plane seen, for `ListDataPlanes`.
 //! - [`rollout`]: waiting until the fleet serves a version (`WaitForVersion`).
 //! - usage reports are handed to [`crate::usage`].
+//! - [`builds`]: each version built once (entity hashes, full snapshot
+//!   encoded once, deltas once per base), shared by every session.
+//! - [`delivery`] and [`chunks`]: what a session sends next (a delta, the
+//!   chunks of a full snapshot, or a whole snapshot to older data planes).
+//! - [`distribution_metrics`]: bytes sent full vs delta, commit to ACK.
 //!
 //! Snapshots carry secrets (JWT HMAC secrets, private keys, API-key hashes), so
 //! the stream is guarded by the cluster token when one is configured (see
 //! [`crate::auth`]), and required to be when it listens beyond loopback.
 
+pub mod builds;
+pub mod chunks;
+pub mod delivery;
+pub mod distribution_metrics;
 pub mod registry;
 pub mod rollout;
 pub mod session;
@@ -30,11 +39,13 @@ use crate::auth::BearerAuth;
 use crate::metrics::CpMetrics;
 use crate::model::Model;
 use crate::usage::Usage;
+use builds::Builds;
 use registry::Registry;
 use session::Session;
 
 pub struct StreamService {
     model: Arc<Model>,
+    builds: Arc<Builds>,
     registry: Arc<Registry>,
     usage: Arc<Usage>,
     metrics: Arc<CpMetrics>,
@@ -52,6 +63,7 @@ impl StreamService {
         max_lag: Duration,
     ) -> StreamService {
         StreamService {
+            builds: Builds::start(&model, metrics.clone()),
             model,
             registry,
             usage,
@@ -107,6 +119,7 @@ impl ConfigStream for StreamService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let session = Session {
             model: self.model.clone(),
+            builds: self.builds.clone(),
             registry: self.registry.clone(),
             usage: self.usage.clone(),
             metrics: self.metrics.clone(),

@@ -21,18 +21,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tollgate_shared::proto::config as pb_config;
 use tollgate_shared::proto::stream::{
     control_plane_message, data_plane_message, ControlPlaneMessage, DataPlaneMessage, Hello,
-    Snapshot,
 };
 use tonic::{Status, Streaming};
 
+use super::builds::Builds;
+use super::delivery::Delivery;
+use super::distribution_metrics::Sent;
 use super::registry::{truncate, Identity, Registry};
 use crate::metrics::CpMetrics;
-use crate::model::{ConfigVersion, Model, Published};
+use crate::model::{ConfigVersion, Model};
 use crate::usage::Usage;
 
 /// How long a new stream may take to say hello.
@@ -48,6 +50,7 @@ pub type Outbound = mpsc::Sender<Result<ControlPlaneMessage, Status>>;
 
 pub struct Session {
     pub model: Arc<Model>,
+    pub builds: Arc<Builds>,
     pub registry: Arc<Registry>,
     pub usage: Arc<Usage>,
     pub metrics: Arc<CpMetrics>,
@@ -111,8 +114,8 @@ impl Session {
             node_id: node_id.clone(),
             session,
         };
-        let held = hello.held_version.as_ref().map(ConfigVersion::from_pb);
-        self.serve(&node_id, session, held, inbound, outbound).await;
+        self.serve(&node_id, session, &hello, inbound, outbound)
+            .await;
         tracing::info!(node_id = %node_id, "data plane disconnected");
     }
 
@@ -147,20 +150,20 @@ impl Session {
         self,
         node_id: &str,
         session: u64,
-        held: Option<ConfigVersion>,
+        hello: &Hello,
         mut inbound: Streaming<DataPlaneMessage>,
         outbound: Outbound,
     ) {
-        let mut updates = self.model.subscribe();
+        let mut updates = self.builds.subscribe_current(&self.model).await;
+        let current = updates.borrow_and_update().clone();
+        let mut state = Delivery::new(&self.builds, &current, hello);
         let mut purges = self.registry.cache_purges();
-        let current_version = updates.borrow_and_update().version.clone();
-        let mut sent = held;
         let mut shutdown = self.shutdown.clone();
         // (first unsent change, latest unsent change) while a burst is open.
         let mut pending: Option<(Instant, Instant)> = None;
-        // Since when a newer version has waited for room on the stream.
-        let mut waiting: Option<Instant> =
-            (sent.as_ref() != Some(&current_version)).then(Instant::now);
+        // Since when a message has waited for room on the stream (a newer
+        // version, or the rest of a chunked snapshot).
+        let mut waiting: Option<Instant> = state.behind(&current).then(Instant::now);
         loop {
             let flush_at = pending.map(|(first, last)| (first + MAX_DELAY).min(last + QUIET));
             let cut_off_at = waiting.map(|since| since + self.max_lag);
@@ -172,7 +175,12 @@ impl Session {
                     return;
                 }
                 message = inbound.message() => match message {
-                    Ok(Some(message)) => self.handle(node_id, session, message),
+                    Ok(Some(message)) => {
+                        if self.handle(node_id, session, message) {
+                            state.resync();
+                            waiting.get_or_insert_with(Instant::now);
+                        }
+                    }
                     Ok(None) => return,
                     Err(status) => {
                         tracing::debug!(node_id, %status, "stream from data plane failed");
@@ -205,8 +213,8 @@ impl Session {
                 }
                 _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
                     pending = None;
-                    let latest = updates.borrow().version.clone();
-                    if sent.as_ref() != Some(&latest) && waiting.is_none() {
+                    let latest = updates.borrow().clone();
+                    if state.behind(&latest) && waiting.is_none() {
                         waiting = Some(Instant::now());
                     }
                 }
@@ -214,10 +222,16 @@ impl Session {
                     let Ok(permit) = permit else { return };
                     waiting = None;
                     let latest = updates.borrow_and_update().clone();
-                    if sent.as_ref() != Some(&latest.version) {
-                        permit.send(Ok(snapshot_message(&latest, &self.metrics)));
-                        self.metrics.snapshot_pushed();
-                        sent = Some(latest.version.clone());
+                    if let Some((message, kind)) = state.next(&self.builds, &latest, &self.metrics).await {
+                        self.metrics.distribution.sent(kind, message.encoded_len());
+                        if kind != Sent::Full || state.chunk_started() {
+                            self.metrics.snapshot_pushed();
+                            self.metrics.distribution.send_lag(latest.published_at.elapsed());
+                        }
+                        permit.send(Ok(message));
+                    }
+                    if state.sending() || state.behind(&latest) && pending.is_none() {
+                        waiting = Some(Instant::now());
                     }
                 }
                 _ = tokio::time::sleep_until(cut_off_at.unwrap_or_else(Instant::now)), if cut_off_at.is_some() => {
@@ -232,13 +246,22 @@ impl Session {
         }
     }
 
-    fn handle(&self, node_id: &str, session: u64, message: DataPlaneMessage) {
+    /// Records an ACK/NACK; true when the data plane asked for a full
+    /// snapshot (its state drifted from what it was sent).
+    fn handle(&self, node_id: &str, session: u64, message: DataPlaneMessage) -> bool {
         match message.kind {
             Some(data_plane_message::Kind::Ack(ack)) => {
                 let version = ack.version.unwrap_or_default();
                 tracing::debug!(node_id, revision = version.revision, "data plane acked");
                 self.metrics.acked();
+                let newest = self.builds.subscribe().borrow().clone();
+                if newest.version == ConfigVersion::from_pb(&version) {
+                    self.metrics
+                        .distribution
+                        .acked_newest(newest.published_at.elapsed());
+                }
                 self.registry.ack(node_id, session, version);
+                false
             }
             Some(data_plane_message::Kind::Nack(nack)) => {
                 let version = nack.version.unwrap_or_default();
@@ -250,40 +273,35 @@ impl Session {
                 );
                 self.metrics.nacked();
                 self.registry.nack(node_id, session, version, &nack.error);
+                false
+            }
+            Some(data_plane_message::Kind::Resync(resync)) => {
+                tracing::warn!(
+                    node_id,
+                    held_revision = resync.held_version.as_ref().map(|v| v.revision),
+                    reason = %truncate(&resync.reason, 1024),
+                    "data plane asked for a full snapshot"
+                );
+                self.metrics.distribution.resync();
+                self.registry.seen(node_id, session);
+                true
             }
             Some(data_plane_message::Kind::Heartbeat(heartbeat)) => {
                 self.registry
                     .heartbeat(node_id, session, heartbeat.serving_version);
+                false
             }
             Some(data_plane_message::Kind::Usage(report)) => {
                 self.usage.ingest(node_id, &report);
                 self.registry.seen(node_id, session);
+                false
             }
             Some(data_plane_message::Kind::Hello(_)) | None => {
                 self.registry.seen(node_id, session);
+                false
             }
         }
     }
-}
-
-/// The full snapshot of `published` (the build is traced and counted).
-/// Secrets are in clear: data planes need them (and only API-key hashes exist).
-fn snapshot_message(published: &Published, metrics: &CpMetrics) -> ControlPlaneMessage {
-    let span = tracing::info_span!(
-        target: tollgate_shared::telemetry::TRACE_TARGET,
-        "snapshot_build",
-        revision = published.version.revision,
-        routes = published.config.routes.len(),
-    );
-    let started = std::time::Instant::now();
-    let message = span.in_scope(|| ControlPlaneMessage {
-        kind: Some(control_plane_message::Kind::Snapshot(Snapshot {
-            version: Some(published.version.to_pb()),
-            config: Some(pb_config::GatewayConfig::from(&*published.config)),
-        })),
-    });
-    metrics.snapshot_built(started.elapsed());
-    message
 }
 
 /// Resolves once the server shuts down (or is gone).

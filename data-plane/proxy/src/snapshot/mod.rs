@@ -5,6 +5,8 @@
 //! - [`compile`]: config -> [`CompiledSnapshot`] (routes, pools, chains).
 //! - [`store`]: the single pointer requests load.
 //! - [`cache`]: the on-disk copy used at boot.
+//! - [`held`]: the applied config by entity, with its checksum: what deltas
+//!   apply to. [`reassembly`]: full snapshots that arrive in chunks.
 //!
 //! [`Applier`] is the one path every snapshot takes, from the stream or from
 //! the cache: convert from protobuf, validate, compile, swap. Any failure
@@ -12,6 +14,8 @@
 
 pub mod cache;
 pub mod compile;
+pub mod held;
+pub mod reassembly;
 pub mod store;
 pub mod subscribe;
 
@@ -41,6 +45,9 @@ pub struct Applier {
     registry: Arc<Registry>,
     /// TLS session-resumption state every snapshot's server config shares.
     tls: crate::tls::TlsShared,
+    /// The config in service as the control plane sees it (entities and
+    /// their checksum), the base deltas apply to.
+    held: held::HeldState,
 }
 
 /// `store_id@revision`, for logs.
@@ -61,6 +68,7 @@ impl Applier {
             cache,
             registry,
             tls: crate::tls::TlsShared::new()?,
+            held: held::HeldState::default(),
         })
     }
 
@@ -94,18 +102,27 @@ impl Applier {
             .as_ref()
             .ok_or("snapshot carries no config")?;
         let config = GatewayConfig::try_from(config).map_err(|e| e.to_string())?;
-        tollgate_shared::validate::validate(&config).map_err(|e| e.to_string())?;
+        self.prepare_config(&config, version)
+    }
+
+    /// Validates and compiles a parsed config without touching the store.
+    pub fn prepare_config(
+        &self,
+        config: &GatewayConfig,
+        version: ConfigVersion,
+    ) -> Result<CompiledSnapshot, String> {
+        tollgate_shared::validate::validate(config).map_err(|e| e.to_string())?;
         let previous = self.store.load();
         let mut compiled = compile::compile(
-            &config,
+            config,
             version,
             previous.as_deref(),
             &self.clients,
             &self.registry,
         )?;
         compiled.tls =
-            crate::tls::server_config(&config, &self.tls, &compiled.client_ca_certificates())?;
-        compiled.certificate_expiries = crate::tls::expiries(&config)
+            crate::tls::server_config(config, &self.tls, &compiled.client_ca_certificates())?;
+        compiled.certificate_expiries = crate::tls::expiries(config)
             .into_iter()
             .map(|(name, not_after)| (name.to_string(), not_after))
             .collect();
@@ -115,7 +132,55 @@ impl Applier {
     /// Applies a snapshot: on success it is in service when this returns.
     /// On failure the old config stays in service, whole.
     pub fn apply(&self, snapshot: &Snapshot) -> Result<ConfigVersion, String> {
-        let compiled = self.prepare(snapshot)?;
+        let version = snapshot
+            .version
+            .clone()
+            .ok_or("snapshot carries no version")?;
+        let config = snapshot
+            .config
+            .as_ref()
+            .ok_or("snapshot carries no config")?;
+        let config = GatewayConfig::try_from(config).map_err(|e| e.to_string())?;
+        let compiled = self.prepare_config(&config, version)?;
+        let table = tollgate_shared::delta::EntityTable::of(&config);
+        let version = self.put_in_service(compiled);
+        self.held.set(version.clone(), Arc::new(config), table);
+        Ok(version)
+    }
+
+    /// Applies a delta to the held config. On any error the config in
+    /// service stays, whole: [`held::DeltaRefused::Invalid`] is a NACK,
+    /// [`held::DeltaRefused::Drift`] asks the control plane for a full
+    /// snapshot. On success, returns the snapshot to cache.
+    pub fn apply_delta(
+        &self,
+        delta: &tollgate_shared::proto::stream::Delta,
+    ) -> Result<(ConfigVersion, Snapshot), held::DeltaRefused> {
+        let (version, config, table) = self.held.advance(delta)?;
+        let compiled = self
+            .prepare_config(&config, version.clone())
+            .map_err(held::DeltaRefused::Invalid)?;
+        self.put_in_service(compiled);
+        let snapshot = Snapshot {
+            version: Some(version.clone()),
+            config: Some(tollgate_shared::proto::config::GatewayConfig::from(&config)),
+        };
+        self.held.set(version.clone(), Arc::new(config), table);
+        Ok((version, snapshot))
+    }
+
+    /// The checksum of the held state, for the hello (empty when none).
+    pub fn held_checksum(&self) -> Vec<u8> {
+        self.held.checksum()
+    }
+
+    /// Test hook: makes the held state differ from what was applied.
+    #[doc(hidden)]
+    pub fn corrupt_held_state(&self) {
+        self.held.corrupt();
+    }
+
+    fn put_in_service(&self, compiled: CompiledSnapshot) -> ConfigVersion {
         let version = compiled.version.clone();
         let metrics = tollgate_telemetry::metrics::global();
         metrics.set_certificate_expiry(
@@ -126,7 +191,7 @@ impl Applier {
         );
         self.store.swap(Arc::new(compiled));
         metrics.config_applied(&version.store_id, version.revision);
-        Ok(version)
+        version
     }
 
     /// Writes an applied snapshot to the cache file (blocking I/O: call from
@@ -167,3 +232,6 @@ impl Applier {
         }
     }
 }
+
+#[cfg(test)]
+mod delta_tests;

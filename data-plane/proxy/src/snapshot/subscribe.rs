@@ -1,9 +1,13 @@
 //! The config stream client: `tollgate.stream.v1.ConfigStream/Subscribe`.
 //!
 //! One session: connect, send `Hello` (node id, hostname, build, the version
-//! held from the cache or a previous session), then for every `Snapshot`:
-//! apply it (convert, validate, compile, swap) and answer `Ack` once it is in
-//! service, or `Nack` with the reason while the old config keeps serving.
+//! held from the cache or a previous session with its checksum, and that it
+//! accepts deltas), then for every `Snapshot` (whole, or joined from its
+//! `SnapshotChunk`s) or `Delta`: apply it (convert, validate, compile, swap)
+//! and answer `Ack` once it is in service, or `Nack` with the reason while
+//! the old config keeps serving. A delta whose base is not the held version
+//! or whose checksum does not match the state it leads to is not applied:
+//! the data plane sends `ResyncRequest` and gets a full snapshot.
 //!
 //! While the stream is up, a `Heartbeat` with the version in service goes out
 //! every `--heartbeat-interval-ms`, so the control plane's "last seen" moves
@@ -36,12 +40,14 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_shared::proto::stream::config_stream_client::ConfigStreamClient;
 use tollgate_shared::proto::stream::{
-    control_plane_message, data_plane_message, Ack, DataPlaneMessage, Heartbeat, Hello, Nack,
-    Snapshot,
+    control_plane_message, data_plane_message, Ack, DataPlaneMessage, Delta, Heartbeat, Hello,
+    Nack, ResyncRequest, Snapshot,
 };
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Endpoint;
 
+use super::held::DeltaRefused;
+use super::reassembly::Reassembly;
 use super::{version_label, Applier};
 use crate::error::DpError;
 
@@ -372,6 +378,8 @@ impl Subscriber {
                 hostname: self.hostname.clone(),
                 build_version: tollgate_shared::BUILD_VERSION.to_string(),
                 held_version: self.applier.store().version(),
+                accepts_deltas: true,
+                held_checksum: self.applier.held_checksum(),
             })),
         };
         outbound
@@ -405,6 +413,7 @@ impl Subscriber {
         if let Some((_, ticker)) = &mut reports {
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
+        let mut chunks = Reassembly::default();
         loop {
             let message = tokio::select! {
                 message = inbound.message() => message,
@@ -438,14 +447,27 @@ impl Subscriber {
                 return Ok(());
             };
             backoff.reset();
-            if let Some(control_plane_message::Kind::CachePurge(purge)) = message.kind {
-                self.purge_cache(purge).await;
-                continue;
-            }
-            let Some(control_plane_message::Kind::Snapshot(snapshot)) = message.kind else {
-                continue;
+            let reply = match message.kind {
+                Some(control_plane_message::Kind::Snapshot(snapshot)) => {
+                    self.handle_snapshot(snapshot, None).await
+                }
+                Some(control_plane_message::Kind::SnapshotChunk(chunk)) => {
+                    match chunks.push(chunk, MAX_SNAPSHOT_BYTES) {
+                        Ok(None) => continue,
+                        Ok(Some(whole)) => {
+                            self.handle_snapshot(whole.snapshot, Some(whole.checksum))
+                                .await
+                        }
+                        Err(error) => self.resync(error),
+                    }
+                }
+                Some(control_plane_message::Kind::Delta(delta)) => self.handle_delta(delta).await,
+                Some(control_plane_message::Kind::CachePurge(purge)) => {
+                    self.purge_cache(purge).await;
+                    continue;
+                }
+                _ => continue,
             };
-            let reply = self.handle_snapshot(snapshot).await;
             outbound
                 .send(reply)
                 .await
@@ -486,11 +508,66 @@ impl Subscriber {
         }
     }
 
+    /// Asks for a full snapshot; the config in service stays.
+    fn resync(&self, reason: String) -> DataPlaneMessage {
+        tracing::warn!(%reason, "config state out of step with the control plane; asking for a full snapshot");
+        DataPlaneMessage {
+            kind: Some(data_plane_message::Kind::Resync(ResyncRequest {
+                held_version: self.applier.store().version(),
+                reason,
+            })),
+        }
+    }
+
+    /// Applies one delta and builds the ACK, NACK or resync request.
+    async fn handle_delta(&self, delta: Delta) -> DataPlaneMessage {
+        let target = delta.target.clone().unwrap_or_default();
+        let applier = self.applier.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let result = applier.apply_delta(&delta);
+            if let Ok((_, snapshot)) = &result {
+                applier.write_cache(snapshot);
+            }
+            result.map(|(version, _)| version)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(DeltaRefused::Invalid(format!(
+                "applying the delta failed: {e}"
+            )))
+        });
+        match result {
+            Ok(applied) => {
+                tracing::info!(version = %version_label(&applied), "config delta applied");
+                ack(applied)
+            }
+            Err(DeltaRefused::Drift(reason)) => self.resync(reason),
+            Err(DeltaRefused::Invalid(error)) => {
+                tracing::warn!(version = %version_label(&target), %error, "config delta rejected (NACK); the previous config stays in service");
+                DataPlaneMessage {
+                    kind: Some(data_plane_message::Kind::Nack(Nack {
+                        version: Some(target),
+                        error,
+                    })),
+                }
+            }
+        }
+    }
+
     /// Applies one snapshot and builds the ACK/NACK. The cache is written
-    /// after the swap, on a blocking thread.
-    async fn handle_snapshot(&self, snapshot: Snapshot) -> DataPlaneMessage {
+    /// after the swap, on a blocking thread. `checksum` is the control
+    /// plane's for that state (chunked snapshots carry it).
+    async fn handle_snapshot(
+        &self,
+        snapshot: Snapshot,
+        checksum: Option<Vec<u8>>,
+    ) -> DataPlaneMessage {
         let version = snapshot.version.clone().unwrap_or_default();
-        if self.applier.store().version().as_ref() == Some(&version) {
+        if self.applier.store().version().as_ref() == Some(&version)
+            && checksum
+                .as_ref()
+                .is_none_or(|expected| *expected == self.applier.held_checksum())
+        {
             tracing::debug!(version = %version_label(&version), "snapshot already in service");
             return ack(version);
         }
@@ -508,6 +585,12 @@ impl Subscriber {
             Ok(applied) => {
                 tracing::info!(version = %version_label(&applied), "config applied");
                 self.rejection.served(&applied);
+                if checksum.is_some_and(|expected| expected != self.applier.held_checksum()) {
+                    // Both sides hash the model's JSON: a difference means
+                    // builds that serialize an entity differently. Deltas
+                    // will then ask for full snapshots; serving stays right.
+                    tracing::warn!(version = %version_label(&applied), "this data plane's checksum of the snapshot differs from the control plane's");
+                }
                 ack(applied)
             }
             Err(error) => {
