@@ -272,7 +272,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_and_deltas_are_built_once_and_shared() {
-        let metrics = CpMetrics::new(Arc::new(|| Vec::new()));
+        let metrics = CpMetrics::new(Arc::new(Vec::new));
         let base = Arc::new(Built::new(&published(1, 50)));
         let mut next = published(2, 50);
         // Only one route differs.
