@@ -274,7 +274,8 @@ mod tests {
     async fn full_and_deltas_are_built_once_and_shared() {
         let metrics = CpMetrics::new(Arc::new(Vec::new));
         let base = Arc::new(Built::new(&published(1, 50)));
-        let mut next = published(2, 50);
+        let mut next = published(1, 50);
+        next.version.revision = 2;
         // Only one route differs.
         Arc::make_mut(&mut next.config).routes[7].paths = vec!["/changed".into()];
         let target = Arc::new(Built::new(&next));
