@@ -188,7 +188,6 @@ impl Model {
 
     /// Applies `change` to a copy of the current state and, unless `dry_run`
     /// or nothing changed, commits and publishes the result.
-    #[tracing::instrument(target = "tollgate::trace", name = "config_write", skip_all, fields(dry_run = dry_run))]
     pub async fn write<F>(&self, dry_run: bool, change: F) -> Result<WriteOutcome, CpError>
     where
         F: FnOnce(&mut GatewayConfig) -> Result<(), CpError> + Send + 'static,
@@ -197,6 +196,7 @@ impl Model {
     }
 
     /// [`Model::write`], recording `author` in the revision's history.
+    #[tracing::instrument(target = "tollgate::trace", name = "config_write", skip_all, fields(dry_run = dry_run))]
     pub async fn write_as<F>(
         &self,
         author: Author,

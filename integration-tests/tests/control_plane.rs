@@ -245,7 +245,11 @@ routes:
         .lines()
         .filter(|l| l.starts_with(['+', '~', '-']))
         .collect();
-    assert_eq!(changes, ["~ route labelled"], "{diff}");
+    assert_eq!(
+        changes,
+        [r#"~ route labelled: metrics: - {"consumer_labels":true}"#],
+        "{diff}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -661,7 +665,7 @@ async fn invalid_configs_are_rejected_naming_the_field_and_change_nothing() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(
         status.message(),
-        r#"route "orders-api": service "orders" does not exist"#
+        r#"service "orders" is used by route "orders-api": delete or move those routes first"#
     );
     let status = admin
         .create(EntityRequest { entity: None })

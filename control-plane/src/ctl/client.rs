@@ -59,6 +59,9 @@ pub fn answered_by_non_grpc(status: &tonic::Status) -> bool {
         "while receiving response with status",
         "invalid content-type",
         "transport error",
+        // A data plane's proxy answers a gRPC call it has no route for as a
+        // gRPC error of its own (`<error>: <message>`).
+        "no_route: ",
     ]
     .iter()
     .any(|sign| status.message().contains(sign))

@@ -539,11 +539,13 @@ impl Subscriber {
         match result {
             Ok(applied) => {
                 tracing::info!(version = %version_label(&applied), "config delta applied");
+                self.rejection.served(&applied);
                 ack(applied)
             }
             Err(DeltaRefused::Drift(reason)) => self.resync(reason),
             Err(DeltaRefused::Invalid(error)) => {
                 tracing::warn!(version = %version_label(&target), %error, "config delta rejected (NACK); the previous config stays in service");
+                self.rejection.set(target.clone(), &error);
                 DataPlaneMessage {
                     kind: Some(data_plane_message::Kind::Nack(Nack {
                         version: Some(target),
