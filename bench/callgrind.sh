@@ -12,13 +12,22 @@
 # (default target/release). Starts an nginx upstream on 127.0.0.1:28080 and the
 # target on 28090, checks a request is proxied (200 from the upstream, not a
 # gateway error), warms up, then counts REQUESTS (default 3000) keep-alive
-# requests. KEEP=FILE keeps the callgrind output (build with
+# requests. SAME_URL=1 sends every warm-up and counted request to one URL
+# (/same) instead of distinct ones: with the cache variant, all HITs. KEEP=FILE
+# keeps the callgrind output (build with
 # CARGO_PROFILE_RELEASE_DEBUG=line-tables-only CARGO_PROFILE_RELEASE_STRIP=none
 # for per-function costs).
 set -euo pipefail
 VARIANT="${1:-plain}"; N="${2:-3000}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BIN="${TOLLGATE_BIN_DIR:-$ROOT/target/release}"
+# Fixed ports: a second run at the same time (another user's) would send its
+# requests or its config to this run's processes and skew both counts.
+for port in 28080 28090 29090 30090; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "127.0.0.1:$port is in use (another callgrind.sh run?): try again later" >&2; exit 1
+  fi
+done
 T="$(mktemp -d -t tollgate-callgrind.XXXXXX)"
 mkdir -p "$T/bin" "$T/ng"
 ln -s "$BIN/tollgate-cp" "$T/bin/tollgate-cp"
@@ -43,14 +52,25 @@ for _ in $(seq 1 300); do
   sleep 1
 done
 [ -n "$ready" ] || { echo "the target never proxied a request to the upstream" >&2; exit 1; }
-curl -s -o /dev/null ${BENCH_HEADER:+-H "$BENCH_HEADER"} "http://127.0.0.1:28090/w[1-300]"
+# requests PREFIX COUNT: COUNT keep-alive requests on one connection, to
+# distinct URLs (PREFIX1..PREFIXCOUNT) or, with SAME_URL=1, all to /same.
+requests() {
+  if [ -n "${SAME_URL:-}" ]; then
+    local args=()
+    for _ in $(seq 1 "$2"); do args+=(-o /dev/null "http://127.0.0.1:28090/same"); done
+    curl -s ${BENCH_HEADER:+-H "$BENCH_HEADER"} "${args[@]}"
+  else
+    curl -s -o /dev/null ${BENCH_HEADER:+-H "$BENCH_HEADER"} "http://127.0.0.1:28090/$1[1-$2]"
+  fi
+}
+requests w 300
 DP=$(pgrep -f "valgrind.*$T" | head -1)
 callgrind_control -z "$DP" >/dev/null
-curl -s -o /dev/null ${BENCH_HEADER:+-H "$BENCH_HEADER"} "http://127.0.0.1:28090/x[1-$N]"
+requests x "$N"
 sleep 0.3
 callgrind_control -d "$DP" >/dev/null
 sleep 1
 F=$(ls -t "$T"/cg.out."$DP"* | head -1)
 TOT=$(grep -E '^(summary|totals):' "$F" | head -1 | awk '{print $2}')
-echo "$VARIANT instructions/request: $((TOT / N))"
+echo "$VARIANT${SAME_URL:+ (one URL)} instructions/request: $((TOT / N))"
 if [ -n "${KEEP:-}" ]; then cp "$F" "$KEEP"; fi
