@@ -313,6 +313,7 @@ async fn forward_route(
         .map(|key| key.hash(&parts.headers, ctx.client_ip, parts.uri.path()));
     // hyper's client connection writes the URI as is: origin form
     // (`/path?query`), which `parts.uri` already is.
+    let client_http1 = parts.version < Version::HTTP_2;
     parts.version = Version::HTTP_11;
     let host_from_target = match (&service.host_header, client_host) {
         (Some(host), _) => {
@@ -372,7 +373,7 @@ async fn forward_route(
             Err(err) => {
                 let kind = crate::upstream::classify(&err);
                 tracing::debug!(route = %route.name, error = %err, "request body refused before connecting upstream");
-                return refused(exchange, ctx, kind.into());
+                return body_refused(exchange, ctx, kind, client_http1);
             }
         };
     }
@@ -500,7 +501,7 @@ async fn forward_route(
                     // The client's body failed (too large, too slow): not
                     // the target's fault, and nothing to retry.
                     exchange.upstream_latency = Some(upstream_started.elapsed());
-                    return refused(exchange, ctx, kind.into());
+                    return body_refused(exchange, ctx, kind, client_http1);
                 }
                 eject_note(pool, index, route, target);
                 tracing::warn!(
@@ -617,6 +618,25 @@ fn refused(
 ) -> Response<ResponseBody> {
     exchange.refusal = Some(refusal.kind);
     respond::answer(refusal, Some(ctx.request_id), exchange.grpc)
+}
+
+/// A refusal of a request whose body was not read to its end (too large,
+/// too slow, broken): on HTTP/1.x the connection cannot carry another
+/// request, so the answer says `Connection: close` and a client does not
+/// reuse it (nginx answers a 413 the same way).
+fn body_refused(
+    exchange: &mut Exchange,
+    ctx: &RequestCtx<'_>,
+    kind: RefusalKind,
+    client_http1: bool,
+) -> Response<ResponseBody> {
+    let mut response = refused(exchange, ctx, kind.into());
+    if client_http1 {
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// The last step of every routed request, whoever produced the response:
