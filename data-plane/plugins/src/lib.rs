@@ -30,7 +30,7 @@ use std::sync::Arc;
 use tollgate_plugin_api::Registry;
 
 pub use proxy_cache::CacheStores;
-pub use rate_limit::{RateLimiters, RedisStore};
+pub use rate_limit::{RateLimiters, RedisOptions, RedisStore};
 
 /// What plugins need from the data plane's startup (process-lifetime state).
 #[derive(Debug, Clone, Default)]

@@ -35,6 +35,7 @@ pub mod local;
 mod plugin;
 pub mod quota;
 pub mod redis;
+mod redis_target;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -57,6 +58,7 @@ pub(crate) use plugin::subject;
 pub use plugin::RateLimitFactory;
 pub use quota::{most_restrictive, Quota, RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET};
 pub use redis::RedisStore;
+pub use redis_target::RedisOptions;
 
 /// Scope values longer than this are hashed into the Redis key.
 const MAX_PLAIN_KEY_PART: usize = 64;
@@ -201,7 +203,7 @@ pub struct RateLimit {
     redis: Option<RedisStore>,
     /// `sync: batched` with a Redis: the counters synced in the background.
     batched: Option<Arc<BatchedLimiter>>,
-    /// `tollgate:rl:<instance>:<algorithm>:<window s>:`
+    /// `tollgate:rl:{<instance>:<algorithm>:<window s>:` (the key ends with `}`)
     redis_prefix: String,
 }
 
@@ -237,7 +239,10 @@ impl RateLimit {
             RateLimitAlgorithm::SlidingWindow => "sw",
             RateLimitAlgorithm::Gcra => "gcra",
         };
-        let mut redis_prefix = String::from("tollgate:rl:");
+        // The counter's identity is a hash tag (`{...}`), so that in a Redis
+        // Cluster every key of one counter lives in one slot (values never
+        // contain braces: `push_key_part` hashes those).
+        let mut redis_prefix = String::from("tollgate:rl:{");
         push_key_part(&mut redis_prefix, instance);
         let _ = write!(redis_prefix, ":{algorithm}:{}:", config.window.0.as_secs());
         let redis = match config.policy {
@@ -331,6 +336,7 @@ impl RateLimit {
         let mut key = String::with_capacity(self.redis_prefix.len() + 48);
         key.push_str(&self.redis_prefix);
         value.write_redis_part(&mut key);
+        key.push('}');
         key
     }
 
