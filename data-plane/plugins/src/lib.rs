@@ -54,7 +54,9 @@ pub fn registry(options: &PluginOptions) -> Registry {
         .with(ip_restriction::IpRestrictionFactory)
         .with(cors::CorsFactory)
         .with(mtls_auth::MtlsAuthFactory)
-        .with(concurrency_limit::ConcurrencyLimitFactory::default())
+        .with(concurrency_limit::ConcurrencyLimitFactory::new(
+            options.rate_limiters.redis().cloned(),
+        ))
         .with(proxy_cache::ProxyCacheFactory::new(
             options.cache_stores.clone(),
         ))

@@ -154,6 +154,23 @@ fn push_hashed(key: &mut String, value: &[u8]) {
     }
 }
 
+/// `prefix` (which opens a hash tag: `...{...`), `subject`'s value under
+/// `scope` as in a rate-limit key, and the closing `}` (the concurrency
+/// limiter's lease sets are keyed alike).
+pub(crate) fn scope_redis_key(prefix: &str, scope: &Scope, subject: &Subject<'_>) -> String {
+    let mut key = String::with_capacity(prefix.len() + 48);
+    key.push_str(prefix);
+    scope_value(scope, subject).write_redis_part(&mut key);
+    key.push('}');
+    key
+}
+
+/// Appends `value` to a Redis key: as is when short and printable (and
+/// free of braces), otherwise hashed.
+pub(crate) fn push_redis_key_part(key: &mut String, value: &str) {
+    push_key_part(key, value);
+}
+
 /// The in-process counter key of `subject` under `scope` (the
 /// concurrency limiter counts by the same values).
 pub(crate) fn scope_key(scope: &Scope, subject: &Subject<'_>) -> u64 {

@@ -202,7 +202,7 @@ impl RedisStore {
                 tracing::error!(
                     redis = %target,
                     error = %err,
-                    "invalid redis settings; rate limits with policy redis run under their on_redis_failure policy"
+                    "invalid --redis-url (or its TLS files); rate limits with policy redis run under their on_redis_failure policy"
                 );
                 None
             }
@@ -342,16 +342,29 @@ impl RedisStore {
         command: &redis::Cmd,
         timeout: Duration,
     ) -> Option<T> {
+        self.run(timeout, |mut connection| async move {
+            command.query_async(&mut connection).await
+        })
+        .await
+    }
+
+    /// Runs `call` on this thread's connection (or the shared one) behind
+    /// the breaker, bounded by `timeout` (the concurrency limit's leases).
+    /// `None` means Redis could not answer.
+    pub(crate) async fn run<T, F, Fut>(&self, timeout: Duration, call: F) -> Option<T>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         let inner = &self.inner;
         if inner.breaker.is_open() {
             return None;
         }
-        let mut connection = match inner.local_connection() {
+        let connection = match inner.local_connection() {
             Some(connection) => connection,
             None => inner.connection.get()?.clone(),
         };
-        let result = match tokio::time::timeout(timeout, command.query_async(&mut connection)).await
-        {
+        let result = match tokio::time::timeout(timeout, call(connection)).await {
             Ok(result) => result.map_err(CallError::from),
             Err(_) => Err(CallError::Timeout(timeout)),
         };
