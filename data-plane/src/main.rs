@@ -169,10 +169,18 @@ struct Args {
     redis_ca_file: Option<PathBuf>,
     /// PEM client certificate for a rediss:// Redis that asks for one
     /// (`tls-auth-clients`); needs --redis-client-key.
-    #[arg(long, env = "TOLLGATE_REDIS_CLIENT_CERT", requires = "redis_client_key")]
+    #[arg(
+        long,
+        env = "TOLLGATE_REDIS_CLIENT_CERT",
+        requires = "redis_client_key"
+    )]
     redis_client_cert: Option<PathBuf>,
     /// PEM private key of --redis-client-cert.
-    #[arg(long, env = "TOLLGATE_REDIS_CLIENT_KEY", requires = "redis_client_cert")]
+    #[arg(
+        long,
+        env = "TOLLGATE_REDIS_CLIENT_KEY",
+        requires = "redis_client_cert"
+    )]
     redis_client_key: Option<PathBuf>,
 
     /// Comma-separated plugins this node loads (default: all bundled). A

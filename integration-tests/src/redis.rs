@@ -189,22 +189,25 @@ impl RedisCluster {
             String::from_utf8_lossy(&output.stderr)
         );
         let cluster = RedisCluster { nodes, _dir: dir };
-        cluster.wait(|c| {
-            c.nodes.iter().all(|node| {
-                let info = node.cli(&["CLUSTER", "INFO"]).unwrap_or_default();
-                info.contains("cluster_state:ok")
-                    && info.contains(&format!("cluster_known_nodes:{}", primaries * 2))
-            }) && c.primaries().len() == primaries
-                && c.nodes
-                    .iter()
-                    .filter(|node| !c.primaries().contains(&node.port()))
-                    .all(|replica| {
-                        replica
-                            .cli(&["INFO", "replication"])
-                            .unwrap_or_default()
-                            .contains("master_link_status:up")
-                    })
-        }, "the cluster to form");
+        cluster.wait(
+            |c| {
+                c.nodes.iter().all(|node| {
+                    let info = node.cli(&["CLUSTER", "INFO"]).unwrap_or_default();
+                    info.contains("cluster_state:ok")
+                        && info.contains(&format!("cluster_known_nodes:{}", primaries * 2))
+                }) && c.primaries().len() == primaries
+                    && c.nodes
+                        .iter()
+                        .filter(|node| !c.primaries().contains(&node.port()))
+                        .all(|replica| {
+                            replica
+                                .cli(&["INFO", "replication"])
+                                .unwrap_or_default()
+                                .contains("master_link_status:up")
+                        })
+            },
+            "the cluster to form",
+        );
         cluster
     }
 
@@ -260,7 +263,10 @@ impl RedisCluster {
 
     /// Ports of the live primaries that serve slots.
     pub fn primaries(&self) -> Vec<u16> {
-        self.primary_slots().into_iter().map(|(port, _)| port).collect()
+        self.primary_slots()
+            .into_iter()
+            .map(|(port, _)| port)
+            .collect()
     }
 
     /// The port of the primary serving `key`'s slot.

@@ -226,7 +226,10 @@ async fn fleet_slots_are_leases_that_expire_with_their_data_plane() {
     for handle in slow {
         assert_eq!(handle.await.expect("task"), 200);
     }
-    wait_until("leases given back", WAIT, || async { (leases() == 0).then_some(()) }).await;
+    wait_until("leases given back", WAIT, || async {
+        (leases() == 0).then_some(())
+    })
+    .await;
     assert_eq!(status(dp2, "/fleet/fast", &[]).await.0, 200);
 
     // Clients that go away: the leases are given back at once (long before
@@ -265,9 +268,11 @@ async fn fleet_slots_are_leases_that_expire_with_their_data_plane() {
     dps[1].kill_9();
     let killed = Instant::now();
     let dp0 = &dps[0];
-    wait_until("the dead data plane's slots back", TTL + WAIT, || async move {
-        (status(dp0, "/fleet/fast", &[]).await.0 == 200).then_some(())
-    })
+    wait_until(
+        "the dead data plane's slots back",
+        TTL + WAIT,
+        || async move { (status(dp0, "/fleet/fast", &[]).await.0 == 200).then_some(()) },
+    )
     .await;
     let freed_after_kill = killed.elapsed();
     for handle in held {

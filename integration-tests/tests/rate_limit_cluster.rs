@@ -122,7 +122,10 @@ async fn cluster_limits_hold_and_survive_a_failover() {
             statuses.push(status(&dps[i % 3], "/strict", tenant).await);
         }
         assert_eq!(admitted(&statuses), 5, "{tenant}: {statuses:?}");
-        assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+        assert!(
+            statuses.iter().all(|s| *s == 200 || *s == 429),
+            "{statuses:?}"
+        );
     }
     let keys = cluster.keys("tollgate:rl:{route:strict#0:*");
     assert_eq!(keys.len(), 6, "{keys:?}");
@@ -131,7 +134,10 @@ async fn cluster_limits_hold_and_survive_a_failover() {
         "keys are hash tags: {keys:?}"
     );
     let spread = holders(&cluster, "tollgate:rl:{route:strict#0:*");
-    assert!(spread.len() >= 2, "counters on one primary only: {spread:?}");
+    assert!(
+        spread.len() >= 2,
+        "counters on one primary only: {spread:?}"
+    );
 
     // Batched: each round sends one request per tenant (to rotating data
     // planes), then waits a sync round, so each data plane's sync carries
@@ -152,7 +158,10 @@ async fn cluster_limits_hold_and_survive_a_failover() {
         assert_eq!(admitted(statuses), 5, "{tenant}: {statuses:?}");
     }
     let spread = holders(&cluster, "tollgate:rl:{route:batched#0:*");
-    assert!(spread.len() >= 2, "counters on one primary only: {spread:?}");
+    assert!(
+        spread.len() >= 2,
+        "counters on one primary only: {spread:?}"
+    );
     eprintln!(
         "cluster batched: {} requests, {evalsha} EVALSHA on the cluster in {took:.1} s \
          ({:.1}/s; 3 data planes x 6 counters / {} ms at most {:.0}/s)",
@@ -242,7 +251,10 @@ async fn cluster_limits_hold_and_survive_a_failover() {
     for task in loads {
         load.extend(task.await.expect("load task"));
     }
-    assert!(last.iter().all(|s| *s == 429), "not limiting again: {after:?}");
+    assert!(
+        last.iter().all(|s| *s == 429),
+        "not limiting again: {after:?}"
+    );
     assert_eq!(
         admitted(&after) as u64,
         5 - before,
@@ -331,7 +343,10 @@ async fn rediss_with_a_private_ca() {
         statuses.push(status(&dps[i % 2], "/tls", "t").await);
     }
     assert_eq!(admitted(&statuses), 5, "{statuses:?}");
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
     // The counts went over TLS into this Redis (read on its plain port).
     let keys = redis.keys("tollgate:rl:{route:tls#0:*");
     assert_eq!(keys.len(), 1, "{keys:?}");

@@ -175,11 +175,14 @@ async fn renew(leases: Weak<Leases>, every: Duration) {
             async move {
                 let _: Option<i64> = leases
                     .store
-                    .run(leases.timeout.max(Duration::from_secs(1)), |mut connection| {
-                        let mut invocation = leases.renew.key(&*key);
-                        invocation.arg(ttl_ms).arg(&members);
-                        async move { invocation.invoke_async(&mut connection).await }
-                    })
+                    .run(
+                        leases.timeout.max(Duration::from_secs(1)),
+                        |mut connection| {
+                            let mut invocation = leases.renew.key(&*key);
+                            invocation.arg(ttl_ms).arg(&members);
+                            async move { invocation.invoke_async(&mut connection).await }
+                        },
+                    )
                     .await;
             }
         });

@@ -24,7 +24,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::{Client, Cmd, ClientTlsConfig, Pipeline, RedisFuture, TlsCertificates, Value};
+use redis::{Client, ClientTlsConfig, Cmd, Pipeline, RedisFuture, TlsCertificates, Value};
 
 /// What the data plane was told about its Redis (`--redis-url` and the TLS
 /// files that go with it).
@@ -107,13 +107,14 @@ impl Target {
     /// the flag at fault and never contains a password.
     pub(crate) fn open(options: &RedisOptions) -> Result<Target, String> {
         let url = options.url.trim();
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or("--redis-url: expected redis://, rediss://, redis+cluster:// or rediss+cluster://")?;
+        let (scheme, rest) = url.split_once("://").ok_or(
+            "--redis-url: expected redis://, rediss://, redis+cluster:// or rediss+cluster://",
+        )?;
         let cluster_nodes = match scheme {
-            "redis+cluster" | "rediss+cluster" => {
-                Some(cluster_nodes(&scheme[..scheme.len() - "+cluster".len()], rest)?)
-            }
+            "redis+cluster" | "rediss+cluster" => Some(cluster_nodes(
+                &scheme[..scheme.len() - "+cluster".len()],
+                rest,
+            )?),
             _ if url.contains(',') => Some(url_list(url)?),
             _ => None,
         };
@@ -189,7 +190,9 @@ fn cluster_nodes(scheme: &str, rest: &str) -> Result<Vec<String>, String> {
         .map(|host| format!("{scheme}://{userinfo}{host}"))
         .collect();
     if nodes.is_empty() {
-        return Err("--redis-url: a cluster URL names no node (redis+cluster://host:port,host:port)".into());
+        return Err(
+            "--redis-url: a cluster URL names no node (redis+cluster://host:port,host:port)".into(),
+        );
     }
     Ok(nodes)
 }
@@ -230,14 +233,17 @@ fn certificates(options: &RedisOptions) -> Result<Option<TlsCertificates>, Strin
         (None, None) => None,
         _ => {
             return Err(
-                "--redis-client-cert and --redis-client-key go together: give both or neither".into(),
+                "--redis-client-cert and --redis-client-key go together: give both or neither"
+                    .into(),
             )
         }
     };
-    Ok((root_cert.is_some() || client_tls.is_some()).then_some(TlsCertificates {
-        client_tls,
-        root_cert,
-    }))
+    Ok(
+        (root_cert.is_some() || client_tls.is_some()).then_some(TlsCertificates {
+            client_tls,
+            root_cert,
+        }),
+    )
 }
 
 #[cfg(test)]
@@ -250,8 +256,14 @@ mod tests {
 
     #[test]
     fn urls_pick_single_or_cluster() {
-        assert!(matches!(open("redis://127.0.0.1:6379/0"), Ok(Target::Single(_))));
-        assert!(matches!(open("rediss://cache.internal:6380"), Ok(Target::Single(_))));
+        assert!(matches!(
+            open("redis://127.0.0.1:6379/0"),
+            Ok(Target::Single(_))
+        ));
+        assert!(matches!(
+            open("rediss://cache.internal:6380"),
+            Ok(Target::Single(_))
+        ));
         assert!(matches!(
             open("redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7000"),
             Ok(Target::Cluster(_))
@@ -283,11 +295,17 @@ mod tests {
             ..RedisOptions::new("rediss://a:1")
         };
         let err = Target::open(&options).err().unwrap();
-        assert!(err.starts_with("--redis-ca-file /nonexistent/ca.pem"), "{err}");
+        assert!(
+            err.starts_with("--redis-ca-file /nonexistent/ca.pem"),
+            "{err}"
+        );
         let options = RedisOptions {
             client_cert: Some("/tmp/c.pem".into()),
             ..RedisOptions::new("rediss://a:1")
         };
-        assert!(Target::open(&options).err().unwrap().contains("go together"));
+        assert!(Target::open(&options)
+            .err()
+            .unwrap()
+            .contains("go together"));
     }
 }

@@ -509,7 +509,11 @@ async fn batched_counts_locally_and_syncs_to_redis() {
     assert_eq!(statuses.iter().filter(|a| **a).count(), 5, "{statuses:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let count = redis.cli(&["HGET", "tollgate:rl:{route:orders#0:sw:3600:i:10.0.0.9}", "c"]);
+        let count = redis.cli(&[
+            "HGET",
+            "tollgate:rl:{route:orders#0:sw:3600:i:10.0.0.9}",
+            "c",
+        ]);
         if count.as_deref() == Some("5") {
             break;
         }
