@@ -114,10 +114,11 @@ impl Drop for Slot {
     }
 }
 
-/// A slot a request holds: in this process or a lease in Redis.
+/// A slot a request holds (given back when dropped): in this process or a
+/// lease in Redis.
 enum Held {
-    Local(#[allow(dead_code)] Slot),
-    Lease(#[allow(dead_code)] Lease),
+    Local { _slot: Slot },
+    Lease { _lease: Lease },
 }
 
 /// The slots a request holds (one per concurrency-limit on its route).
@@ -289,7 +290,7 @@ impl ConcurrencyLimit {
             slots: self.slots.clone(),
             key,
         };
-        hold(ctx, Held::Local(slot));
+        hold(ctx, Held::Local { _slot: slot });
         Outcome::Continue
     }
 }
@@ -332,7 +333,7 @@ impl Plugin for ConcurrencyLimit {
         Step::Wait(Box::pin(async move {
             match leases.acquire(redis_key).await {
                 Some(Some(lease)) => {
-                    hold(ctx, Held::Lease(lease));
+                    hold(ctx, Held::Lease { _lease: lease });
                     Outcome::Continue
                 }
                 Some(None) => self.refusal(),
