@@ -229,9 +229,14 @@ impl RedisCluster {
             .expect("no cluster node answers")
     }
 
-    /// `CLUSTER NODES` lines of live primaries: (port, slot ranges).
+    /// `CLUSTER NODES` lines of live primaries, as a live node sees them:
+    /// (port, slot ranges).
     fn primary_slots(&self) -> Vec<(u16, Vec<(u16, u16)>)> {
-        let text = self.any().cli(&["CLUSTER", "NODES"]).unwrap_or_default();
+        Self::primary_slots_seen_by(self.any())
+    }
+
+    fn primary_slots_seen_by(node: &RedisServer) -> Vec<(u16, Vec<(u16, u16)>)> {
+        let text = node.cli(&["CLUSTER", "NODES"]).unwrap_or_default();
         text.lines()
             .filter_map(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
@@ -292,23 +297,27 @@ impl RedisCluster {
         }
     }
 
-    /// Whether every slot is served by a live primary (after a failover:
-    /// a replica took over) and the cluster says it is ok.
+    /// Whether every live node sees every slot served by a live primary
+    /// (after a failover: a replica took over) and says the cluster is ok.
     pub fn is_healthy(&self) -> bool {
-        self.any()
-            .cli(&["CLUSTER", "INFO"])
-            .is_some_and(|info| info.contains("cluster_state:ok"))
-            && self
-                .primary_slots()
-                .iter()
-                .flat_map(|(_, ranges)| ranges)
-                .map(|(a, b)| u32::from(*b) - u32::from(*a) + 1)
-                .sum::<u32>()
-                == 16384
-            && self
-                .primaries()
-                .iter()
-                .all(|port| self.node(*port).cli(&["PING"]).as_deref() == Some("PONG"))
+        let live: Vec<&RedisServer> = self
+            .nodes
+            .iter()
+            .filter(|node| node.cli(&["PING"]).as_deref() == Some("PONG"))
+            .collect();
+        let live_ports: Vec<u16> = live.iter().map(|node| node.port()).collect();
+        live.iter().all(|node| {
+            let primaries = Self::primary_slots_seen_by(node);
+            node.cli(&["CLUSTER", "INFO"])
+                .is_some_and(|info| info.contains("cluster_state:ok"))
+                && primaries
+                    .iter()
+                    .flat_map(|(_, ranges)| ranges)
+                    .map(|(a, b)| u32::from(*b) - u32::from(*a) + 1)
+                    .sum::<u32>()
+                    == 16384
+                && primaries.iter().all(|(port, _)| live_ports.contains(port))
+        })
     }
 
     /// Keys matching `pattern` on every live primary.
