@@ -67,6 +67,12 @@ pub struct DpConfig {
     pub usage_report_interval: Option<Duration>,
     /// Redis holding fleet-wide rate-limit counters (`--redis-url`).
     pub redis_url: Option<String>,
+    /// PEM roots for a `rediss://` Redis with a private CA (`--redis-ca-file`).
+    pub redis_ca_file: Option<PathBuf>,
+    /// Client certificate and key for a Redis that asks for one
+    /// (`--redis-client-cert`, `--redis-client-key`).
+    pub redis_client_cert: Option<PathBuf>,
+    pub redis_client_key: Option<PathBuf>,
     /// The plugins this node loads (`None`: every bundled plugin). A
     /// snapshot using another is NACKed by this node, whole.
     pub plugins: Option<Vec<String>>,
@@ -104,6 +110,9 @@ impl Default for DpConfig {
             request_metrics: true,
             usage_report_interval: Some(Duration::from_secs(10)),
             redis_url: None,
+            redis_ca_file: None,
+            redis_client_cert: None,
+            redis_client_key: None,
             plugins: None,
             heartbeat_interval: tollgate_proxy::snapshot::subscribe::DEFAULT_HEARTBEAT,
         }

@@ -134,7 +134,15 @@ impl DataPlane {
         // Fleet-wide rate limits: one Redis connection for every snapshot.
         // A wrong or unreachable URL is logged; the data plane serves anyway.
         let redis = match &config.redis_url {
-            Some(url) => Some(plugins::RedisStore::start(url).await),
+            Some(url) => Some(
+                plugins::RedisStore::start_with(&plugins::RedisOptions {
+                    url: url.clone(),
+                    ca_file: config.redis_ca_file.clone(),
+                    client_cert: config.redis_client_cert.clone(),
+                    client_key: config.redis_client_key.clone(),
+                })
+                .await,
+            ),
             None => None,
         };
         // Cached responses outlive snapshots; purges reach them here.

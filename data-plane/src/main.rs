@@ -156,10 +156,32 @@ struct Args {
     #[arg(long, env = "TOLLGATE_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
     trace_sample_ratio: f64,
     /// Redis for fleet-wide rate limits (`policy: redis`):
-    /// redis://[:password@]host:port/db. A wrong or unreachable URL is
-    /// logged and those limits run under their `on_redis_failure`.
+    /// redis://[:password@]host:port/db, rediss:// for TLS, or a Redis
+    /// Cluster as redis+cluster://host:port,host:port (rediss+cluster://
+    /// for TLS) or a comma-separated list of redis:// URLs. A wrong or
+    /// unreachable URL is logged and those limits run under their
+    /// `on_redis_failure`.
     #[arg(long, env = "TOLLGATE_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
+    /// PEM file of the CA(s) a rediss:// Redis's certificate is checked
+    /// against, instead of the system's roots (a private CA).
+    #[arg(long, env = "TOLLGATE_REDIS_CA_FILE")]
+    redis_ca_file: Option<PathBuf>,
+    /// PEM client certificate for a rediss:// Redis that asks for one
+    /// (`tls-auth-clients`); needs --redis-client-key.
+    #[arg(
+        long,
+        env = "TOLLGATE_REDIS_CLIENT_CERT",
+        requires = "redis_client_key"
+    )]
+    redis_client_cert: Option<PathBuf>,
+    /// PEM private key of --redis-client-cert.
+    #[arg(
+        long,
+        env = "TOLLGATE_REDIS_CLIENT_KEY",
+        requires = "redis_client_cert"
+    )]
+    redis_client_key: Option<PathBuf>,
 
     /// Comma-separated plugins this node loads (default: all bundled). A
     /// config using another plugin is rejected (NACKed) by this node.
@@ -283,6 +305,9 @@ fn main() -> ExitCode {
         usage_report_interval: (args.usage_report_interval_ms > 0)
             .then(|| std::time::Duration::from_millis(args.usage_report_interval_ms)),
         redis_url: args.redis_url.filter(|url| !url.is_empty()),
+        redis_ca_file: args.redis_ca_file,
+        redis_client_cert: args.redis_client_cert,
+        redis_client_key: args.redis_client_key,
         plugins: args.plugins,
         heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms.max(100)),
     };

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use tollgate_plugin_api::Registry;
 
 pub use proxy_cache::CacheStores;
-pub use rate_limit::{RateLimiters, RedisStore};
+pub use rate_limit::{RateLimiters, RedisOptions, RedisStore};
 
 /// What plugins need from the data plane's startup (process-lifetime state).
 #[derive(Debug, Clone, Default)]
@@ -54,7 +54,9 @@ pub fn registry(options: &PluginOptions) -> Registry {
         .with(ip_restriction::IpRestrictionFactory)
         .with(cors::CorsFactory)
         .with(mtls_auth::MtlsAuthFactory)
-        .with(concurrency_limit::ConcurrencyLimitFactory::default())
+        .with(concurrency_limit::ConcurrencyLimitFactory::new(
+            options.rate_limiters.redis().cloned(),
+        ))
         .with(proxy_cache::ProxyCacheFactory::new(
             options.cache_stores.clone(),
         ))

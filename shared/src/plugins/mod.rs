@@ -276,6 +276,36 @@ mod tests {
     }
 
     #[test]
+    fn concurrency_limit_leases_are_checked() {
+        let ok = check(
+            "concurrency-limit",
+            &json!({"limit": 5, "policy": "redis", "lease_ttl_ms": 5000, "on_redis_failure": "deny"}),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        let config = parse::<ConcurrencyLimitConfig>(&json!({"limit": 5})).unwrap();
+        assert_eq!(config.policy, RateLimitPolicy::Local);
+        assert_eq!(config.lease_ttl_ms, 30_000);
+        for (field, bad) in [
+            (
+                "config.lease_ttl_ms",
+                json!({"limit": 5, "lease_ttl_ms": 10}),
+            ),
+            (
+                "config.lease_ttl_ms",
+                json!({"limit": 5, "lease_ttl_ms": 700_000}),
+            ),
+            (
+                "config.redis_timeout_ms",
+                json!({"limit": 5, "redis_timeout_ms": 0}),
+            ),
+            ("config.policy", json!({"limit": 5, "policy": "cluster"})),
+        ] {
+            let err = check("concurrency-limit", &bad).unwrap_err();
+            assert!(err.starts_with(field), "{err}");
+        }
+    }
+
+    #[test]
     fn window_parse_is_total() {
         for bad in [
             "1é",

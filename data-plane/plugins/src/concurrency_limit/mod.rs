@@ -14,19 +14,30 @@
 //! maps keyed by the same per-process keyed hash of the scope value as the
 //! local rate limiter; a slot count that drops to zero is removed, so memory
 //! follows the requests in flight. Counters outlive snapshots (a config
-//! change does not forget requests in flight). A fleet-wide variant (Redis
-//! leases with a TTL) is not built yet.
+//! change does not forget requests in flight). With `policy: redis` the
+//! slots are the fleet's, held as leases in Redis ([`leases`]); while Redis
+//! cannot answer, `on_redis_failure` applies (`local`: these per-process
+//! slots).
+
+mod leases;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use http::request;
 use tollgate_plugin_api::{
     BuildCtx, Outcome, Phase, Plugin, PluginFactory, Refusal, RefusalKind, RequestCtx, Step,
 };
-use tollgate_shared::plugins::{parse, ConcurrencyLimitConfig, Scope};
+use tollgate_shared::plugins::{
+    parse, ConcurrencyLimitConfig, OnRedisFailure, RateLimitPolicy, Scope,
+};
 
-use crate::rate_limit::{scope_key, subject};
+pub use leases::{Lease, Leases};
+
+use crate::rate_limit::{
+    push_redis_key_part, scope_key, scope_redis_key, subject, unavailable, RedisStore,
+};
 
 /// Independently locked maps of slot counts.
 const SHARDS: usize = 64;
@@ -103,18 +114,65 @@ impl Drop for Slot {
     }
 }
 
+/// A slot a request holds (given back when dropped): in this process or a
+/// lease in Redis.
+enum Held {
+    Local { _slot: Slot },
+    Lease { _lease: Lease },
+}
+
 /// The slots a request holds (one per concurrency-limit on its route).
 #[derive(Default)]
-struct HeldSlots(Vec<Slot>);
+struct HeldSlots(Vec<Held>);
 
-/// Builds `concurrency-limit` instances; owns the slot counts, which
-/// outlive snapshots.
+fn hold(ctx: &mut RequestCtx<'_>, held: Held) {
+    match ctx.ext.get_mut::<HeldSlots>() {
+        Some(slots) => slots.0.push(held),
+        None => {
+            ctx.ext.insert(HeldSlots(vec![held]));
+        }
+    }
+}
+
+/// Builds `concurrency-limit` instances; owns the slot counts and lease
+/// sets, which outlive snapshots.
 #[derive(Default)]
 pub struct ConcurrencyLimitFactory {
     slots: Mutex<HashMap<String, Weak<Slots>>>,
+    /// `--redis-url`'s store, for `policy: redis`.
+    redis: Option<RedisStore>,
+    leases: Mutex<HashMap<String, Weak<Leases>>>,
 }
 
 impl ConcurrencyLimitFactory {
+    /// A factory whose `policy: redis` instances hold leases in `redis`.
+    pub fn new(redis: Option<RedisStore>) -> ConcurrencyLimitFactory {
+        ConcurrencyLimitFactory {
+            redis,
+            ..ConcurrencyLimitFactory::default()
+        }
+    }
+
+    fn leases(&self, id: &str, config: &ConcurrencyLimitConfig) -> Option<Arc<Leases>> {
+        let store = self.redis.as_ref()?;
+        let mut map = self
+            .leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(existing) = map.get(id).and_then(Weak::upgrade) {
+            return Some(existing);
+        }
+        map.retain(|_, leases| leases.strong_count() > 0);
+        let leases = Leases::start(
+            store.clone(),
+            config.limit,
+            Duration::from_millis(config.lease_ttl_ms),
+            Duration::from_millis(config.redis_timeout_ms.max(1)),
+        );
+        map.insert(id.to_string(), Arc::downgrade(&leases));
+        Some(leases)
+    }
+
     fn slots(&self, instance: &str) -> Arc<Slots> {
         let mut map = self
             .slots
@@ -149,7 +207,34 @@ impl PluginFactory for ConcurrencyLimitFactory {
         ctx: &BuildCtx<'_>,
     ) -> Result<Arc<dyn Plugin>, String> {
         let config = parse::<ConcurrencyLimitConfig>(config)?;
+        let leases = match config.policy {
+            RateLimitPolicy::Local => None,
+            RateLimitPolicy::Redis => {
+                let leases = self.leases(
+                    &format!(
+                        "{}:{}:{}:{}",
+                        ctx.instance, config.limit, config.lease_ttl_ms, config.redis_timeout_ms
+                    ),
+                    &config,
+                );
+                if leases.is_none() {
+                    tracing::warn!(
+                        instance = ctx.instance,
+                        on_redis_failure = ?config.on_redis_failure,
+                        "concurrency limit has policy redis but this data plane has no --redis-url; it runs under on_redis_failure"
+                    );
+                }
+                leases
+            }
+        };
+        let mut redis_prefix = String::from("tollgate:cl:{");
+        push_redis_key_part(&mut redis_prefix, ctx.instance);
+        redis_prefix.push_str(&format!(":{}:", config.limit));
         Ok(Arc::new(ConcurrencyLimit {
+            policy: config.policy,
+            on_redis_failure: config.on_redis_failure,
+            leases,
+            redis_prefix,
             limit: config.limit,
             scope: config.scope,
             refusal: if config.status == 503 {
@@ -164,6 +249,12 @@ impl PluginFactory for ConcurrencyLimitFactory {
 
 /// One compiled `concurrency-limit` instance.
 pub struct ConcurrencyLimit {
+    policy: RateLimitPolicy,
+    on_redis_failure: OnRedisFailure,
+    /// `policy: redis` with a Redis: the fleet's slots.
+    leases: Option<Arc<Leases>>,
+    /// `tollgate:cl:{<instance>:<limit>:` (the key ends with `}`).
+    redis_prefix: String,
     limit: u64,
     scope: Scope,
     refusal: RefusalKind,
@@ -185,6 +276,34 @@ impl ConcurrencyLimit {
     pub fn in_flight(&self) -> u64 {
         self.slots.in_flight()
     }
+
+    fn refusal(&self) -> Outcome {
+        Outcome::Refuse(Refusal::new(self.refusal).with_retry_after(1))
+    }
+
+    /// Takes one of this process's slots of `key`.
+    fn acquire_local(&self, ctx: &mut RequestCtx<'_>, key: u64) -> Outcome {
+        if !self.slots.acquire(key, self.limit) {
+            return self.refusal();
+        }
+        let slot = Slot {
+            slots: self.slots.clone(),
+            key,
+        };
+        hold(ctx, Held::Local { _slot: slot });
+        Outcome::Continue
+    }
+}
+
+impl ConcurrencyLimit {
+    /// `on_redis_failure` for a request Redis could not count.
+    fn without_redis(&self, ctx: &mut RequestCtx<'_>, key: u64) -> Outcome {
+        match self.on_redis_failure {
+            OnRedisFailure::Local => self.acquire_local(ctx, key),
+            OnRedisFailure::Allow => Outcome::Continue,
+            OnRedisFailure::Deny => Outcome::Refuse(unavailable()),
+        }
+    }
 }
 
 impl Plugin for ConcurrencyLimit {
@@ -201,23 +320,26 @@ impl Plugin for ConcurrencyLimit {
         ctx: &'a mut RequestCtx<'_>,
         request: &'a mut request::Parts,
     ) -> Step<'a> {
-        let key = scope_key(&self.scope, &subject(ctx, request));
-        if !self.slots.acquire(key, self.limit) {
-            return Step::Done(Outcome::Refuse(
-                Refusal::new(self.refusal).with_retry_after(1),
-            ));
-        }
-        let slot = Slot {
-            slots: self.slots.clone(),
-            key,
-        };
-        match ctx.ext.get_mut::<HeldSlots>() {
-            Some(held) => held.0.push(slot),
-            None => {
-                ctx.ext.insert(HeldSlots(vec![slot]));
+        let subject = subject(ctx, request);
+        let key = scope_key(&self.scope, &subject);
+        let Some(leases) = &self.leases else {
+            if self.policy == RateLimitPolicy::Redis {
+                // policy redis without a --redis-url: on_redis_failure.
+                return Step::Done(self.without_redis(ctx, key));
             }
-        }
-        Step::Done(Outcome::Continue)
+            return Step::Done(self.acquire_local(ctx, key));
+        };
+        let redis_key = scope_redis_key(&self.redis_prefix, &self.scope, &subject);
+        Step::Wait(Box::pin(async move {
+            match leases.acquire(redis_key).await {
+                Some(Some(lease)) => {
+                    hold(ctx, Held::Lease { _lease: lease });
+                    Outcome::Continue
+                }
+                Some(None) => self.refusal(),
+                None => self.without_redis(ctx, key),
+            }
+        }))
     }
 }
 

@@ -35,6 +35,7 @@ pub mod local;
 mod plugin;
 pub mod quota;
 pub mod redis;
+mod redis_target;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -57,6 +58,7 @@ pub(crate) use plugin::subject;
 pub use plugin::RateLimitFactory;
 pub use quota::{most_restrictive, Quota, RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET};
 pub use redis::RedisStore;
+pub use redis_target::RedisOptions;
 
 /// Scope values longer than this are hashed into the Redis key.
 const MAX_PLAIN_KEY_PART: usize = 64;
@@ -152,6 +154,23 @@ fn push_hashed(key: &mut String, value: &[u8]) {
     }
 }
 
+/// `prefix` (which opens a hash tag: `...{...`), `subject`'s value under
+/// `scope` as in a rate-limit key, and the closing `}` (the concurrency
+/// limiter's lease sets are keyed alike).
+pub(crate) fn scope_redis_key(prefix: &str, scope: &Scope, subject: &Subject<'_>) -> String {
+    let mut key = String::with_capacity(prefix.len() + 48);
+    key.push_str(prefix);
+    scope_value(scope, subject).write_redis_part(&mut key);
+    key.push('}');
+    key
+}
+
+/// Appends `value` to a Redis key: as is when short and printable (and
+/// free of braces), otherwise hashed.
+pub(crate) fn push_redis_key_part(key: &mut String, value: &str) {
+    push_key_part(key, value);
+}
+
 /// The in-process counter key of `subject` under `scope` (the
 /// concurrency limiter counts by the same values).
 pub(crate) fn scope_key(scope: &Scope, subject: &Subject<'_>) -> u64 {
@@ -201,7 +220,7 @@ pub struct RateLimit {
     redis: Option<RedisStore>,
     /// `sync: batched` with a Redis: the counters synced in the background.
     batched: Option<Arc<BatchedLimiter>>,
-    /// `tollgate:rl:<instance>:<algorithm>:<window s>:`
+    /// `tollgate:rl:{<instance>:<algorithm>:<window s>:` (the key ends with `}`)
     redis_prefix: String,
 }
 
@@ -237,7 +256,10 @@ impl RateLimit {
             RateLimitAlgorithm::SlidingWindow => "sw",
             RateLimitAlgorithm::Gcra => "gcra",
         };
-        let mut redis_prefix = String::from("tollgate:rl:");
+        // The counter's identity is a hash tag (`{...}`), so that in a Redis
+        // Cluster every key of one counter lives in one slot (values never
+        // contain braces: `push_key_part` hashes those).
+        let mut redis_prefix = String::from("tollgate:rl:{");
         push_key_part(&mut redis_prefix, instance);
         let _ = write!(redis_prefix, ":{algorithm}:{}:", config.window.0.as_secs());
         let redis = match config.policy {
@@ -331,6 +353,7 @@ impl RateLimit {
         let mut key = String::with_capacity(self.redis_prefix.len() + 48);
         key.push_str(&self.redis_prefix);
         value.write_redis_part(&mut key);
+        key.push('}');
         key
     }
 

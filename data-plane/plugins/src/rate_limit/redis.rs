@@ -34,8 +34,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ErrorKind, Script};
+use redis::{ErrorKind, Script};
 use tollgate_shared::plugins::RateLimitAlgorithm;
 
 use super::algorithm::{
@@ -43,6 +42,7 @@ use super::algorithm::{
 };
 use super::breaker::{Breaker, DEFAULT_THRESHOLD};
 use super::local::now_us;
+use super::redis_target::{ConnectOptions, Connection, RedisOptions, Target};
 
 /// The check script, loaded into Redis once and called by SHA.
 pub const CHECK_SCRIPT: &str = include_str!("check.lua");
@@ -67,7 +67,7 @@ const LOCAL_RETRY: Duration = Duration::from_secs(5);
 /// A worker thread's own connection to one store.
 enum LocalConnection {
     Connecting { since: Instant },
-    Ready(ConnectionManager),
+    Ready(Connection),
     Failed { retry_at: Instant },
 }
 
@@ -103,8 +103,8 @@ struct Inner {
     id: u64,
     /// The URL with any password masked, for logs.
     target: String,
-    client: Option<Client>,
-    connection: OnceLock<ConnectionManager>,
+    client: Option<Target>,
+    connection: OnceLock<Connection>,
     breaker: Arc<Breaker>,
     script: Script,
     sync_script: Script,
@@ -161,6 +161,14 @@ impl From<redis::RedisError> for CallError {
 
 /// `redis://user:secret@host:6379/0` -> `redis://user:***@host:6379/0`.
 pub fn redact_url(url: &str) -> String {
+    if url.matches("://").count() > 1 {
+        // A list of node URLs (a cluster): each one masked.
+        return url
+            .split(',')
+            .map(|node| redact_url(node.trim()))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<not a redis:// URL>".to_string();
     };
@@ -181,14 +189,20 @@ impl RedisStore {
     /// with its breaker open, logs why, and keeps trying in the background
     /// (unless the URL itself is invalid, which no retry can fix).
     pub async fn start(url: &str) -> RedisStore {
-        let target = redact_url(url);
-        let client = match Client::open(url) {
+        RedisStore::start_with(&RedisOptions::new(url)).await
+    }
+
+    /// [`RedisStore::start`] with TLS files and any `--redis-url` form (a
+    /// single Redis or a cluster, see [`RedisOptions`]).
+    pub async fn start_with(options: &RedisOptions) -> RedisStore {
+        let target = redact_url(&options.url);
+        let client = match Target::open(options) {
             Ok(client) => Some(client),
             Err(err) => {
                 tracing::error!(
                     redis = %target,
                     error = %err,
-                    "invalid --redis-url; rate limits with policy redis run under their on_redis_failure policy"
+                    "invalid --redis-url (or its TLS files); rate limits with policy redis run under their on_redis_failure policy"
                 );
                 None
             }
@@ -328,16 +342,29 @@ impl RedisStore {
         command: &redis::Cmd,
         timeout: Duration,
     ) -> Option<T> {
+        self.run(timeout, |mut connection| async move {
+            command.query_async(&mut connection).await
+        })
+        .await
+    }
+
+    /// Runs `call` on this thread's connection (or the shared one) behind
+    /// the breaker, bounded by `timeout` (the concurrency limit's leases).
+    /// `None` means Redis could not answer.
+    pub(crate) async fn run<T, F, Fut>(&self, timeout: Duration, call: F) -> Option<T>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         let inner = &self.inner;
         if inner.breaker.is_open() {
             return None;
         }
-        let mut connection = match inner.local_connection() {
+        let connection = match inner.local_connection() {
             Some(connection) => connection,
             None => inner.connection.get()?.clone(),
         };
-        let result = match tokio::time::timeout(timeout, command.query_async(&mut connection)).await
-        {
+        let result = match tokio::time::timeout(timeout, call(connection)).await {
             Ok(result) => result.map_err(CallError::from),
             Err(_) => Err(CallError::Timeout(timeout)),
         };
@@ -386,18 +413,16 @@ impl Inner {
             .store(offset.max(i64::MIN + 1), Ordering::Relaxed);
     }
 
-    fn connection_config() -> ConnectionManagerConfig {
-        ConnectionManagerConfig::new()
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_number_of_retries(1)
-            .set_factor(100)
-            .set_max_delay(1_000)
+    fn connect_options() -> ConnectOptions {
+        ConnectOptions {
+            connect_timeout: CONNECT_TIMEOUT,
+        }
     }
 
     /// This thread's own connection, once it is up; starts making it (in a
     /// task on this thread's runtime) on the first call. `None`: use the
     /// shared connection for now.
-    fn local_connection(&self) -> Option<ConnectionManager> {
+    fn local_connection(&self) -> Option<Connection> {
         let client = self.client.as_ref()?;
         let now = Instant::now();
         let mut start = false;
@@ -416,8 +441,7 @@ impl Inner {
         if start {
             let (id, client) = (self.id, client.clone());
             tokio::spawn(async move {
-                let made =
-                    ConnectionManager::new_with_config(client, Self::connection_config()).await;
+                let made = client.connect(&Self::connect_options()).await;
                 let state = match made {
                     Ok(connection) => LocalConnection::Ready(connection),
                     Err(err) => {
@@ -444,9 +468,7 @@ impl Inner {
                 let Some(client) = &self.client else {
                     return Err(CallError::Reply("no valid redis URL".into()));
                 };
-                let connection =
-                    ConnectionManager::new_with_config(client.clone(), Self::connection_config())
-                        .await?;
+                let connection = client.connect(&Self::connect_options()).await?;
                 // Two probes never race here (one probe task, and start-up runs
                 // before it), but if one did, keeping the first is still right.
                 let _ = self.connection.set(connection);
@@ -472,13 +494,13 @@ impl Inner {
             .await
     }
 
-    async fn load_script(&self, connection: &mut ConnectionManager) -> Result<(), CallError> {
+    async fn load_script(&self, connection: &mut Connection) -> Result<(), CallError> {
         self.load(connection, CHECK_SCRIPT, &self.script).await
     }
 
     async fn load(
         &self,
-        connection: &mut ConnectionManager,
+        connection: &mut Connection,
         source: &str,
         script: &Script,
     ) -> Result<(), CallError> {
@@ -498,7 +520,7 @@ impl Inner {
 
     async fn sync(
         &self,
-        connection: &mut ConnectionManager,
+        connection: &mut Connection,
         items: &[SyncItem],
         params: &Params,
     ) -> Result<Vec<SyncReply>, CallError> {
@@ -506,9 +528,9 @@ impl Inner {
             RateLimitAlgorithm::SlidingWindow => 1,
             RateLimitAlgorithm::Gcra => 2,
         };
-        let mut pipe = redis::pipe();
-        for item in items {
-            pipe.cmd("EVALSHA")
+        let command = |item: &SyncItem| {
+            let mut command = redis::cmd("EVALSHA");
+            command
                 .arg(self.sync_script.get_hash())
                 .arg(1)
                 .arg(&item.key)
@@ -518,15 +540,43 @@ impl Inner {
                 .arg(item.from)
                 .arg(item.added)
                 .arg(item.added_before);
-        }
-        let replies: Vec<Vec<i64>> = match pipe.query_async(connection).await {
-            Ok(replies) => replies,
-            Err(err) if err.kind() == ErrorKind::NoScriptError => {
-                self.load(connection, SYNC_SCRIPT, &self.sync_script)
-                    .await?;
-                pipe.query_async(connection).await?
+            command
+        };
+        let replies: Vec<Vec<i64>> = if connection.is_cluster() {
+            // A cluster takes a pipeline only within one slot: one pipeline
+            // per slot touched, all sent at once.
+            let mut by_slot: Vec<(u16, Vec<usize>, redis::Pipeline)> = Vec::new();
+            for (index, item) in items.iter().enumerate() {
+                let command = command(item);
+                let slot = key_slot(item.key.as_bytes());
+                let at = match by_slot.iter().position(|(s, _, _)| *s == slot) {
+                    Some(at) => at,
+                    None => {
+                        by_slot.push((slot, Vec::new(), redis::pipe()));
+                        by_slot.len() - 1
+                    }
+                };
+                by_slot[at].1.push(index);
+                by_slot[at].2.add_command(command);
             }
-            Err(err) => return Err(err.into()),
+            let answers = futures::future::join_all(by_slot.iter().map(|(_, _, pipe)| {
+                let mut connection = connection.clone();
+                async move { self.run_sync_pipeline(&mut connection, pipe).await }
+            }))
+            .await;
+            let mut replies = vec![Vec::new(); items.len()];
+            for ((_, indices, _), answer) in by_slot.iter().zip(answers) {
+                for (index, reply) in indices.iter().zip(answer?) {
+                    replies[*index] = reply;
+                }
+            }
+            replies
+        } else {
+            let mut pipe = redis::pipe();
+            for item in items {
+                pipe.add_command(command(item));
+            }
+            self.run_sync_pipeline(connection, &pipe).await?
         };
         if replies.len() != items.len() {
             return Err(CallError::Reply(format!(
@@ -563,9 +613,27 @@ impl Inner {
             .collect()
     }
 
+    /// Runs a pipeline of `sync.lua` calls, loading the script again once
+    /// if Redis lost it.
+    async fn run_sync_pipeline(
+        &self,
+        connection: &mut Connection,
+        pipe: &redis::Pipeline,
+    ) -> Result<Vec<Vec<i64>>, CallError> {
+        match pipe.query_async(connection).await {
+            Ok(replies) => Ok(replies),
+            Err(err) if err.kind() == ErrorKind::NoScriptError => {
+                self.load(connection, SYNC_SCRIPT, &self.sync_script)
+                    .await?;
+                Ok(pipe.query_async(connection).await?)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
     async fn eval(
         &self,
-        connection: &mut ConnectionManager,
+        connection: &mut Connection,
         key: &str,
         params: &Params,
     ) -> Result<Decision, CallError> {
@@ -617,6 +685,37 @@ impl Inner {
             ),
         })
     }
+}
+
+/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the
+/// part between the first `{` and the next `}`, when not empty) or of the
+/// whole key, modulo 16384, as Redis computes it.
+fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16_xmodem(tagged) % 16384
+}
+
+fn crc16_xmodem(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in data {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
 }
 
 /// The background probe: sleeps until the breaker opens, then tries Redis
@@ -676,5 +775,23 @@ mod tests {
             "redis://127.0.0.1:6379/2"
         );
         assert_eq!(redact_url("hunter2"), "<not a redis:// URL>");
+        assert_eq!(
+            redact_url("redis+cluster://:hunter2@a:1,b:2"),
+            "redis+cluster://:***@a:1,b:2"
+        );
+        assert_eq!(
+            redact_url("redis://:hunter2@a:1,redis://:hunter2@b:2/"),
+            "redis://:***@a:1,redis://:***@b:2/"
+        );
+    }
+
+    #[test]
+    fn slots_follow_redis() {
+        // CRC16/XMODEM's check value, and `CLUSTER KEYSLOT` answers.
+        assert_eq!(crc16_xmodem(b"123456789"), 0x31c3);
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
+        assert_eq!(key_slot(b"{}x"), crc16_xmodem(b"{}x") % 16384);
     }
 }

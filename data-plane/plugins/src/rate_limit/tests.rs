@@ -273,7 +273,7 @@ async fn redis_sliding_window_is_shared_and_exact() {
     assert_eq!(remaining, (0..10).rev().collect::<Vec<u64>>());
     assert_eq!(rejected, 20);
     // Rejections did not count, and the key expires.
-    let key = "tollgate:rl:route:orders#0:sw:3600:c:alice";
+    let key = "tollgate:rl:{route:orders#0:sw:3600:c:alice}";
     assert_eq!(server.cli(&["HGET", key, "c"]).as_deref(), Some("10"));
     let ttl: i64 = server
         .cli(&["PTTL", key])
@@ -361,7 +361,7 @@ async fn redis_outage_opens_the_breaker_and_recovery_closes_it() {
     assert!(admitted(&deny.check(&carol).await));
     assert_eq!(
         server
-            .cli(&["HGET", "tollgate:rl:route:c#0:sw:3600:c:carol", "c"])
+            .cli(&["HGET", "tollgate:rl:{route:c#0:sw:3600:c:carol}", "c"])
             .as_deref(),
         Some("1")
     );
@@ -446,7 +446,7 @@ async fn password_and_database_come_from_the_url() {
         "-n",
         "3",
         "HGET",
-        "tollgate:rl:route:pw#0:sw:60:c:frank",
+        "tollgate:rl:{route:pw#0:sw:60:c:frank}",
         "c",
     ]);
     assert_eq!(in_db3.as_deref(), Some("1"));
@@ -509,7 +509,11 @@ async fn batched_counts_locally_and_syncs_to_redis() {
     assert_eq!(statuses.iter().filter(|a| **a).count(), 5, "{statuses:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let count = redis.cli(&["HGET", "tollgate:rl:route:orders#0:sw:3600:i:10.0.0.9", "c"]);
+        let count = redis.cli(&[
+            "HGET",
+            "tollgate:rl:{route:orders#0:sw:3600:i:10.0.0.9}",
+            "c",
+        ]);
         if count.as_deref() == Some("5") {
             break;
         }
