@@ -16,6 +16,7 @@
 
 pub mod calendar;
 pub mod certs;
+pub mod cluster_pki;
 pub mod convert;
 pub mod delta;
 pub mod json_schema;
