@@ -23,6 +23,7 @@ pub mod json_schema;
 pub mod limits;
 pub mod model;
 pub mod plugins;
+pub mod private_files;
 pub mod secrets;
 pub mod telemetry;
 pub mod usage;

@@ -23,7 +23,6 @@
 //! certificate cannot serve as a control plane's.
 
 pub mod enroll;
-mod files;
 pub mod joins;
 pub mod transport;
 
@@ -39,6 +38,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use tollgate_shared::cluster_pki::{self, DATA_PLANE_OU, SERVER_NAME};
+use tollgate_shared::private_files as files;
 
 use crate::error::CpError;
 

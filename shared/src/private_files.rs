@@ -1,5 +1,7 @@
-//! Owner-only files, written atomically: the CA key must never be readable
-//! by others, not even for a moment, nor be left half-written by a crash.
+//! Owner-only files, written atomically: the cluster CA's key (control
+//! plane) and a data plane's key and certificate (`--state-dir`) must never
+//! be readable by others, not even for a moment, nor be left half-written by
+//! a crash.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
