@@ -56,7 +56,10 @@ fn failed(message: impl std::fmt::Display) -> DpError {
 /// The certificate in use.
 struct Current {
     config: Arc<ClientConfig>,
-    not_before: i64,
+    /// When this data plane got the certificate (the file's mtime once
+    /// reloaded): its `notBefore` is backdated for clock skew, so the
+    /// renewal point is counted from here.
+    received: i64,
     not_after: i64,
 }
 
@@ -176,7 +179,15 @@ impl ClusterIdentity {
     fn load(dir: &Path, server_name: ServerName<'static>) -> Result<ClusterIdentity, DpError> {
         let read = |name: &str| private_files::read_text(&dir.join(name)).map_err(failed);
         let (ca, cert, key) = (read(CA_FILE)?, read(CERT_FILE)?, read(KEY_FILE)?);
-        let (node_id, current) = client_config(&ca, &cert, &key)?;
+        let (node_id, mut current) = client_config(&ca, &cert, &key)?;
+        let written = std::fs::metadata(dir.join(CERT_FILE))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(0));
+        if let Some(written) = written {
+            current.received = written.min(now_secs());
+        }
         Ok(ClusterIdentity {
             dir: dir.to_path_buf(),
             node_id,
@@ -207,10 +218,12 @@ impl ClusterIdentity {
         }
     }
 
-    /// When to renew: two thirds into the certificate's lifetime.
+    /// When to renew: two thirds into the certificate's lifetime (from
+    /// when it was received), at least a second from now.
     fn renew_at(&self) -> i64 {
         let current = self.read();
-        current.not_before + (current.not_after - current.not_before) * 2 / 3
+        let at = current.received + (current.not_after - current.received) * 2 / 3;
+        at.max(now_secs() + 1)
     }
 
     /// Renews the certificate before it expires, until `shutdown`.
@@ -293,7 +306,7 @@ fn client_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<(String,
         node_id,
         Current {
             config: Arc::new(config),
-            not_before,
+            received: now_secs().max(not_before),
             not_after,
         },
     ))
