@@ -201,14 +201,16 @@ impl Bound {
 
         let admin = ObservedService::new(
             AdminGate::new(
-                AdminServer::new(AdminService::new(
-                    self.model.clone(),
-                    self.registry.clone(),
-                    self.tokens.clone(),
-                    self.audit.clone(),
-                    self.usage.clone(),
+                AdminServer::new(
+                    AdminService::new(
+                        self.model.clone(),
+                        self.registry.clone(),
+                        self.tokens.clone(),
+                        self.audit.clone(),
+                        self.usage.clone(),
+                    )
+                    .with_cluster(self.enrollment.clone()),
                 )
-                .with_cluster(self.enrollment.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
                 self.tokens.clone(),
@@ -217,15 +219,17 @@ impl Bound {
             self.metrics.clone(),
         );
         let stream = InterceptedService::new(
-            ConfigStreamServer::new(StreamService::new(
-                self.model.clone(),
-                self.registry.clone(),
-                self.usage.clone(),
-                self.metrics.clone(),
-                stopped.clone(),
-                self.config.stream_max_lag,
+            ConfigStreamServer::new(
+                StreamService::new(
+                    self.model.clone(),
+                    self.registry.clone(),
+                    self.usage.clone(),
+                    self.metrics.clone(),
+                    stopped.clone(),
+                    self.config.stream_max_lag,
+                )
+                .with_enrollment(self.enrollment.clone()),
             )
-            .with_enrollment(self.enrollment.clone()))
             .max_decoding_message_size(STREAM_MAX_DECODING_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
             StreamAuth::new(self.config.cluster_token.as_deref(), self.metrics.clone()),
@@ -301,14 +305,20 @@ impl Bound {
                                 self.metrics.clone(),
                             );
                             router
-                                .serve_with_incoming_shutdown(incoming, stop_signal(stopped.clone()))
+                                .serve_with_incoming_shutdown(
+                                    incoming,
+                                    stop_signal(stopped.clone()),
+                                )
                                 .await
                                 .map_err(CpError::from)
                         }
                         None => {
                             tracing::info!(address = %stream_addr, "config stream listening on {stream_addr}");
                             router
-                                .serve_with_incoming_shutdown(incoming, stop_signal(stopped.clone()))
+                                .serve_with_incoming_shutdown(
+                                    incoming,
+                                    stop_signal(stopped.clone()),
+                                )
                                 .await
                                 .map_err(CpError::from)
                         }

@@ -133,7 +133,11 @@ impl DataPlane {
         // The cluster identity first: a kept certificate names the node.
         let (stream_address, identity) = cluster_identity(&config, &node_id).await?;
         if let Some(identity) = &identity {
-            if config.node_id.as_deref().is_some_and(|id| id != identity.node_id()) {
+            if config
+                .node_id
+                .as_deref()
+                .is_some_and(|id| id != identity.node_id())
+            {
                 tracing::warn!(
                     certificate = identity.node_id(),
                     "--node-id differs from the node id of the kept certificate; using the certificate's"

@@ -83,7 +83,12 @@ struct Args {
     state_dir: Option<PathBuf>,
     /// One-time token from `tollgatectl dataplanes token create`: on a first
     /// start (nothing in --state-dir) it trades a CSR for a certificate.
-    #[arg(long, env = "TOLLGATE_JOIN_TOKEN", hide_env_values = true, requires = "state_dir")]
+    #[arg(
+        long,
+        env = "TOLLGATE_JOIN_TOKEN",
+        hide_env_values = true,
+        requires = "state_dir"
+    )]
     join_token: Option<String>,
     /// The name the control plane's stream certificate must carry.
     #[arg(long, env = "TOLLGATE_CONTROL_PLANE_SERVER_NAME",

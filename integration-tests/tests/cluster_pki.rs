@@ -178,10 +178,18 @@ async fn data_planes_join_once_and_revoked_ones_are_cut_off() {
     assert!(late.logs().contains("expired"), "{}", late.logs());
 
     // A token pinning another CA: the data plane does not even send it.
-    let other_pin = format!("{}.{}", &secret[..secret.rfind('.').expect("dot")], "00".repeat(32));
+    let other_pin = format!(
+        "{}.{}",
+        &secret[..secret.rfind('.').expect("dot")],
+        "00".repeat(32)
+    );
     let mut pinned = join(&cp, "edge-4", &scratch.join("edge-4"), &other_pin);
     assert!(pinned.wait_exit(WAIT).is_some_and(|s| !s.success()));
-    assert!(pinned.logs().contains("does not match the join token hash"), "{}", pinned.logs());
+    assert!(
+        pinned.logs().contains("does not match the join token hash"),
+        "{}",
+        pinned.logs()
+    );
 
     // No client certificate: TLS connects, but no config and no secret.
     let mut raw = ConfigStreamClient::new(channel_without_cert(&cp).await);
@@ -196,7 +204,10 @@ async fn data_planes_join_once_and_revoked_ones_are_cut_off() {
         .await
         .expect_err("no stream without a certificate");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-    assert!(refused.message().contains("client certificate"), "{refused:?}");
+    assert!(
+        refused.message().contains("client certificate"),
+        "{refused:?}"
+    );
     let bogus = raw
         .join(JoinRequest {
             token: format!("tgjoin.{}.{}", "A".repeat(43), "11".repeat(32)),
@@ -223,14 +234,21 @@ async fn data_planes_join_once_and_revoked_ones_are_cut_off() {
     wait_connected(&edge, true).await;
     let started = Instant::now();
     let revoked = cp.ctl(&["dataplanes", "revoke", "edge-1"]);
-    assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
     assert!(String::from_utf8_lossy(&revoked.stdout).contains("closed 1"));
     wait_connected(&edge, false).await;
     let cut_off = started.elapsed();
     eprintln!("revoked data plane disconnected after {cut_off:?}");
     assert!(cut_off < Duration::from_secs(5), "{cut_off:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_ne!(edge.control_plane_state().await.as_deref(), Some("connected"));
+    assert_ne!(
+        edge.control_plane_state().await.as_deref(),
+        Some("connected")
+    );
     assert!(edge.logs().contains("is revoked"), "{}", edge.logs());
     // It keeps serving its last config meanwhile.
     let response = edge.get("api.test", "/echo").send().await.expect("request");
@@ -252,7 +270,13 @@ async fn data_planes_join_once_and_revoked_ones_are_cut_off() {
             "{reason} not counted:\n{text}"
         );
     }
-    let logs = format!("{}{}{}{}", cp.logs(), edge.logs(), again.logs(), late.logs());
+    let logs = format!(
+        "{}{}{}{}",
+        cp.logs(),
+        edge.logs(),
+        again.logs(),
+        late.logs()
+    );
     let token_secret = secret.split('.').nth(1).expect("secret part");
     for canary in [token_secret, "PRIVATE KEY", "BEGIN CERTIFICATE"] {
         assert!(!logs.contains(canary), "{canary:?} in the logs");
@@ -288,9 +312,17 @@ async fn certificates_renew_with_no_gap_in_service() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     eprintln!("{served} requests, {} certificates", certificates.len());
-    assert!(certificates.len() >= 3, "renewed {} times", certificates.len() - 1);
+    assert!(
+        certificates.len() >= 3,
+        "renewed {} times",
+        certificates.len() - 1
+    );
     assert_eq!(
-        std::fs::metadata(state.join("key.pem")).expect("key").permissions().mode() & 0o777,
+        std::fs::metadata(state.join("key.pem"))
+            .expect("key")
+            .permissions()
+            .mode()
+            & 0o777,
         0o600
     );
 
@@ -305,6 +337,10 @@ async fn certificates_renew_with_no_gap_in_service() {
         })))
         .await;
     edge.wait_version(next).await;
-    let response = edge.get("api.test", "/again").send().await.expect("request");
+    let response = edge
+        .get("api.test", "/again")
+        .send()
+        .await
+        .expect("request");
     assert_eq!(response.status(), 200);
 }

@@ -125,7 +125,10 @@ mod tests {
         let text = JoinToken::format("abcdefghijklmnopqrstuvwxyz012345", &pin);
         let token = JoinToken::parse(&text).expect("parses");
         assert_eq!(token.ca_pin, pin);
-        assert_eq!(token.digest(), secret_digest("abcdefghijklmnopqrstuvwxyz012345"));
+        assert_eq!(
+            token.digest(),
+            secret_digest("abcdefghijklmnopqrstuvwxyz012345")
+        );
         for bad in [
             "",
             "tgjoin",

@@ -22,8 +22,8 @@ use tollgate_shared::proto::admin::{
     RevokeTokenResponse, RollbackRequest, WaitForVersionRequest,
 };
 use tollgate_shared::proto::admin::{
-    CreateJoinTokenRequest, CreateJoinTokenResponse, ListJoinTokensRequest,
-    ListJoinTokensResponse, RevokeDataPlaneRequest, RevokeDataPlaneResponse,
+    CreateJoinTokenRequest, CreateJoinTokenResponse, ListJoinTokensRequest, ListJoinTokensResponse,
+    RevokeDataPlaneRequest, RevokeDataPlaneResponse,
 };
 use tollgate_shared::proto::config as pb_config;
 use tollgate_shared::proto::stream::CachePurge;

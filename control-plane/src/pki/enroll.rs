@@ -54,7 +54,7 @@ impl Enrollment {
         }
     }
 
-    fn need_tls(&self) -> Result<(), Status> {
+    fn need_tls(&self) -> Result<(), CpError> {
         if self.tls {
             Ok(())
         } else {
@@ -62,8 +62,7 @@ impl Enrollment {
                 "the config stream is plaintext (loopback): start tollgate-cp with --stream-tls \
                  to join data planes"
                     .into(),
-            )
-            .into())
+            ))
         }
     }
 
@@ -101,7 +100,10 @@ impl Enrollment {
         Ok(self.response(issued))
     }
 
-    pub async fn renew(&self, request: Request<RenewRequest>) -> Result<CertificateResponse, Status> {
+    pub async fn renew(
+        &self,
+        request: Request<RenewRequest>,
+    ) -> Result<CertificateResponse, Status> {
         self.need_tls()?;
         let node = self.authenticated(&request)?;
         let issued = self.pki.sign(&request.get_ref().csr_pem, Some(&node))?;
@@ -111,26 +113,26 @@ impl Enrollment {
 
     /// The node a call on the TLS stream comes from: its certificate's node
     /// id, if not revoked.
-    pub fn authenticated<T>(&self, request: &Request<T>) -> Result<String, Status> {
+    pub fn authenticated<T>(&self, request: &Request<T>) -> Result<String, CpError> {
         let peer = peer_text(request);
         let Some(PeerNode(node)) = request.extensions().get::<PeerNode>() else {
             let message = "no data-plane certificate: the config stream needs a client \
                            certificate from the cluster CA (start tollgate-dp with --join-token \
                            and --state-dir)";
             self.refuse(&peer, "-", "no_client_certificate", message);
-            return Err(CpError::JoinRefused(message.into()).into());
+            return Err(CpError::JoinRefused(message.into()));
         };
         if self.joins.is_revoked(node) {
             let message = format!("data plane {node:?} is revoked");
             self.refuse(&peer, node, "revoked", &message);
-            return Err(CpError::PermissionDenied(message).into());
+            return Err(CpError::PermissionDenied(message));
         }
         Ok(node.to_string())
     }
 
     /// Who may subscribe: `Some(node)` on a TLS stream, `None` (anyone the
     /// cluster token lets in) on a plaintext one.
-    pub fn subscriber<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
+    pub fn subscriber<T>(&self, request: &Request<T>) -> Result<Option<String>, CpError> {
         if self.tls {
             self.authenticated(request).map(Some)
         } else {

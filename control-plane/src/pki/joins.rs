@@ -132,10 +132,8 @@ impl JoinBook {
         }
         let mut random = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut random);
-        let secret = base64::Engine::encode(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            random,
-        );
+        let secret =
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, random);
         let key = hex::encode(cluster_pki::secret_digest(&secret));
         let now = now_ms();
         let stored = StoredJoinToken {
@@ -147,7 +145,10 @@ impl JoinBook {
         self.tokens.insert(key.as_bytes(), encode(&stored)?)?;
         self.trim()?;
         self.tokens.flush_async().await?;
-        Ok((JoinToken::format(&secret, ca_pin), stored.to_pb(key.as_bytes())))
+        Ok((
+            JoinToken::format(&secret, ca_pin),
+            stored.to_pb(key.as_bytes()),
+        ))
     }
 
     /// Checks `token` without using it: the cheap refusals before any work.
@@ -207,7 +208,7 @@ impl JoinBook {
                 .map_err(|e| CpError::Internal(format!("unreadable join token record: {e}")))?;
             tokens.push(stored.to_pb(&key));
         }
-        tokens.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        tokens.sort_by_key(|t| std::cmp::Reverse(t.created_ms));
         Ok(pb::ListJoinTokensResponse {
             tokens,
             revoked_nodes: self.read().iter().cloned().collect(),
@@ -292,8 +293,14 @@ mod tests {
         let (token, info) = book.create(60, &pin, "admin").await.expect("creates");
         assert!(!info.used);
         assert!(!format!("{:?}", book.list().expect("lists")).contains(&token));
-        assert_eq!(book.check(&token, &[8u8; 32], "dp"), Err(Refusal::WrongCluster));
-        assert_eq!(book.check("tgjoin.x.y", &pin, "dp"), Err(Refusal::Malformed));
+        assert_eq!(
+            book.check(&token, &[8u8; 32], "dp"),
+            Err(Refusal::WrongCluster)
+        );
+        assert_eq!(
+            book.check("tgjoin.x.y", &pin, "dp"),
+            Err(Refusal::Malformed)
+        );
         let key = book.check(&token, &pin, "dp").expect("checks");
         assert!(book.consume(&key, "dp").await.is_ok());
         assert_eq!(book.consume(&key, "dp").await, Err(Refusal::Used));
@@ -304,6 +311,9 @@ mod tests {
         let (token, _) = book.create(60, &pin, "admin").await.expect("creates");
         assert_eq!(book.check(&token, &pin, "dp"), Err(Refusal::Revoked));
         assert!(book.check(&token, &pin, "dp-2").is_ok());
-        assert_eq!(book.list().expect("lists").revoked_nodes, vec!["dp".to_string()]);
+        assert_eq!(
+            book.list().expect("lists").revoked_nodes,
+            vec!["dp".to_string()]
+        );
     }
 }

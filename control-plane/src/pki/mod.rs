@@ -193,10 +193,11 @@ impl ClusterPki {
         // marks it deprecated only for lacking post-quantum key exchange.
         #[allow(deprecated)]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| startup(format!("client verifier: {e}")))?;
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| startup(format!("client verifier: {e}")))?;
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| startup(e.to_string()))?
@@ -250,7 +251,9 @@ impl ClusterPki {
             .distinguished_name
             .get(&DnType::CommonName)
             .and_then(dn_text)
-            .ok_or_else(|| CpError::BadRequest("csr_pem: the subject has no CN (node id)".into()))?;
+            .ok_or_else(|| {
+                CpError::BadRequest("csr_pem: the subject has no CN (node id)".into())
+            })?;
         if !cluster_pki::valid_node_id(&node_id) {
             return Err(CpError::BadRequest(
                 "csr_pem: the subject CN (node id) must be 1 to 256 printable characters".into(),
@@ -352,7 +355,11 @@ mod tests {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, cn);
-        params.serialize_request(&key).expect("csr").pem().expect("pem")
+        params
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem")
     }
 
     #[test]
@@ -371,7 +378,10 @@ mod tests {
         let der: CertificateDer<'static> =
             rustls_pki_types::pem::PemObject::from_pem_slice(issued.cert_pem.as_bytes())
                 .expect("pem");
-        assert_eq!(cluster_pki::node_id_of(der.as_ref()).as_deref(), Some("dp-1"));
+        assert_eq!(
+            cluster_pki::node_id_of(der.as_ref()).as_deref(),
+            Some("dp-1")
+        );
         let (from, to) = cluster_pki::validity_of(der.as_ref()).expect("validity");
         assert!(to - from <= 60 + 300 + 1, "{from}..{to}");
         assert!(again.sign(&csr("dp-2"), Some("dp-1")).is_err());

@@ -37,6 +37,7 @@ use tonic::service::Interceptor;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::BearerAuth;
+use crate::error::CpError;
 
 use crate::metrics::CpMetrics;
 use crate::model::Model;
@@ -65,10 +66,10 @@ impl StreamService {
         self
     }
 
-    fn enrollment(&self) -> Result<&Enrollment, Status> {
+    fn enrollment(&self) -> Result<&Enrollment, CpError> {
         self.enrollment
             .as_deref()
-            .ok_or_else(|| Status::failed_precondition("no cluster PKI on this server"))
+            .ok_or_else(|| CpError::FailedPrecondition("no cluster PKI on this server".into()))
     }
 
     pub fn new(

@@ -34,8 +34,8 @@ use super::delivery::Delivery;
 use super::distribution_metrics::Sent;
 use super::registry::{truncate, Identity, Registry};
 use crate::metrics::CpMetrics;
-use crate::pki::joins::JoinBook;
 use crate::model::{ConfigVersion, Model};
+use crate::pki::joins::JoinBook;
 use crate::usage::Usage;
 
 /// How long a new stream may take to say hello.

@@ -120,8 +120,11 @@ impl ClusterIdentity {
             })?
             .connect_timeout(CONNECT_TIMEOUT);
         let control_plane = &control_plane;
-        let server_name = ServerName::try_from(server_name.to_string())
-            .map_err(|_| failed(format!("--control-plane-server-name {server_name:?}: not a DNS name or IP")))?;
+        let server_name = ServerName::try_from(server_name.to_string()).map_err(|_| {
+            failed(format!(
+                "--control-plane-server-name {server_name:?}: not a DNS name or IP"
+            ))
+        })?;
         private_files::create_private_dir(dir).map_err(failed)?;
         let kept = dir.join(CERT_FILE).exists() && dir.join(KEY_FILE).exists();
         if kept {
@@ -143,7 +146,9 @@ impl ClusterIdentity {
                 }
                 Ok(_) => tracing::warn!("the kept cluster certificate has expired; joining again"),
                 Err(err) if join_token.is_none() => return Err(err),
-                Err(err) => tracing::warn!(error = %err, "the kept cluster certificate is unusable; joining again"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "the kept cluster certificate is unusable; joining again")
+                }
             }
         }
         let Some(token) = join_token else {
@@ -159,11 +164,14 @@ impl ClusterIdentity {
         let ca_der = CertificateDer::from_pem_slice(response.ca_pem.as_bytes())
             .map_err(|e| failed(format!("join: the CA in the answer does not parse: {e}")))?;
         if cluster_pki::ca_pin(ca_der.as_ref()) != token.ca_pin {
-            return Err(failed("join: the control plane answered with another CA than the token pins"));
+            return Err(failed(
+                "join: the control plane answered with another CA than the token pins",
+            ));
         }
         private_files::write_private(&dir.join(KEY_FILE), key.serialize_pem().as_bytes())
             .map_err(failed)?;
-        private_files::write_private(&dir.join(CA_FILE), response.ca_pem.as_bytes()).map_err(failed)?;
+        private_files::write_private(&dir.join(CA_FILE), response.ca_pem.as_bytes())
+            .map_err(failed)?;
         private_files::write_private(&dir.join(CERT_FILE), response.certificate_pem.as_bytes())
             .map_err(failed)?;
         let identity = Self::load(dir, server_name)?;
@@ -227,12 +235,18 @@ impl ClusterIdentity {
     }
 
     /// Renews the certificate before it expires, until `shutdown`.
-    pub async fn renew_loop(self: Arc<Self>, endpoint: Endpoint, mut shutdown: watch::Receiver<bool>) {
+    pub async fn renew_loop(
+        self: Arc<Self>,
+        endpoint: Endpoint,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut retry = None;
         loop {
             let wait = match retry {
                 Some(delay) => delay,
-                None => Duration::from_secs(u64::try_from(self.renew_at() - now_secs()).unwrap_or(0)),
+                None => {
+                    Duration::from_secs(u64::try_from(self.renew_at() - now_secs()).unwrap_or(0))
+                }
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -242,7 +256,8 @@ impl ClusterIdentity {
                 Ok(()) => retry = None,
                 Err(err) => {
                     let left = self.not_after() - now_secs();
-                    let delay = Duration::from_secs(u64::try_from(left / 10).unwrap_or(0).clamp(1, 30));
+                    let delay =
+                        Duration::from_secs(u64::try_from(left / 10).unwrap_or(0).clamp(1, 30));
                     tracing::warn!(error = %err, seconds_left = left, retry_in = ?delay, "cluster certificate renewal failed");
                     retry = Some(delay);
                 }
@@ -270,9 +285,13 @@ impl ClusterIdentity {
         // The key first: a crash between the two leaves the old certificate
         // with a key it does not match, which the next start reports (and a
         // new --join-token repairs).
-        private_files::write_private(&self.dir.join(KEY_FILE), key_pem.as_bytes()).map_err(failed)?;
-        private_files::write_private(&self.dir.join(CERT_FILE), response.certificate_pem.as_bytes())
+        private_files::write_private(&self.dir.join(KEY_FILE), key_pem.as_bytes())
             .map_err(failed)?;
+        private_files::write_private(
+            &self.dir.join(CERT_FILE),
+            response.certificate_pem.as_bytes(),
+        )
+        .map_err(failed)?;
         let not_after = current.not_after;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = current;
         tracing::info!(node_id = %self.node_id, not_after, "cluster certificate renewed");
@@ -282,19 +301,28 @@ impl ClusterIdentity {
 
 /// The client TLS config for a CA, certificate and key (PEM), and the
 /// certificate's node id.
-fn client_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<(String, Current), DpError> {
+fn client_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<(String, Current), DpError> {
     let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes())
         .map_err(|e| failed(format!("{CA_FILE}: {e}")))?;
     let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
         .map_err(|e| failed(format!("{CERT_FILE}: {e}")))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| failed(format!("{KEY_FILE}: {e}")))?;
-    let node_id = cluster_pki::node_id_of(cert.as_ref())
-        .ok_or_else(|| failed(format!("{CERT_FILE}: not a data-plane certificate of the cluster CA")))?;
+    let node_id = cluster_pki::node_id_of(cert.as_ref()).ok_or_else(|| {
+        failed(format!(
+            "{CERT_FILE}: not a data-plane certificate of the cluster CA"
+        ))
+    })?;
     let (not_before, not_after) = cluster_pki::validity_of(cert.as_ref())
         .ok_or_else(|| failed(format!("{CERT_FILE}: unreadable validity")))?;
     let mut roots = RootCertStore::empty();
-    roots.add(ca).map_err(|e| failed(format!("{CA_FILE}: {e}")))?;
+    roots
+        .add(ca)
+        .map_err(|e| failed(format!("{CA_FILE}: {e}")))?;
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(failed)?
@@ -334,7 +362,9 @@ async fn join(
     let mut attempts: u64 = 0;
     loop {
         attempts += 1;
-        let channel: Result<Channel, _> = control_plane.connect_with_connector(connector.clone()).await;
+        let channel: Result<Channel, _> = control_plane
+            .connect_with_connector(connector.clone())
+            .await;
         let error = match channel {
             Ok(channel) => {
                 let request = JoinRequest {
@@ -393,9 +423,10 @@ impl ServerCertVerifier for PinnedCa {
             })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
@@ -468,7 +499,10 @@ async fn dial(
     server_name: ServerName<'static>,
 ) -> Result<TokioIo<TlsStream<TcpStream>>, BoxError> {
     let host = uri.host().ok_or("the control plane address has no host")?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let port = uri.port_u16().unwrap_or(443);
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port)))
         .await
