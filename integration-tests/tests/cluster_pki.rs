@@ -15,7 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tollgate_integration_tests::cp::{config_from_json, ControlPlane, CpOptions};
 use tollgate_integration_tests::dp::DataPlane;
-use tollgate_integration_tests::process::{free_port, wait_until};
+use tollgate_integration_tests::process::{bin_path, free_port, wait_until, ChildProcess};
 use tollgate_integration_tests::upstream::Upstream;
 use tollgate_shared::proto::stream::config_stream_client::ConfigStreamClient;
 use tollgate_shared::proto::stream::{data_plane_message, DataPlaneMessage, Hello, JoinRequest};
@@ -343,4 +343,62 @@ async fn certificates_renew_with_no_gap_in_service() {
         .await
         .expect("request");
     assert_eq!(response.status(), 200);
+}
+
+/// Item 3: beyond loopback the stream is TLS without being asked; plaintext
+/// there needs an explicit, token-guarded opt-in; loopback stays plaintext
+/// (every other test file, and the quickstart, rely on that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_loopback_the_stream_is_tls() {
+    let upstream = Upstream::start("echo").await;
+    let stream_port = free_port();
+    let cp = ControlPlane::start_with(CpOptions {
+        args: vec!["--stream-listen".into(), format!("0.0.0.0:{stream_port}")],
+        ..CpOptions::default()
+    })
+    .await;
+    let revision = apply_route(&cp, &upstream).await;
+    let plain = DataPlane::start(stream_port, "plain", &[]);
+    let joined = DataPlane::start_with_url(
+        &format!("https://127.0.0.1:{stream_port}"),
+        "joined",
+        &[
+            "--state-dir".into(),
+            cp.scratch_dir().join("joined").display().to_string(),
+            "--join-token".into(),
+            token(&cp, "1h"),
+        ],
+    );
+    joined.wait_version(revision).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_ne!(
+        plain.control_plane_state().await.as_deref(),
+        Some("connected")
+    );
+    assert_eq!(
+        plain.revision().await,
+        None,
+        "a plaintext data plane got config"
+    );
+
+    let refuse = |args: &[&str], expected: &str| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut all: Vec<String> = vec![
+            "--admin-listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--data-dir".into(),
+            dir.path().join("data").display().to_string(),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let mut process = ChildProcess::spawn("tollgate-cp", &bin_path("tollgate-cp"), &all, &[]);
+        let status = process.wait_exit(WAIT).expect("refuses and exits");
+        assert!(!status.success());
+        assert!(process.logs().contains(expected), "{}", process.logs());
+    };
+    let beyond = format!("0.0.0.0:{}", free_port());
+    refuse(
+        &["--stream-listen", &beyond, "--insecure-plaintext-stream"],
+        "--cluster-token",
+    );
+    refuse(&["--stream-tls"], "--stream-listen");
 }
