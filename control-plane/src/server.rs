@@ -232,9 +232,21 @@ impl Bound {
             )
             .max_decoding_message_size(STREAM_MAX_DECODING_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            StreamAuth::new(self.config.cluster_token.as_deref(), self.metrics.clone()),
+            // On a TLS stream certificates authenticate data planes (and
+            // `Join` has no token to carry): the cluster token is for the
+            // plaintext stream.
+            StreamAuth::new(
+                self.config
+                    .cluster_token
+                    .as_deref()
+                    .filter(|_| self.stream_tls.is_none()),
+                self.metrics.clone(),
+            ),
         );
         let stream_tls = self.stream_tls.clone();
+        if stream_tls.is_some() && self.config.cluster_token.is_some() {
+            tracing::warn!("--cluster-token is not checked on a TLS config stream: data planes authenticate with their certificates");
+        }
         let (stream_on_admin, stream_apart) = match self.stream_listener {
             None => (Some(stream), None),
             Some(listener) => (None, Some((listener, stream))),

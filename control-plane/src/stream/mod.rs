@@ -13,8 +13,12 @@
 //! - [`distribution_metrics`]: bytes sent full vs delta, commit to ACK.
 //!
 //! Snapshots carry secrets (JWT HMAC secrets, private keys, API-key hashes), so
-//! the stream is guarded by the cluster token when one is configured (see
-//! [`crate::auth`]), and required to be when it listens beyond loopback.
+//! beyond loopback (or with `--stream-tls`) the stream is mutually
+//! authenticated TLS: `Subscribe` and `Renew` need a data-plane certificate
+//! of the cluster CA, `Join` trades a one-time token for one
+//! ([`crate::pki`]). A plaintext stream (loopback, or the explicit
+//! `--insecure-plaintext-stream`) is guarded by the cluster token when one is
+//! configured (see [`crate::auth`]).
 
 pub mod builds;
 pub mod chunks;
