@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::auth::check_token_text;
 use crate::error::CpError;
 use crate::listener::ConnLimits;
+use crate::pki::PemFiles;
 
 /// Command-line flags of `tollgate-cp`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -92,6 +93,44 @@ pub struct CpArgs {
     #[arg(long, env = "TOLLGATE_HISTORY_REVISIONS", default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub history_revisions: u64,
+
+    /// Serve the config stream over TLS with mutual authentication (cluster
+    /// PKI): data planes join with a token and present their certificates.
+    /// Always on when the stream listens beyond loopback; needs
+    /// --stream-listen (the admin API stays plaintext).
+    #[arg(long, env = "TOLLGATE_STREAM_TLS")]
+    pub stream_tls: bool,
+
+    /// The cluster CA certificate (PEM) to use instead of the one the
+    /// control plane creates in <data-dir>/pki/ on first start.
+    #[arg(long, env = "TOLLGATE_CLUSTER_CA_CERT", requires = "cluster_ca_key")]
+    pub cluster_ca_cert: Option<PathBuf>,
+
+    /// The cluster CA's private key (PEM), with --cluster-ca-cert.
+    #[arg(long, env = "TOLLGATE_CLUSTER_CA_KEY", requires = "cluster_ca_cert")]
+    pub cluster_ca_key: Option<PathBuf>,
+
+    /// The stream's server certificate chain (PEM) instead of one made from
+    /// the cluster CA at start; it must name the host data planes check
+    /// (their --control-plane-server-name).
+    #[arg(long, env = "TOLLGATE_STREAM_TLS_CERT", requires = "stream_tls_key")]
+    pub stream_tls_cert: Option<PathBuf>,
+
+    /// The key of --stream-tls-cert (PEM).
+    #[arg(long, env = "TOLLGATE_STREAM_TLS_KEY", requires = "stream_tls_cert")]
+    pub stream_tls_key: Option<PathBuf>,
+
+    /// Lifetime of the client certificates issued to data planes; they
+    /// renew at two thirds of it.
+    #[arg(long, env = "TOLLGATE_DATA_PLANE_CERT_TTL_SECS", default_value_t = 7 * 24 * 3600,
+          value_parser = clap::value_parser!(u64).range(3..=365 * 24 * 3600))]
+    pub data_plane_cert_ttl_secs: u64,
+
+    /// Allow a plaintext config stream beyond loopback, guarded by
+    /// --cluster-token only (the behaviour before the cluster PKI). Anyone
+    /// on the path can read the snapshots' secrets: avoid.
+    #[arg(long, env = "TOLLGATE_INSECURE_PLAINTEXT_STREAM")]
+    pub insecure_plaintext_stream: bool,
 }
 
 /// What [`crate::run`] needs.
@@ -110,6 +149,31 @@ pub struct CpConfig {
     pub stream_max_lag: Duration,
     /// Revisions kept in the history.
     pub history_revisions: usize,
+    /// The cluster PKI settings.
+    pub cluster: ClusterSettings,
+}
+
+/// The cluster PKI's settings (`crate::pki`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// `--stream-tls`; forced on beyond loopback unless `insecure_plaintext`.
+    pub stream_tls: bool,
+    pub ca: Option<PemFiles>,
+    pub server_cert: Option<PemFiles>,
+    pub cert_ttl: Duration,
+    pub insecure_plaintext: bool,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            stream_tls: false,
+            ca: None,
+            server_cert: None,
+            cert_ttl: crate::pki::DEFAULT_CERT_TTL,
+            insecure_plaintext: false,
+        }
+    }
 }
 
 /// Default of `--stream-max-lag-ms`.
@@ -134,8 +198,22 @@ impl From<CpArgs> for CpConfig {
             },
             stream_max_lag: Duration::from_millis(args.stream_max_lag_ms),
             history_revisions: args.history_revisions as usize,
+            cluster: ClusterSettings {
+                stream_tls: args.stream_tls,
+                ca: pem_files(args.cluster_ca_cert, args.cluster_ca_key),
+                server_cert: pem_files(args.stream_tls_cert, args.stream_tls_key),
+                cert_ttl: Duration::from_secs(args.data_plane_cert_ttl_secs),
+                insecure_plaintext: args.insecure_plaintext_stream,
+            },
         }
     }
+}
+
+fn pem_files(cert: Option<PathBuf>, key: Option<PathBuf>) -> Option<PemFiles> {
+    Some(PemFiles {
+        cert: cert?,
+        key: key?,
+    })
 }
 
 impl CpConfig {
@@ -151,7 +229,15 @@ impl CpConfig {
             conn_limits: ConnLimits::default(),
             stream_max_lag: DEFAULT_STREAM_MAX_LAG,
             history_revisions: crate::store::history::DEFAULT_KEEP,
+            cluster: ClusterSettings::default(),
         }
+    }
+
+    /// Whether the config stream is served over TLS: asked for, or needed
+    /// because it listens beyond loopback.
+    pub fn stream_tls(&self) -> bool {
+        self.cluster.stream_tls
+            || (!self.stream_address().ip().is_loopback() && !self.cluster.insecure_plaintext)
     }
 
     /// Where the config stream is served.
@@ -177,7 +263,18 @@ impl CpConfig {
             )));
         }
         let stream = self.stream_address();
-        if !stream.ip().is_loopback() && self.cluster_token.is_none() {
+        if self.stream_tls() && self.stream_listen.is_none() {
+            return Err(CpError::Startup(format!(
+                "the config stream is served over TLS (--stream-tls{}), and the admin API is \
+                 not: give the stream its own --stream-listen address",
+                if self.cluster.stream_tls {
+                    ""
+                } else {
+                    ", always on beyond loopback"
+                }
+            )));
+        }
+        if !stream.ip().is_loopback() && !self.stream_tls() && self.cluster_token.is_none() {
             return Err(CpError::Startup(format!(
                 "refusing to serve the config stream on non-loopback address {stream} without \
                  --cluster-token (TOLLGATE_CLUSTER_TOKEN): snapshots carry secrets"
@@ -213,14 +310,23 @@ mod tests {
         let mut with_admin = config("0.0.0.0:7070", None);
         with_admin.admin_token = Some("admin-token".into());
         let err = with_admin.check().expect_err("must fail");
+        assert!(err.to_string().contains("--stream-listen"), "{err}");
+        with_admin.cluster.insecure_plaintext = true;
+        let err = with_admin.check().expect_err("must fail");
         assert!(err.to_string().contains("--cluster-token"), "{err}");
         with_admin.cluster_token = Some("cluster-token".into());
         assert!(with_admin.check().is_ok());
 
-        let err = config("127.0.0.1:7070", Some("0.0.0.0:7071"))
-            .check()
-            .expect_err("must fail");
+        // Beyond loopback the stream is TLS: no cluster token needed.
+        let tls = config("127.0.0.1:7070", Some("0.0.0.0:7071"));
+        assert!(tls.stream_tls());
+        assert!(tls.check().is_ok());
+        let mut plain = config("127.0.0.1:7070", Some("0.0.0.0:7071"));
+        plain.cluster.insecure_plaintext = true;
+        let err = plain.check().expect_err("must fail");
         assert!(err.to_string().contains("--cluster-token"), "{err}");
+        // Loopback stays plaintext unless asked.
+        assert!(!config("127.0.0.1:7070", Some("127.0.0.1:7071")).stream_tls());
         let mut bad_token = config("127.0.0.1:7070", None);
         bad_token.admin_token = Some("has space".into());
         assert!(bad_token.check().is_err());

@@ -55,6 +55,15 @@ pub enum CpError {
     #[error("{0}")]
     PermissionDenied(String),
 
+    /// A join or renewal refused: unknown, used or expired join token, or
+    /// no client certificate where one is needed (cluster PKI).
+    #[error("{0}")]
+    JoinRefused(String),
+
+    /// The call needs a setting the server was not started with.
+    #[error("{0}")]
+    FailedPrecondition(String),
+
     /// sled failed; the detail is logged, never returned to a caller.
     #[error("storage error: {0}")]
     Storage(#[from] sled::Error),
@@ -151,6 +160,8 @@ impl From<CpError> for tonic::Status {
             CpError::OverLimit(message) => Status::resource_exhausted(cut(message)),
             CpError::Unauthenticated(message) => Status::unauthenticated(message),
             CpError::PermissionDenied(message) => Status::permission_denied(cut(message)),
+            CpError::JoinRefused(message) => Status::unauthenticated(cut(message)),
+            CpError::FailedPrecondition(message) => Status::failed_precondition(cut(message)),
             CpError::Rpc(status) => *status,
             other => {
                 let request_id = uuid::Uuid::new_v4().simple().to_string();

@@ -16,6 +16,8 @@
 //! - [`store`]: sled, the durable truth; versioned on-disk format.
 //! - [`stream`]: the config stream to data planes, and the registry of who is
 //!   connected.
+//! - [`pki`]: the cluster CA, join tokens, and the TLS (mutually
+//!   authenticated) config stream.
 //! - [`usage`]: the data planes' usage reports in a rolling window, answered
 //!   as stats (`GetStats`, `tollgatectl stats`, the dashboard's `/api/`).
 //!
@@ -41,6 +43,7 @@ pub mod kind;
 pub mod listener;
 pub mod metrics;
 pub mod model;
+pub mod pki;
 pub mod secrets;
 pub mod server;
 pub mod store;

@@ -152,7 +152,16 @@ pub struct ConnInfo {
     pub local_addr: Option<SocketAddr>,
     pub remote_addr: Option<SocketAddr>,
     activity: Arc<Activity>,
+    /// The node id of the verified data-plane certificate the peer
+    /// presented over TLS (`crate::pki::transport`); handed to handlers as
+    /// a [`PeerNode`] extension.
+    pub peer_node: Option<Arc<str>>,
 }
+
+/// The data plane a call's connection authenticated as (its certificate's
+/// node id), in the request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerNode(pub Arc<str>);
 
 /// Counters shared by a listener's connections (for logs and tests).
 #[derive(Debug, Default)]
@@ -273,6 +282,7 @@ impl Stream for Incoming {
                             local_addr: local,
                             remote_addr: Some(remote),
                             activity: Activity::new(),
+                            peer_node: None,
                         },
                         this.limits,
                         this.stats.clone(),
@@ -517,6 +527,9 @@ where
                     local_addr: info.local_addr,
                     remote_addr: info.remote_addr,
                 });
+                if let Some(node) = &info.peer_node {
+                    request.extensions_mut().insert(PeerNode(node.clone()));
+                }
                 Some(info.activity.begin())
             }
             None => None,

@@ -46,7 +46,7 @@ use crate::dashboard::Dashboard;
 
 /// The admin API's methods (`proto/tollgate_admin.proto`), the only values
 /// the `method` label takes besides `other`.
-pub const ADMIN_METHODS: [&str; 16] = [
+pub const ADMIN_METHODS: [&str; 19] = [
     "Create",
     "Update",
     "Get",
@@ -63,6 +63,9 @@ pub const ADMIN_METHODS: [&str; 16] = [
     "History",
     "Rollback",
     "PurgeCache",
+    "CreateJoinToken",
+    "ListJoinTokens",
+    "RevokeDataPlane",
 ];
 
 /// How long a scraper may take to send its request head.

@@ -29,6 +29,10 @@ use crate::error::CpError;
 use crate::listener::{ConnLayer, Incoming};
 use crate::metrics::{self, CpMetrics, DataPlaneView, ObservedService};
 use crate::model::Model;
+use crate::pki::enroll::Enrollment;
+use crate::pki::joins::{JoinBook, JOIN_TOKENS_TREE, REVOKED_TREE};
+use crate::pki::transport::TlsIncoming;
+use crate::pki::ClusterPki;
 use crate::stream::registry::Registry;
 use crate::stream::{StreamAuth, StreamService};
 use crate::usage::Usage;
@@ -56,6 +60,10 @@ pub struct Bound {
     stream_listener: Option<TcpListener>,
     metrics: Arc<CpMetrics>,
     metrics_listener: Option<TcpListener>,
+    /// The cluster PKI (join tokens, revocation, `Join`/`Renew`).
+    enrollment: Arc<Enrollment>,
+    /// The stream listener's TLS config, when the stream is served over TLS.
+    stream_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Checks `config`, opens the store and binds the listeners.
@@ -64,11 +72,21 @@ pub async fn bind(config: CpConfig) -> Result<Bound, CpError> {
     let data_dir = config.data_dir.clone();
     let bootstrap = config.admin_token.clone();
     let keep = config.history_revisions;
-    let (model, tokens, audit) = tokio::task::spawn_blocking(move || {
+    let cluster = config.cluster.clone();
+    let stream_tls = config.stream_tls();
+    let (model, tokens, audit, pki, joins, tls) = tokio::task::spawn_blocking(move || {
         let model = Model::open_keeping(&data_dir, keep)?;
         let tokens = TokenBook::open(model.side_tree(TOKENS_TREE)?, bootstrap.as_deref())?;
         let audit = AuditLog::open(model.side_tree(AUDIT_TREE)?)?;
-        Ok::<_, CpError>((model, tokens, audit))
+        let pki = ClusterPki::open(&data_dir, cluster.ca.as_ref(), cluster.cert_ttl)?;
+        let joins = JoinBook::open(
+            model.side_tree(JOIN_TOKENS_TREE)?,
+            model.side_tree(REVOKED_TREE)?,
+        )?;
+        let tls = stream_tls
+            .then(|| pki.server_config(cluster.server_cert.as_ref()))
+            .transpose()?;
+        Ok::<_, CpError>((model, tokens, audit, pki, joins, tls))
     })
     .await
     .map_err(|e| CpError::Internal(format!("opening the store failed: {e}")))??;
@@ -83,6 +101,12 @@ pub async fn bind(config: CpConfig) -> Result<Bound, CpError> {
     };
     let registry = Arc::new(Registry::default());
     let metrics = CpMetrics::new(data_plane_source(&registry));
+    let enrollment = Arc::new(Enrollment {
+        pki: Arc::new(pki),
+        joins: Arc::new(joins),
+        metrics: metrics.clone(),
+        tls: tls.is_some(),
+    });
     Ok(Bound {
         model: Arc::new(model),
         registry,
@@ -94,6 +118,8 @@ pub async fn bind(config: CpConfig) -> Result<Bound, CpError> {
         stream_listener,
         metrics,
         metrics_listener,
+        enrollment,
+        stream_tls: tls,
     })
 }
 
@@ -175,13 +201,16 @@ impl Bound {
 
         let admin = ObservedService::new(
             AdminGate::new(
-                AdminServer::new(AdminService::new(
-                    self.model.clone(),
-                    self.registry.clone(),
-                    self.tokens.clone(),
-                    self.audit.clone(),
-                    self.usage.clone(),
-                ))
+                AdminServer::new(
+                    AdminService::new(
+                        self.model.clone(),
+                        self.registry.clone(),
+                        self.tokens.clone(),
+                        self.audit.clone(),
+                        self.usage.clone(),
+                    )
+                    .with_cluster(self.enrollment.clone()),
+                )
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
                 self.tokens.clone(),
@@ -190,18 +219,34 @@ impl Bound {
             self.metrics.clone(),
         );
         let stream = InterceptedService::new(
-            ConfigStreamServer::new(StreamService::new(
-                self.model.clone(),
-                self.registry.clone(),
-                self.usage.clone(),
-                self.metrics.clone(),
-                stopped.clone(),
-                self.config.stream_max_lag,
-            ))
+            ConfigStreamServer::new(
+                StreamService::new(
+                    self.model.clone(),
+                    self.registry.clone(),
+                    self.usage.clone(),
+                    self.metrics.clone(),
+                    stopped.clone(),
+                    self.config.stream_max_lag,
+                )
+                .with_enrollment(self.enrollment.clone()),
+            )
             .max_decoding_message_size(STREAM_MAX_DECODING_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            StreamAuth::new(self.config.cluster_token.as_deref(), self.metrics.clone()),
+            // On a TLS stream certificates authenticate data planes (and
+            // `Join` has no token to carry): the cluster token is for the
+            // plaintext stream.
+            StreamAuth::new(
+                self.config
+                    .cluster_token
+                    .as_deref()
+                    .filter(|_| self.stream_tls.is_none()),
+                self.metrics.clone(),
+            ),
         );
+        let stream_tls = self.stream_tls.clone();
+        if stream_tls.is_some() && self.config.cluster_token.is_some() {
+            tracing::warn!("--cluster-token is not checked on a TLS config stream: data planes authenticate with their certificates");
+        }
         let (stream_on_admin, stream_apart) = match self.stream_listener {
             None => (Some(stream), None),
             Some(listener) => (None, Some((listener, stream))),
@@ -256,15 +301,40 @@ impl Bound {
         let stream_server = async {
             match stream_apart {
                 Some((listener, stream)) => {
-                    let server = builder()
-                        .add_service(health_service)
-                        .add_service(stream)
-                        .serve_with_incoming_shutdown(
-                            Incoming::new(listener, self.config.conn_limits, "stream"),
-                            stop_signal(stopped.clone()),
-                        );
-                    tracing::info!(address = %stream_addr, "config stream listening on {stream_addr}");
-                    server.await.map_err(CpError::from)
+                    let router = builder().add_service(health_service).add_service(stream);
+                    let incoming = Incoming::new(listener, self.config.conn_limits, "stream");
+                    match stream_tls {
+                        Some(tls) => {
+                            tracing::info!(
+                                address = %stream_addr,
+                                ca_sha256 = %hex::encode(self.enrollment.pki.ca_pin()),
+                                "config stream listening on {stream_addr} (TLS, data-plane certificates required)"
+                            );
+                            let incoming = TlsIncoming::new(
+                                incoming,
+                                tls,
+                                self.config.conn_limits.handshake_timeout,
+                                self.metrics.clone(),
+                            );
+                            router
+                                .serve_with_incoming_shutdown(
+                                    incoming,
+                                    stop_signal(stopped.clone()),
+                                )
+                                .await
+                                .map_err(CpError::from)
+                        }
+                        None => {
+                            tracing::info!(address = %stream_addr, "config stream listening on {stream_addr}");
+                            router
+                                .serve_with_incoming_shutdown(
+                                    incoming,
+                                    stop_signal(stopped.clone()),
+                                )
+                                .await
+                                .map_err(CpError::from)
+                        }
+                    }
                 }
                 None => {
                     tracing::info!(address = %stream_addr, "config stream served on the admin listener");

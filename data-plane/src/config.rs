@@ -35,6 +35,13 @@ pub struct DpConfig {
     pub untrusted_headers: UntrustedHeaders,
     /// Sent as `authorization: Bearer <token>` on the config stream.
     pub cluster_token: Option<String>,
+    /// Where the cluster key, certificate and CA are kept (`--state-dir`);
+    /// set, the config stream is TLS with that certificate.
+    pub state_dir: Option<PathBuf>,
+    /// One-time join token for the first start (`--join-token`).
+    pub join_token: Option<String>,
+    /// The name the control plane's certificate must carry.
+    pub control_plane_server_name: String,
     /// Request header limits (431 beyond them).
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -94,6 +101,9 @@ impl Default for DpConfig {
             path_policy: PathPolicy::default(),
             untrusted_headers: UntrustedHeaders::default(),
             cluster_token: None,
+            state_dir: None,
+            join_token: None,
+            control_plane_server_name: tollgate_shared::cluster_pki::SERVER_NAME.into(),
             max_header_bytes: 60 * 1024,
             max_headers: 100,
             max_uri_bytes: 8 * 1024,

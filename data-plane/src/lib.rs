@@ -46,6 +46,7 @@ pub use tollgate_proxy::DpError;
 use tollgate_proxy::body::BodyLimits;
 use tollgate_proxy::handler::{ProxyState, RequestLimits};
 use tollgate_proxy::server::ServerSettings;
+use tollgate_proxy::snapshot::cluster_identity::ClusterIdentity;
 use tollgate_proxy::snapshot::subscribe::{ConnectionState, Subscriber, UsageReports};
 use tollgate_proxy::snapshot::{Applier, ConfigCache, SnapshotStore};
 use tollgate_proxy::status::{self, NodeStatus};
@@ -125,10 +126,25 @@ impl DataPlane {
             status_addr,
             workers,
         } = self;
-        let node_id = config
+        let mut node_id = config
             .node_id
             .clone()
             .unwrap_or_else(config::default_node_id);
+        // The cluster identity first: a kept certificate names the node.
+        let (stream_address, identity) = cluster_identity(&config, &node_id).await?;
+        if let Some(identity) = &identity {
+            if config
+                .node_id
+                .as_deref()
+                .is_some_and(|id| id != identity.node_id())
+            {
+                tracing::warn!(
+                    certificate = identity.node_id(),
+                    "--node-id differs from the node id of the kept certificate; using the certificate's"
+                );
+            }
+            node_id = identity.node_id().to_string();
+        }
         let store = Arc::new(SnapshotStore::default());
         let connection = Arc::new(ConnectionState::default());
         // Fleet-wide rate limits: one Redis connection for every snapshot.
@@ -182,8 +198,8 @@ impl DataPlane {
                 telemetry::histogram::enable_report_buckets();
                 UsageReports::new(interval)
             });
-        let subscriber = Subscriber::new(
-            &config.control_plane,
+        let mut subscriber = Subscriber::new(
+            &stream_address,
             node_id.clone(),
             config.cluster_token.as_deref(),
             applier,
@@ -192,6 +208,15 @@ impl DataPlane {
         )?
         .with_heartbeat(config.heartbeat_interval)
         .with_cache_purger(cache_stores);
+        let (stop_renewal, renewal_rx) = watch::channel(false);
+        let renewal = match identity {
+            Some(identity) => {
+                let endpoint = subscriber.endpoint().clone();
+                subscriber = subscriber.with_identity(identity.clone());
+                Some(tokio::spawn(identity.renew_loop(endpoint, renewal_rx)))
+            }
+            None => None,
+        };
         let status = Arc::new(NodeStatus {
             node_id: node_id.clone(),
             store: store.clone(),
@@ -281,6 +306,10 @@ impl DataPlane {
         }
         let _ = stop_subscriber.send(true);
         let _ = subscriber_task.await;
+        let _ = stop_renewal.send(true);
+        if let Some(task) = renewal {
+            let _ = task.await;
+        }
         let _ = pool_maintenance.await;
         let _ = stop_status.send(true);
         let _ = status_task.await;
@@ -292,6 +321,40 @@ impl DataPlane {
         tracing::info!("tollgate-dp stopped");
         Ok(())
     }
+}
+
+/// The address the stream dials, and the cluster identity when
+/// `--state-dir` is set (joining with `--join-token` on a first start).
+/// With an identity the connector does TLS itself, so the endpoint's URI
+/// stays `http://` (tonic is built without its own TLS).
+async fn cluster_identity(
+    config: &DpConfig,
+    node_id: &str,
+) -> Result<(String, Option<Arc<ClusterIdentity>>), DpError> {
+    let address = config.control_plane.clone();
+    let Some(dir) = &config.state_dir else {
+        if address.starts_with("https://") {
+            return Err(DpError::ControlPlaneAddress {
+                address,
+                message: "https:// needs --state-dir (and --join-token on a first start)".into(),
+            });
+        }
+        return Ok((address, None));
+    };
+    let plain = match address.strip_prefix("https://") {
+        Some(rest) => format!("http://{rest}"),
+        None if address.contains("://") => address.clone(),
+        None => format!("http://{address}"),
+    };
+    let identity = ClusterIdentity::establish(
+        dir,
+        config.join_token.as_deref(),
+        &plain,
+        &config.control_plane_server_name,
+        node_id,
+    )
+    .await?;
+    Ok((plain, Some(identity)))
 }
 
 /// Runs a data plane with `workers` proxy workers until SIGTERM or SIGINT,

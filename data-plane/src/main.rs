@@ -76,6 +76,24 @@ struct Args {
     /// Token sent to the control plane as `authorization: Bearer <token>`.
     #[arg(long, env = "TOLLGATE_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
+    /// Directory of this data plane's cluster key (0600), certificate and CA
+    /// (made 0700). Set, the config stream is mutually authenticated TLS
+    /// (to a control plane started with --stream-tls).
+    #[arg(long, env = "TOLLGATE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// One-time token from `tollgatectl dataplanes token create`: on a first
+    /// start (nothing in --state-dir) it trades a CSR for a certificate.
+    #[arg(
+        long,
+        env = "TOLLGATE_JOIN_TOKEN",
+        hide_env_values = true,
+        requires = "state_dir"
+    )]
+    join_token: Option<String>,
+    /// The name the control plane's stream certificate must carry.
+    #[arg(long, env = "TOLLGATE_CONTROL_PLANE_SERVER_NAME",
+          default_value = tollgate_shared::cluster_pki::SERVER_NAME)]
+    control_plane_server_name: String,
     /// Largest request header section in bytes (431 beyond it).
     #[arg(long, env = "TOLLGATE_MAX_HEADER_BYTES", default_value_t = 60 * 1024)]
     max_header_bytes: usize,
@@ -288,6 +306,9 @@ fn main() -> ExitCode {
         path_policy,
         untrusted_headers,
         cluster_token: args.cluster_token.filter(|t| !t.is_empty()),
+        state_dir: args.state_dir,
+        join_token: args.join_token.filter(|t| !t.is_empty()),
+        control_plane_server_name: args.control_plane_server_name,
         max_header_bytes: args.max_header_bytes,
         max_headers: args.max_headers,
         max_uri_bytes: args.max_uri_bytes,

@@ -39,6 +39,21 @@ struct MockControlPlane {
 impl ConfigStream for MockControlPlane {
     type SubscribeStream = ReceiverStream<Result<ControlPlaneMessage, Status>>;
 
+    /// This stand-in speaks plaintext only: no cluster PKI.
+    async fn join(
+        &self,
+        _request: Request<tollgate_shared::proto::stream::JoinRequest>,
+    ) -> Result<Response<tollgate_shared::proto::stream::CertificateResponse>, Status> {
+        Err(Status::failed_precondition("plaintext stream"))
+    }
+
+    async fn renew(
+        &self,
+        _request: Request<tollgate_shared::proto::stream::RenewRequest>,
+    ) -> Result<Response<tollgate_shared::proto::stream::CertificateResponse>, Status> {
+        Err(Status::failed_precondition("plaintext stream"))
+    }
+
     async fn subscribe(
         &self,
         request: Request<Streaming<DataPlaneMessage>>,

@@ -82,6 +82,8 @@ pub struct CpOptions {
     pub env: Vec<(String, String)>,
     /// Run the server under this `RLIMIT_NOFILE` (through `prlimit`).
     pub nofile_limit: Option<u64>,
+    /// More flags, appended as given (e.g. `--stream-tls`).
+    pub args: Vec<String>,
 }
 
 /// A running `tollgate-cp`.
@@ -158,6 +160,7 @@ impl ControlPlane {
             args.push("--stream-listen".into());
             args.push(format!("127.0.0.1:{port}"));
         }
+        args.extend(self.options.args.iter().cloned());
         args
     }
 

@@ -16,12 +16,14 @@
 
 pub mod calendar;
 pub mod certs;
+pub mod cluster_pki;
 pub mod convert;
 pub mod delta;
 pub mod json_schema;
 pub mod limits;
 pub mod model;
 pub mod plugins;
+pub mod private_files;
 pub mod secrets;
 pub mod telemetry;
 pub mod usage;

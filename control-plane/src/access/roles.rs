@@ -79,7 +79,7 @@ pub fn required(method: &str) -> Role {
         // Reads. Apply is listed here because its dry run (`tollgatectl
         // diff`) is a read: the handler requires `editor` for a real one.
         "Get" | "List" | "Export" | "ListDataPlanes" | "ListAudit" | "History" | "GetRevision"
-        | "GetStats" | "WaitForVersion" | "Apply" => Role::Viewer,
+        | "GetStats" | "WaitForVersion" | "Apply" | "ListJoinTokens" => Role::Viewer,
         "Create" | "Update" | "Delete" | "Rollback" | "PurgeCache" => Role::Editor,
         _ => Role::Admin,
     }
@@ -95,6 +95,9 @@ mod tests {
         assert_eq!(required("Get"), Role::Viewer);
         assert_eq!(required("Delete"), Role::Editor);
         assert_eq!(required("CreateToken"), Role::Admin);
+        assert_eq!(required("CreateJoinToken"), Role::Admin);
+        assert_eq!(required("RevokeDataPlane"), Role::Admin);
+        assert_eq!(required("ListJoinTokens"), Role::Viewer);
         assert_eq!(required("SomethingAddedLater"), Role::Admin);
         let refused = Role::Viewer
             .require(Role::Editor, "Delete")

@@ -21,6 +21,10 @@ use tollgate_shared::proto::admin::{
     ListTokensResponse, PurgeCacheRequest, PurgeCacheResponse, Revision, RevokeTokenRequest,
     RevokeTokenResponse, RollbackRequest, WaitForVersionRequest,
 };
+use tollgate_shared::proto::admin::{
+    CreateJoinTokenRequest, CreateJoinTokenResponse, ListJoinTokensRequest, ListJoinTokensResponse,
+    RevokeDataPlaneRequest, RevokeDataPlaneResponse,
+};
 use tollgate_shared::proto::config as pb_config;
 use tollgate_shared::proto::stream::CachePurge;
 use tonic::{Request, Response, Status};
@@ -33,6 +37,7 @@ use crate::entity::{self, Entity};
 use crate::error::CpError;
 use crate::kind::EntityKind;
 use crate::model::{Author, Model, WriteOutcome};
+use crate::pki::enroll::Enrollment;
 use crate::stream::registry::Registry;
 use crate::stream::rollout;
 use crate::usage::{self, Usage};
@@ -43,9 +48,23 @@ pub struct AdminService {
     tokens: Arc<TokenBook>,
     audit: Arc<AuditLog>,
     usage: Arc<Usage>,
+    /// The cluster PKI: join tokens and revocation.
+    cluster: Option<Arc<Enrollment>>,
 }
 
 impl AdminService {
+    /// Serves the join-token and revocation calls from `cluster`.
+    pub fn with_cluster(mut self, cluster: Arc<Enrollment>) -> AdminService {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    fn cluster(&self) -> Result<&Enrollment, CpError> {
+        self.cluster
+            .as_deref()
+            .ok_or_else(|| CpError::FailedPrecondition("no cluster PKI on this server".into()))
+    }
+
     pub fn new(
         model: Arc<Model>,
         registry: Arc<Registry>,
@@ -59,6 +78,7 @@ impl AdminService {
             tokens,
             audit,
             usage,
+            cluster: None,
         }
     }
 
@@ -393,6 +413,66 @@ impl Admin for AdminService {
             )
             .await;
         Ok(Response::new(RevokeTokenResponse {}))
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<CreateJoinTokenRequest>,
+    ) -> Result<Response<CreateJoinTokenResponse>, Status> {
+        let actor = Actor::of(&request);
+        let cluster = self.cluster()?;
+        let ttl = request.into_inner().ttl_seconds;
+        let (token, info) = cluster
+            .joins
+            .create(ttl, &cluster.pki.ca_pin(), &actor.name)
+            .await?;
+        tracing::info!(token_id = %info.id, ttl_seconds = ttl, by = %actor.name, "join token created");
+        self.audit
+            .event(
+                &actor,
+                "CreateJoinToken",
+                format!("created join token {} valid {ttl} s", info.id),
+            )
+            .await;
+        Ok(Response::new(CreateJoinTokenResponse {
+            token,
+            info: Some(info),
+        }))
+    }
+
+    async fn list_join_tokens(
+        &self,
+        _request: Request<ListJoinTokensRequest>,
+    ) -> Result<Response<ListJoinTokensResponse>, Status> {
+        let joins = self.cluster()?.joins.clone();
+        let list = blocking(move || joins.list()).await??;
+        Ok(Response::new(list))
+    }
+
+    async fn revoke_data_plane(
+        &self,
+        request: Request<RevokeDataPlaneRequest>,
+    ) -> Result<Response<RevokeDataPlaneResponse>, Status> {
+        let actor = Actor::of(&request);
+        let node_id = request.into_inner().node_id;
+        let connected = self
+            .registry
+            .list()
+            .iter()
+            .filter(|plane| plane.node_id == node_id && plane.connected)
+            .count();
+        self.cluster()?.joins.revoke(&node_id, &actor.name).await?;
+        tracing::warn!(node_id = %node_id, by = %actor.name, "data plane revoked");
+        self.audit
+            .event(
+                &actor,
+                "RevokeDataPlane",
+                format!("revoked data plane {node_id:?}"),
+            )
+            .await;
+        Ok(Response::new(RevokeDataPlaneResponse {
+            closed_streams: u32::try_from(connected).unwrap_or(u32::MAX),
+        }))
     }
 
     async fn list_audit(

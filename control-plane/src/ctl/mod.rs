@@ -14,6 +14,7 @@
 
 pub mod access;
 pub mod client;
+pub mod cluster;
 pub mod fields;
 pub mod health;
 pub mod history;
@@ -151,10 +152,14 @@ pub enum Command {
         #[command(flatten)]
         wait: wait::WaitArgs,
     },
-    /// List the data planes that subscribed to the config stream.
+    /// List the data planes that subscribed to the config stream; or make
+    /// join tokens (`dataplanes token create --ttl 1h`) and revoke one
+    /// (`dataplanes revoke NODE`).
     Dataplanes {
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: Format,
+        #[command(subcommand)]
+        command: Option<cluster::DataplanesCommand>,
     },
     /// Named admin tokens with roles (needs role admin).
     Tokens {
@@ -452,7 +457,15 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CpError> {
             )?;
             Ok(())
         }
-        (Command::Dataplanes { output }, _, _) => {
+        (
+            Command::Dataplanes {
+                command: Some(command),
+                ..
+            },
+            _,
+            _,
+        ) => cluster::run(&mut client, command, out).await,
+        (Command::Dataplanes { output, .. }, _, _) => {
             let planes = client
                 .list_data_planes(ListDataPlanesRequest {})
                 .await

@@ -13,8 +13,12 @@
 //! - [`distribution_metrics`]: bytes sent full vs delta, commit to ACK.
 //!
 //! Snapshots carry secrets (JWT HMAC secrets, private keys, API-key hashes), so
-//! the stream is guarded by the cluster token when one is configured (see
-//! [`crate::auth`]), and required to be when it listens beyond loopback.
+//! beyond loopback (or with `--stream-tls`) the stream is mutually
+//! authenticated TLS: `Subscribe` and `Renew` need a data-plane certificate
+//! of the cluster CA, `Join` trades a one-time token for one
+//! ([`crate::pki`]). A plaintext stream (loopback, or the explicit
+//! `--insecure-plaintext-stream`) is guarded by the cluster token when one is
+//! configured (see [`crate::auth`]).
 
 pub mod builds;
 pub mod chunks;
@@ -30,14 +34,18 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_shared::proto::stream::config_stream_server::ConfigStream;
-use tollgate_shared::proto::stream::{ControlPlaneMessage, DataPlaneMessage};
+use tollgate_shared::proto::stream::{
+    CertificateResponse, ControlPlaneMessage, DataPlaneMessage, JoinRequest, RenewRequest,
+};
 use tonic::service::Interceptor;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::BearerAuth;
+use crate::error::CpError;
 
 use crate::metrics::CpMetrics;
 use crate::model::Model;
+use crate::pki::enroll::Enrollment;
 use crate::usage::Usage;
 use builds::Builds;
 use registry::Registry;
@@ -51,9 +59,23 @@ pub struct StreamService {
     metrics: Arc<CpMetrics>,
     shutdown: watch::Receiver<bool>,
     max_lag: Duration,
+    /// Join, renewal and who may subscribe (cluster PKI).
+    enrollment: Option<Arc<Enrollment>>,
 }
 
 impl StreamService {
+    /// Serves `Join`/`Renew` and checks subscribers' certificates.
+    pub fn with_enrollment(mut self, enrollment: Arc<Enrollment>) -> StreamService {
+        self.enrollment = Some(enrollment);
+        self
+    }
+
+    fn enrollment(&self) -> Result<&Enrollment, CpError> {
+        self.enrollment
+            .as_deref()
+            .ok_or_else(|| CpError::FailedPrecondition("no cluster PKI on this server".into()))
+    }
+
     pub fn new(
         model: Arc<Model>,
         registry: Arc<Registry>,
@@ -70,6 +92,7 @@ impl StreamService {
             metrics,
             shutdown,
             max_lag,
+            enrollment: None,
         }
     }
 }
@@ -117,6 +140,10 @@ impl ConfigStream for StreamService {
         &self,
         request: Request<Streaming<DataPlaneMessage>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let certified = match &self.enrollment {
+            Some(enrollment) => enrollment.subscriber(&request)?,
+            None => None,
+        };
         let session = Session {
             model: self.model.clone(),
             builds: self.builds.clone(),
@@ -126,6 +153,11 @@ impl ConfigStream for StreamService {
             shutdown: self.shutdown.clone(),
             peer: request.remote_addr(),
             max_lag: self.max_lag,
+            certified,
+            revocations: self
+                .enrollment
+                .as_ref()
+                .map(|e| (e.joins.clone(), e.joins.revocations())),
         };
         // One message queued at most: a snapshot is built only once there is
         // room for it, so a slow reader holds at most this one plus what is
@@ -133,5 +165,19 @@ impl ConfigStream for StreamService {
         let (outbound, receiver) = mpsc::channel(1);
         tokio::spawn(session.run(request.into_inner(), outbound));
         Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn join(
+        &self,
+        request: Request<JoinRequest>,
+    ) -> Result<Response<CertificateResponse>, Status> {
+        self.enrollment()?.join(request).await.map(Response::new)
+    }
+
+    async fn renew(
+        &self,
+        request: Request<RenewRequest>,
+    ) -> Result<Response<CertificateResponse>, Status> {
+        self.enrollment()?.renew(request).await.map(Response::new)
     }
 }

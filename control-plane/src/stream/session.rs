@@ -35,6 +35,7 @@ use super::distribution_metrics::Sent;
 use super::registry::{truncate, Identity, Registry};
 use crate::metrics::CpMetrics;
 use crate::model::{ConfigVersion, Model};
+use crate::pki::joins::JoinBook;
 use crate::usage::Usage;
 
 /// How long a new stream may take to say hello.
@@ -58,6 +59,12 @@ pub struct Session {
     pub peer: Option<SocketAddr>,
     /// How long a pending newer version may wait for room on the stream.
     pub max_lag: Duration,
+    /// The node id of the data plane's verified certificate (TLS stream):
+    /// recorded instead of the hello's.
+    pub certified: Option<String>,
+    /// Revoked nodes and a receiver that wakes on each revocation: a session
+    /// whose node is revoked ends at once.
+    pub revocations: Option<(Arc<JoinBook>, watch::Receiver<u64>)>,
 }
 
 impl Session {
@@ -130,7 +137,7 @@ impl Session {
     }
 
     fn identity(&self, hello: &Hello) -> Result<Identity, &'static str> {
-        let node_id = hello.node_id.trim();
+        let node_id = self.certified.as_deref().unwrap_or(hello.node_id.trim());
         if node_id.is_empty()
             || node_id.len() > MAX_ID_BYTES
             || node_id.chars().any(char::is_control)
@@ -159,6 +166,7 @@ impl Session {
         let mut state = Delivery::new(&self.builds, &current, hello);
         let mut purges = self.registry.cache_purges();
         let mut shutdown = self.shutdown.clone();
+        let mut revocations = self.revocations.clone();
         // (first unsent change, latest unsent change) while a burst is open.
         let mut pending: Option<(Instant, Instant)> = None;
         // Since when a message has waited for room on the stream (a newer
@@ -171,6 +179,16 @@ impl Session {
                 () = stopped(&mut shutdown) => {
                     if let Ok(permit) = outbound.try_reserve() {
                         permit.send(Err(Status::unavailable("control plane shutting down")));
+                    }
+                    return;
+                }
+                () = revoked(&mut revocations, node_id) => {
+                    tracing::warn!(node_id, "data plane revoked: closing its stream");
+                    self.metrics.stream_refused("revoked");
+                    if let Ok(permit) = outbound.try_reserve() {
+                        permit.send(Err(Status::permission_denied(format!(
+                            "data plane {node_id:?} is revoked"
+                        ))));
                     }
                     return;
                 }
@@ -300,6 +318,22 @@ impl Session {
                 self.registry.seen(node_id, session);
                 false
             }
+        }
+    }
+}
+
+/// Resolves once `node_id` is revoked; never without revocations (plaintext
+/// stream) or once the book is gone.
+async fn revoked(revocations: &mut Option<(Arc<JoinBook>, watch::Receiver<u64>)>, node_id: &str) {
+    let Some((book, changes)) = revocations else {
+        return std::future::pending().await;
+    };
+    loop {
+        if book.is_revoked(node_id) {
+            return;
+        }
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
 }

@@ -30,6 +30,9 @@ pub enum DpError {
     AccessLog(std::io::Error),
     #[error("cannot set up TLS: {0}")]
     Tls(String),
+    /// Joining the cluster or loading the kept certificate (`--state-dir`).
+    #[error("cluster identity: {0}")]
+    Cluster(String),
     #[error("cannot set up telemetry: {0}")]
     Telemetry(#[from] tollgate_shared::telemetry::TelemetryError),
 }

@@ -13,6 +13,7 @@
 //! leaves the config in service untouched.
 
 pub mod cache;
+pub mod cluster_identity;
 pub mod compile;
 pub mod held;
 pub mod reassembly;

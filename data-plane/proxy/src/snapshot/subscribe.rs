@@ -46,6 +46,7 @@ use tollgate_shared::proto::stream::{
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Endpoint;
 
+use super::cluster_identity::ClusterIdentity;
 use super::held::DeltaRefused;
 use super::reassembly::Reassembly;
 use super::{version_label, Applier};
@@ -221,6 +222,9 @@ pub struct Subscriber {
     usage: Option<UsageReports>,
     /// Where `CachePurge` messages go (the plugins' cache stores).
     purger: Option<Arc<dyn tollgate_plugin_api::CachePurger>>,
+    /// The cluster certificate every stream connection presents (TLS
+    /// stream); `None` for a plaintext (loopback) stream.
+    identity: Option<Arc<ClusterIdentity>>,
 }
 
 /// How long the last report may take to leave on shutdown.
@@ -302,7 +306,19 @@ impl Subscriber {
             rejection: Arc::default(),
             usage,
             purger: None,
+            identity: None,
         })
+    }
+
+    /// Connects over TLS with `identity`'s certificate.
+    pub fn with_identity(mut self, identity: Arc<ClusterIdentity>) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// The endpoint sessions connect to (for renewal's own connections).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// Sends a heartbeat every `interval` while connected (at least 100 ms).
@@ -365,7 +381,12 @@ impl Subscriber {
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), String> {
         let channel = tokio::select! {
-            channel = self.endpoint.connect() => channel
+            channel = async {
+                match &self.identity {
+                    Some(identity) => self.endpoint.connect_with_connector(identity.connector()).await,
+                    None => self.endpoint.connect().await,
+                }
+            } => channel
                 .map_err(|e| format!("connect: {}", crate::upstream::DisplayChain(&e)))?,
             _ = stopped(&mut shutdown) => return Ok(()),
         };
