@@ -525,7 +525,7 @@ impl Subscriber {
         let applier = self.applier.clone();
         let result = tokio::task::spawn_blocking(move || {
             let result = applier.apply_delta(&delta);
-            if let Ok((_, snapshot)) = &result {
+            if let Ok((_, Some(snapshot))) = &result {
                 applier.write_cache(snapshot);
             }
             result.map(|(version, _)| version)
