@@ -150,6 +150,29 @@ impl EntityTable {
         table
     }
 
+    /// The table of `config` from the table of `previous` (an earlier
+    /// version's config): only the entities that differ (by value) are
+    /// serialized and hashed, so a one-route write costs one hash, not one
+    /// per entity. Lists sorted by name (as the control plane publishes
+    /// them); otherwise it hashes everything, like [`EntityTable::of`].
+    pub fn of_from(
+        config: &GatewayConfig,
+        previous: &GatewayConfig,
+        previous_table: &EntityTable,
+    ) -> EntityTable {
+        let mut table = previous_table.clone();
+        let sorted = follow(&mut table, EntityKind::Service, &config.services, &previous.services, |s| &s.name)
+            && follow(&mut table, EntityKind::Route, &config.routes, &previous.routes, |r| &r.name)
+            && follow(&mut table, EntityKind::Consumer, &config.consumers, &previous.consumers, |c| &c.name)
+            && follow(&mut table, EntityKind::Plugin, &config.plugins, &previous.plugins, GlobalPlugin::instance_name)
+            && follow(&mut table, EntityKind::Certificate, &config.certificates, &previous.certificates, |c| &c.name);
+        if sorted {
+            table
+        } else {
+            EntityTable::of(config)
+        }
+    }
+
     fn put(&mut self, kind: EntityKind, name: String, hash: u128) {
         if let Some(old) = self.hashes.insert((kind, name), hash) {
             self.checksum = self.checksum.wrapping_sub(old);
@@ -219,6 +242,58 @@ impl EntityTable {
         let hash = entity_hash(kind, name, "corrupted");
         self.put(kind, name.to_string(), hash);
     }
+}
+
+/// Brings the `kind` entries of `table` (those of `old`) to `new`: one merge
+/// over both name-sorted lists, hashing only what was added or differs.
+/// `false` (table half done) when a list is not sorted by name.
+fn follow<T: PartialEq + Serialize>(
+    table: &mut EntityTable,
+    kind: EntityKind,
+    new: &[T],
+    old: &[T],
+    key: impl Fn(&T) -> &str,
+) -> bool {
+    let sorted = |items: &[T]| items.windows(2).all(|w| key(&w[0]) < key(&w[1]));
+    if !sorted(new) || !sorted(old) {
+        return false;
+    }
+    let put = |table: &mut EntityTable, item: &T| {
+        let name = key(item);
+        table.put(kind, name.to_string(), entity_hash(kind, name, &to_json(item)));
+    };
+    let (mut i, mut j) = (0, 0);
+    while i < new.len() || j < old.len() {
+        match (new.get(i), old.get(j)) {
+            (Some(n), Some(o)) => match key(n).cmp(key(o)) {
+                std::cmp::Ordering::Equal => {
+                    if n != o {
+                        put(table, n);
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                std::cmp::Ordering::Less => {
+                    put(table, n);
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    table.remove(kind, key(o));
+                    j += 1;
+                }
+            },
+            (Some(n), None) => {
+                put(table, n);
+                i += 1;
+            }
+            (None, Some(o)) => {
+                table.remove(kind, key(o));
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    true
 }
 
 /// The delta message from `base` to `target` (`target_config` is the
