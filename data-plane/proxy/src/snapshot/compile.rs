@@ -33,10 +33,12 @@ pub struct CompiledSnapshot {
     /// route leaves `None`, an added one goes at the end; a full compile
     /// packs them again (in the order of `config.routes`).
     pub routes: Vec<Option<Arc<CompiledRoute>>>,
-    /// Route name to its index in `routes`.
-    pub route_indexes: HashMap<Arc<str>, usize>,
-    /// By service name, so the next compile can carry pools over.
-    pub services: HashMap<String, Arc<CompiledService>>,
+    /// Route name to its index in `routes` (shared with the previous
+    /// snapshot when a delta added or removed no route).
+    pub route_indexes: Arc<HashMap<Arc<str>, usize>>,
+    /// By service name, so the next compile can carry pools over (shared
+    /// with the previous snapshot when a delta changed no service).
+    pub services: Arc<HashMap<String, Arc<CompiledService>>>,
     /// The TLS server config of this snapshot's certificates (built once
     /// here, loaded per handshake); `None` without certificates.
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -51,7 +53,7 @@ pub struct CompiledSnapshot {
 #[derive(Default)]
 struct Parts {
     globals: Arc<[CompiledInstance]>,
-    service_plugins: HashMap<String, Arc<[CompiledInstance]>>,
+    service_plugins: Arc<HashMap<String, Arc<[CompiledInstance]>>>,
     /// What plugin instances of this snapshot share (the consumer index).
     scope: Arc<SnapshotScope>,
     consumer_names: Option<Arc<ConsumerNames>>,
@@ -170,7 +172,7 @@ pub fn compile(
         .then(|| ConsumerNames::new(config.consumers.iter().map(|c| c.name.as_str())));
     let parts = Parts {
         globals,
-        service_plugins,
+        service_plugins: Arc::new(service_plugins),
         scope: scope.clone(),
         consumer_names,
     };
@@ -188,8 +190,8 @@ pub fn compile(
         version,
         router,
         routes,
-        route_indexes,
-        services,
+        route_indexes: Arc::new(route_indexes),
+        services: Arc::new(services),
         tls: None,
         certificate_expiries: Vec::new(),
         parts,
@@ -432,12 +434,13 @@ pub fn compile_delta(
 
     // Services: the changed ones, and (when routes changed) those whose
     // plugins read the routes.
+    // Copied on the first change only (`Arc::make_mut`).
     let mut services = previous.services.clone();
     let mut service_plugins = previous.parts.service_plugins.clone();
     let mut rebuilt_services: Vec<&str> = Vec::new();
     for name in &plan.removed_services {
-        services.remove(name);
-        if let Some(old) = service_plugins.remove(name) {
+        Arc::make_mut(&mut services).remove(name);
+        if let Some(old) = Arc::make_mut(&mut service_plugins).remove(name) {
             client_cas_changed |= checks_client_certs(&old);
         }
     }
@@ -457,8 +460,8 @@ pub fn compile_delta(
             client_cas_changed |= checks_client_certs(old);
         }
         client_cas_changed |= checks_client_certs(&plugins);
-        service_plugins.insert(service.name.clone(), plugins);
-        services.insert(service.name.clone(), compiled);
+        Arc::make_mut(&mut service_plugins).insert(service.name.clone(), plugins);
+        Arc::make_mut(&mut services).insert(service.name.clone(), compiled);
         rebuilt_services.push(&service.name);
     }
 
@@ -484,7 +487,7 @@ pub fn compile_delta(
     let mut route_indexes = previous.route_indexes.clone();
     let mut touched: Vec<usize> = Vec::new();
     for name in &plan.removed_routes {
-        if let Some(index) = route_indexes.remove(name.as_str()) {
+        if let Some(index) = Arc::make_mut(&mut route_indexes).remove(name.as_str()) {
             touched.push(index);
             if let Some(old) = routes.get_mut(index).and_then(Option::take) {
                 client_cas_changed |= old.plugins.plugins().any(|p| !p.client_ca_certificates().is_empty());
@@ -498,7 +501,7 @@ pub fn compile_delta(
             Some(&index) => index,
             None => {
                 routes.push(None);
-                route_indexes.insert(Arc::from(name.as_str()), routes.len() - 1);
+                Arc::make_mut(&mut route_indexes).insert(Arc::from(name.as_str()), routes.len() - 1);
                 routes.len() - 1
             }
         };
