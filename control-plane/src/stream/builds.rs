@@ -174,7 +174,7 @@ impl Builds {
         let (latest, _) = watch::channel(first.clone());
         let builds = Arc::new(Builds {
             latest,
-            history: Mutex::new(VecDeque::from([first])),
+            history: Mutex::new(VecDeque::from([first.clone()])),
         });
         let weak = Arc::downgrade(&builds);
         tokio::spawn(async move {
