@@ -161,11 +161,37 @@ impl EntityTable {
         previous_table: &EntityTable,
     ) -> EntityTable {
         let mut table = previous_table.clone();
-        let sorted = follow(&mut table, EntityKind::Service, &config.services, &previous.services, |s| &s.name)
-            && follow(&mut table, EntityKind::Route, &config.routes, &previous.routes, |r| &r.name)
-            && follow(&mut table, EntityKind::Consumer, &config.consumers, &previous.consumers, |c| &c.name)
-            && follow(&mut table, EntityKind::Plugin, &config.plugins, &previous.plugins, GlobalPlugin::instance_name)
-            && follow(&mut table, EntityKind::Certificate, &config.certificates, &previous.certificates, |c| &c.name);
+        let sorted = follow(
+            &mut table,
+            EntityKind::Service,
+            &config.services,
+            &previous.services,
+            |s| &s.name,
+        ) && follow(
+            &mut table,
+            EntityKind::Route,
+            &config.routes,
+            &previous.routes,
+            |r| &r.name,
+        ) && follow(
+            &mut table,
+            EntityKind::Consumer,
+            &config.consumers,
+            &previous.consumers,
+            |c| &c.name,
+        ) && follow(
+            &mut table,
+            EntityKind::Plugin,
+            &config.plugins,
+            &previous.plugins,
+            GlobalPlugin::instance_name,
+        ) && follow(
+            &mut table,
+            EntityKind::Certificate,
+            &config.certificates,
+            &previous.certificates,
+            |c| &c.name,
+        );
         if sorted {
             table
         } else {
@@ -260,7 +286,11 @@ fn follow<T: PartialEq + Serialize>(
     }
     let put = |table: &mut EntityTable, item: &T| {
         let name = key(item);
-        table.put(kind, name.to_string(), entity_hash(kind, name, &to_json(item)));
+        table.put(
+            kind,
+            name.to_string(),
+            entity_hash(kind, name, &to_json(item)),
+        );
     };
     let (mut i, mut j) = (0, 0);
     while i < new.len() || j < old.len() {
@@ -419,14 +449,17 @@ impl Entity {
 /// Takes the entity `kind`/`name` out of `config` (lists sorted by name).
 fn remove_entity(config: &mut GatewayConfig, kind: EntityKind, name: &str) -> Option<Entity> {
     match kind {
-        EntityKind::Service => remove_sorted(&mut config.services, name, |s| &s.name).map(Entity::Service),
-        EntityKind::Route => remove_sorted(&mut config.routes, name, |r| &r.name).map(Entity::Route),
+        EntityKind::Service => {
+            remove_sorted(&mut config.services, name, |s| &s.name).map(Entity::Service)
+        }
+        EntityKind::Route => {
+            remove_sorted(&mut config.routes, name, |r| &r.name).map(Entity::Route)
+        }
         EntityKind::Consumer => {
             remove_sorted(&mut config.consumers, name, |c| &c.name).map(Entity::Consumer)
         }
-        EntityKind::Plugin => {
-            remove_sorted(&mut config.plugins, name, GlobalPlugin::instance_name).map(Entity::Plugin)
-        }
+        EntityKind::Plugin => remove_sorted(&mut config.plugins, name, GlobalPlugin::instance_name)
+            .map(Entity::Plugin),
         EntityKind::Certificate => {
             remove_sorted(&mut config.certificates, name, |c| &c.name).map(Entity::Certificate)
         }
@@ -459,7 +492,9 @@ impl Undo {
 
     /// The entities the delta touched (removed or upserted), in order.
     pub fn touched(&self) -> impl Iterator<Item = (EntityKind, &str)> {
-        self.config.iter().map(|(kind, name, _)| (*kind, name.as_str()))
+        self.config
+            .iter()
+            .map(|(kind, name, _)| (*kind, name.as_str()))
     }
 }
 
@@ -500,7 +535,12 @@ pub fn apply_in_place(
                 upsert.kind, upsert.name, name
             )));
         }
-        upserts.push((kind, name, entity, entity_hash(kind, &upsert.name, &upsert.json)));
+        upserts.push((
+            kind,
+            name,
+            entity,
+            entity_hash(kind, &upsert.name, &upsert.json),
+        ));
     }
 
     // The table first: its checksum decides whether the config is touched.

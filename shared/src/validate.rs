@@ -1069,7 +1069,11 @@ pub fn validate_changed(
     } else {
         HashSet::new()
     };
-    let certificates: HashSet<&str> = config.certificates.iter().map(|c| c.name.as_str()).collect();
+    let certificates: HashSet<&str> = config
+        .certificates
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
     let globals: Vec<(&GlobalPlugin, Checked)> = config
         .plugins
         .iter()
@@ -1114,7 +1118,11 @@ pub fn validate_changed(
                     .map_err(|m| err(format!("plugins[{i}].{m}")))?;
             }
         }
-        if let Some(name) = service.tls.as_ref().and_then(|tls| tls.ca_certificate.as_ref()) {
+        if let Some(name) = service
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.ca_certificate.as_ref())
+        {
             if !certificates.contains(name.as_str()) {
                 return Err(err(format!(
                     "tls.ca_certificate: certificate {name:?} does not exist"
@@ -1177,9 +1185,10 @@ fn find<'c, T>(items: &'c [T], name: &str, key: impl Fn(&T) -> &str) -> Option<&
 /// Whether a changed route or service has a plugin (the consumer names are
 /// only collected then).
 fn changed_plugins_name_consumers(config: &GatewayConfig, changed: &ChangedEntities<'_>) -> bool {
-    let route_plugins = changed.routes.iter().any(|name| {
-        find(&config.routes, name, |r| &r.name).is_some_and(|r| !r.plugins.is_empty())
-    });
+    let route_plugins = changed
+        .routes
+        .iter()
+        .any(|name| find(&config.routes, name, |r| &r.name).is_some_and(|r| !r.plugins.is_empty()));
     let service_plugins = changed.services.iter().any(|name| {
         find(&config.services, name, |s| &s.name).is_some_and(|s| !s.plugins.is_empty())
     });

@@ -379,7 +379,12 @@ impl Router {
             };
             router.put(key, bucket);
         }
-        router.longest_wildcard = router.wildcard_hosts.keys().map(|k| k.len()).max().unwrap_or(0);
+        router.longest_wildcard = router
+            .wildcard_hosts
+            .keys()
+            .map(|k| k.len())
+            .max()
+            .unwrap_or(0);
         Ok(router)
     }
 
@@ -460,21 +465,23 @@ impl Router {
         headers: &HeaderMap,
     ) -> Option<RouteMatch> {
         let mut best: Option<(u32, usize)> = None;
-        bucket.node.search(path, &mut |ids: &[u32], matched_len: usize| {
-            for &id in ids {
-                if best.is_some_and(|(best_id, _)| id >= best_id) {
-                    break;
+        bucket
+            .node
+            .search(path, &mut |ids: &[u32], matched_len: usize| {
+                for &id in ids {
+                    if best.is_some_and(|(best_id, _)| id >= best_id) {
+                        break;
+                    }
+                    let accepted = bucket
+                        .entries
+                        .get(id as usize)
+                        .is_some_and(|entry| entry.checks.accepts(method, headers));
+                    if accepted {
+                        best = Some((id, matched_len));
+                        break;
+                    }
                 }
-                let accepted = bucket
-                    .entries
-                    .get(id as usize)
-                    .is_some_and(|entry| entry.checks.accepts(method, headers));
-                if accepted {
-                    best = Some((id, matched_len));
-                    break;
-                }
-            }
-        });
+            });
         let (id, matched_len) = best?;
         Some(RouteMatch {
             route_index: bucket.entries.get(id as usize)?.route_index,

@@ -490,7 +490,10 @@ pub fn compile_delta(
         if let Some(index) = Arc::make_mut(&mut route_indexes).remove(name.as_str()) {
             touched.push(index);
             if let Some(old) = routes.get_mut(index).and_then(Option::take) {
-                client_cas_changed |= old.plugins.plugins().any(|p| !p.client_ca_certificates().is_empty());
+                client_cas_changed |= old
+                    .plugins
+                    .plugins()
+                    .any(|p| !p.client_ca_certificates().is_empty());
             }
         }
     }
@@ -501,7 +504,8 @@ pub fn compile_delta(
             Some(&index) => index,
             None => {
                 routes.push(None);
-                Arc::make_mut(&mut route_indexes).insert(Arc::from(name.as_str()), routes.len() - 1);
+                Arc::make_mut(&mut route_indexes)
+                    .insert(Arc::from(name.as_str()), routes.len() - 1);
                 routes.len() - 1
             }
         };
@@ -512,7 +516,8 @@ pub fn compile_delta(
         for (index, slot) in routes.iter().enumerate() {
             let Some(old) = slot else { continue };
             if rebuilt_services.contains(&&*old.service.name) && !touched.contains(&index) {
-                let route = find_route(&old.name).ok_or_else(|| format!("route {:?} is missing", old.name))?;
+                let route = find_route(&old.name)
+                    .ok_or_else(|| format!("route {:?} is missing", old.name))?;
                 recompile.push((index, route));
             }
         }
@@ -521,9 +526,14 @@ pub fn compile_delta(
         let compiled = compile_route(route, &services, &parts, registry, &build)?;
         let slot = routes.get_mut(index).ok_or("route index out of range")?;
         let old_cas = slot.as_ref().is_some_and(|old| {
-            old.plugins.plugins().any(|p| !p.client_ca_certificates().is_empty())
+            old.plugins
+                .plugins()
+                .any(|p| !p.client_ca_certificates().is_empty())
         });
-        let new_cas = compiled.plugins.plugins().any(|p| !p.client_ca_certificates().is_empty());
+        let new_cas = compiled
+            .plugins
+            .plugins()
+            .any(|p| !p.client_ca_certificates().is_empty());
         client_cas_changed |= old_cas || new_cas;
         *slot = Some(Arc::new(compiled));
     }
@@ -614,7 +624,16 @@ routes:
         assert_eq!(&*snapshot.route(0).expect("route").service.name, "orders");
         assert!(!snapshot.route(0).expect("route").plugins.is_empty());
         assert!(snapshot.route(1).expect("route").plugins.is_empty());
-        assert_eq!(snapshot.route(0).expect("route").service.upstream.targets.len(), 2);
+        assert_eq!(
+            snapshot
+                .route(0)
+                .expect("route")
+                .service
+                .upstream
+                .targets
+                .len(),
+            2
+        );
     }
 
     #[test]
@@ -628,7 +647,9 @@ routes:
             );
         let snapshot =
             compile(&config(&yaml), version(2), None, &clients, &registry()).expect("compiles");
-        let names: Vec<&str> = snapshot.route(0).expect("route")
+        let names: Vec<&str> = snapshot
+            .route(0)
+            .expect("route")
             .plugins
             .plugins()
             .map(|p| p.name())

@@ -120,7 +120,10 @@ fn deltas_apply_refusals_keep_the_config_and_drift_asks_for_a_full_snapshot() {
     orphan.services.retain(|s| s.name != "users");
     match applier.apply_delta(&delta((2, &v2), (3, &orphan))) {
         Err(DeltaRefused::Invalid(message)) => {
-            assert!(message.contains("users-api") && message.contains("users"), "{message}")
+            assert!(
+                message.contains("users-api") && message.contains("users"),
+                "{message}"
+            )
         }
         other => panic!("expected a NACK: {other:?}"),
     }
@@ -196,15 +199,34 @@ fn render(services: &[u16], routes: &[GenRoute]) -> GatewayConfig {
 fn routing(applier: &Applier) -> Vec<Option<(String, usize, String)>> {
     let snapshot = applier.store().load().expect("in service");
     let mut out = Vec::new();
-    for host in ["a.example.com", "b.example.com", "x.w.example.com", "other.example.com"] {
-        for path in ["/", "/p0", "/p1/x", "/p2", "/p3/deeper/still", "/p4", "/p5/q", "/p6", "/p7"] {
+    for host in [
+        "a.example.com",
+        "b.example.com",
+        "x.w.example.com",
+        "other.example.com",
+    ] {
+        for path in [
+            "/",
+            "/p0",
+            "/p1/x",
+            "/p2",
+            "/p3/deeper/still",
+            "/p4",
+            "/p5/q",
+            "/p6",
+            "/p7",
+        ] {
             for method in [http::Method::GET, http::Method::POST] {
                 let found = snapshot
                     .router
                     .find(host, path, &method, &http::HeaderMap::new())
                     .map(|m| {
                         let route = snapshot.route(m.route_index).expect("route at its index");
-                        (route.name.to_string(), m.matched_len, route.service.name.to_string())
+                        (
+                            route.name.to_string(),
+                            m.matched_len,
+                            route.service.name.to_string(),
+                        )
                     });
                 out.push(found);
             }
@@ -305,11 +327,16 @@ fn incremental_compiles_route_like_whole_ones() {
             .iter()
             .filter(|r| next.routes.contains(r))
             .filter(|r| {
-                let service = |c: &GatewayConfig| c.services.iter().find(|s| s.name == r.service).cloned();
+                let service =
+                    |c: &GatewayConfig| c.services.iter().find(|s| s.name == r.service).cloned();
                 service(&state) == service(&next)
             })
             .count();
-        assert_eq!(shared.count(), untouched, "step {step}: untouched routes are shared");
+        assert_eq!(
+            shared.count(),
+            untouched,
+            "step {step}: untouched routes are shared"
+        );
         state = next;
     }
 }
