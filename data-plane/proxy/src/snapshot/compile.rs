@@ -445,7 +445,7 @@ pub fn compile_delta(
         }
     }
     for service in &config.services {
-        let wanted = plan.upserted_services.iter().any(|n| *n == service.name)
+        let wanted = plan.upserted_services.contains(&service.name)
             || (routes_changed
                 && service
                     .plugins
