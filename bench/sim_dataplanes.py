@@ -579,6 +579,16 @@ class Fleet:
     def start(self):
         self.tasks = [asyncio.ensure_future(d.run()) for d in self.dps]
 
+    async def start_in_batches(self, batch, timeout):
+        """Connects `batch` data planes at a time, each batch once the one before holds a version
+        (the initial full snapshots of 1,000 at once can outrun this one Python process)."""
+        for first in range(0, self.n, batch):
+            group = self.dps[first:first + batch]
+            self.tasks += [asyncio.ensure_future(d.run()) for d in group]
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and not all(d.latest for d in group):
+                await asyncio.sleep(0.05)
+
     async def stop(self):
         self.stopping = True
         for call in list(self.calls.values()):
@@ -621,7 +631,10 @@ async def measure_fleet(args, bin_dir, workdir, n, files, log):
         sim0 = time.process_time()
         t0 = time.monotonic()
         with RssSampler(cp.pid) as rss:
-            fleet.start()
+            if args.connect_batch:
+                await fleet.start_in_batches(args.connect_batch, args.wait_timeout)
+            else:
+                fleet.start()
             ok = await fleet.wait_all(1, timeout=args.wait_timeout)
         t_all = time.monotonic()
         firsts = [min(d.arrivals.values()) - t0 for d in fleet.dps if d.arrivals]
@@ -1249,6 +1262,8 @@ def main():
                    help="extra environment for tollgate-cp, e.g. GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072")
     f.add_argument("--reconnect-check", action="store_true",
                    help="after the run, disconnect all, connect N new ones, disconnect again; RSS at each step")
+    f.add_argument("--connect-batch", type=int, default=0,
+                   help="connect this many data planes at a time (0: all at once)")
     f.add_argument("--legacy", action="store_true",
                    help="simulate data planes that do not speak deltas (whole snapshots)")
     f.add_argument("--out", help="JSON results")
