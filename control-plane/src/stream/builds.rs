@@ -2,8 +2,9 @@
 //!
 //! Before, each session converted the published config into its own snapshot:
 //! N data planes cost N conversions and N snapshot-sized buffers per change.
-//! Here one task follows the model and, per version, hashes every entity once
-//! ([`EntityTable`]: what deltas and checksums are computed from). What a
+//! Here one task follows the model and, per version, builds its [`EntityTable`]
+//! (what deltas and checksums are computed from) from the previous version's,
+//! hashing only the entities that differ ([`EntityTable::of_from`]). What a
 //! session sends is then built at most once per version and shared:
 //!
 //! - the full snapshot, encoded once into one [`Bytes`] buffer that chunked
