@@ -20,6 +20,8 @@ Commands (all loopback, every wait bounded, every process it starts stopped by P
   fleet       for each N: fresh tollgate-cp, apply a config, connect N simulated data planes,
               time the initial snapshot, then K one-route changes (fan-out), CP RSS/CPU from /proc,
               `tollgatectl dataplanes` wall time and completeness
+  scale       100,000 routes: apply, N simulated data planes and one real tollgate-dp get it, then
+              one-route changes: apply-to-serve on the real one, its CPU and memory, the fleet's fan-out
   real-dp     one real tollgate-dp: RSS at 10 and at 10,000 routes, apply-to-serve of a one-route
               change (polling /status and the changed route)
   tables      markdown tables from `fleet --out` JSON files
@@ -54,17 +56,18 @@ MAX_MESSAGE = 64 * 1024 * 1024
 
 pb_stream = None  # tollgate_stream_pb2, set by load_stubs()
 pb_config = None  # tollgate_config_pb2
+pb_admin = None  # tollgate_admin_pb2
 grpc = None
 
 
 def load_stubs(proto_dir, out_dir):
     """Generates the Python stubs of proto_dir's files into out_dir and imports them."""
-    global pb_stream, pb_config, grpc
+    global pb_stream, pb_config, pb_admin, grpc
     from grpc_tools import protoc
     import grpc as _grpc
     import grpc.aio  # noqa: F401
 
-    files = ["tollgate_config.proto", "tollgate_stream.proto"]
+    files = ["tollgate_config.proto", "tollgate_stream.proto", "tollgate_admin.proto"]
     rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out_dir}", f"--grpc_python_out={out_dir}"] + files)
     if rc != 0:
         raise SystemExit(f"protoc failed ({rc}) on {proto_dir}")
@@ -72,8 +75,9 @@ def load_stubs(proto_dir, out_dir):
     import tollgate_config_pb2
     import tollgate_stream_pb2
     import tollgate_stream_pb2_grpc  # noqa: F401  (generated for completeness; the raw method is used)
+    import tollgate_admin_pb2
 
-    pb_stream, pb_config, grpc = tollgate_stream_pb2, tollgate_config_pb2, _grpc
+    pb_stream, pb_config, pb_admin, grpc = tollgate_stream_pb2, tollgate_config_pb2, tollgate_admin_pb2, _grpc
 
 
 # ---------------------------------------------------------------- protobuf wire, just enough
@@ -575,6 +579,16 @@ class Fleet:
     def start(self):
         self.tasks = [asyncio.ensure_future(d.run()) for d in self.dps]
 
+    async def start_in_batches(self, batch, timeout):
+        """Connects `batch` data planes at a time, each batch once the one before holds a version
+        (the initial full snapshots of 1,000 at once can outrun this one Python process)."""
+        for first in range(0, self.n, batch):
+            group = self.dps[first:first + batch]
+            self.tasks += [asyncio.ensure_future(d.run()) for d in group]
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and not all(d.latest for d in group):
+                await asyncio.sleep(0.05)
+
     async def stop(self):
         self.stopping = True
         for call in list(self.calls.values()):
@@ -617,7 +631,10 @@ async def measure_fleet(args, bin_dir, workdir, n, files, log):
         sim0 = time.process_time()
         t0 = time.monotonic()
         with RssSampler(cp.pid) as rss:
-            fleet.start()
+            if args.connect_batch:
+                await fleet.start_in_batches(args.connect_batch, args.wait_timeout)
+            else:
+                fleet.start()
             ok = await fleet.wait_all(1, timeout=args.wait_timeout)
         t_all = time.monotonic()
         firsts = [min(d.arrivals.values()) - t0 for d in fleet.dps if d.arrivals]
@@ -956,6 +973,185 @@ def cmd_real_dp(args):
     print(json.dumps(out, indent=1))
 
 
+# ---------------------------------------------------------------- 100,000 routes: simulated fleet + one real data plane
+
+def dp_cpu_idle_rate(pid, window=1.0):
+    """CPU seconds per second a data plane spends with nothing to do (timers, keepalives)."""
+    a = proc_thread_ns(pid)
+    time.sleep(window)
+    return cpu_delta_s(a, proc_thread_ns(pid)) / window
+
+
+async def measure_scale(args, bin_dir, workdir, files, log):
+    out = {"routes": args.routes, "services": args.services, "simulated": args.n}
+    conns = {}
+    procs = []
+    echo_port = int(args.upstream.rsplit(":", 1)[1])
+    echo = subprocess.Popen([os.path.join(bin_dir, "tollgate-echo"), "--listen", args.upstream],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    procs.append(echo)
+    wait_port(echo_port)
+    cp = ControlPlane(bin_dir, workdir, name="cp-scale").start()
+    fleet = None
+    try:
+        t = time.monotonic()
+        wall, t_ret, rc, _, err = await actl(bin_dir, cp.server, "apply", "-f", files[0], timeout=600)
+        if rc != 0:
+            raise SystemExit(f"apply of {args.routes} routes failed: {err}")
+        out["initial_apply_s"] = round(wall, 3)
+        out["cp_after_apply"] = proc_mem(cp.pid)
+        log(f"apply of {args.routes} routes: {wall:.2f} s")
+
+        dp, dport, sport, dlog = start_dp(bin_dir, workdir, cp, "real-dp-scale")
+        procs.append(dp)
+        t0 = time.monotonic()
+        t_ready = None
+        while time.monotonic() - t0 < args.wait_timeout:
+            if http_get(conns, sport, "/readyz")[0] == 200:
+                t_ready = time.monotonic()
+                break
+            await asyncio.sleep(0.02)
+        out["real_dp_start_to_ready_s"] = round(t_ready - t0, 3) if t_ready else None
+        log(f"real data plane ready in {out['real_dp_start_to_ready_s']} s")
+
+        fleet = Fleet(cp.port, args.n)
+        t0 = time.monotonic()
+        fleet.start()
+        ok = await fleet.wait_all(1, timeout=args.wait_timeout)
+        out["fleet_initial"] = {"all_received": ok, "all_s": round(time.monotonic() - t0, 3),
+                                "bytes_per_dp": sorted({d.sizes.get(min(d.arrivals)) for d in fleet.dps if d.arrivals})}
+        log(f"{args.n} simulated data planes have it: {ok} in {out['fleet_initial']['all_s']} s")
+        await asyncio.sleep(args.settle)
+        status, _ = http_get(conns, dport, "/probe/0")
+        out["real_dp_probe_status"] = status
+        out["real_dp_mem"] = proc_mem(dp.pid)
+        out["cp_connected"] = proc_mem(cp.pid)
+        idle = dp_cpu_idle_rate(dp.pid)
+        out["real_dp_idle_cpu_per_s"] = round(idle, 5)
+
+        current = max(d.latest for d in fleet.dps)
+        admin_channel = grpc.aio.insecure_channel(f"127.0.0.1:{cp.port}", options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)])
+        admin_update = admin_channel.unary_unary("/tollgate.admin.v1.Admin/Update")
+        changes = []
+        for k in range(1, args.changes + 1):
+            await asyncio.sleep(args.pause)
+            target = current + 1
+            path = f"/probe/{k}"
+            # Even changes: poll the changed route every millisecond (latency). Odd: every 20 ms
+            # (CPU: the polling itself costs the data plane CPU).
+            latency_mode = k % 2 == 0
+            # Changes 1-2 and 5-6...: `tollgatectl apply -f` of the whole file; 3-4, 7-8...: the Admin
+            # Update RPC of the one route (what automation at this size does: the CP then parses,
+            # validates and diffs one entity, not 100,000).
+            by_rpc = ((k - 1) // 2) % 2 == 1
+            rev_before = dp_revision(conns, sport) or 0
+            # The data plane has nothing to do before the commit: its CPU for the change is sampled
+            # from just before the write (per thread: the busiest one is the blocking thread that
+            # applies and compiles the delta; the others answer this script's polling).
+            cpu_a = proc_thread_ns(dp.pid)
+            cp_a = proc_thread_ns(cp.pid)
+            if by_rpc:
+                route = {"name": "route-00000", "service": "svc-00000", "paths": [path]}
+                req = pb_admin.EntityRequest(entity=pb_admin.Entity(route=pb_config.Route(json=json.dumps(route))))
+                t_call = time.monotonic()
+                resp = await admin_update(req.SerializeToString())
+                t_ret = time.monotonic()
+                apply_wall = t_ret - t_call
+                target = pb_admin.EntityResponse.FromString(resp).version.revision
+            else:
+                apply_wall, t_ret, rc, _, err = await actl(bin_dir, cp.server, "apply", "-f", files[k], timeout=600)
+                if rc != 0:
+                    raise SystemExit(f"apply {k} failed: {err}")
+            t_seen = None
+            deadline = time.monotonic() + args.wait_timeout
+            polls = 0
+            while time.monotonic() < deadline:
+                polls += 1
+                if latency_mode:
+                    if http_get(conns, dport, path)[0] == 200:
+                        t_seen = time.monotonic()
+                        break
+                    await asyncio.sleep(0.001)
+                else:
+                    # Not /status: at 10,000 services its JSON (every pool's health) costs the data
+                    # plane more CPU than the change itself.
+                    if http_get(conns, dport, path)[0] == 200:
+                        t_seen = time.monotonic()
+                        break
+                    await asyncio.sleep(0.02)
+            t_cpu_end = time.monotonic()
+            ok = await fleet.wait_all(target, timeout=args.wait_timeout)
+            t_fleet = time.monotonic()
+            await asyncio.sleep(0.3)
+            cpu_b = proc_thread_ns(dp.pid)
+            dp_cpu = cpu_delta_s(cpu_a, cpu_b)
+            busiest = max((ns - cpu_a.get(tid, 0) for tid, ns in cpu_b.items()), default=0) / 1e9
+            window = time.monotonic() - (t_ret - apply_wall)
+            entry = {
+                "change": k, "mode": "latency" if latency_mode else "cpu",
+                "via": "Admin.Update" if by_rpc else "apply -f",
+                "apply_wall_ms": round(apply_wall * 1000, 1),
+                "real_dp_ms": round((t_seen - t_ret) * 1000, 1) if t_seen else None,
+                "polls": polls,
+                "real_dp_cpu_ms": round(dp_cpu * 1000, 2),
+                "real_dp_busiest_thread_ms": round(busiest * 1000, 2),
+                "real_dp_cpu_minus_idle_ms": round((dp_cpu - idle * window) * 1000, 2),
+                "fleet_all": ok, "fleet_last_ms": round((t_fleet - t_ret) * 1000, 1),
+                "cp_cpu_ms": round(cpu_delta_s(cp_a, proc_thread_ns(cp.pid)) * 1000, 1),
+                "sim_bytes_per_dp": sorted({d.sizes.get(target) for d in fleet.dps if d.sizes.get(target)}),
+                "sim_kinds": sorted({d.kinds.get(target) for d in fleet.dps if d.kinds.get(target)}),
+            }
+            # The data plane's own account: the wall time from the delta's arrival to in service.
+            import re
+            with open(dlog.name, errors="replace") as f:
+                applied = re.findall(r"apply_ms=([0-9.]+)", re.sub(r"\x1b\[[0-9;]*m", "", f.read()))
+            entry["real_dp_apply_ms_logged"] = float(applied[-1]) if applied else None
+            changes.append(entry)
+            current = target
+            log(f"  change {k}: {entry}")
+        await admin_channel.close()
+        out["changes"] = changes
+        out["real_dp_mem_after"] = proc_mem(dp.pid)
+        out["cp_after"] = proc_mem(cp.pid)
+    finally:
+        for c in conns.values():
+            c.close()
+        if fleet is not None:
+            await fleet.stop()
+            out["drops"] = fleet.drops()
+        for p in reversed(procs):
+            stop_process(p)
+        out["cp_exit"] = cp.stop()
+        out["logs"] = {name: log_summary(os.path.join(workdir, f"{name}.log"))
+                       for name in ("cp-scale", "real-dp-scale")
+                       if os.path.exists(os.path.join(workdir, f"{name}.log"))}
+    return out
+
+
+def cmd_scale(args):
+    repo = args.repo
+    bin_dir = args.bin_dir or os.path.join(repo, "target", "release")
+    with tempfile.TemporaryDirectory(prefix="tollgate-scale-") as workdir:
+        load_stubs(os.path.join(repo, "proto"), workdir)
+        args.upstream = f"127.0.0.1:{free_port()}"
+        files = []
+        for k in range(args.changes + 1):
+            path = os.path.join(workdir, f"config-{k}.yaml")
+            with open(path, "w") as f:
+                f.write(gen_config(args.routes, args.services, args.upstream, change=k))
+            files.append(path)
+
+        def log(msg):
+            print(msg, flush=True)
+
+        out = asyncio.run(measure_scale(args, bin_dir, workdir, files, log))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
+    print(json.dumps({k: v for k, v in out.items() if k != "changes"}, indent=1))
+
+
 # ---------------------------------------------------------------- markdown tables from the JSON results
 
 def _med(values):
@@ -1066,6 +1262,8 @@ def main():
                    help="extra environment for tollgate-cp, e.g. GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072")
     f.add_argument("--reconnect-check", action="store_true",
                    help="after the run, disconnect all, connect N new ones, disconnect again; RSS at each step")
+    f.add_argument("--connect-batch", type=int, default=0,
+                   help="connect this many data planes at a time (0: all at once)")
     f.add_argument("--legacy", action="store_true",
                    help="simulate data planes that do not speak deltas (whole snapshots)")
     f.add_argument("--out", help="JSON results")
@@ -1079,6 +1277,18 @@ def main():
     r.add_argument("--pause", type=float, default=1.0)
     r.add_argument("--settle", type=float, default=2.0)
     r.add_argument("--out")
+
+    sc = sub.add_parser("scale", help="100,000 routes: N simulated data planes and one real one")
+    sc.add_argument("--repo", required=True)
+    sc.add_argument("--bin-dir")
+    sc.add_argument("--n", type=int, default=100)
+    sc.add_argument("--routes", type=int, default=100_000)
+    sc.add_argument("--services", type=int, default=10_000)
+    sc.add_argument("--changes", type=int, default=6)
+    sc.add_argument("--pause", type=float, default=1.0)
+    sc.add_argument("--settle", type=float, default=2.0)
+    sc.add_argument("--wait-timeout", type=float, default=300.0)
+    sc.add_argument("--out")
 
     t = sub.add_parser("tables", help="markdown tables from `fleet --out` files")
     t.add_argument("fleet", nargs="+")
@@ -1100,6 +1310,8 @@ def main():
         cmd_fleet(args)
     elif args.cmd == "real-dp":
         cmd_real_dp(args)
+    elif args.cmd == "scale":
+        cmd_scale(args)
     elif args.cmd == "tables":
         cmd_tables(args)
 

@@ -239,6 +239,20 @@ async fn a_real_data_plane_follows_deltas_and_repairs_a_tampered_cache() {
     };
     assert!(sent("delta") > 0.0 && sent("delta") < 2_048.0, "{scrape}");
     assert!(sent("full") > 0.0, "{scrape}");
+    // The data plane compiled that delta incrementally (one route rebuilt,
+    // the rest shared), not as a whole config.
+    let dp_scrape = reqwest::get(dp.status_url("/metrics"))
+        .await
+        .expect("data plane metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        dp_scrape
+            .lines()
+            .any(|l| l.starts_with("tollgate_config_compiles_total{mode=\"incremental\"} 1")),
+        "{dp_scrape}"
+    );
     wait_until("the cache to hold the delta's result", WAIT, || async {
         let bytes = std::fs::read(&cache).ok()?;
         let snapshot = Snapshot::decode(&bytes[9..]).ok()?;

@@ -150,6 +150,55 @@ impl EntityTable {
         table
     }
 
+    /// The table of `config` from the table of `previous` (an earlier
+    /// version's config): only the entities that differ (by value) are
+    /// serialized and hashed, so a one-route write costs one hash, not one
+    /// per entity. Lists sorted by name (as the control plane publishes
+    /// them); otherwise it hashes everything, like [`EntityTable::of`].
+    pub fn of_from(
+        config: &GatewayConfig,
+        previous: &GatewayConfig,
+        previous_table: &EntityTable,
+    ) -> EntityTable {
+        let mut table = previous_table.clone();
+        let sorted = follow(
+            &mut table,
+            EntityKind::Service,
+            &config.services,
+            &previous.services,
+            |s| &s.name,
+        ) && follow(
+            &mut table,
+            EntityKind::Route,
+            &config.routes,
+            &previous.routes,
+            |r| &r.name,
+        ) && follow(
+            &mut table,
+            EntityKind::Consumer,
+            &config.consumers,
+            &previous.consumers,
+            |c| &c.name,
+        ) && follow(
+            &mut table,
+            EntityKind::Plugin,
+            &config.plugins,
+            &previous.plugins,
+            GlobalPlugin::instance_name,
+        ) && follow(
+            &mut table,
+            EntityKind::Certificate,
+            &config.certificates,
+            &previous.certificates,
+            |c| &c.name,
+        );
+        if sorted {
+            table
+        } else {
+            EntityTable::of(config)
+        }
+    }
+
     fn put(&mut self, kind: EntityKind, name: String, hash: u128) {
         if let Some(old) = self.hashes.insert((kind, name), hash) {
             self.checksum = self.checksum.wrapping_sub(old);
@@ -221,6 +270,62 @@ impl EntityTable {
     }
 }
 
+/// Brings the `kind` entries of `table` (those of `old`) to `new`: one merge
+/// over both name-sorted lists, hashing only what was added or differs.
+/// `false` (table half done) when a list is not sorted by name.
+fn follow<T: PartialEq + Serialize>(
+    table: &mut EntityTable,
+    kind: EntityKind,
+    new: &[T],
+    old: &[T],
+    key: impl Fn(&T) -> &str,
+) -> bool {
+    let sorted = |items: &[T]| items.windows(2).all(|w| key(&w[0]) < key(&w[1]));
+    if !sorted(new) || !sorted(old) {
+        return false;
+    }
+    let put = |table: &mut EntityTable, item: &T| {
+        let name = key(item);
+        table.put(
+            kind,
+            name.to_string(),
+            entity_hash(kind, name, &to_json(item)),
+        );
+    };
+    let (mut i, mut j) = (0, 0);
+    while i < new.len() || j < old.len() {
+        match (new.get(i), old.get(j)) {
+            (Some(n), Some(o)) => match key(n).cmp(key(o)) {
+                std::cmp::Ordering::Equal => {
+                    if n != o {
+                        put(table, n);
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                std::cmp::Ordering::Less => {
+                    put(table, n);
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    table.remove(kind, key(o));
+                    j += 1;
+                }
+            },
+            (Some(n), None) => {
+                put(table, n);
+                i += 1;
+            }
+            (None, Some(o)) => {
+                table.remove(kind, key(o));
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    true
+}
+
 /// The delta message from `base` to `target` (`target_config` is the
 /// target's config, for the JSON of what changed).
 pub fn build(
@@ -258,19 +363,221 @@ pub fn build(
     }
 }
 
-/// Puts `item` into the name-sorted `items`, replacing one of the same name.
-fn upsert_sorted<T>(items: &mut Vec<T>, item: T, key: impl Fn(&T) -> &str) {
+/// Puts `item` into the name-sorted `items`, replacing one of the same name;
+/// returns the one replaced.
+fn upsert_sorted<T>(items: &mut Vec<T>, item: T, key: impl Fn(&T) -> &str) -> Option<T> {
     let name = key(&item).to_string();
     match items.binary_search_by(|probe| key(probe).cmp(&name)) {
-        Ok(i) => items[i] = item,
-        Err(i) => items.insert(i, item),
+        Ok(i) => Some(std::mem::replace(&mut items[i], item)),
+        Err(i) => {
+            items.insert(i, item);
+            None
+        }
     }
 }
 
-fn remove_sorted<T>(items: &mut Vec<T>, name: &str, key: impl Fn(&T) -> &str) {
-    if let Ok(i) = items.binary_search_by(|probe| key(probe).cmp(name)) {
-        items.remove(i);
+fn remove_sorted<T>(items: &mut Vec<T>, name: &str, key: impl Fn(&T) -> &str) -> Option<T> {
+    items
+        .binary_search_by(|probe| key(probe).cmp(name))
+        .ok()
+        .map(|i| items.remove(i))
+}
+
+/// One entity of any kind.
+#[derive(Debug, Clone)]
+enum Entity {
+    Service(Service),
+    Route(Route),
+    Consumer(Consumer),
+    Plugin(GlobalPlugin),
+    Certificate(Certificate),
+}
+
+impl Entity {
+    fn parse(kind: EntityKind, json: &str) -> Result<(Entity, String), crate::ConfigError> {
+        let json = json.to_string();
+        Ok(match kind {
+            EntityKind::Service => {
+                let s = Service::try_from(&pb_config::Service { json })?;
+                let name = s.name.clone();
+                (Entity::Service(s), name)
+            }
+            EntityKind::Route => {
+                let r = Route::try_from(&pb_config::Route { json })?;
+                let name = r.name.clone();
+                (Entity::Route(r), name)
+            }
+            EntityKind::Consumer => {
+                let c = Consumer::try_from(&pb_config::Consumer { json })?;
+                let name = c.name.clone();
+                (Entity::Consumer(c), name)
+            }
+            EntityKind::Plugin => {
+                let p = GlobalPlugin::try_from(&pb_config::GlobalPlugin { json })?;
+                let name = p.instance_name().to_string();
+                (Entity::Plugin(p), name)
+            }
+            EntityKind::Certificate => {
+                let c = Certificate::try_from(&pb_config::Certificate { json })?;
+                let name = c.name.clone();
+                (Entity::Certificate(c), name)
+            }
+        })
     }
+
+    /// Puts it into `config` (lists sorted by name); the entity it replaced.
+    fn upsert(self, config: &mut GatewayConfig) -> Option<Entity> {
+        match self {
+            Entity::Service(s) => {
+                upsert_sorted(&mut config.services, s, |s| &s.name).map(Entity::Service)
+            }
+            Entity::Route(r) => {
+                upsert_sorted(&mut config.routes, r, |r| &r.name).map(Entity::Route)
+            }
+            Entity::Consumer(c) => {
+                upsert_sorted(&mut config.consumers, c, |c| &c.name).map(Entity::Consumer)
+            }
+            Entity::Plugin(p) => upsert_sorted(&mut config.plugins, p, GlobalPlugin::instance_name)
+                .map(Entity::Plugin),
+            Entity::Certificate(c) => {
+                upsert_sorted(&mut config.certificates, c, |c| &c.name).map(Entity::Certificate)
+            }
+        }
+    }
+}
+
+/// Takes the entity `kind`/`name` out of `config` (lists sorted by name).
+fn remove_entity(config: &mut GatewayConfig, kind: EntityKind, name: &str) -> Option<Entity> {
+    match kind {
+        EntityKind::Service => {
+            remove_sorted(&mut config.services, name, |s| &s.name).map(Entity::Service)
+        }
+        EntityKind::Route => {
+            remove_sorted(&mut config.routes, name, |r| &r.name).map(Entity::Route)
+        }
+        EntityKind::Consumer => {
+            remove_sorted(&mut config.consumers, name, |c| &c.name).map(Entity::Consumer)
+        }
+        EntityKind::Plugin => remove_sorted(&mut config.plugins, name, GlobalPlugin::instance_name)
+            .map(Entity::Plugin),
+        EntityKind::Certificate => {
+            remove_sorted(&mut config.certificates, name, |c| &c.name).map(Entity::Certificate)
+        }
+    }
+}
+
+/// What [`apply_in_place`] changed, in order, with what each step replaced:
+/// [`Undo::revert`] puts the config and table back as they were.
+#[derive(Debug, Default)]
+pub struct Undo {
+    config: Vec<(EntityKind, String, Option<Entity>)>,
+    table: Vec<(EntityKind, String, Option<u128>)>,
+}
+
+impl Undo {
+    /// Reverts the steps, last first.
+    pub fn revert(self, config: &mut GatewayConfig, table: &mut EntityTable) {
+        for (kind, name, old) in self.config.into_iter().rev() {
+            match old {
+                Some(entity) => {
+                    entity.upsert(config);
+                }
+                None => {
+                    remove_entity(config, kind, &name);
+                }
+            }
+        }
+        revert_table(table, self.table);
+    }
+
+    /// The entities the delta touched (removed or upserted), in order.
+    pub fn touched(&self) -> impl Iterator<Item = (EntityKind, &str)> {
+        self.config
+            .iter()
+            .map(|(kind, name, _)| (*kind, name.as_str()))
+    }
+}
+
+fn revert_table(table: &mut EntityTable, steps: Vec<(EntityKind, String, Option<u128>)>) {
+    for (kind, name, old) in steps.into_iter().rev() {
+        match old {
+            Some(hash) => table.put(kind, name, hash),
+            None => table.remove(kind, &name),
+        }
+    }
+}
+
+/// Applies `delta` to `config` (lists sorted by name) and its `table` in
+/// place, in time proportional to the delta. The checksum is checked before
+/// the config is touched: on any error both are as they were. On success the
+/// [`Undo`] can still put them back (when the result fails to compile).
+pub fn apply_in_place(
+    config: &mut GatewayConfig,
+    table: &mut EntityTable,
+    delta: &pb::Delta,
+) -> Result<Undo, DeltaError> {
+    let mut removals = Vec::with_capacity(delta.removals.len());
+    for removal in &delta.removals {
+        let kind = EntityKind::parse(&removal.kind).ok_or_else(|| {
+            DeltaError::Invalid(format!("delta: unknown kind {:?}", removal.kind))
+        })?;
+        removals.push((kind, removal.name.as_str()));
+    }
+    let mut upserts = Vec::with_capacity(delta.upserts.len());
+    for upsert in &delta.upserts {
+        let kind = EntityKind::parse(&upsert.kind)
+            .ok_or_else(|| DeltaError::Invalid(format!("delta: unknown kind {:?}", upsert.kind)))?;
+        let (entity, name) =
+            Entity::parse(kind, &upsert.json).map_err(|e| DeltaError::Invalid(e.to_string()))?;
+        if name != upsert.name {
+            return Err(DeltaError::Invalid(format!(
+                "delta: {} {:?} carries an entity named {:?}",
+                upsert.kind, upsert.name, name
+            )));
+        }
+        upserts.push((
+            kind,
+            name,
+            entity,
+            entity_hash(kind, &upsert.name, &upsert.json),
+        ));
+    }
+
+    // The table first: its checksum decides whether the config is touched.
+    let mut table_steps = Vec::with_capacity(removals.len() + upserts.len());
+    for &(kind, name) in &removals {
+        let old = table.hashes.get(&(kind, name.to_string())).copied();
+        table.remove(kind, name);
+        table_steps.push((kind, name.to_string(), old));
+    }
+    for (kind, name, _, hash) in &upserts {
+        let old = table.hashes.get(&(*kind, name.clone())).copied();
+        table.put(*kind, name.clone(), *hash);
+        table_steps.push((*kind, name.clone(), old));
+    }
+    let expected = checksum_bytes(table.checksum());
+    if delta.checksum != expected {
+        revert_table(table, table_steps);
+        return Err(DeltaError::Drift(format!(
+            "delta checksum {} does not match the state it leads to ({})",
+            hex::encode(&delta.checksum),
+            hex::encode(&expected)
+        )));
+    }
+
+    let mut undo = Undo {
+        config: Vec::with_capacity(table_steps.len()),
+        table: table_steps,
+    };
+    for (kind, name) in removals {
+        let old = remove_entity(config, kind, name);
+        undo.config.push((kind, name.to_string(), old));
+    }
+    for (kind, name, entity, _) in upserts {
+        let old = entity.upsert(config);
+        undo.config.push((kind, name, old));
+    }
+    Ok(undo)
 }
 
 /// Applies `delta` to `config` (the state whose table is `table`), giving the
@@ -285,76 +592,7 @@ pub fn apply(
     let mut next_table = table.clone();
     // Lists sorted by name, as the control plane publishes them.
     next.sort();
-    for removal in &delta.removals {
-        let kind = EntityKind::parse(&removal.kind).ok_or_else(|| {
-            DeltaError::Invalid(format!("delta: unknown kind {:?}", removal.kind))
-        })?;
-        let name = removal.name.as_str();
-        match kind {
-            EntityKind::Service => remove_sorted(&mut next.services, name, |s| &s.name),
-            EntityKind::Route => remove_sorted(&mut next.routes, name, |r| &r.name),
-            EntityKind::Consumer => remove_sorted(&mut next.consumers, name, |c| &c.name),
-            EntityKind::Plugin => {
-                remove_sorted(&mut next.plugins, name, GlobalPlugin::instance_name)
-            }
-            EntityKind::Certificate => remove_sorted(&mut next.certificates, name, |c| &c.name),
-        }
-        next_table.remove(kind, name);
-    }
-    for upsert in &delta.upserts {
-        let kind = EntityKind::parse(&upsert.kind)
-            .ok_or_else(|| DeltaError::Invalid(format!("delta: unknown kind {:?}", upsert.kind)))?;
-        let invalid = |e: crate::ConfigError| DeltaError::Invalid(e.to_string());
-        let json = upsert.json.clone();
-        let name = match kind {
-            EntityKind::Service => {
-                let s = Service::try_from(&pb_config::Service { json }).map_err(invalid)?;
-                let name = s.name.clone();
-                upsert_sorted(&mut next.services, s, |s| &s.name);
-                name
-            }
-            EntityKind::Route => {
-                let r = Route::try_from(&pb_config::Route { json }).map_err(invalid)?;
-                let name = r.name.clone();
-                upsert_sorted(&mut next.routes, r, |r| &r.name);
-                name
-            }
-            EntityKind::Consumer => {
-                let c = Consumer::try_from(&pb_config::Consumer { json }).map_err(invalid)?;
-                let name = c.name.clone();
-                upsert_sorted(&mut next.consumers, c, |c| &c.name);
-                name
-            }
-            EntityKind::Plugin => {
-                let p =
-                    GlobalPlugin::try_from(&pb_config::GlobalPlugin { json }).map_err(invalid)?;
-                let name = p.instance_name().to_string();
-                upsert_sorted(&mut next.plugins, p, GlobalPlugin::instance_name);
-                name
-            }
-            EntityKind::Certificate => {
-                let c = Certificate::try_from(&pb_config::Certificate { json }).map_err(invalid)?;
-                let name = c.name.clone();
-                upsert_sorted(&mut next.certificates, c, |c| &c.name);
-                name
-            }
-        };
-        if name != upsert.name {
-            return Err(DeltaError::Invalid(format!(
-                "delta: {} {:?} carries an entity named {:?}",
-                upsert.kind, upsert.name, name
-            )));
-        }
-        next_table.put(kind, name, entity_hash(kind, &upsert.name, &upsert.json));
-    }
-    let expected = checksum_bytes(next_table.checksum());
-    if delta.checksum != expected {
-        return Err(DeltaError::Drift(format!(
-            "delta checksum {} does not match the state it leads to ({})",
-            hex::encode(&delta.checksum),
-            hex::encode(&expected)
-        )));
-    }
+    apply_in_place(&mut next, &mut next_table, delta)?;
     Ok((next, next_table))
 }
 

@@ -1036,6 +1036,178 @@ fn validate_certificate(certificate: &Certificate) -> Result<(), String> {
     crate::certs::check(certificate)
 }
 
+/// What a delta of routes and services changed, for [`validate_changed`].
+#[derive(Debug, Default)]
+pub struct ChangedEntities<'a> {
+    /// Routes added or updated (by name).
+    pub routes: Vec<&'a str>,
+    /// Services added or updated.
+    pub services: Vec<&'a str>,
+    /// Services removed.
+    pub removed_services: Vec<&'a str>,
+}
+
+/// Checks the state a delta of routes and services led to, looking only at
+/// what it touched: the same rules [`validate`] applies to those entities
+/// and to the references between them and the rest (a route's service, a
+/// removed service's routes, plugins' consumers, certificates and captures).
+/// `config`'s lists are sorted by name (as deltas keep them). Deltas that
+/// touch consumers, global plugins or certificates go through [`validate`].
+pub fn validate_changed(
+    config: &GatewayConfig,
+    changed: &ChangedEntities<'_>,
+) -> Result<(), ConfigError> {
+    for (kind, count, max) in [
+        ("services", config.services.len(), limits::MAX_SERVICES),
+        ("routes", config.routes.len(), limits::MAX_ROUTES),
+    ] {
+        check_len(count, max, "entities")
+            .map_err(|m| ConfigError::whole_over_limit(format!("{kind}: {m}")))?;
+    }
+    let consumers: HashSet<&str> = if changed_plugins_name_consumers(config, changed) {
+        config.consumers.iter().map(|c| c.name.as_str()).collect()
+    } else {
+        HashSet::new()
+    };
+    let certificates: HashSet<&str> = config
+        .certificates
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    let globals: Vec<(&GlobalPlugin, Checked)> = config
+        .plugins
+        .iter()
+        .filter_map(|p| Some((p, parse_plugin(&p.name, &p.config).ok()?)))
+        .collect();
+
+    for &name in &changed.removed_services {
+        if let Some(route) = config.routes.iter().find(|route| route.service == name) {
+            return Err(ConfigError::new(
+                "route",
+                &route.name,
+                format!("service {} does not exist", show(&route.service)),
+            ));
+        }
+    }
+    for &name in &changed.services {
+        let Some(service) = find(&config.services, name, |s| &s.name) else {
+            continue;
+        };
+        let err = |msg: String| ConfigError::new("service", &service.name, msg);
+        check_name(&service.name).map_err(|m| err(format!("name: {m}")))?;
+        validate_service(service).map_err(err)?;
+        let routes = || config.routes.iter().filter(|r| r.service == service.name);
+        if service.protocol.is_http2() {
+            if let Some(route) = routes().find(|r| r.websocket) {
+                return Err(ConfigError::new(
+                    "route",
+                    &route.name,
+                    format!(
+                        "websocket: service {} speaks {}, which carries no HTTP/1.1 upgrade",
+                        show(&service.name),
+                        service.protocol.as_str()
+                    ),
+                ));
+            }
+        }
+        for (i, plugin) in service.plugins.iter().enumerate() {
+            if let Ok(parsed) = crate::plugins::check(&plugin.name, &plugin.config) {
+                check_anonymous(&parsed, &consumers)
+                    .and_then(|()| routes().try_for_each(|route| check_captures(&parsed, route)))
+                    .and_then(|()| check_certificates(&parsed, &certificates))
+                    .map_err(|m| err(format!("plugins[{i}].{m}")))?;
+            }
+        }
+        if let Some(name) = service
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.ca_certificate.as_ref())
+        {
+            if !certificates.contains(name.as_str()) {
+                return Err(err(format!(
+                    "tls.ca_certificate: certificate {name:?} does not exist"
+                )));
+            }
+        }
+    }
+    for &name in &changed.routes {
+        let Some(route) = find(&config.routes, name, |r| &r.name) else {
+            continue;
+        };
+        let err = |msg: String| ConfigError::new("route", &route.name, msg);
+        check_name(&route.name).map_err(|m| err(format!("name: {m}")))?;
+        let Some(service) = find(&config.services, &route.service, |s| &s.name) else {
+            return Err(err(format!(
+                "service {} does not exist",
+                show(&route.service)
+            )));
+        };
+        validate_route(route).map_err(err)?;
+        if route.websocket && service.protocol.is_http2() {
+            return Err(err(format!(
+                "websocket: service {} speaks {}, which carries no HTTP/1.1 upgrade",
+                show(&route.service),
+                service.protocol.as_str()
+            )));
+        }
+        for (i, plugin) in route.plugins.iter().enumerate() {
+            if let Ok(parsed) = crate::plugins::check(&plugin.name, &plugin.config) {
+                check_anonymous(&parsed, &consumers)
+                    .and_then(|()| check_captures(&parsed, route))
+                    .and_then(|()| check_certificates(&parsed, &certificates))
+                    .map_err(|m| err(format!("plugins[{i}].{m}")))?;
+            }
+        }
+        for (global, parsed) in &globals {
+            check_captures(parsed, route)
+                .map_err(|m| ConfigError::new("plugin", global.instance_name(), m))?;
+        }
+        // The plugins of its service apply to it too.
+        for (i, plugin) in service.plugins.iter().enumerate() {
+            if let Ok(parsed) = crate::plugins::check(&plugin.name, &plugin.config) {
+                check_captures(&parsed, route).map_err(|m| {
+                    ConfigError::new("service", &service.name, format!("plugins[{i}].{m}"))
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The entity named `name` of a list sorted by name.
+fn find<'c, T>(items: &'c [T], name: &str, key: impl Fn(&T) -> &str) -> Option<&'c T> {
+    items
+        .binary_search_by(|item| key(item).cmp(name))
+        .ok()
+        .map(|i| &items[i])
+}
+
+/// Whether a changed route or service has a plugin (the consumer names are
+/// only collected then).
+fn changed_plugins_name_consumers(config: &GatewayConfig, changed: &ChangedEntities<'_>) -> bool {
+    let route_plugins = changed
+        .routes
+        .iter()
+        .any(|name| find(&config.routes, name, |r| &r.name).is_some_and(|r| !r.plugins.is_empty()));
+    let service_plugins = changed.services.iter().any(|name| {
+        find(&config.services, name, |s| &s.name).is_some_and(|s| !s.plugins.is_empty())
+    });
+    route_plugins || service_plugins
+}
+
+/// A plugin's named certificates must exist (see `check_certificate_refs`).
+fn check_certificates(parsed: &Checked, certificates: &HashSet<&str>) -> Result<(), String> {
+    for (j, wanted) in parsed.certificates.iter().enumerate() {
+        if !certificates.contains(wanted.as_str()) {
+            return Err(format!(
+                "config.ca_certificates[{j}]: certificate {} does not exist",
+                show(wanted)
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,8 +2,9 @@
 //!
 //! Before, each session converted the published config into its own snapshot:
 //! N data planes cost N conversions and N snapshot-sized buffers per change.
-//! Here one task follows the model and, per version, hashes every entity once
-//! ([`EntityTable`]: what deltas and checksums are computed from). What a
+//! Here one task follows the model and, per version, builds its [`EntityTable`]
+//! (what deltas and checksums are computed from) from the previous version's,
+//! hashing only the entities that differ ([`EntityTable::of_from`]). What a
 //! session sends is then built at most once per version and shared:
 //!
 //! - the full snapshot, encoded once into one [`Bytes`] buffer that chunked
@@ -66,9 +67,16 @@ impl std::fmt::Debug for Built {
 }
 
 impl Built {
-    /// Hashes every entity of `published` (the per-version build).
-    fn new(published: &Published) -> Built {
-        let table = EntityTable::of(&published.config);
+    /// Hashes every entity of `published` (the per-version build); with
+    /// the build of an earlier version of the same store, only the entities
+    /// that differ from it.
+    fn new(published: &Published, previous: Option<&Built>) -> Built {
+        let table = match previous {
+            Some(previous) if previous.version.store_id == published.version.store_id => {
+                EntityTable::of_from(&published.config, &previous.config, &previous.table)
+            }
+            _ => EntityTable::of(&published.config),
+        };
         Built {
             version: published.version.clone(),
             config: published.config.clone(),
@@ -163,23 +171,28 @@ impl Builds {
     /// (on a task of the current runtime).
     pub fn start(model: &Model, metrics: Arc<CpMetrics>) -> Arc<Builds> {
         let mut updates = model.subscribe();
-        let first = Arc::new(build_counted(&updates.borrow_and_update(), &metrics));
+        let first = Arc::new(build_counted(&updates.borrow_and_update(), None, &metrics));
         let (latest, _) = watch::channel(first.clone());
         let builds = Arc::new(Builds {
             latest,
-            history: Mutex::new(VecDeque::from([first])),
+            history: Mutex::new(VecDeque::from([first.clone()])),
         });
         let weak = Arc::downgrade(&builds);
         tokio::spawn(async move {
+            let mut previous = first;
             while updates.changed().await.is_ok() {
                 let published = updates.borrow_and_update().clone();
                 let metrics = metrics.clone();
-                let built =
-                    tokio::task::spawn_blocking(move || build_counted(&published, &metrics)).await;
+                let base = previous.clone();
+                let built = tokio::task::spawn_blocking(move || {
+                    build_counted(&published, Some(&base), &metrics)
+                })
+                .await;
                 let (Ok(built), Some(builds)) = (built, weak.upgrade()) else {
                     return;
                 };
-                builds.push(Arc::new(built));
+                previous = Arc::new(built);
+                builds.push(previous.clone());
             }
         });
         builds
@@ -239,9 +252,9 @@ impl Builds {
     }
 }
 
-fn build_counted(published: &Published, metrics: &CpMetrics) -> Built {
+fn build_counted(published: &Published, previous: Option<&Built>, metrics: &CpMetrics) -> Built {
     let started = Instant::now();
-    let built = Built::new(published);
+    let built = Built::new(published, previous);
     metrics.snapshot_built(started.elapsed());
     built
 }
@@ -273,12 +286,17 @@ mod tests {
     #[tokio::test]
     async fn full_and_deltas_are_built_once_and_shared() {
         let metrics = CpMetrics::new(Arc::new(Vec::new));
-        let base = Arc::new(Built::new(&published(1, 50)));
+        let base = Arc::new(Built::new(&published(1, 50), None));
         let mut next = published(1, 50);
         next.version.revision = 2;
         // Only one route differs.
         Arc::make_mut(&mut next.config).routes[7].paths = vec!["/changed".into()];
-        let target = Arc::new(Built::new(&next));
+        let target = Arc::new(Built::new(&next, Some(&base)));
+        assert_eq!(
+            target.table,
+            EntityTable::of(&next.config),
+            "the table from the previous one is the table of the whole"
+        );
         let first = target.delta_from(&base, &metrics).await;
         let second = target.delta_from(&base, &metrics).await;
         assert!(Arc::ptr_eq(&first, &second));

@@ -30,6 +30,15 @@ pub trait PluginFactory: Send + Sync {
         false
     }
 
+    /// Whether an instance's build reads the config's routes beyond the one
+    /// it is attached to (`ctx.config.routes`). When only routes change, a
+    /// config delta reuses the global and service-level instances of
+    /// factories that answer `false`; an instance of one that answers `true`
+    /// is built again. Override it whenever `build` looks at other routes.
+    fn reads_routes(&self) -> bool {
+        false
+    }
+
     /// Called once per snapshot before any instance is built: prepare what
     /// the snapshot's instances share in `ctx.scope`. An error fails the
     /// snapshot (NACK).
@@ -153,6 +162,12 @@ impl Registry {
             factory.prepare(&ctx)?;
         }
         Ok(())
+    }
+
+    /// Whether plugin `name`'s instances depend on the config's routes (see
+    /// [`PluginFactory::reads_routes`]); unknown plugins do, to be safe.
+    pub fn reads_routes(&self, name: &str) -> bool {
+        self.get(name).is_none_or(|factory| factory.reads_routes())
     }
 
     /// Compiles one instance; unknown plugins are errors naming the known ones.

@@ -148,7 +148,7 @@ pub async fn handle(
             };
             return refuse(exchange, parts.uri, kind, &request_id);
         };
-        let Some(mut route) = snapshot.routes.get(matched.route_index) else {
+        let Some(mut route) = snapshot.route(matched.route_index) else {
             return refuse(exchange, parts.uri, RefusalKind::NoRoute, &request_id);
         };
         // The route's own policy (the gateway's unless it overrides it) has
@@ -177,7 +177,7 @@ pub async fn handle(
             }
             path
         };
-        if let Some(found) = snapshot.routes.get(matched.route_index) {
+        if let Some(found) = snapshot.route(matched.route_index) {
             route = found;
         }
         let upstream_path: Cow<'_, str> = if route.strip_path {
@@ -201,7 +201,7 @@ pub async fn handle(
         };
         (matched.route_index, path_and_query)
     };
-    let Some(route) = snapshot.routes.get(route_index) else {
+    let Some(route) = snapshot.route(route_index) else {
         return refuse(exchange, parts.uri, RefusalKind::NoRoute, &request_id);
     };
     let service = &route.service;

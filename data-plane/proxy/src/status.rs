@@ -57,7 +57,7 @@ impl NodeStatus {
             .map(|v| serde_json::json!({"store_id": v.store_id, "revision": v.revision}));
         let mut upstreams = serde_json::Map::new();
         if let Some(snapshot) = self.store.load() {
-            for (name, service) in &snapshot.services {
+            for (name, service) in snapshot.services.iter() {
                 upstreams.insert(name.clone(), service.upstream.health_report());
             }
         }

@@ -198,6 +198,11 @@ struct AuthFailureLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CompileLabels {
+    mode: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StoreLabels {
     store_id: Label,
 }
@@ -317,6 +322,7 @@ pub struct Metrics {
     open_connections: Gauge,
     config_version: Family<StoreLabels, Gauge>,
     config_age: ConfigAge,
+    config_compiles: Family<CompileLabels, Counter>,
     control_plane_connected: Gauge,
     access_log_dropped: Counter,
     unmatched: Arc<RouteMetrics>,
@@ -376,6 +382,7 @@ impl Metrics {
         let open_connections = Gauge::default();
         let config_version = Family::<StoreLabels, Gauge>::default();
         let config_age = ConfigAge::new();
+        let config_compiles = Family::<CompileLabels, Counter>::default();
         let control_plane_connected = Gauge::default();
         let access_log_dropped = Counter::default();
 
@@ -450,6 +457,11 @@ impl Metrics {
             "config_age_seconds",
             "Seconds since the config in service was applied (NaN before the first)",
             config_age.clone(),
+        );
+        registry.register(
+            "config_compiles",
+            "Config deltas compiled, by mode: incremental (only what the delta touched) or whole",
+            config_compiles.clone(),
         );
         registry.register(
             "control_plane_connected",
@@ -535,6 +547,7 @@ impl Metrics {
             open_connections,
             config_version,
             config_age,
+            config_compiles,
             control_plane_connected,
             access_log_dropped,
             unmatched,
@@ -684,6 +697,13 @@ impl Metrics {
             })
             .set(i64::try_from(revision).unwrap_or(i64::MAX));
         self.config_age.mark_now();
+    }
+
+    /// Counts a config delta compiled `mode` (`incremental` or `whole`).
+    pub fn config_compiled(&self, mode: &'static str) {
+        self.config_compiles
+            .get_or_create(&CompileLabels { mode })
+            .inc();
     }
 
     /// Records the config stream's state.

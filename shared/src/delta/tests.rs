@@ -107,9 +107,25 @@ proptest! {
         for (i, s) in states.iter().enumerate().skip(1) {
             let full = config_of(s);
             let full_table = EntityTable::of(&full);
+            // The control plane's per-version table, from the previous one.
+            let previous = config_of(&states[i - 1]);
+            prop_assert_eq!(
+                &EntityTable::of_from(&full, &previous, &EntityTable::of(&previous)),
+                &full_table
+            );
             let delta = build(&version(i as u64), &held_table, &version(i as u64 + 1), &full_table, &full);
             let (next, next_table) = apply(&held, &held_table, &delta).expect("delta applies");
             prop_assert_eq!(export(&next), export(&full));
+            // In place, then undone (a result that fails to compile): the
+            // state before, exactly.
+            let (mut undone, mut undone_table) = (held.clone(), held_table.clone());
+            undone.sort();
+            let before = export(&undone);
+            apply_in_place(&mut undone, &mut undone_table, &delta)
+                .expect("delta applies in place")
+                .revert(&mut undone, &mut undone_table);
+            prop_assert_eq!(export(&undone), before);
+            prop_assert_eq!(&undone_table, &held_table);
             prop_assert_eq!(&next_table, &full_table);
             prop_assert_eq!(&next_table, &EntityTable::of(&next));
             held = next;

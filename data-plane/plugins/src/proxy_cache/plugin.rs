@@ -30,6 +30,12 @@ impl PluginFactory for ProxyCacheFactory {
         Phase::Cache
     }
 
+    /// Path templates (request-transformer) and route names (proxy-cache)
+    /// come from the config's routes.
+    fn reads_routes(&self) -> bool {
+        true
+    }
+
     fn build(
         &self,
         config: &serde_json::Value,

@@ -19,6 +19,12 @@ impl PluginFactory for RequestTransformerFactory {
         Phase::TransformRequest
     }
 
+    /// Path templates (request-transformer) and route names (proxy-cache)
+    /// come from the config's routes.
+    fn reads_routes(&self) -> bool {
+        true
+    }
+
     fn build(
         &self,
         config: &serde_json::Value,

@@ -75,6 +75,7 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
 use http::header::HeaderName;
 use http::{HeaderMap, Method};
@@ -84,19 +85,68 @@ use trie::{Node, PathPattern};
 
 /// Compiled route table: built once per snapshot, read lock-free per request
 /// (it is immutable).
+///
+/// Each host bucket is its own table (`Arc<Bucket>`, with its own ranks: a
+/// lookup only compares candidates of one bucket), so a config delta
+/// rebuilds the buckets of the hosts it touches ([`Router::rebuild`]) and
+/// shares every other one with the previous snapshot.
+#[derive(Clone)]
 pub struct Router {
-    exact_hosts: HashMap<Box<str>, Node>,
+    exact_hosts: HashMap<Box<str>, Arc<Bucket>>,
     /// Keyed by the suffix after `*.`.
-    wildcard_hosts: HashMap<Box<str>, Node>,
+    wildcard_hosts: HashMap<Box<str>, Arc<Bucket>>,
     /// Longest key of `wildcard_hosts`: longer suffixes are not even hashed,
     /// so a hostile `Host` of thousands of labels costs one pass, not one
     /// hash per label.
     longest_wildcard: usize,
-    any_host: Node,
-    /// Entry id (rank) to route index.
-    entries: Vec<usize>,
-    /// Per route (same index as the `routes` given to `build`).
-    checks: Vec<RouteChecks>,
+    any_host: Arc<Bucket>,
+    route_count: usize,
+}
+
+/// The routes of one host bucket, ranked.
+#[derive(Default)]
+struct Bucket {
+    node: Node,
+    /// Entry id (rank within this bucket) to route index and its checks.
+    entries: Vec<Entry>,
+    /// The route indexes with an entry here, ascending (what a rebuild of
+    /// this bucket alone starts from).
+    members: Vec<usize>,
+}
+
+struct Entry {
+    route_index: usize,
+    checks: Arc<RouteChecks>,
+}
+
+/// Which bucket a route host puts a route in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum BucketKey {
+    Exact(Box<str>),
+    /// The suffix after `*.`.
+    Wildcard(Box<str>),
+    Any,
+}
+
+impl BucketKey {
+    /// The buckets of a route with these `hosts`, each once.
+    fn of(hosts: &[String]) -> Vec<BucketKey> {
+        if hosts.is_empty() {
+            return vec![BucketKey::Any];
+        }
+        let mut keys: Vec<BucketKey> = Vec::with_capacity(hosts.len());
+        for host in hosts {
+            let host = host.to_ascii_lowercase();
+            let key = match host.strip_prefix("*.") {
+                Some(suffix) => BucketKey::Wildcard(suffix.into()),
+                None => BucketKey::Exact(host.into()),
+            };
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        keys
+    }
 }
 
 /// Result of a match: which route (index into the `routes` slice given to
@@ -186,14 +236,14 @@ fn precedence(a: &Candidate<'_>, b: &Candidate<'_>) -> Ordering {
         .then_with(|| a.path_index.cmp(&b.path_index))
 }
 
-impl Router {
-    /// Compiles the table. Errors (String) only for things validation could
-    /// not catch; a validated config always compiles.
-    pub fn build(routes: &[Route]) -> Result<Router, String> {
-        let mut checks = Vec::with_capacity(routes.len());
-        let mut candidates = Vec::with_capacity(routes.len());
-        for (route_index, route) in routes.iter().enumerate() {
-            checks.push(RouteChecks::compile(route)?);
+impl Bucket {
+    /// Ranks the paths of `members` (route index, route; each once) into one
+    /// bucket.
+    fn build(members: &[(usize, &Route)]) -> Result<Bucket, String> {
+        let mut candidates = Vec::with_capacity(members.len());
+        let mut checks = HashMap::with_capacity(members.len());
+        for &(route_index, route) in members {
+            checks.insert(route_index, Arc::new(RouteChecks::compile(route)?));
             if route.paths.is_empty() {
                 candidates.push(Candidate {
                     route,
@@ -212,47 +262,158 @@ impl Router {
                     pattern: PathPattern::parse(path)?,
                 });
             }
-            for host in &route.hosts {
-                tollgate_shared::validate::check_host(host, true)
-                    .map_err(|m| format!("route {:?}: hosts: {m}", route.name))?;
-            }
         }
         if u32::try_from(candidates.len()).is_err() {
             return Err("too many route paths".into());
         }
         candidates.sort_by(precedence);
+        let mut bucket = Bucket {
+            node: Node::default(),
+            entries: Vec::with_capacity(candidates.len()),
+            members: members.iter().map(|&(index, _)| index).collect(),
+        };
+        bucket.members.sort_unstable();
+        for (id, candidate) in (0u32..).zip(&candidates) {
+            let checks = checks
+                .get(&candidate.route_index)
+                .cloned()
+                .ok_or("route checks missing")?;
+            bucket.entries.push(Entry {
+                route_index: candidate.route_index,
+                checks,
+            });
+            bucket.node.insert(&candidate.pattern, id);
+        }
+        Ok(bucket)
+    }
+}
 
+fn check_hosts(route: &Route) -> Result<(), String> {
+    for host in &route.hosts {
+        tollgate_shared::validate::check_host(host, true)
+            .map_err(|m| format!("route {:?}: hosts: {m}", route.name))?;
+    }
+    Ok(())
+}
+
+impl Router {
+    /// Compiles the table. Errors (String) only for things validation could
+    /// not catch; a validated config always compiles.
+    pub fn build(routes: &[Route]) -> Result<Router, String> {
+        Router::build_indexed(routes.iter().enumerate(), routes.len())
+    }
+
+    /// Compiles the table of `routes` (route index, route); `route_count` is
+    /// one more than the highest index.
+    pub fn build_indexed<'a>(
+        routes: impl Iterator<Item = (usize, &'a Route)>,
+        route_count: usize,
+    ) -> Result<Router, String> {
+        let mut buckets: HashMap<BucketKey, Vec<(usize, &Route)>> = HashMap::new();
+        for (route_index, route) in routes {
+            check_hosts(route)?;
+            for key in BucketKey::of(&route.hosts) {
+                buckets.entry(key).or_default().push((route_index, route));
+            }
+        }
         let mut router = Router {
             exact_hosts: HashMap::new(),
             wildcard_hosts: HashMap::new(),
             longest_wildcard: 0,
-            any_host: Node::default(),
-            entries: Vec::with_capacity(candidates.len()),
-            checks,
+            any_host: Arc::default(),
+            route_count,
         };
-        for (id, candidate) in (0u32..).zip(&candidates) {
-            router.entries.push(candidate.route_index);
-            if candidate.route.hosts.is_empty() {
-                router.any_host.insert(&candidate.pattern, id);
-                continue;
-            }
-            let mut seen = HashSet::new();
-            for host in &candidate.route.hosts {
-                let host = host.to_ascii_lowercase();
-                if !seen.insert(host.clone()) {
-                    continue;
-                }
-                let bucket = match host.strip_prefix("*.") {
-                    Some(suffix) => {
-                        router.longest_wildcard = router.longest_wildcard.max(suffix.len());
-                        router.wildcard_hosts.entry(suffix.into())
-                    }
-                    None => router.exact_hosts.entry(host.into()),
-                };
-                bucket.or_default().insert(&candidate.pattern, id);
-            }
+        for (key, members) in buckets {
+            router.put(key, Some(Bucket::build(&members)?));
         }
         Ok(router)
+    }
+
+    /// The table after the routes at `touched` indexes changed: `old_hosts`
+    /// gives the hosts of the route an index held before (if any), `new` the
+    /// route it holds now (if any; every index of a rebuilt bucket is looked
+    /// up there). Only the buckets of the touched routes' hosts (before and
+    /// after) are rebuilt; every other bucket is shared with `self`.
+    pub fn rebuild<'a, 'h>(
+        &self,
+        touched: &[usize],
+        old_hosts: impl Fn(usize) -> Option<&'h [String]>,
+        new: impl Fn(usize) -> Option<&'a Route>,
+        route_count: usize,
+    ) -> Result<Router, String> {
+        let mut affected: Vec<BucketKey> = Vec::new();
+        for &index in touched {
+            let new_hosts = new(index).map(|route| &route.hosts[..]);
+            for hosts in [old_hosts(index), new_hosts].into_iter().flatten() {
+                for key in BucketKey::of(hosts) {
+                    if !affected.contains(&key) {
+                        affected.push(key);
+                    }
+                }
+            }
+            if let Some(route) = new(index) {
+                check_hosts(route)?;
+            }
+        }
+        let touched_set: HashSet<usize> = touched.iter().copied().collect();
+        let mut router = self.clone();
+        router.route_count = route_count;
+        for key in affected {
+            let mut indexes: Vec<usize> = self
+                .bucket(&key)
+                .map(|bucket| bucket.members.clone())
+                .unwrap_or_default();
+            indexes.retain(|index| !touched_set.contains(index));
+            indexes.extend(touched_set.iter().copied().filter(|&index| {
+                new(index).is_some_and(|route| BucketKey::of(&route.hosts).contains(&key))
+            }));
+            let mut members = Vec::with_capacity(indexes.len());
+            for index in indexes {
+                let route = new(index).ok_or_else(|| format!("route index {index} is gone"))?;
+                members.push((index, route));
+            }
+            let bucket = if members.is_empty() {
+                None
+            } else {
+                Some(Bucket::build(&members)?)
+            };
+            router.put(key, bucket);
+        }
+        router.longest_wildcard = router
+            .wildcard_hosts
+            .keys()
+            .map(|k| k.len())
+            .max()
+            .unwrap_or(0);
+        Ok(router)
+    }
+
+    fn bucket(&self, key: &BucketKey) -> Option<&Arc<Bucket>> {
+        match key {
+            BucketKey::Exact(host) => self.exact_hosts.get(host),
+            BucketKey::Wildcard(suffix) => self.wildcard_hosts.get(suffix),
+            BucketKey::Any => Some(&self.any_host),
+        }
+    }
+
+    /// Sets (or with `None` removes) one bucket.
+    fn put(&mut self, key: BucketKey, bucket: Option<Bucket>) {
+        match (key, bucket) {
+            (BucketKey::Exact(host), Some(bucket)) => {
+                self.exact_hosts.insert(host, Arc::new(bucket));
+            }
+            (BucketKey::Exact(host), None) => {
+                self.exact_hosts.remove(&host);
+            }
+            (BucketKey::Wildcard(suffix), Some(bucket)) => {
+                self.longest_wildcard = self.longest_wildcard.max(suffix.len());
+                self.wildcard_hosts.insert(suffix, Arc::new(bucket));
+            }
+            (BucketKey::Wildcard(suffix), None) => {
+                self.wildcard_hosts.remove(&suffix);
+            }
+            (BucketKey::Any, bucket) => self.any_host = Arc::new(bucket.unwrap_or_default()),
+        }
     }
 
     /// `host`: the request authority/Host header value (may include :port,
@@ -298,48 +459,46 @@ impl Router {
     /// The best-ranked candidate of one host bucket that passes its checks.
     fn find_in(
         &self,
-        bucket: &Node,
+        bucket: &Bucket,
         path: &str,
         method: &Method,
         headers: &HeaderMap,
     ) -> Option<RouteMatch> {
         let mut best: Option<(u32, usize)> = None;
-        bucket.search(path, &mut |ids: &[u32], matched_len: usize| {
-            for &id in ids {
-                if best.is_some_and(|(best_id, _)| id >= best_id) {
-                    break;
+        bucket
+            .node
+            .search(path, &mut |ids: &[u32], matched_len: usize| {
+                for &id in ids {
+                    if best.is_some_and(|(best_id, _)| id >= best_id) {
+                        break;
+                    }
+                    let accepted = bucket
+                        .entries
+                        .get(id as usize)
+                        .is_some_and(|entry| entry.checks.accepts(method, headers));
+                    if accepted {
+                        best = Some((id, matched_len));
+                        break;
+                    }
                 }
-                let Some(&route_index) = self.entries.get(id as usize) else {
-                    continue;
-                };
-                let accepted = self
-                    .checks
-                    .get(route_index)
-                    .is_some_and(|checks| checks.accepts(method, headers));
-                if accepted {
-                    best = Some((id, matched_len));
-                    break;
-                }
-            }
-        });
+            });
         let (id, matched_len) = best?;
         Some(RouteMatch {
-            route_index: *self.entries.get(id as usize)?,
+            route_index: bucket.entries.get(id as usize)?.route_index,
             matched_len,
         })
     }
 
     /// Number of routes the table was built from.
     pub fn route_count(&self) -> usize {
-        self.checks.len()
+        self.route_count
     }
 }
 
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Router")
-            .field("routes", &self.checks.len())
-            .field("paths", &self.entries.len())
+            .field("routes", &self.route_count)
             .field("exact_hosts", &self.exact_hosts.len())
             .field("wildcard_hosts", &self.wildcard_hosts.len())
             .finish()

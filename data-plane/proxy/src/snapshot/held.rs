@@ -5,12 +5,12 @@
 //! [`super::SnapshotStore`]); a mutex guards it against the rare overlap of a
 //! cache load and a stream apply.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use tollgate_shared::delta::{self, DeltaError, EntityTable};
+use tollgate_shared::delta::{self, DeltaError, EntityTable, Undo};
 use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::config::ConfigVersion;
-use tollgate_shared::proto::stream::Delta;
+use tollgate_shared::proto::stream::{Delta, Snapshot};
 
 use super::version_label;
 
@@ -26,7 +26,8 @@ pub enum DeltaRefused {
 #[derive(Debug)]
 struct Held {
     version: ConfigVersion,
-    config: Arc<GatewayConfig>,
+    /// Lists sorted by name (what deltas edit in place).
+    config: GatewayConfig,
     table: EntityTable,
 }
 
@@ -42,7 +43,8 @@ impl HeldState {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn set(&self, version: ConfigVersion, config: Arc<GatewayConfig>, table: EntityTable) {
+    pub fn set(&self, version: ConfigVersion, mut config: GatewayConfig, table: EntityTable) {
+        config.sort();
         *self.lock() = Some(Held {
             version,
             config,
@@ -57,46 +59,66 @@ impl HeldState {
             .unwrap_or_default()
     }
 
-    /// The state `delta` leads to from the held one (not yet held: the
-    /// caller sets it once the result is in service).
-    pub fn advance(
+    /// The held state as a snapshot (for the disk cache).
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        self.lock().as_ref().map(|held| Snapshot {
+            version: Some(held.version.clone()),
+            config: Some(tollgate_shared::proto::config::GatewayConfig::from(
+                &held.config,
+            )),
+        })
+    }
+
+    /// Applies `delta` to the held state in place (in time proportional to
+    /// the delta) and hands the state it leads to, with its version and
+    /// what it touched, to `compile`. When `compile` fails, the held state
+    /// is put back as it was; when it succeeds, the state is held at the
+    /// delta's target version. The lock is held throughout (it is not on the
+    /// request path).
+    pub fn advance<R>(
         &self,
         delta: &Delta,
-    ) -> Result<(ConfigVersion, GatewayConfig, EntityTable), DeltaRefused> {
+        compile: impl FnOnce(&GatewayConfig, &ConfigVersion, &Undo) -> Result<R, String>,
+    ) -> Result<(ConfigVersion, R), DeltaRefused> {
         let target = delta
             .target
             .clone()
             .ok_or_else(|| DeltaRefused::Invalid("delta carries no target version".into()))?;
         let base = delta.base.clone().unwrap_or_default();
-        let (config, table) = {
-            let guard = self.lock();
-            let Some(held) = guard.as_ref().filter(|held| held.version == base) else {
-                let holds = guard
-                    .as_ref()
-                    .map(|held| version_label(&held.version))
-                    .unwrap_or_else(|| "nothing".into());
-                return Err(DeltaRefused::Drift(format!(
-                    "delta from {} but this data plane holds {holds}",
-                    version_label(&base)
-                )));
-            };
-            (held.config.clone(), held.table.clone())
+        let mut guard = self.lock();
+        let Some(held) = guard.as_mut().filter(|held| held.version == base) else {
+            let holds = guard
+                .as_ref()
+                .map(|held| version_label(&held.version))
+                .unwrap_or_else(|| "nothing".into());
+            return Err(DeltaRefused::Drift(format!(
+                "delta from {} but this data plane holds {holds}",
+                version_label(&base)
+            )));
         };
-        match delta::apply(&config, &table, delta) {
-            Ok((next, next_table)) => Ok((target, next, next_table)),
-            Err(DeltaError::Invalid(message)) => Err(DeltaRefused::Invalid(message)),
-            Err(DeltaError::Drift(message)) => Err(DeltaRefused::Drift(message)),
+        let undo = match delta::apply_in_place(&mut held.config, &mut held.table, delta) {
+            Ok(undo) => undo,
+            Err(DeltaError::Invalid(message)) => return Err(DeltaRefused::Invalid(message)),
+            Err(DeltaError::Drift(message)) => return Err(DeltaRefused::Drift(message)),
+        };
+        match compile(&held.config, &target, &undo) {
+            Ok(result) => {
+                held.version = target.clone();
+                Ok((target, result))
+            }
+            Err(message) => {
+                undo.revert(&mut held.config, &mut held.table);
+                Err(DeltaRefused::Invalid(message))
+            }
         }
     }
 
     /// Test hook: the held state stops matching what was applied.
     pub fn corrupt(&self) {
         if let Some(held) = self.lock().as_mut() {
-            let mut config = (*held.config).clone();
-            if let Some(route) = config.routes.last_mut() {
+            if let Some(route) = held.config.routes.last_mut() {
                 route.strip_path = !route.strip_path;
             }
-            held.config = Arc::new(config);
             held.table = EntityTable::of(&held.config);
         }
     }

@@ -145,29 +145,69 @@ impl Applier {
         let compiled = self.prepare_config(&config, version)?;
         let table = tollgate_shared::delta::EntityTable::of(&config);
         let version = self.put_in_service(compiled);
-        self.held.set(version.clone(), Arc::new(config), table);
+        self.held.set(version.clone(), config, table);
         Ok(version)
     }
 
     /// Applies a delta to the held config. On any error the config in
     /// service stays, whole: [`held::DeltaRefused::Invalid`] is a NACK,
     /// [`held::DeltaRefused::Drift`] asks the control plane for a full
-    /// snapshot. On success, returns the snapshot to cache.
+    /// snapshot. On success, returns the snapshot to cache (only when this
+    /// data plane keeps a cache: building it encodes the whole config).
+    ///
+    /// A delta of routes and services compiles incrementally
+    /// ([`compile::compile_delta`]): only what it touched is validated and
+    /// rebuilt, the rest is shared with the snapshot in service. Anything
+    /// else compiles the resulting config whole.
     pub fn apply_delta(
         &self,
         delta: &tollgate_shared::proto::stream::Delta,
-    ) -> Result<(ConfigVersion, Snapshot), held::DeltaRefused> {
-        let (version, config, table) = self.held.advance(delta)?;
-        let compiled = self
-            .prepare_config(&config, version.clone())
-            .map_err(held::DeltaRefused::Invalid)?;
+    ) -> Result<(ConfigVersion, Option<Snapshot>), held::DeltaRefused> {
+        let (version, compiled) = self.held.advance(delta, |config, version, undo| {
+            self.compile_delta(config, version, undo)
+        })?;
         self.put_in_service(compiled);
-        let snapshot = Snapshot {
-            version: Some(version.clone()),
-            config: Some(tollgate_shared::proto::config::GatewayConfig::from(&config)),
-        };
-        self.held.set(version.clone(), Arc::new(config), table);
+        let snapshot = self.cache.as_ref().and_then(|_| self.held.snapshot());
         Ok((version, snapshot))
+    }
+
+    /// The snapshot of the state a delta led to: incrementally when it
+    /// touched only routes and services, else whole.
+    fn compile_delta(
+        &self,
+        config: &GatewayConfig,
+        version: &ConfigVersion,
+        undo: &tollgate_shared::delta::Undo,
+    ) -> Result<CompiledSnapshot, String> {
+        let metrics = tollgate_telemetry::metrics::global();
+        let previous = self.store.load();
+        let plan = compile::DeltaPlan::of(undo.touched(), config);
+        if let (Some(previous), Some(plan)) = (previous.as_deref(), plan) {
+            tollgate_shared::validate::validate_changed(config, &plan.changed())
+                .map_err(|e| e.to_string())?;
+            let compiled = compile::compile_delta(
+                config,
+                version.clone(),
+                previous,
+                &plan,
+                &self.clients,
+                &self.registry,
+            )?;
+            if let Some(mut compiled) = compiled {
+                if compiled.client_cas_changed {
+                    let snapshot = &mut compiled.snapshot;
+                    snapshot.tls = crate::tls::server_config(
+                        config,
+                        &self.tls,
+                        &snapshot.client_ca_certificates(),
+                    )?;
+                }
+                metrics.config_compiled("incremental");
+                return Ok(compiled.snapshot);
+            }
+        }
+        metrics.config_compiled("whole");
+        self.prepare_config(config, version.clone())
     }
 
     /// The checksum of the held state, for the hello (empty when none).

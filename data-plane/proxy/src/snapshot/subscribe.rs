@@ -544,12 +544,14 @@ impl Subscriber {
     async fn handle_delta(&self, delta: Delta) -> DataPlaneMessage {
         let target = delta.target.clone().unwrap_or_default();
         let applier = self.applier.clone();
+        let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || {
             let result = applier.apply_delta(&delta);
-            if let Ok((_, snapshot)) = &result {
+            let in_service = started.elapsed();
+            if let Ok((_, Some(snapshot))) = &result {
                 applier.write_cache(snapshot);
             }
-            result.map(|(version, _)| version)
+            result.map(|(version, _)| (version, in_service))
         })
         .await
         .unwrap_or_else(|e| {
@@ -558,8 +560,12 @@ impl Subscriber {
             )))
         });
         match result {
-            Ok(applied) => {
-                tracing::info!(version = %version_label(&applied), "config delta applied");
+            Ok((applied, in_service)) => {
+                tracing::info!(
+                    version = %version_label(&applied),
+                    apply_ms = in_service.as_secs_f64() * 1000.0,
+                    "config delta applied"
+                );
                 self.rejection.served(&applied);
                 ack(applied)
             }
