@@ -1076,7 +1076,8 @@ async fn control_plane_metrics_show_the_data_plane_and_its_version() {
 
 // ------------------------------------------------------- config-path trace
 
-/// An integer attribute of a received span.
+/// An integer attribute of a received span (sent as an int, or as its
+/// decimal text, as `tracing`'s u64 fields may be).
 fn int_attribute(received: &Received, key: &str) -> Option<i64> {
     received
         .span
@@ -1086,6 +1087,7 @@ fn int_attribute(received: &Received, key: &str) -> Option<i64> {
         .and_then(|kv| kv.value.as_ref())
         .and_then(|v| match &v.value {
             Some(any_value::Value::IntValue(i)) => Some(*i),
+            Some(any_value::Value::StringValue(s)) => s.parse().ok(),
             _ => None,
         })
 }
