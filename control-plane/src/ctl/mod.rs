@@ -118,7 +118,7 @@ pub enum Command {
         /// error (for CI drift checks).
         #[arg(long)]
         exit_code: bool,
-        /// Compare only the entities carrying this tag (as `apply --select-tag`).
+        /// Compare only the entities carrying this tag, as apply does with it.
         #[arg(long, requires = "file")]
         select_tag: Option<String>,
     },
