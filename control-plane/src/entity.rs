@@ -43,6 +43,17 @@ impl Entity {
         }
     }
 
+    /// Its `tags` (labels for `--select-tag`).
+    pub fn tags(&self) -> &[String] {
+        match self {
+            Entity::Service(e) => &e.tags,
+            Entity::Route(e) => &e.tags,
+            Entity::Consumer(e) => &e.tags,
+            Entity::Plugin(e) => &e.tags,
+            Entity::Certificate(e) => &e.tags,
+        }
+    }
+
     /// The form every read returns: secrets replaced by fingerprints.
     pub fn redacted(mut self) -> Entity {
         match &mut self {

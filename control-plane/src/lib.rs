@@ -45,6 +45,7 @@ pub mod metrics;
 pub mod model;
 pub mod pki;
 pub mod secrets;
+pub mod select_tag;
 pub mod server;
 pub mod store;
 pub mod stream;

@@ -22,6 +22,7 @@
 //! checked there too: a config that could never be streamed to a data plane
 //! is refused at write time with `RESOURCE_EXHAUSTED`.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -30,6 +31,8 @@ use tokio::sync::{watch, Mutex};
 use tollgate_shared::limits::{MAX_MESSAGE_BYTES, MAX_SNAPSHOT_BYTES};
 use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::config as pb;
+use tollgate_shared::telemetry::{self, TRACE_TARGET};
+use tracing::Instrument;
 
 use crate::diff::{self, Action, Change};
 use crate::entity::NameIndex;
@@ -67,6 +70,10 @@ impl ConfigVersion {
 pub struct Published {
     pub config: Arc<GatewayConfig>,
     pub version: ConfigVersion,
+    /// The W3C context of the write that made it (empty when traces are not
+    /// exported, or for a state loaded at boot): the snapshot build and
+    /// every data plane's apply join that trace.
+    pub trace_context: HashMap<String, String>,
 }
 
 /// What a write did.
@@ -134,6 +141,7 @@ impl Model {
                 store_id: loaded.store_id,
                 revision: loaded.revision,
             },
+            trace_context: HashMap::new(),
         };
         let (current, _) = watch::channel(Arc::new(published));
         Ok(Model {
@@ -196,6 +204,10 @@ impl Model {
     }
 
     /// [`Model::write`], recording `author` in the revision's history.
+    ///
+    /// Traced (when export is on) as `config_write` with the children
+    /// `config_validate` (change, secrets, validation, diff) and
+    /// `store_commit`; its context travels with the published version.
     #[tracing::instrument(target = "tollgate::trace", name = "config_write", skip_all, fields(dry_run = dry_run))]
     pub async fn write_as<F>(
         &self,
@@ -210,15 +222,18 @@ impl Model {
         let current = self.current();
         let base = current.config.clone();
         let revision = current.version.revision + 1;
+        let validate_span = tracing::info_span!(target: TRACE_TARGET, "config_validate");
         let Prepared {
             next,
             changes,
             writes,
             warnings,
             record,
-        } = tokio::task::spawn_blocking(move || prepare(&base, change, dry_run, revision, &author))
-            .await
-            .map_err(|e| CpError::Internal(format!("config write task failed: {e}")))??;
+        } = tokio::task::spawn_blocking(move || {
+            validate_span.in_scope(|| prepare(&base, change, dry_run, revision, &author))
+        })
+        .await
+        .map_err(|e| CpError::Internal(format!("config write task failed: {e}")))??;
         if dry_run || changes.is_empty() {
             return Ok(WriteOutcome {
                 changes,
@@ -240,6 +255,11 @@ impl Model {
         if let Err(err) = self
             .store
             .commit_recorded(writes, version.revision, record, self.history_keep)
+            .instrument(tracing::info_span!(
+                target: TRACE_TARGET,
+                "store_commit",
+                revision = version.revision
+            ))
             .await
         {
             // The outcome is unknown (the transaction may have applied without
@@ -257,6 +277,7 @@ impl Model {
         self.current.send_replace(Arc::new(Published {
             config: config.clone(),
             version: version.clone(),
+            trace_context: telemetry::context_fields(&tracing::Span::current()),
         }));
         Ok(WriteOutcome {
             changes,
@@ -282,6 +303,7 @@ impl Model {
                         store_id: loaded.store_id,
                         revision: loaded.revision,
                     },
+                    trace_context: HashMap::new(),
                 }));
             }
             Ok(_) => {}

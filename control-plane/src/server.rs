@@ -430,6 +430,7 @@ mod tests {
         // The config as a client writes it: the same JSON as a config file.
         let applied = admin
             .apply(ApplyRequest {
+                select_tag: String::new(),
                 config: Some(pb::GatewayConfig {
                     json: r#"{"services":[{"name":"orders","upstream":{"targets":[{"address":"127.0.0.1:9001"}]}}]}"#
                         .into(),

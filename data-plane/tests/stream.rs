@@ -128,6 +128,7 @@ fn snapshot(revision: u64, yaml: &str) -> ControlPlaneMessage {
             version: Some(version(revision)),
             config: Some(pb::GatewayConfig::from(&config)),
         })),
+        trace_context: Default::default(),
     }
 }
 

@@ -280,6 +280,7 @@ impl ControlPlane {
         let mut admin = self.admin().await;
         admin
             .apply(tollgate_shared::proto::admin::ApplyRequest {
+                select_tag: String::new(),
                 config: Some(config.into()),
                 dry_run: false,
             })
@@ -298,6 +299,7 @@ impl ControlPlane {
         let mut admin = self.admin().await;
         admin
             .apply(tollgate_shared::proto::admin::ApplyRequest {
+                select_tag: String::new(),
                 config: Some(config.into()),
                 dry_run,
             })
@@ -539,6 +541,7 @@ impl StreamSubscriber {
             Err(_) => None,
             Ok(Ok(Some(ControlPlaneMessage {
                 kind: Some(control_plane_message::Kind::Snapshot(snapshot)),
+                ..
             }))) => Some(snapshot),
             Ok(Ok(Some(other))) => panic!("unexpected stream message {other:?}"),
             Ok(Ok(None)) => panic!("the control plane ended the stream"),

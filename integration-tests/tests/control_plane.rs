@@ -84,6 +84,7 @@ async fn apply(
 ) -> admin_pb::ApplyResponse {
     admin
         .apply(ApplyRequest {
+            select_tag: String::new(),
             config: Some(config.into()),
             dry_run,
         })
@@ -617,6 +618,7 @@ async fn invalid_configs_are_rejected_naming_the_field_and_change_nothing() {
         for dry_run in [true, false] {
             let status = admin
                 .apply(ApplyRequest {
+                    select_tag: String::new(),
                     config: Some(config.into()),
                     dry_run,
                 })
@@ -639,6 +641,7 @@ async fn invalid_configs_are_rejected_naming_the_field_and_change_nothing() {
     };
     let status = admin
         .apply(ApplyRequest {
+            select_tag: String::new(),
             config: Some(wire),
             dry_run: false,
         })
@@ -674,6 +677,7 @@ async fn invalid_configs_are_rejected_naming_the_field_and_change_nothing() {
     assert_eq!(status.code(), Code::InvalidArgument);
     let status = admin
         .apply(ApplyRequest {
+            select_tag: String::new(),
             config: None,
             dry_run: false,
         })

@@ -762,6 +762,7 @@ async fn kill_9_during_a_large_apply_leaves_the_old_or_the_new_state_whole() {
         let mut next = big.clone();
         next.routes[0].priority = round as i32 + 1;
         let request = ApplyRequest {
+            select_tag: String::new(),
             config: Some((&next).into()),
             dry_run: false,
         };

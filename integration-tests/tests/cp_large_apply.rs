@@ -25,6 +25,7 @@ async fn fifty_thousand_route_apply_keeps_health_and_reads_answering() {
     // Encoded before the probes start and sent as raw bytes, so the test's
     // own CPU work does not compete with the server while it is measured.
     let request = prost::Message::encode_to_vec(&ApplyRequest {
+        select_tag: String::new(),
         config: Some((&big).into()),
         dry_run: false,
     });

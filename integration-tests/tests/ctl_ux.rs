@@ -224,3 +224,142 @@ async fn errors_say_what_is_wrong() {
         );
     }
 }
+
+/// The lines of an export that belong to entities of `team` (the export is
+/// sorted YAML, one entity a `- name:` block).
+fn blocks_of(export: &str, team: &str) -> String {
+    let mut out = String::new();
+    let mut keep = false;
+    let mut block = String::new();
+    for line in export.lines() {
+        if line.starts_with("- ") || !line.starts_with(' ') {
+            if keep {
+                out.push_str(&block);
+            }
+            block.clear();
+            keep = false;
+        }
+        keep |= line.contains(&format!("- {team}")) || line.contains(&format!("[{team}]"));
+        block.push_str(line);
+        block.push('\n');
+    }
+    if keep {
+        out.push_str(&block);
+    }
+    out
+}
+
+#[tokio::test]
+async fn select_tag_applies_and_diffs_only_one_teams_entities() {
+    let cp = ControlPlane::start().await;
+    let both = file(
+        cp.scratch_dir(),
+        "both.yaml",
+        r#"services:
+  - { name: billing, tags: [payments], upstream: { targets: [{ address: "127.0.0.1:9001" }] } }
+  - { name: orders, tags: [shop], upstream: { targets: [{ address: "127.0.0.1:9002" }] } }
+routes:
+  - { name: billing-api, service: billing, tags: [payments], paths: ["/billing"] }
+  - { name: orders-api, service: orders, tags: [shop], paths: ["/orders"] }
+  - { name: orders-old, service: orders, tags: [shop], paths: ["/old"] }
+consumers:
+  - { name: acme, tags: [payments], credentials: [{ api_key: "acme-secret-key-1" }] }
+"#,
+    );
+    let output = cp.ctl(&["apply", "-f", &both]);
+    assert!(output.status.success(), "{}", show(&output));
+    let before = text(&cp.ctl(&["export"]).stdout);
+    let payments_before = blocks_of(&before, "payments");
+    assert!(payments_before.contains("billing-api"), "{before}");
+    assert!(payments_before.contains("acme"), "{before}");
+
+    // The shop team's file: orders changed, orders-old dropped, a new route.
+    let shop = file(
+        cp.scratch_dir(),
+        "shop.yaml",
+        r#"services:
+  - { name: orders, tags: [shop], upstream: { targets: [{ address: "127.0.0.1:9003" }] } }
+routes:
+  - { name: orders-api, service: orders, tags: [shop], paths: ["/orders"] }
+  - { name: orders-new, service: orders, tags: [shop], paths: ["/new"] }
+"#,
+    );
+    let output = cp.ctl(&["diff", "-f", &shop, "--select-tag", "shop", "--exit-code"]);
+    assert_eq!(output.status.code(), Some(1), "{}", show(&output));
+    let stdout = text(&output.stdout);
+    for line in [
+        "~ service orders: upstream.targets[0].address",
+        "+ route orders-new",
+        "- route orders-old",
+    ] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+    assert!(
+        !stdout.contains("billing") && !stdout.contains("acme"),
+        "other teams' entities are not in the diff: {stdout}"
+    );
+    // Without the selection the same file would delete the other team's work.
+    let output = cp.ctl(&["diff", "-f", &shop]);
+    assert!(
+        text(&output.stdout).contains("- route billing-api"),
+        "{}",
+        show(&output)
+    );
+
+    let output = cp.ctl(&["apply", "-f", &shop, "--select-tag", "shop"]);
+    assert!(output.status.success(), "{}", show(&output));
+    assert!(
+        text(&output.stdout).contains("applied 3 changes"),
+        "{}",
+        show(&output)
+    );
+    let after = text(&cp.ctl(&["export"]).stdout);
+    assert_eq!(
+        blocks_of(&after, "payments"),
+        payments_before,
+        "the payments team's entities (and the key's fingerprint) are untouched"
+    );
+    assert!(
+        after.contains("orders-new") && !after.contains("orders-old"),
+        "{after}"
+    );
+    assert!(after.contains("127.0.0.1:9003"), "{after}");
+    let output = cp.ctl(&["diff", "-f", &shop, "--select-tag", "shop", "--exit-code"]);
+    assert_eq!(output.status.code(), Some(0), "{}", show(&output));
+
+    // A file entity without the tag, or taking over another team's name, is
+    // refused with its name, and nothing changes.
+    let untagged = file(
+        cp.scratch_dir(),
+        "untagged.yaml",
+        r#"routes:
+  - { name: orders-api, service: orders, tags: [shop], paths: ["/orders"] }
+  - { name: stray, service: orders, paths: ["/stray"] }
+"#,
+    );
+    let output = cp.ctl(&["apply", "-f", &untagged, "--select-tag", "shop"]);
+    assert!(!output.status.success(), "{}", show(&output));
+    assert!(
+        text(&output.stderr).contains(r#"route "stray": does not carry tag "shop""#),
+        "{}",
+        show(&output)
+    );
+    let takeover = file(
+        cp.scratch_dir(),
+        "takeover.yaml",
+        r#"routes:
+  - { name: billing-api, service: billing, tags: [shop], paths: ["/billing"] }
+"#,
+    );
+    let output = cp.ctl(&["apply", "-f", &takeover, "--select-tag", "shop"]);
+    assert!(
+        text(&output.stderr).contains(r#"route "billing-api": already exists without tag "shop""#),
+        "{}",
+        show(&output)
+    );
+    assert_eq!(
+        text(&cp.ctl(&["export"]).stdout),
+        after,
+        "refusals change nothing"
+    );
+}

@@ -9,6 +9,9 @@
 //!   upstream children, continuing the client's `traceparent`; the upstream
 //!   receives a `traceparent` of the same trace whose parent is the upstream
 //!   span. The control plane's admin calls and snapshot builds arrive too.
+//! - One Apply is one trace (issue 18): admin call, write, validation, store
+//!   commit and snapshot build on the control plane, and under the snapshot
+//!   build each data plane's receive, compile, swap and ACK.
 //! - Access-log lines parse as JSON with every documented field and contain
 //!   none of the credentials used.
 //! - The control plane's `/metrics` shows the connected data plane and the
@@ -1069,4 +1072,126 @@ async fn control_plane_metrics_show_the_data_plane_and_its_version() {
         .then_some(())
     })
     .await;
+}
+
+// ------------------------------------------------------- config-path trace
+
+/// An integer attribute of a received span (sent as an int, or as its
+/// decimal text, as `tracing`'s u64 fields may be).
+fn int_attribute(received: &Received, key: &str) -> Option<i64> {
+    received
+        .span
+        .attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| match &v.value {
+            Some(any_value::Value::IntValue(i)) => Some(*i),
+            Some(any_value::Value::StringValue(s)) => s.parse().ok(),
+            _ => None,
+        })
+}
+
+/// One Apply is one trace: the admin call, the write with its validation
+/// and store commit, the snapshot build, and on each data plane the
+/// receive (a child of the snapshot build, its context carried in the
+/// stream message) with its compile, swap and ACK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_apply_is_one_trace_from_the_admin_call_to_every_data_planes_ack() {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start().await;
+    let upstream = Upstream::start("config-trace").await;
+    let cp = ControlPlane::start_with(CpOptions {
+        env: vec![("TOLLGATE_OTLP_ENDPOINT".into(), endpoint.clone())],
+        ..CpOptions::default()
+    })
+    .await;
+    let first = cp
+        .apply_revision(&config(json!({
+            "services": [service_to("svc", &upstream)],
+            "routes": [{"name": "a", "service": "svc", "paths": ["/a"]}],
+        })))
+        .await;
+    let nodes = ["dp-trace-1", "dp-trace-2"];
+    let mut planes = Vec::new();
+    for node in nodes {
+        planes.push(traced_data_plane(&cp, node, first, &endpoint).await);
+    }
+    let second = cp
+        .apply_revision(&config(json!({
+            "services": [service_to("svc", &upstream)],
+            "routes": [
+                {"name": "a", "service": "svc", "paths": ["/a"]},
+                {"name": "b", "service": "svc", "paths": ["/b"]},
+            ],
+        })))
+        .await;
+    for dp in &planes {
+        dp.wait_version(second).await;
+    }
+
+    // The control plane's part, found by the revision its commit wrote.
+    let commit = wait_until("the store_commit span of the Apply", WAIT, || async {
+        receiver.spans().into_iter().find(|r| {
+            r.span.name == "store_commit" && int_attribute(r, "revision") == Some(second as i64)
+        })
+    })
+    .await;
+    let trace = commit.trace_id();
+    let admin_call = receiver
+        .wait_span(&trace, "tollgate.admin.v1.Admin/Apply")
+        .await;
+    assert_eq!(admin_call.service, "tollgate-cp");
+    let write = receiver.wait_span(&trace, "config_write").await;
+    assert_eq!(
+        write.parent_id(),
+        admin_call.span_id(),
+        "write under the call"
+    );
+    let validate = receiver.wait_span(&trace, "config_validate").await;
+    assert_eq!(
+        validate.parent_id(),
+        write.span_id(),
+        "validation under the write"
+    );
+    assert_eq!(
+        commit.parent_id(),
+        write.span_id(),
+        "commit under the write"
+    );
+    let build = receiver.wait_span(&trace, "snapshot_build").await;
+    assert_eq!(build.service, "tollgate-cp");
+    assert_eq!(build.parent_id(), write.span_id(), "build under the write");
+    assert_eq!(int_attribute(&build, "revision"), Some(second as i64));
+
+    // Each data plane's part, in the same trace, under the snapshot build.
+    for node in nodes {
+        let of_node = |name: &'static str| {
+            let receiver = receiver.clone();
+            let trace = trace.clone();
+            async move {
+                wait_until(&format!("{name} of {node}"), WAIT, || async {
+                    receiver.spans().into_iter().find(|r| {
+                        r.trace_id() == trace && r.instance == node && r.span.name == name
+                    })
+                })
+                .await
+            }
+        };
+        let receive = of_node("config_receive").await;
+        assert_eq!(receive.service, "tollgate-dp");
+        assert_eq!(
+            receive.parent_id(),
+            build.span_id(),
+            "{node}: receive is a child of the control plane's snapshot build"
+        );
+        for child in ["config_compile", "config_swap", "config_ack"] {
+            let span = of_node(child).await;
+            assert_eq!(
+                span.parent_id(),
+                receive.span_id(),
+                "{node}: {child} is a child of config_receive"
+            );
+        }
+    }
 }

@@ -396,6 +396,7 @@ mod tests {
     fn certificate(names: &[&str], snis: &[&str]) -> Certificate {
         let (cert_pem, key_pem) = self_signed(names);
         Certificate {
+            tags: Vec::new(),
             name: "c".into(),
             cert_pem,
             key_pem: Some(key_pem),

@@ -59,6 +59,8 @@ pub const MAX_PLUGIN_CONFIG_BYTES: usize = 64 * 1024;
 pub const MAX_PLUGIN_CONFIG_DEPTH: usize = 16;
 /// `groups` of one consumer.
 pub const MAX_GROUPS: usize = 64;
+/// Tags per entity (`tags`).
+pub const MAX_TAGS: usize = 16;
 /// `credentials` of one consumer.
 pub const MAX_CREDENTIALS: usize = 32;
 /// Longest JWT HMAC secret.

@@ -48,6 +48,10 @@ pub struct Service {
     /// TLS to the targets (`protocol: https` or `h2` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
+    /// Labels for teams and tools (`tollgatectl apply --select-tag TEAM`
+    /// applies and diffs only the entities carrying it); no effect on traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// How a service with `protocol: https` verifies its targets.
@@ -407,6 +411,10 @@ pub struct Route {
     /// `websocket: true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub websocket_idle_timeout_ms: Option<u64>,
+    /// Labels for teams and tools (`tollgatectl apply --select-tag TEAM`
+    /// applies and diffs only the entities carrying it); no effect on traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 pub const DEFAULT_RETRIES: u32 = 1;
@@ -562,6 +570,10 @@ pub struct GlobalPlugin {
     pub config: serde_json::Value,
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub enabled: bool,
+    /// Labels for teams and tools (`tollgatectl apply --select-tag TEAM`
+    /// applies and diffs only the entities carrying it); no effect on traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 impl GlobalPlugin {
@@ -587,6 +599,10 @@ pub struct Consumer {
     pub groups: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credentials: Vec<Credential>,
+    /// Labels for teams and tools (`tollgatectl apply --select-tag TEAM`
+    /// applies and diffs only the entities carrying it); no effect on traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// One credential; exactly one of the fields is set.
@@ -747,6 +763,10 @@ pub struct Certificate {
     /// Read-only facts about the leaf, filled in by reads; ignored on write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<CertificateInfo>,
+    /// Labels for teams and tools (`tollgatectl apply --select-tag TEAM`
+    /// applies and diffs only the entities carrying it); no effect on traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// What reads show about a certificate's leaf (never anything secret).

@@ -276,6 +276,33 @@ pub fn inject_context(span: &tracing::Span, headers: &mut http::HeaderMap) -> bo
     true
 }
 
+/// `span`'s context as W3C `traceparent` / `tracestate` entries, for a
+/// message that carries it across a stream (the config stream carries the
+/// write's context to every data plane). Empty for a disabled span.
+pub fn context_fields(span: &tracing::Span) -> std::collections::HashMap<String, String> {
+    let mut fields = std::collections::HashMap::new();
+    if span.is_disabled() {
+        return fields;
+    }
+    let context = span.context();
+    if context.span().span_context().is_valid() {
+        TraceContextPropagator::new().inject_context(&context, &mut fields);
+    }
+    fields
+}
+
+/// Makes `span` a child of the context in `fields` (see [`context_fields`]);
+/// no-op when export is off or `fields` holds no valid context.
+pub fn set_parent_from_fields(
+    span: &tracing::Span,
+    fields: &std::collections::HashMap<String, String>,
+) {
+    if span.is_disabled() || fields.is_empty() {
+        return;
+    }
+    span.set_parent(TraceContextPropagator::new().extract(fields));
+}
+
 /// The trace id of an (enabled) span, as a number; format with `{:032x}`.
 pub fn span_trace_id(span: &tracing::Span) -> Option<u128> {
     if span.is_disabled() {

@@ -62,6 +62,18 @@ pub const MAX_NAME_LEN: usize = limits::MAX_NAME_LEN;
 pub const MAX_TIMEOUT_MS: u64 = 24 * 3_600 * 1_000;
 pub const MAX_TARGETS: usize = limits::MAX_TARGETS;
 
+/// `tags`: at most [`limits::MAX_TAGS`], each a name, none twice.
+fn check_tags(tags: &[String]) -> Result<(), String> {
+    check_len(tags.len(), limits::MAX_TAGS, "tags").map_err(|m| format!("tags: {m}"))?;
+    for (i, tag) in tags.iter().enumerate() {
+        check_name(tag).map_err(|m| format!("tags[{i}]: {m}"))?;
+        if tags[..i].contains(tag) {
+            return Err(format!("tags[{i}]: {} is listed twice", show(tag)));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a whole desired state.
 pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
     for (kind, count, max) in [
@@ -87,6 +99,7 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
             return Err(err("name: defined more than once".into()));
         }
         validate_service(service).map_err(err)?;
+        check_tags(&service.tags).map_err(err)?;
     }
 
     let mut route_names = HashSet::new();
@@ -117,6 +130,7 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
                 )));
             }
         }
+        check_tags(&route.tags).map_err(err)?;
     }
 
     let mut consumer_names = HashSet::new();
@@ -135,6 +149,7 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
         for (i, group) in consumer.groups.iter().enumerate() {
             check_name(group).map_err(|m| err(format!("groups[{i}]: {m}")))?;
         }
+        check_tags(&consumer.tags).map_err(err)?;
         check_len(
             consumer.credentials.len(),
             limits::MAX_CREDENTIALS,
@@ -188,6 +203,7 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
         if !plugin_names.insert(name) {
             return Err(err("instance: defined more than once".into()));
         }
+        check_tags(&plugin.tags).map_err(err)?;
         let parsed = parse_plugin(&plugin.name, &plugin.config).map_err(&err)?;
         check_anonymous(&parsed, &consumer_names).map_err(&err)?;
         for route in &config.routes {
@@ -235,6 +251,7 @@ pub fn validate(config: &GatewayConfig) -> Result<(), ConfigError> {
             return Err(err("name: defined more than once".into()));
         }
         validate_certificate(certificate).map_err(err)?;
+        check_tags(&certificate.tags).map_err(err)?;
         for (i, sni) in certificate.snis.iter().enumerate() {
             if let Some(other) = sni_owner.insert(sni.to_ascii_lowercase(), &certificate.name) {
                 return Err(err(format!(
@@ -1358,6 +1375,7 @@ consumers:
 
     fn service(name: &str) -> Service {
         Service {
+            tags: Vec::new(),
             name: name.into(),
             upstream: Upstream {
                 targets: vec![Target {
@@ -1394,6 +1412,7 @@ consumers:
 
     fn route(name: &str) -> Route {
         Route {
+            tags: Vec::new(),
             name: name.into(),
             service: "orders".into(),
             hosts: Vec::new(),
@@ -1454,6 +1473,7 @@ consumers:
         let consumers = |n: usize| GatewayConfig {
             consumers: (0..n)
                 .map(|i| Consumer {
+                    tags: Vec::new(),
                     name: format!("c{i}"),
                     groups: Vec::new(),
                     credentials: Vec::new(),
@@ -1469,6 +1489,7 @@ consumers:
         let plugins = |n: usize| GatewayConfig {
             plugins: (0..n)
                 .map(|i| GlobalPlugin {
+                    tags: Vec::new(),
                     instance: Some(format!("p{i}")),
                     name: "key-auth".into(),
                     config: serde_json::json!({}),
@@ -1485,6 +1506,7 @@ consumers:
         let certificates = |n: usize| GatewayConfig {
             certificates: (0..n)
                 .map(|i| Certificate {
+                    tags: Vec::new(),
                     name: format!("c{i}"),
                     cert_pem: test_pair().0.clone(),
                     key_pem: Some(test_pair().1.clone()),
@@ -1520,6 +1542,7 @@ consumers:
         assert!(err.contains('…'));
         let group = |n: usize| GatewayConfig {
             consumers: vec![Consumer {
+                tags: Vec::new(),
                 name: "c".into(),
                 groups: (0..n).map(|i| format!("g{i}")).collect(),
                 credentials: Vec::new(),
@@ -1852,6 +1875,7 @@ consumers:
     fn jwt_consumer(jwt: JwtCredential) -> GatewayConfig {
         GatewayConfig {
             consumers: vec![Consumer {
+                tags: Vec::new(),
                 name: "c".into(),
                 groups: Vec::new(),
                 credentials: vec![Credential {
@@ -1867,6 +1891,7 @@ consumers:
     fn credential_fields_at_the_boundary() {
         let credentials = |n: usize| GatewayConfig {
             consumers: vec![Consumer {
+                tags: Vec::new(),
                 name: "c".into(),
                 groups: Vec::new(),
                 credentials: (0..n)
@@ -1911,6 +1936,7 @@ consumers:
         );
         let api_key = |n: usize| GatewayConfig {
             consumers: vec![Consumer {
+                tags: Vec::new(),
                 name: "c".into(),
                 groups: Vec::new(),
                 credentials: vec![Credential {
@@ -1947,6 +1973,7 @@ consumers:
     fn certificate_fields_at_the_boundary() {
         let certificate = |cert: String, key: String, snis: usize| GatewayConfig {
             certificates: vec![Certificate {
+                tags: Vec::new(),
                 name: "c".into(),
                 cert_pem: cert,
                 key_pem: Some(key),
@@ -2154,6 +2181,7 @@ consumers:
         let config = GatewayConfig {
             consumers: vec![
                 Consumer {
+                    tags: Vec::new(),
                     name: "a".into(),
                     groups: Vec::new(),
                     credentials: vec![Credential {
@@ -2162,6 +2190,7 @@ consumers:
                     }],
                 },
                 Consumer {
+                    tags: Vec::new(),
                     name: "b".into(),
                     groups: Vec::new(),
                     credentials: vec![Credential {

@@ -292,11 +292,20 @@ impl Admin for AdminService {
             .ok_or_else(|| CpError::BadRequest("config: required".into()))?;
         // Converted on the write's blocking thread, with the rest of the
         // CPU-bound work (a large Apply must not hold an async worker).
+        let select_tag = request.select_tag;
+        if !select_tag.is_empty() {
+            crate::select_tag::check(&select_tag)?;
+        }
         let outcome = self
             .model
             .write_as(author, request.dry_run, move |config| {
-                *config = GatewayConfig::try_from(&wire)?;
+                let file = GatewayConfig::try_from(&wire)?;
                 drop(wire);
+                *config = if select_tag.is_empty() {
+                    file
+                } else {
+                    crate::select_tag::merge(config, file, &select_tag)?
+                };
                 Ok(())
             })
             .await?;

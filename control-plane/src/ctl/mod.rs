@@ -1,6 +1,7 @@
 //! `tollgatectl`, the operator CLI for the admin API.
 //!
-//! `apply -f FILE [--dry-run] [--wait [--timeout 30s]]`, `diff -f FILE`,
+//! `apply -f FILE [--dry-run] [--select-tag TAG] [--wait [--timeout 30s]]`,
+//! `diff -f FILE [--select-tag TAG]`,
 //! `get <kind> [name] [-o ...]`, `delete <kind> <name> [--wait]`, `export`,
 //! `dataplanes`, `history`, `diff --from REV [--to REV]`,
 //! `export [--revision REV]`, `rollback --to REV [--wait]`,
@@ -80,6 +81,10 @@ pub enum Command {
         /// Accept a file without any entity (it deletes everything).
         #[arg(long)]
         allow_empty: bool,
+        /// Apply only the entities carrying this tag: every entity in the
+        /// file must carry it; entities without it are left untouched.
+        #[arg(long)]
+        select_tag: Option<String>,
         #[command(flatten)]
         wait: wait::WaitArgs,
     },
@@ -113,6 +118,9 @@ pub enum Command {
         /// error (for CI drift checks).
         #[arg(long)]
         exit_code: bool,
+        /// Compare only the entities carrying this tag, as apply does with it.
+        #[arg(long, requires = "file")]
+        select_tag: Option<String>,
     },
     /// List entities of a kind, or show one.
     Get {
@@ -354,8 +362,17 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CpError> {
     let mut client = client::connect(&args.server, args.token.as_deref()).await?;
 
     match (args.command, kind, desired) {
-        (Command::Apply { dry_run, wait, .. }, _, Some(desired)) => {
-            let version = apply(&mut client, &desired, dry_run, out).await?;
+        (
+            Command::Apply {
+                dry_run,
+                wait,
+                select_tag,
+                ..
+            },
+            _,
+            Some(desired),
+        ) => {
+            let version = apply(&mut client, &desired, dry_run, select_tag, out).await?;
             match version {
                 Some(version) if wait.wait && !dry_run => {
                     wait::rollout(&mut client, version, wait.timeout, out).await
@@ -363,8 +380,16 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CpError> {
                 _ => Ok(()),
             }
         }
-        (Command::Diff { exit_code, .. }, _, Some(desired)) => {
-            let changes = diff_file(&mut client, &desired, out).await?;
+        (
+            Command::Diff {
+                exit_code,
+                select_tag,
+                ..
+            },
+            _,
+            Some(desired),
+        ) => {
+            let changes = diff_file(&mut client, &desired, select_tag, out).await?;
             drift(exit_code, changes)
         }
         (
@@ -583,12 +608,14 @@ fn drift(exit_code: bool, changes: usize) -> Result<(), CpError> {
 async fn diff_file(
     client: &mut client::Client,
     desired: &GatewayConfig,
+    select_tag: Option<String>,
     out: &mut dyn Write,
 ) -> Result<usize, CpError> {
     let response = client
         .apply(ApplyRequest {
             config: Some(pb_config::GatewayConfig::from(desired)),
             dry_run: true,
+            select_tag: select_tag.unwrap_or_default(),
         })
         .await
         .map_err(CpError::from)?
@@ -618,12 +645,14 @@ async fn apply(
     client: &mut client::Client,
     desired: &GatewayConfig,
     dry_run: bool,
+    select_tag: Option<String>,
     out: &mut dyn Write,
 ) -> Result<Option<pb_config::ConfigVersion>, CpError> {
     let response = client
         .apply(ApplyRequest {
             config: Some(pb_config::GatewayConfig::from(desired)),
             dry_run,
+            select_tag: select_tag.unwrap_or_default(),
         })
         .await
         .map_err(CpError::from)?

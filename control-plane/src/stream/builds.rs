@@ -27,6 +27,7 @@ use tollgate_shared::delta::{self, EntityTable};
 use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::config as pb_config;
 use tollgate_shared::proto::stream::{control_plane_message, ControlPlaneMessage, Snapshot};
+use tollgate_shared::telemetry::{self, TRACE_TARGET};
 
 use crate::metrics::CpMetrics;
 use crate::model::{ConfigVersion, Model, Published};
@@ -53,6 +54,9 @@ pub struct Built {
     pub checksum: Vec<u8>,
     /// When this version was published (for commit-to-ACK times).
     pub published_at: Instant,
+    /// W3C context of this version's `snapshot_build` span (a child of the
+    /// write's trace), sent with every message of this version.
+    pub trace_context: HashMap<String, String>,
     full: OnceCell<Arc<Full>>,
     deltas: Mutex<HashMap<u64, Arc<OnceCell<Arc<ControlPlaneMessage>>>>>,
 }
@@ -71,18 +75,26 @@ impl Built {
     /// the build of an earlier version of the same store, only the entities
     /// that differ from it.
     fn new(published: &Published, previous: Option<&Built>) -> Built {
-        let table = match previous {
+        let span = tracing::info_span!(
+            target: TRACE_TARGET,
+            "snapshot_build",
+            revision = published.version.revision,
+            routes = published.config.routes.len(),
+        );
+        telemetry::set_parent_from_fields(&span, &published.trace_context);
+        let table = span.in_scope(|| match previous {
             Some(previous) if previous.version.store_id == published.version.store_id => {
                 EntityTable::of_from(&published.config, &previous.config, &previous.table)
             }
             _ => EntityTable::of(&published.config),
-        };
+        });
         Built {
             version: published.version.clone(),
             config: published.config.clone(),
             checksum: delta::checksum_bytes(table.checksum()),
             table,
             published_at: Instant::now(),
+            trace_context: telemetry::context_fields(&span),
             full: OnceCell::new(),
             deltas: Mutex::new(HashMap::new()),
         }
@@ -109,11 +121,11 @@ impl Built {
 
     fn encode_full(&self) -> Arc<Full> {
         let span = tracing::info_span!(
-            target: tollgate_shared::telemetry::TRACE_TARGET,
-            "snapshot_build",
+            target: TRACE_TARGET,
+            "snapshot_encode",
             revision = self.version.revision,
-            routes = self.config.routes.len(),
         );
+        telemetry::set_parent_from_fields(&span, &self.trace_context);
         span.in_scope(|| {
             let snapshot = Snapshot {
                 version: Some(self.version.to_pb()),
@@ -123,6 +135,7 @@ impl Built {
             Arc::new(Full {
                 message: ControlPlaneMessage {
                     kind: Some(control_plane_message::Kind::Snapshot(snapshot)),
+                    trace_context: self.trace_context.clone(),
                 },
                 encoded,
             })
@@ -144,6 +157,7 @@ impl Built {
         cell.get_or_init(|| async {
             let started = Instant::now();
             let message = ControlPlaneMessage {
+                trace_context: self.trace_context.clone(),
                 kind: Some(control_plane_message::Kind::Delta(delta::build(
                     &base.version.to_pb(),
                     &base.table,
@@ -280,6 +294,7 @@ mod tests {
                 store_id: "st".into(),
                 revision,
             },
+            trace_context: HashMap::new(),
         }
     }
 

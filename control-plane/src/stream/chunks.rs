@@ -7,6 +7,7 @@
 //! a stream holds stays under tonic's default 8 KiB buffer plus what is in
 //! flight, whatever the size of the config.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use prost::bytes::Bytes;
@@ -24,15 +25,24 @@ pub struct ChunkCursor {
     checksum: Vec<u8>,
     encoded: Bytes,
     offset: usize,
+    /// The version's trace context, sent on the last chunk (the one whose
+    /// arrival makes the data plane apply the snapshot).
+    trace_context: HashMap<String, String>,
 }
 
 impl ChunkCursor {
-    pub fn new(full: &Arc<Full>, version: ConfigVersion, checksum: Vec<u8>) -> ChunkCursor {
+    pub fn new(
+        full: &Arc<Full>,
+        version: ConfigVersion,
+        checksum: Vec<u8>,
+        trace_context: HashMap<String, String>,
+    ) -> ChunkCursor {
         ChunkCursor {
             version,
             checksum,
             encoded: full.encoded.clone(),
             offset: 0,
+            trace_context,
         }
     }
 
@@ -52,8 +62,14 @@ impl ChunkCursor {
             checksum: self.checksum.clone(),
         };
         self.offset = if total == 0 { 1 } else { end };
+        let trace_context = if self.is_done() {
+            std::mem::take(&mut self.trace_context)
+        } else {
+            HashMap::new()
+        };
         Some(ControlPlaneMessage {
             kind: Some(control_plane_message::Kind::SnapshotChunk(chunk)),
+            trace_context,
         })
     }
 

@@ -122,7 +122,12 @@ impl Delivery {
         let full = latest.full(metrics).await;
         self.force_full = false;
         self.sent = Some(latest.version.clone());
-        let mut cursor = ChunkCursor::new(&full, latest.version.to_pb(), latest.checksum.clone());
+        let mut cursor = ChunkCursor::new(
+            &full,
+            latest.version.to_pb(),
+            latest.checksum.clone(),
+            latest.trace_context.clone(),
+        );
         let first = cursor.next_chunk();
         if !cursor.is_done() {
             self.cursor = Some(cursor);

@@ -209,6 +209,7 @@ impl Session {
                     Ok(purge) => {
                         let message = ControlPlaneMessage {
                             kind: Some(control_plane_message::Kind::CachePurge(purge)),
+                            trace_context: Default::default(),
                         };
                         if outbound.send(Ok(message)).await.is_err() {
                             return;

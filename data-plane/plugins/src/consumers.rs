@@ -475,6 +475,7 @@ pub(crate) mod tests {
 
     pub(crate) fn key_consumer(name: &str, groups: &[&str], key: &str) -> Consumer {
         Consumer {
+            tags: Vec::new(),
             name: name.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
             credentials: vec![Credential {
@@ -486,6 +487,7 @@ pub(crate) mod tests {
 
     pub(crate) fn jwt_consumer(name: &str, groups: &[&str], jwt: JwtCredential) -> Consumer {
         Consumer {
+            tags: Vec::new(),
             name: name.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
             credentials: vec![Credential {

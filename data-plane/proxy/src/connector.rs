@@ -161,6 +161,7 @@ mod tests {
         let authority: Authority = "127.0.0.1:1".parse().expect("authority");
         for (name, protocol) in Protocol::ALL {
             let service = tollgate_shared::model::Service {
+                tags: Vec::new(),
                 name: "s".into(),
                 upstream: tollgate_shared::model::Upstream {
                     targets: Vec::new(),

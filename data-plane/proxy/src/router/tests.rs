@@ -7,6 +7,7 @@ use tollgate_shared::model::{HeaderMatch, Route};
 
 fn route(name: &str) -> Route {
     Route {
+        tags: Vec::new(),
         name: name.into(),
         service: "svc".into(),
         hosts: Vec::new(),

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::config::ConfigVersion;
 use tollgate_shared::proto::stream::Snapshot;
+use tollgate_shared::telemetry::TRACE_TARGET;
 
 pub use cache::ConfigCache;
 pub use compile::{CompiledRoute, CompiledService, CompiledSnapshot};
@@ -112,6 +113,7 @@ impl Applier {
         config: &GatewayConfig,
         version: ConfigVersion,
     ) -> Result<CompiledSnapshot, String> {
+        let _span = tracing::info_span!(target: TRACE_TARGET, "config_compile").entered();
         tollgate_shared::validate::validate(config).map_err(|e| e.to_string())?;
         let previous = self.store.load();
         let mut compiled = compile::compile(
@@ -183,6 +185,12 @@ impl Applier {
         let previous = self.store.load();
         let plan = compile::DeltaPlan::of(undo.touched(), config);
         if let (Some(previous), Some(plan)) = (previous.as_deref(), plan) {
+            let _span = tracing::info_span!(
+                target: TRACE_TARGET,
+                "config_compile",
+                tollgate.incremental = true
+            )
+            .entered();
             tollgate_shared::validate::validate_changed(config, &plan.changed())
                 .map_err(|e| e.to_string())?;
             let compiled = compile::compile_delta(
@@ -222,6 +230,12 @@ impl Applier {
     }
 
     fn put_in_service(&self, compiled: CompiledSnapshot) -> ConfigVersion {
+        let _span = tracing::info_span!(
+            target: TRACE_TARGET,
+            "config_swap",
+            revision = compiled.version.revision
+        )
+        .entered();
         let version = compiled.version.clone();
         let metrics = tollgate_telemetry::metrics::global();
         metrics.set_certificate_expiry(

@@ -43,8 +43,10 @@ use tollgate_shared::proto::stream::{
     control_plane_message, data_plane_message, Ack, DataPlaneMessage, Delta, Heartbeat, Hello,
     Nack, ResyncRequest, Snapshot,
 };
+use tollgate_shared::telemetry::TRACE_TARGET;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Endpoint;
+use tracing::Instrument;
 
 use super::cluster_identity::ClusterIdentity;
 use super::held::DeltaRefused;
@@ -468,29 +470,62 @@ impl Subscriber {
                 return Ok(());
             };
             backoff.reset();
-            let reply = match message.kind {
+            // One `config_receive` span per version received, a child of the
+            // control plane's trace of the write when it sent its context.
+            let trace_context = message.trace_context;
+            let receive = |what: &'static str| {
+                let span = tracing::info_span!(
+                    target: TRACE_TARGET,
+                    "config_receive",
+                    otel.kind = "consumer",
+                    tollgate.message = what,
+                    tollgate.node_id = %self.node_id,
+                );
+                tollgate_shared::telemetry::set_parent_from_fields(&span, &trace_context);
+                span
+            };
+            let (reply, span) = match message.kind {
                 Some(control_plane_message::Kind::Snapshot(snapshot)) => {
-                    self.handle_snapshot(snapshot, None).await
+                    let span = receive("snapshot");
+                    let reply = self
+                        .handle_snapshot(snapshot, None)
+                        .instrument(span.clone())
+                        .await;
+                    (reply, span)
                 }
                 Some(control_plane_message::Kind::SnapshotChunk(chunk)) => {
                     match chunks.push(chunk, MAX_SNAPSHOT_BYTES) {
                         Ok(None) => continue,
                         Ok(Some(whole)) => {
-                            self.handle_snapshot(whole.snapshot, Some(whole.checksum))
-                                .await
+                            let span = receive("snapshot");
+                            let reply = self
+                                .handle_snapshot(whole.snapshot, Some(whole.checksum))
+                                .instrument(span.clone())
+                                .await;
+                            (reply, span)
                         }
-                        Err(error) => self.resync(error),
+                        Err(error) => (self.resync(error), receive("snapshot")),
                     }
                 }
-                Some(control_plane_message::Kind::Delta(delta)) => self.handle_delta(delta).await,
+                Some(control_plane_message::Kind::Delta(delta)) => {
+                    let span = receive("delta");
+                    let reply = self.handle_delta(delta).instrument(span.clone()).await;
+                    (reply, span)
+                }
                 Some(control_plane_message::Kind::CachePurge(purge)) => {
                     self.purge_cache(purge).await;
                     continue;
                 }
                 _ => continue,
             };
+            let answer = match &reply.kind {
+                Some(data_plane_message::Kind::Ack(_)) => "config_ack",
+                Some(data_plane_message::Kind::Nack(_)) => "config_nack",
+                _ => "config_resync",
+            };
             outbound
                 .send(reply)
+                .instrument(tracing::info_span!(target: TRACE_TARGET, parent: &span, "config_answer", otel.name = answer))
                 .await
                 .map_err(|_| "stream closed while answering".to_string())?;
         }
@@ -545,7 +580,9 @@ impl Subscriber {
         let target = delta.target.clone().unwrap_or_default();
         let applier = self.applier.clone();
         let started = std::time::Instant::now();
+        let span = tracing::Span::current();
         let result = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
             let result = applier.apply_delta(&delta);
             let in_service = started.elapsed();
             if let Ok((_, Some(snapshot))) = &result {
@@ -601,7 +638,9 @@ impl Subscriber {
             return ack(version);
         }
         let applier = self.applier.clone();
+        let span = tracing::Span::current();
         let result = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
             let result = applier.apply(&snapshot);
             if result.is_ok() {
                 applier.write_cache(&snapshot);
