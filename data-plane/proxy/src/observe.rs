@@ -178,7 +178,7 @@ pub async fn serve(
     // The peer, until the handler knows better (trusted `X-Forwarded-For`).
     exchange.client_ip = Some(peer.ip);
     exchange.tls = peer.tls;
-    let response = handle(state, peer, request, &mut exchange)
+    let response = handle(state, peer, request, &mut exchange, started)
         .instrument(span.clone())
         .await;
 
