@@ -21,13 +21,15 @@ import sys
 # (label, substring of the function name, inclusive?)
 STAGES = [
     ("client connection task (hyper server dispatcher, all of it)",
-     "hyper_util::server::conn::auto::Connection<I,S,E> as core::future::future::Future>::poll", True),
+     "<hyper_util::server::conn::auto::UpgradeableConnection<I,S,E> as core::future::future::Future>::poll", True),
     ("  request head parse (httparse into a HeaderMap)",
      "<hyper::proto::h1::role::Server as hyper::proto::h1::Http1Transaction>::parse", True),
     ("  observe (span, exchange, metrics, access log) + handler",
      "tollgate_proxy::server::connection::{{closure}}::{{closure}}", True),
-    ("    handler (bounds, request id, route, headers, plugins, upstream send)",
-     "tollgate_proxy::handler::handle::{{closure}}", True),
+    ("    observe::serve (handler inlined: bounds, request id, route, headers, plugins)",
+     "tollgate_proxy::observe::serve::{{closure}}", True),
+    ("      forward_route (plugins, body, target, upstream call)",
+     "tollgate_proxy::handler::forward_route::{{closure}}", True),
     ("      path normalization", "tollgate_proxy::router::normalize::normalize_path", True),
     ("      path policy", "tollgate_proxy::router::path_policy::PathPolicy::apply", True),
     ("      route lookup", "tollgate_proxy::router::Router::find", True),
@@ -49,22 +51,26 @@ STAGES = [
     ("  response head parse (httparse into a HeaderMap)",
      "<hyper::proto::h1::role::Client as hyper::proto::h1::Http1Transaction>::parse", True),
     ("runtime: parking, epoll, timers", "tokio::runtime::scheduler::current_thread::Context::park", True),
-    ("memcpy (self, all callers)", "__memcpy_avx_unaligned_erms", False),
+    ("memcpy (all callers)", "__memcpy_avx_unaligned_erms", True),
     ("allocator (mimalloc, self)", "mi_", False),
     ("HeaderMap hashing (self)", "http::header::map::hash_elem_using", False),
-    ("httparse (self)", "httparse::", False),
+    ("httparse (self)", "httparse::parse_headers_iter_uninit", False),
 ]
 
 
 def costs(path, inclusive):
+    """(total, {function: cost}). With line tables a function can show up
+    in several rows (per source file, absolute and relative); the largest
+    row is taken as its cost."""
     out = subprocess.run(
-        ["callgrind_annotate", "--threshold=100", f"--inclusive={'yes' if inclusive else 'no'}", path],
+        ["callgrind_annotate", "--threshold=100", "--auto=no",
+         f"--inclusive={'yes' if inclusive else 'no'}", path],
         check=True, capture_output=True, text=True).stdout
-    rows = []
+    by_function = {}
     total = None
     for line in out.splitlines():
         parts = line.split()
-        if not parts or not parts[0][0].isdigit():
+        if not parts or not parts[0][0].isdigit() or "=>" in line:
             continue
         try:
             value = int(parts[0].replace(",", ""))
@@ -73,9 +79,12 @@ def costs(path, inclusive):
         if "PROGRAM TOTALS" in line:
             total = value
             continue
-        name = line.split(":", 1)[1] if ":" in line else line
-        rows.append((value, name))
-    return total, rows
+        # "123 (1.0%)  file:function [binary]"
+        located = line.split(")", 1)[-1].strip()
+        name = located.split(":", 1)[1] if ":" in located else located
+        name = name.rsplit(" [", 1)[0].strip()
+        by_function[name] = max(by_function.get(name, 0), value)
+    return total, by_function
 
 
 def main():
@@ -83,16 +92,17 @@ def main():
     requests = int(sys.argv[2]) if len(sys.argv) > 2 else 3000
     total, inclusive = costs(path, True)
     _, exclusive = costs(path, False)
-    print(f"| stage | instructions / request |\n|---|---:|")
+    print("| stage | instructions / request |\n|---|---:|")
     print(f"| **total (whole process)** | **{total // requests:,}** |")
     for label, pattern, incl in STAGES:
         rows = inclusive if incl else exclusive
-        if incl:
-            # The outermost (largest) entry of that name.
-            value = max((v for v, name in rows if pattern in name), default=0)
+        if pattern.endswith("_"):
+            # A family (the allocator's `mi_*` functions), self costs.
+            value = sum(v for name, v in rows.items()
+                        if name.startswith(pattern) or name.startswith("_" + pattern))
         else:
-            value = sum(v for v, name in rows if pattern in name)
-        cell = f"{value // requests:,}" if value else "-"
+            value = rows.get(pattern, 0)
+        cell = f"{value // requests:,}" if value else "(inlined)"
         print(f"| {label.replace('  ', '&nbsp;&nbsp;')} | {cell} |")
 
 
