@@ -195,6 +195,12 @@ impl PluginChain {
         self.plugins.is_empty()
     }
 
+    /// Whether any plugin has `on_response` / `on_log` hooks (otherwise
+    /// [`Self::run_response`] and [`Self::run_log`] do nothing).
+    pub fn has_response_hooks(&self) -> bool {
+        self.response_hooks
+    }
+
     pub fn plugins(&self) -> impl Iterator<Item = &dyn Plugin> {
         self.plugins.iter().map(|p| p.as_ref())
     }

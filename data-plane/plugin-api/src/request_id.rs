@@ -2,7 +2,7 @@
 //! carried by every gateway-made answer, the upstream request and the access
 //! log. It lives at the bottom of the layers because all of them read it.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{Entry, HeaderMap, HeaderName, HeaderValue};
 use rand::RngCore;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -78,12 +78,22 @@ impl KeptRequestId {
 /// Keeps a sane client `X-Request-Id`, or generates a UUIDv4 one; the value
 /// is set on `headers` and returned.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> RequestId {
-    if let Some(existing) = headers.get(X_REQUEST_ID).and_then(RequestId::checked) {
-        return existing;
+    // One lookup (the name hashed once) whether the id is kept or replaced.
+    match headers.entry(X_REQUEST_ID) {
+        Entry::Occupied(mut sent) => {
+            if let Some(existing) = RequestId::checked(sent.get()) {
+                return existing;
+            }
+            let id = generate_request_id();
+            sent.insert(id.header().clone());
+            id
+        }
+        Entry::Vacant(slot) => {
+            let id = generate_request_id();
+            slot.insert(id.header().clone());
+            id
+        }
     }
-    let id = generate_request_id();
-    headers.insert(X_REQUEST_ID, id.header().clone());
-    id
 }
 
 /// A random UUIDv4 from the thread-local RNG (no syscall per request).

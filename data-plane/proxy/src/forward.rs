@@ -168,21 +168,25 @@ impl Peer {
 /// `Connection: keep-alive` and `Connection: close`, the usual values, name
 /// nothing else to remove.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Names only (one step per distinct name, no walk over extra values);
+    // `Connection`'s values are read only when it is there.
     let mut found = 0u16;
-    let mut named: Vec<HeaderName> = Vec::new();
-    for (name, value) in headers.iter() {
+    for name in headers.keys() {
         if let Some(index) = hop_by_hop_index(name) {
             found |= 1 << index;
-            if index == CONNECTION_INDEX {
-                connection_tokens(value, &mut named);
-            }
         }
     }
     if found == 0 {
         return;
     }
-    for name in named {
-        headers.remove(name);
+    if found & (1 << CONNECTION_INDEX) != 0 {
+        let mut named: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(CONNECTION) {
+            connection_tokens(value, &mut named);
+        }
+        for name in named {
+            headers.remove(name);
+        }
     }
     for (index, name) in HOP_BY_HOP.iter().enumerate() {
         if found & (1 << index) != 0 {
