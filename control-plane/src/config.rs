@@ -131,6 +131,39 @@ pub struct CpArgs {
     /// on the path can read the snapshots' secrets: avoid.
     #[arg(long, env = "TOLLGATE_INSECURE_PLAINTEXT_STREAM")]
     pub insecure_plaintext_stream: bool,
+
+    /// Serve the admin API over TLS with a server certificate from the
+    /// cluster CA (or --admin-tls-cert); operators may then authenticate
+    /// with client certificates instead of tokens. Always on when the admin
+    /// API listens beyond loopback, unless --insecure-plaintext-admin.
+    #[arg(long, env = "TOLLGATE_ADMIN_TLS")]
+    pub admin_tls: bool,
+
+    /// The admin API's server certificate chain (PEM) instead of one made
+    /// from the cluster CA at start (implies --admin-tls).
+    #[arg(long, env = "TOLLGATE_ADMIN_TLS_CERT", requires = "admin_tls_key")]
+    pub admin_tls_cert: Option<PathBuf>,
+
+    /// The key of --admin-tls-cert (PEM).
+    #[arg(long, env = "TOLLGATE_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<PathBuf>,
+
+    /// More names (DNS or IP) for the admin certificate made from the
+    /// cluster CA, besides localhost, 127.0.0.1, ::1 and
+    /// tollgate-control-plane; repeat or separate with commas.
+    #[arg(long, env = "TOLLGATE_ADMIN_TLS_SAN", value_delimiter = ',')]
+    pub admin_tls_san: Vec<String>,
+
+    /// Also trust operator client certificates from this CA bundle (PEM),
+    /// besides the cluster CA; they must name the operator and role in a
+    /// URI SAN urn:tollgate:operator:<name>:<role>.
+    #[arg(long, env = "TOLLGATE_ADMIN_CLIENT_CA")]
+    pub admin_client_ca: Option<PathBuf>,
+
+    /// Allow a plaintext admin API beyond loopback (tokens travel in clear
+    /// text; anyone on the path can read and replay them): avoid.
+    #[arg(long, env = "TOLLGATE_INSECURE_PLAINTEXT_ADMIN")]
+    pub insecure_plaintext_admin: bool,
 }
 
 /// What [`crate::run`] needs.
@@ -151,6 +184,19 @@ pub struct CpConfig {
     pub history_revisions: usize,
     /// The cluster PKI settings.
     pub cluster: ClusterSettings,
+    /// TLS on the admin API.
+    pub admin_tls: AdminTlsSettings,
+}
+
+/// The admin API's TLS settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminTlsSettings {
+    /// `--admin-tls`; forced on beyond loopback unless `insecure_plaintext`.
+    pub tls: bool,
+    pub server_cert: Option<PemFiles>,
+    pub extra_names: Vec<String>,
+    pub client_ca: Option<PathBuf>,
+    pub insecure_plaintext: bool,
 }
 
 /// The cluster PKI's settings (`crate::pki`).
@@ -205,6 +251,13 @@ impl From<CpArgs> for CpConfig {
                 cert_ttl: Duration::from_secs(args.data_plane_cert_ttl_secs),
                 insecure_plaintext: args.insecure_plaintext_stream,
             },
+            admin_tls: AdminTlsSettings {
+                tls: args.admin_tls,
+                server_cert: pem_files(args.admin_tls_cert, args.admin_tls_key),
+                extra_names: args.admin_tls_san,
+                client_ca: args.admin_client_ca,
+                insecure_plaintext: args.insecure_plaintext_admin,
+            },
         }
     }
 }
@@ -230,7 +283,17 @@ impl CpConfig {
             stream_max_lag: DEFAULT_STREAM_MAX_LAG,
             history_revisions: crate::store::history::DEFAULT_KEEP,
             cluster: ClusterSettings::default(),
+            admin_tls: AdminTlsSettings::default(),
         }
+    }
+
+    /// Whether the admin API is served over TLS: asked for (or given a
+    /// certificate), or needed because it listens beyond loopback.
+    pub fn admin_tls(&self) -> bool {
+        let admin = &self.admin_tls;
+        admin.tls
+            || admin.server_cert.is_some()
+            || (!self.admin_listen.ip().is_loopback() && !admin.insecure_plaintext)
     }
 
     /// Whether the config stream is served over TLS: asked for, or needed
@@ -263,6 +326,24 @@ impl CpConfig {
             )));
         }
         let stream = self.stream_address();
+        if self.admin_tls() && self.stream_listen.is_none() {
+            return Err(CpError::Startup(format!(
+                "the admin API is served over TLS (--admin-tls{}): give the config stream its \
+                 own --stream-listen address",
+                if self.admin_tls.tls || self.admin_tls.server_cert.is_some() {
+                    ""
+                } else {
+                    ", always on beyond loopback unless --insecure-plaintext-admin"
+                }
+            )));
+        }
+        if !self.admin_tls()
+            && (self.admin_tls.client_ca.is_some() || !self.admin_tls.extra_names.is_empty())
+        {
+            return Err(CpError::Startup(
+                "--admin-client-ca and --admin-tls-san need a TLS admin API (--admin-tls)".into(),
+            ));
+        }
         if self.stream_tls() && self.stream_listen.is_none() {
             return Err(CpError::Startup(format!(
                 "the config stream is served over TLS (--stream-tls{}), and the admin API is \
@@ -312,10 +393,27 @@ mod tests {
         let err = with_admin.check().expect_err("must fail");
         assert!(err.to_string().contains("--stream-listen"), "{err}");
         with_admin.cluster.insecure_plaintext = true;
+        with_admin.admin_tls.insecure_plaintext = true;
         let err = with_admin.check().expect_err("must fail");
         assert!(err.to_string().contains("--cluster-token"), "{err}");
         with_admin.cluster_token = Some("cluster-token".into());
         assert!(with_admin.check().is_ok());
+
+        // Beyond loopback the admin API is TLS too, unless opted out.
+        let mut tls_admin = config("0.0.0.0:7070", Some("0.0.0.0:7071"));
+        tls_admin.admin_token = Some("admin-token".into());
+        assert!(tls_admin.admin_tls() && tls_admin.check().is_ok());
+        tls_admin.admin_tls.insecure_plaintext = true;
+        assert!(!tls_admin.admin_tls() && tls_admin.check().is_ok());
+        let mut loopback = config("127.0.0.1:7070", None);
+        assert!(!loopback.admin_tls());
+        loopback.admin_tls.tls = true;
+        let err = loopback.check().expect_err("must fail");
+        assert!(err.to_string().contains("--stream-listen"), "{err}");
+        let mut ca_without_tls = config("127.0.0.1:7070", None);
+        ca_without_tls.admin_tls.client_ca = Some(PathBuf::from("ca.pem"));
+        let err = ca_without_tls.check().expect_err("must fail");
+        assert!(err.to_string().contains("--admin-tls"), "{err}");
 
         // Beyond loopback the stream is TLS: no cluster token needed.
         let tls = config("127.0.0.1:7070", Some("0.0.0.0:7071"));

@@ -60,6 +60,11 @@ pub enum CpError {
     #[error("{0}")]
     JoinRefused(String),
 
+    /// An operator client certificate refused on the admin API: revoked,
+    /// expired, a data plane's, or naming no operator.
+    #[error("{0}")]
+    CertificateRefused(String),
+
     /// The call needs a setting the server was not started with.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -161,6 +166,7 @@ impl From<CpError> for tonic::Status {
             CpError::Unauthenticated(message) => Status::unauthenticated(message),
             CpError::PermissionDenied(message) => Status::permission_denied(cut(message)),
             CpError::JoinRefused(message) => Status::unauthenticated(cut(message)),
+            CpError::CertificateRefused(message) => Status::unauthenticated(cut(message)),
             CpError::FailedPrecondition(message) => Status::failed_precondition(cut(message)),
             CpError::Rpc(status) => *status,
             other => {

@@ -156,7 +156,16 @@ pub struct ConnInfo {
     /// presented over TLS (`crate::pki::transport`); handed to handlers as
     /// a [`PeerNode`] extension.
     pub peer_node: Option<Arc<str>>,
+    /// On a TLS admin listener: the operator the verified client
+    /// certificate names, or why it names none (`crate::pki::operators`);
+    /// handed to handlers as a [`PeerOperator`] extension.
+    pub peer_operator: Option<PeerOperator>,
 }
+
+/// The operator a call's connection presented a certificate for, or why
+/// that certificate names no operator, in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct PeerOperator(pub Arc<Result<crate::pki::operators::OperatorId, String>>);
 
 /// The data plane a call's connection authenticated as (its certificate's
 /// node id), in the request's extensions.
@@ -283,6 +292,7 @@ impl Stream for Incoming {
                             remote_addr: Some(remote),
                             activity: Activity::new(),
                             peer_node: None,
+                            peer_operator: None,
                         },
                         this.limits,
                         this.stats.clone(),
@@ -529,6 +539,9 @@ where
                 });
                 if let Some(node) = &info.peer_node {
                     request.extensions_mut().insert(PeerNode(node.clone()));
+                }
+                if let Some(operator) = &info.peer_operator {
+                    request.extensions_mut().insert(operator.clone());
                 }
                 Some(info.activity.begin())
             }

@@ -46,7 +46,7 @@ use crate::dashboard::Dashboard;
 
 /// The admin API's methods (`proto/tollgate_admin.proto`), the only values
 /// the `method` label takes besides `other`.
-pub const ADMIN_METHODS: [&str; 19] = [
+pub const ADMIN_METHODS: [&str; 22] = [
     "Create",
     "Update",
     "Get",
@@ -66,6 +66,9 @@ pub const ADMIN_METHODS: [&str; 19] = [
     "CreateJoinToken",
     "ListJoinTokens",
     "RevokeDataPlane",
+    "CreateOperatorCert",
+    "ListOperatorCerts",
+    "RevokeOperatorCert",
 ];
 
 /// How long a scraper may take to send its request head.

@@ -31,6 +31,7 @@ use crate::metrics::{self, CpMetrics, DataPlaneView, ObservedService};
 use crate::model::Model;
 use crate::pki::enroll::Enrollment;
 use crate::pki::joins::{JoinBook, JOIN_TOKENS_TREE, REVOKED_TREE};
+use crate::pki::operators::{OperatorBook, OPERATOR_CERTS_TREE, REVOKED_OPERATORS_TREE};
 use crate::pki::transport::TlsIncoming;
 use crate::pki::ClusterPki;
 use crate::stream::registry::Registry;
@@ -64,6 +65,8 @@ pub struct Bound {
     enrollment: Arc<Enrollment>,
     /// The stream listener's TLS config, when the stream is served over TLS.
     stream_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The admin listener's TLS config, when the admin API is served over TLS.
+    admin_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Checks `config`, opens the store and binds the listeners.
@@ -74,7 +77,10 @@ pub async fn bind(config: CpConfig) -> Result<Bound, CpError> {
     let keep = config.history_revisions;
     let cluster = config.cluster.clone();
     let stream_tls = config.stream_tls();
-    let (model, tokens, audit, pki, joins, tls) = tokio::task::spawn_blocking(move || {
+    let admin_tls_settings = config.admin_tls.clone();
+    let admin_tls = config.admin_tls();
+    let (model, tokens, audit, pki, joins, operators, tls, admin_tls) =
+        tokio::task::spawn_blocking(move || {
         let model = Model::open_keeping(&data_dir, keep)?;
         let tokens = TokenBook::open(model.side_tree(TOKENS_TREE)?, bootstrap.as_deref())?;
         let audit = AuditLog::open(model.side_tree(AUDIT_TREE)?)?;
@@ -83,10 +89,23 @@ pub async fn bind(config: CpConfig) -> Result<Bound, CpError> {
             model.side_tree(JOIN_TOKENS_TREE)?,
             model.side_tree(REVOKED_TREE)?,
         )?;
+        let operators = OperatorBook::open(
+            model.side_tree(OPERATOR_CERTS_TREE)?,
+            model.side_tree(REVOKED_OPERATORS_TREE)?,
+        )?;
         let tls = stream_tls
             .then(|| pki.server_config(cluster.server_cert.as_ref()))
             .transpose()?;
-        Ok::<_, CpError>((model, tokens, audit, pki, joins, tls))
+        let admin_tls = admin_tls
+            .then(|| {
+                pki.admin_server_config(
+                    admin_tls_settings.server_cert.as_ref(),
+                    admin_tls_settings.client_ca.as_deref(),
+                    &admin_tls_settings.extra_names,
+                )
+            })
+            .transpose()?;
+        Ok::<_, CpError>((model, tokens, audit, pki, joins, operators, tls, admin_tls))
     })
     .await
     .map_err(|e| CpError::Internal(format!("opening the store failed: {e}")))??;
@@ -104,6 +123,7 @@ pub async fn bind(config: CpConfig) -> Result<Bound, CpError> {
     let enrollment = Arc::new(Enrollment {
         pki: Arc::new(pki),
         joins: Arc::new(joins),
+        operators: Arc::new(operators),
         metrics: metrics.clone(),
         tls: tls.is_some(),
     });
@@ -120,6 +140,7 @@ pub async fn bind(config: CpConfig) -> Result<Bound, CpError> {
         metrics_listener,
         enrollment,
         stream_tls: tls,
+        admin_tls,
     })
 }
 
@@ -215,7 +236,8 @@ impl Bound {
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
                 self.tokens.clone(),
                 self.metrics.clone(),
-            ),
+            )
+            .with_operators(self.enrollment.operators.clone()),
             self.metrics.clone(),
         );
         let stream = InterceptedService::new(
@@ -252,17 +274,37 @@ impl Bound {
             Some(listener) => (None, Some((listener, stream))),
         };
 
-        let admin_server = builder()
+        let admin_router = builder()
             .add_service(health_service.clone())
             .add_service(reflection)
             .add_service(reflection_alpha)
             .add_service(admin)
-            .add_optional_service(stream_on_admin)
-            .serve_with_incoming_shutdown(
-                Incoming::new(self.admin_listener, self.config.conn_limits, "admin"),
-                stop_signal(stopped.clone()),
-            );
-        tracing::info!(address = %admin_addr, "admin API listening on {admin_addr}");
+            .add_optional_service(stream_on_admin);
+        let admin_incoming = Incoming::new(self.admin_listener, self.config.conn_limits, "admin");
+        let admin_stop = stop_signal(stopped.clone());
+        let admin_server: std::pin::Pin<
+            Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+        > = match self.admin_tls.clone() {
+            Some(tls) => {
+                tracing::info!(
+                    address = %admin_addr,
+                    ca_sha256 = %hex::encode(self.enrollment.pki.ca_pin()),
+                    "admin API listening on {admin_addr} (TLS; a token or an operator certificate authenticates)"
+                );
+                let incoming = TlsIncoming::new(
+                    admin_incoming,
+                    tls,
+                    self.config.conn_limits.handshake_timeout,
+                    self.metrics.clone(),
+                )
+                .admin();
+                Box::pin(admin_router.serve_with_incoming_shutdown(incoming, admin_stop))
+            }
+            None => {
+                tracing::info!(address = %admin_addr, "admin API listening on {admin_addr}");
+                Box::pin(admin_router.serve_with_incoming_shutdown(admin_incoming, admin_stop))
+            }
+        };
 
         // The committed version, as a gauge; follows every publish.
         let mut versions = self.model.subscribe();

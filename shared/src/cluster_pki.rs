@@ -16,8 +16,13 @@ use sha2::{Digest, Sha256};
 /// the name data planes check by default (whatever address they dial).
 pub const SERVER_NAME: &str = "tollgate-control-plane";
 /// Organizational unit of every certificate the cluster CA issues to a data
-/// plane; operators' certificates (not built yet) would carry another.
+/// plane; operators' certificates carry [`OPERATOR_OU`].
 pub const DATA_PLANE_OU: &str = "tollgate-data-plane";
+/// Organizational unit of the operator certificates the cluster CA issues.
+pub const OPERATOR_OU: &str = "tollgate-operator";
+/// The URI SAN prefix naming an operator and its role:
+/// `urn:tollgate:operator:<name>:<role>`.
+pub const OPERATOR_URI_PREFIX: &str = "urn:tollgate:operator:";
 /// The token's prefix.
 pub const TOKEN_PREFIX: &str = "tgjoin";
 /// Longest node id (as the stream's hello allows).

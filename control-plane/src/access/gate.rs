@@ -1,5 +1,14 @@
-//! The admin API's front door: authenticates the bearer token, checks the
-//! role the call needs, and hands the handler an [`Actor`].
+//! The admin API's front door: authenticates the bearer token or the
+//! operator client certificate (on a TLS admin listener,
+//! `crate::pki::operators`), checks the role the call needs, and hands the
+//! handler an [`Actor`].
+//!
+//! A token, when sent, decides (a certificate is per connection, a token per
+//! call: the explicit one wins). Without a token, a verified operator
+//! certificate identifies the caller as `cert:<name>` with its role, unless
+//! it is revoked or expired; a client certificate that names no operator (a
+//! data plane's, or one without the operator URI SAN) is refused rather than
+//! ignored, even on a tokenless loopback admin API.
 //!
 //! It is a tower service around the generated `AdminServer` rather than a
 //! tonic interceptor because the role depends on the call, and only the
@@ -18,13 +27,16 @@ use tonic::transport::server::TcpConnectInfo;
 use super::{roles, TokenBook};
 use crate::auth::{bearer_token, Actor};
 use crate::error::CpError;
+use crate::listener::PeerOperator;
 use crate::metrics::CpMetrics;
+use crate::pki::operators::OperatorBook;
 
 #[derive(Clone)]
 pub struct AdminGate<S> {
     inner: S,
     tokens: Arc<TokenBook>,
     metrics: Arc<CpMetrics>,
+    operators: Option<Arc<OperatorBook>>,
 }
 
 impl<S> AdminGate<S> {
@@ -33,7 +45,57 @@ impl<S> AdminGate<S> {
             inner,
             tokens,
             metrics,
+            operators: None,
         }
+    }
+
+    /// Checks operator certificates against `operators`' revocations.
+    pub fn with_operators(mut self, operators: Arc<OperatorBook>) -> Self {
+        self.operators = Some(operators);
+        self
+    }
+
+    /// The actor of a verified operator certificate, if the connection
+    /// presented one.
+    fn certificate_actor(
+        &self,
+        request: &http::Request<BoxBody>,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Option<Result<Actor, Refusal>> {
+        let PeerOperator(operator) = request.extensions().get::<PeerOperator>()?;
+        let refused = |message: String| {
+            Some(Err(Refusal::unauthenticated(CpError::CertificateRefused(
+                message,
+            ))))
+        };
+        let operator = match operator.as_ref() {
+            Ok(operator) => operator,
+            Err(reason) => return refused(reason.clone()),
+        };
+        let revoked = self
+            .operators
+            .as_ref()
+            .is_none_or(|book| book.is_revoked(&operator.serial));
+        if revoked {
+            return refused(format!(
+                "the operator certificate of {:?} (serial {}) is revoked",
+                operator.name, operator.serial
+            ));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        if operator.not_after < now {
+            return refused(format!(
+                "the operator certificate of {:?} (serial {}) has expired",
+                operator.name, operator.serial
+            ));
+        }
+        Some(Ok(Actor {
+            name: format!("cert:{}", operator.name),
+            role: operator.role,
+            peer,
+        }))
     }
 
     /// Who calls, and whether they may make this call.
@@ -44,12 +106,16 @@ impl<S> AdminGate<S> {
             .and_then(|info| info.remote_addr());
         let call = request.uri().path().rsplit('/').next().unwrap_or_default();
         let actor = match request.headers().get(http::header::AUTHORIZATION) {
-            None if !self.tokens.required() => Actor::local(peer),
-            None => {
-                return Err(Refusal::unauthenticated(CpError::Unauthenticated(
-                    "missing authorization metadata (Bearer token)",
-                )))
-            }
+            None => match self.certificate_actor(request, peer) {
+                Some(actor) => actor?,
+                None if !self.tokens.required() => Actor::local(peer),
+                None => {
+                    return Err(Refusal::unauthenticated(CpError::Unauthenticated(
+                        "missing authorization metadata (Bearer token) or operator client \
+                         certificate",
+                    )))
+                }
+            },
             Some(value) => {
                 let token = bearer_token(value.as_bytes()).map_err(Refusal::unauthenticated)?;
                 match self.tokens.identify(token) {
@@ -70,6 +136,14 @@ impl<S> AdminGate<S> {
             }
         };
         if let Err(error) = actor.require(roles::required(call), call) {
+            let error = match actor.name.strip_prefix("cert:") {
+                Some(operator) => CpError::PermissionDenied(format!(
+                    "{call} needs role {}; the operator certificate of {operator:?} has role {}",
+                    roles::required(call),
+                    actor.role
+                )),
+                None => error,
+            };
             return Err(Refusal {
                 error,
                 reason: "permission_denied",

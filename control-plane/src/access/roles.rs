@@ -81,6 +81,8 @@ pub fn required(method: &str) -> Role {
         "Get" | "List" | "Export" | "ListDataPlanes" | "ListAudit" | "History" | "GetRevision"
         | "GetStats" | "WaitForVersion" | "Apply" | "ListJoinTokens" => Role::Viewer,
         "Create" | "Update" | "Delete" | "Rollback" | "PurgeCache" => Role::Editor,
+        // Tokens, join tokens, revocations, operator certificates
+        // (CreateOperatorCert, ListOperatorCerts, RevokeOperatorCert).
         _ => Role::Admin,
     }
 }
@@ -98,6 +100,10 @@ mod tests {
         assert_eq!(required("CreateJoinToken"), Role::Admin);
         assert_eq!(required("RevokeDataPlane"), Role::Admin);
         assert_eq!(required("ListJoinTokens"), Role::Viewer);
+        // Operator certificates are admin business, as tokens are.
+        assert_eq!(required("CreateOperatorCert"), Role::Admin);
+        assert_eq!(required("ListOperatorCerts"), Role::Admin);
+        assert_eq!(required("RevokeOperatorCert"), Role::Admin);
         assert_eq!(required("SomethingAddedLater"), Role::Admin);
         let refused = Role::Viewer
             .require(Role::Editor, "Delete")

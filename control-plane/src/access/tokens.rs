@@ -197,7 +197,7 @@ impl TokenBook {
     }
 }
 
-fn check_name(name: &str) -> Result<(), CpError> {
+pub(crate) fn check_name(name: &str) -> Result<(), CpError> {
     let valid = !name.is_empty()
         && name.len() <= MAX_NAME
         && name

@@ -25,6 +25,10 @@ use tollgate_shared::proto::admin::{
     CreateJoinTokenRequest, CreateJoinTokenResponse, ListJoinTokensRequest, ListJoinTokensResponse,
     RevokeDataPlaneRequest, RevokeDataPlaneResponse,
 };
+use tollgate_shared::proto::admin::{
+    CreateOperatorCertRequest, CreateOperatorCertResponse, ListOperatorCertsRequest,
+    ListOperatorCertsResponse, RevokeOperatorCertRequest, RevokeOperatorCertResponse,
+};
 use tollgate_shared::proto::config as pb_config;
 use tollgate_shared::proto::stream::CachePurge;
 use tonic::{Request, Response, Status};
@@ -482,6 +486,86 @@ impl Admin for AdminService {
         Ok(Response::new(RevokeDataPlaneResponse {
             closed_streams: u32::try_from(connected).unwrap_or(u32::MAX),
         }))
+    }
+
+    async fn create_operator_cert(
+        &self,
+        request: Request<CreateOperatorCertRequest>,
+    ) -> Result<Response<CreateOperatorCertResponse>, Status> {
+        use crate::pki::operators::{MAX_TTL_SECS, MIN_TTL_SECS};
+        let actor = Actor::of(&request);
+        let cluster = self.cluster()?;
+        let request = request.into_inner();
+        let role = Role::from_pb(request.role)?;
+        if !(MIN_TTL_SECS..=MAX_TTL_SECS).contains(&request.ttl_seconds) {
+            return Err(CpError::BadRequest(format!(
+                "ttl_seconds: must be {MIN_TTL_SECS} to {MAX_TTL_SECS} (365 days)"
+            ))
+            .into());
+        }
+        let (cert_pem, id) = cluster.pki.sign_operator(
+            &request.csr_pem,
+            &request.name,
+            role,
+            Duration::from_secs(request.ttl_seconds),
+        )?;
+        let info = cluster.operators.record(&id, &actor.name).await?;
+        tracing::info!(operator = %id.name, %role, serial = %id.serial, by = %actor.name, "operator certificate issued");
+        self.audit
+            .event(
+                &actor,
+                "CreateOperatorCert",
+                format!(
+                    "issued an operator certificate for {:?} with role {role}, serial {}, valid {} s",
+                    id.name, id.serial, request.ttl_seconds
+                ),
+            )
+            .await;
+        Ok(Response::new(CreateOperatorCertResponse {
+            cert_pem,
+            ca_pem: cluster.pki.ca_pem().to_string(),
+            info: Some(info),
+        }))
+    }
+
+    async fn list_operator_certs(
+        &self,
+        _request: Request<ListOperatorCertsRequest>,
+    ) -> Result<Response<ListOperatorCertsResponse>, Status> {
+        let operators = self.cluster()?.operators.clone();
+        let list = blocking(move || operators.list()).await??;
+        Ok(Response::new(list))
+    }
+
+    async fn revoke_operator_cert(
+        &self,
+        request: Request<RevokeOperatorCertRequest>,
+    ) -> Result<Response<RevokeOperatorCertResponse>, Status> {
+        let actor = Actor::of(&request);
+        let what = request.into_inner().name_or_serial;
+        let revoked = self
+            .cluster()?
+            .operators
+            .revoke(&what, &actor.name)
+            .await?;
+        let serials: Vec<&str> = revoked.iter().map(|c| c.serial.as_str()).collect();
+        tracing::warn!(what = %what, ?serials, by = %actor.name, "operator certificate revoked");
+        self.audit
+            .event(
+                &actor,
+                "RevokeOperatorCert",
+                format!(
+                    "revoked operator certificate(s) {}: {}",
+                    tollgate_shared::limits::show(&what),
+                    if serials.is_empty() {
+                        "a serial issued elsewhere".to_string()
+                    } else {
+                        serials.join(", ")
+                    }
+                ),
+            )
+            .await;
+        Ok(Response::new(RevokeOperatorCertResponse { revoked }))
     }
 
     async fn list_audit(

@@ -34,7 +34,7 @@ pub enum TokensCommand {
     Revoke { name: String },
 }
 
-fn parse_role(text: &str) -> Result<Role, String> {
+pub(crate) fn parse_role(text: &str) -> Result<Role, String> {
     Role::parse(text).ok_or_else(|| "must be one of viewer, editor, admin".to_string())
 }
 
@@ -138,7 +138,7 @@ struct TokenView {
     fingerprint: String,
 }
 
-fn role_label(raw: i32) -> &'static str {
+pub(crate) fn role_label(raw: i32) -> &'static str {
     Role::from_pb(raw).map_or("?", Role::as_str)
 }
 

@@ -20,6 +20,7 @@ pub mod fields;
 pub mod health;
 pub mod history;
 pub mod input;
+pub mod operators;
 pub mod output;
 pub mod stats;
 pub mod wait;
@@ -63,6 +64,9 @@ pub struct CtlArgs {
         global = true
     )]
     pub token: Option<String>,
+
+    #[command(flatten)]
+    pub tls: client::TlsArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -173,6 +177,12 @@ pub enum Command {
     Tokens {
         #[command(subcommand)]
         command: access::TokensCommand,
+    },
+    /// Operator client certificates for a TLS admin API (needs role admin):
+    /// `operators cert create NAME --role ROLE --out DIR`, `list`, `revoke`.
+    Operators {
+        #[command(subcommand)]
+        command: operators::OperatorsCommand,
     },
     /// The audit log: who changed what, when, from where.
     Audit {
@@ -359,7 +369,7 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CpError> {
         ),
         _ => None,
     };
-    let mut client = client::connect(&args.server, args.token.as_deref()).await?;
+    let mut client = client::connect(&args.server, args.token.as_deref(), &args.tls).await?;
 
     match (args.command, kind, desired) {
         (
@@ -513,6 +523,9 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CpError> {
             }
         }
         (Command::Tokens { command }, _, _) => access::tokens(&mut client, command, out).await,
+        (Command::Operators { command }, _, _) => {
+            operators::run(&mut client, command, out).await
+        }
         (Command::Audit { since, output }, _, _) => {
             access::audit(&mut client, since, output, out).await
         }

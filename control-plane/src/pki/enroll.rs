@@ -27,6 +27,8 @@ use crate::metrics::CpMetrics;
 pub struct Enrollment {
     pub pki: Arc<ClusterPki>,
     pub joins: Arc<JoinBook>,
+    /// Issued and revoked operator certificates (admin API).
+    pub operators: Arc<super::operators::OperatorBook>,
     pub metrics: Arc<CpMetrics>,
     /// Whether the stream is served over TLS (else `Join`/`Renew` are refused
     /// and `Subscribe` needs no certificate: the loopback quickstart).

@@ -14,6 +14,11 @@
 //!   verified data plane's node id from its certificate into the
 //!   connection's info, where the stream handlers find it.
 //! - [`enroll`]: the `Join` and `Renew` calls.
+//! - [`operators`]: operator client certificates for the admin API (signed
+//!   here, [`ClusterPki::sign_operator`]), and their revocation.
+//! - The admin API's TLS config ([`ClusterPki::admin_server_config`]): a
+//!   server certificate from the CA (or given files), operator certificates
+//!   from the CA or `--admin-client-ca` verified when presented.
 //!
 //! Why a private CA and a fixed server name: data planes trust only the CA
 //! they pinned at join time (by the hash inside the token), so the name they
@@ -24,6 +29,7 @@
 
 pub mod enroll;
 pub mod joins;
+pub mod operators;
 pub mod transport;
 
 use std::path::{Path, PathBuf};
@@ -37,9 +43,12 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
-use tollgate_shared::cluster_pki::{self, DATA_PLANE_OU, SERVER_NAME};
+use tollgate_shared::cluster_pki::{
+    self, DATA_PLANE_OU, OPERATOR_OU, OPERATOR_URI_PREFIX, SERVER_NAME,
+};
 use tollgate_shared::private_files as files;
 
+use crate::access::Role;
 use crate::error::CpError;
 
 /// Files of a CA or a certificate given on the command line.
@@ -172,23 +181,61 @@ impl ClusterPki {
         given: Option<&PemFiles>,
     ) -> Result<Arc<rustls::ServerConfig>, CpError> {
         let (chain, key) = match given {
-            Some(files) => {
-                let chain_pem = files::read_text(&files.cert).map_err(startup)?;
-                let key_pem = files::read_text(&files.key).map_err(startup)?;
-                let chain: Vec<CertificateDer<'static>> =
-                    rustls_pki_types::pem::PemObject::pem_slice_iter(chain_pem.as_bytes())
-                        .collect::<Result<_, _>>()
-                        .map_err(|e| startup(format!("--stream-tls-cert: {e}")))?;
-                let key = rustls_pki_types::pem::PemObject::from_pem_slice(key_pem.as_bytes())
-                    .map_err(|e| startup(format!("--stream-tls-key: {e}")))?;
-                (chain, key)
-            }
-            None => self.server_certificate()?,
+            Some(files) => load_chain(files, "--stream-tls")?,
+            None => self.server_certificate(&[])?,
         };
+        self.tls_config(chain, key, &[], "stream")
+    }
+
+    /// The admin listener's TLS config: the server certificate (given with
+    /// `--admin-tls-cert/--admin-tls-key`, or made now from the CA for
+    /// [`SERVER_NAME`], `localhost`, 127.0.0.1, ::1 and `extra_names`);
+    /// client certificates from the CA or from `client_ca` (PEM bundle,
+    /// `--admin-client-ca`) verified when presented (a token works without
+    /// one). HTTP/2 only.
+    pub fn admin_server_config(
+        &self,
+        given: Option<&PemFiles>,
+        client_ca: Option<&Path>,
+        extra_names: &[String],
+    ) -> Result<Arc<rustls::ServerConfig>, CpError> {
+        let (chain, key) = match given {
+            Some(files) => load_chain(files, "--admin-tls")?,
+            None => self.server_certificate(extra_names)?,
+        };
+        let extra_roots = match client_ca {
+            Some(path) => {
+                let pem = files::read_text(path).map_err(startup)?;
+                let roots: Vec<CertificateDer<'static>> =
+                    rustls_pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes())
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| startup(format!("--admin-client-ca: {e}")))?;
+                if roots.is_empty() {
+                    return Err(startup("--admin-client-ca: no certificate in the file"));
+                }
+                roots
+            }
+            None => Vec::new(),
+        };
+        self.tls_config(chain, key, &extra_roots, "admin")
+    }
+
+    fn tls_config(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        extra_roots: &[CertificateDer<'static>],
+        listener: &str,
+    ) -> Result<Arc<rustls::ServerConfig>, CpError> {
         let mut roots = RootCertStore::empty();
         roots
             .add(self.ca_der.clone())
             .map_err(|e| startup(format!("the CA certificate is not usable as a root: {e}")))?;
+        for root in extra_roots {
+            roots
+                .add(root.clone())
+                .map_err(|e| startup(format!("--admin-client-ca: not usable as a root: {e}")))?;
+        }
         // ring (as the data plane): builds with a plain C compiler; rustls
         // marks it deprecated only for lacking post-quantum key exchange.
         #[allow(deprecated)]
@@ -203,21 +250,33 @@ impl ClusterPki {
             .map_err(|e| startup(e.to_string()))?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
-            .map_err(|e| startup(format!("the stream certificate does not fit its key: {e}")))?;
+            .map_err(|e| {
+                startup(format!(
+                    "the {listener} certificate does not fit its key: {e}"
+                ))
+            })?;
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
     }
 
-    /// A server certificate for [`SERVER_NAME`] and `localhost`, chained to
+    /// A server certificate for [`SERVER_NAME`], `localhost`, the loopback
+    /// addresses and `extra_names` (DNS names or IP addresses), chained to
     /// the CA.
     fn server_certificate(
         &self,
+        extra_names: &[String],
     ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CpError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| startup(format!("server key: {e}")))?;
-        let mut params =
-            CertificateParams::new(vec![SERVER_NAME.to_string(), "localhost".to_string()])
-                .map_err(|e| startup(e.to_string()))?;
+        let mut names = vec![
+            SERVER_NAME.to_string(),
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
+        names.extend(extra_names.iter().cloned());
+        let mut params = CertificateParams::new(names)
+            .map_err(|e| startup(format!("--admin-tls-san: {e}")))?;
         params
             .distinguished_name
             .push(DnType::CommonName, SERVER_NAME);
@@ -240,12 +299,7 @@ impl ClusterPki {
     /// `clientAuth` only, valid for the configured lifetime. Nothing else of
     /// the CSR (SANs, extensions) is copied.
     pub fn sign(&self, csr_pem: &str, expected: Option<&str>) -> Result<Issued, CpError> {
-        if csr_pem.len() > 16 * 1024 {
-            return Err(CpError::BadRequest("csr_pem: larger than 16 KiB".into()));
-        }
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| {
-            CpError::BadRequest("csr_pem: not a PKCS#10 request with a valid signature".into())
-        })?;
+        let csr = parse_csr(csr_pem)?;
         let node_id = csr
             .params
             .distinguished_name
@@ -266,36 +320,101 @@ impl ClusterPki {
                 )));
             }
         }
-        let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, node_id.as_str());
         name.push(DnType::OrganizationalUnitName, DATA_PLANE_OU);
+        let uri = format!("urn:tollgate:data-plane:{}", uri_safe(&node_id));
+        let (cert_pem, not_after) = self.issue_client(csr.public_key, name, uri, self.cert_ttl)?;
+        Ok(Issued {
+            node_id,
+            cert_pem,
+            not_after,
+        })
+    }
+
+    /// Signs an operator's CSR ([`operators`]): CN = `name`, OU
+    /// [`OPERATOR_OU`], URI SAN `urn:tollgate:operator:<name>:<role>`, EKU
+    /// `clientAuth` only, valid for `ttl`. Only the CSR's public key is used.
+    /// Returns the certificate (PEM) and who it names.
+    pub fn sign_operator(
+        &self,
+        csr_pem: &str,
+        name: &str,
+        role: Role,
+        ttl: Duration,
+    ) -> Result<(String, operators::OperatorId), CpError> {
+        crate::access::tokens::check_name(name)?;
+        let csr = parse_csr(csr_pem)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        dn.push(DnType::OrganizationalUnitName, OPERATOR_OU);
+        let uri = format!("{OPERATOR_URI_PREFIX}{name}:{role}");
+        let (cert_pem, _) = self.issue_client(csr.public_key, dn, uri, ttl)?;
+        let der: CertificateDer<'static> =
+            rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
+                .map_err(|e| CpError::Internal(format!("reading an issued certificate: {e}")))?;
+        let id = operators::identify(der.as_ref()).map_err(CpError::Internal)?;
+        Ok((cert_pem, id))
+    }
+
+    /// A client certificate (EKU `clientAuth` only, not a CA) for `key`.
+    fn issue_client(
+        &self,
+        key: rcgen::PublicKey,
+        name: DistinguishedName,
+        uri: String,
+        ttl: Duration,
+    ) -> Result<(String, i64), CpError> {
+        let mut params = CertificateParams::default();
         params.distinguished_name = name;
         params.subject_alt_names = vec![SanType::URI(
-            format!("urn:tollgate:data-plane:{}", uri_safe(&node_id))
-                .try_into()
-                .map_err(|_| CpError::BadRequest("csr_pem: unusable node id".into()))?,
+            uri.try_into()
+                .map_err(|_| CpError::BadRequest("csr_pem: unusable name".into()))?,
         )];
         params.is_ca = IsCa::ExplicitNoCa;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = SystemTime::now();
-        let not_after = now + self.cert_ttl;
+        let not_after = now + ttl;
         params.not_before = offset(now - BACKDATE);
         params.not_after = offset(not_after);
         params.serial_number = Some(random_serial());
         let cert = CertificateSigningRequestParams {
             params,
-            public_key: csr.public_key,
+            public_key: key,
         }
         .signed_by(&self.issuer, &self.issuer_key)
-        .map_err(|e| CpError::Internal(format!("signing a data-plane certificate: {e}")))?;
-        Ok(Issued {
-            node_id,
-            cert_pem: cert.pem(),
-            not_after: offset(not_after).unix_timestamp(),
-        })
+        .map_err(|e| CpError::Internal(format!("signing a client certificate: {e}")))?;
+        Ok((cert.pem(), offset(not_after).unix_timestamp()))
     }
+}
+
+fn parse_csr(csr_pem: &str) -> Result<CertificateSigningRequestParams, CpError> {
+    if csr_pem.len() > 16 * 1024 {
+        return Err(CpError::BadRequest("csr_pem: larger than 16 KiB".into()));
+    }
+    CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| {
+        CpError::BadRequest("csr_pem: not a PKCS#10 request with a valid signature".into())
+    })
+}
+
+/// A certificate chain and its key from files; errors name `flag`.
+fn load_chain(
+    files: &PemFiles,
+    flag: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CpError> {
+    let chain_pem = files::read_text(&files.cert).map_err(startup)?;
+    let key_pem = files::read_text(&files.key).map_err(startup)?;
+    let chain: Vec<CertificateDer<'static>> =
+        rustls_pki_types::pem::PemObject::pem_slice_iter(chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| startup(format!("{flag}-cert: {e}")))?;
+    if chain.is_empty() {
+        return Err(startup(format!("{flag}-cert: no certificate in the file")));
+    }
+    let key = rustls_pki_types::pem::PemObject::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| startup(format!("{flag}-key: {e}")))?;
+    Ok((chain, key))
 }
 
 fn dn_text(value: &rcgen::DnValue) -> Option<String> {

@@ -1,4 +1,4 @@
-//! TLS on the config-stream listener.
+//! TLS on the config-stream listener and on the admin listener.
 //!
 //! [`TlsIncoming`] takes the guarded TCP connections of
 //! [`crate::listener::Incoming`] (connection cap, idle timeout) and runs each
@@ -8,8 +8,11 @@
 //! node id of the data-plane certificate the peer presented, if any (the
 //! verifier already checked it chains to the cluster CA, is in its validity
 //! period and is meant for client auth; a certificate that fails any of those
-//! fails the handshake). Handshake failures are counted as
-//! `tollgate_cp_stream_refusals_total{reason="tls_handshake"}` and logged at
+//! fails the handshake); on the admin listener, also the operator that
+//! certificate names (`crate::pki::operators`), which the admin gate checks.
+//! Handshake failures are counted as
+//! `tollgate_cp_stream_refusals_total{reason="tls_handshake"}` (or
+//! `tollgate_cp_admin_refusals_total` on the admin listener) and logged at
 //! most once a second.
 
 use std::future::Future;
@@ -27,7 +30,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 
-use crate::listener::{ConnInfo, GuardedStream, Incoming};
+use crate::listener::{ConnInfo, GuardedStream, Incoming, PeerOperator};
 use crate::metrics::CpMetrics;
 
 type Handshake = Pin<Box<dyn Future<Output = Option<TlsConn>> + Send>>;
@@ -40,6 +43,7 @@ pub struct TlsIncoming {
     handshakes: FuturesUnordered<Handshake>,
     metrics: Arc<CpMetrics>,
     last_warning: Arc<AtomicI64>,
+    admin: bool,
 }
 
 impl TlsIncoming {
@@ -56,7 +60,15 @@ impl TlsIncoming {
             handshakes: FuturesUnordered::new(),
             metrics,
             last_warning: Arc::default(),
+            admin: false,
         }
+    }
+
+    /// The same on the admin listener: refusals counted as admin refusals,
+    /// and the operator a client certificate names read at the handshake.
+    pub fn admin(mut self) -> TlsIncoming {
+        self.admin = true;
+        self
     }
 
     fn handshake(&self, stream: GuardedStream) -> Handshake {
@@ -64,15 +76,22 @@ impl TlsIncoming {
         let timeout = self.timeout;
         let metrics = self.metrics.clone();
         let last_warning = self.last_warning.clone();
+        let admin = self.admin;
         Box::pin(async move {
             let mut info = stream.connect_info();
             let failed = |reason: String| {
-                metrics.stream_refused("tls_handshake");
+                let listener = if admin {
+                    metrics.admin_refused("tls_handshake");
+                    "admin API"
+                } else {
+                    metrics.stream_refused("tls_handshake");
+                    "config stream"
+                };
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
                 if last_warning.swap(now, Ordering::Relaxed) != now {
-                    tracing::warn!(peer = ?info.remote_addr, %reason, "config stream TLS handshake failed");
+                    tracing::warn!(peer = ?info.remote_addr, %reason, "{listener} TLS handshake failed");
                 }
             };
             let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
@@ -86,13 +105,19 @@ impl TlsIncoming {
                     return None;
                 }
             };
-            info.peer_node = tls
+            let leaf = tls
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|chain| chain.first())
+                .and_then(|chain| chain.first());
+            info.peer_node = leaf
                 .and_then(|leaf| tollgate_shared::cluster_pki::node_id_of(leaf.as_ref()))
                 .map(Arc::from);
+            if admin {
+                info.peer_operator = leaf.map(|leaf| {
+                    PeerOperator(Arc::new(super::operators::identify(leaf.as_ref())))
+                });
+            }
             Some(TlsConn { inner: tls, info })
         })
     }
