@@ -44,7 +44,7 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
- && mkdir -p /var/lib/tollgate/cp /var/lib/tollgate/dp \
+ && mkdir -p /var/lib/tollgate/cp /var/lib/tollgate/dp /var/lib/tollgate/ca /var/lib/tollgate/join \
  && chown -R 65534:65534 /var/lib/tollgate
 COPY --from=build /src/target/release/tollgate-cp /src/target/release/tollgatectl \
      /src/target/release/tollgate-dp /src/target/release/tollgate-echo /usr/local/bin/
@@ -52,13 +52,15 @@ COPY deploy/docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 COPY deploy/healthcheck.sh /usr/local/bin/tollgate-healthcheck
 COPY examples /etc/tollgate/examples
 COPY deploy/compose/gateway.yaml /etc/tollgate/compose/gateway.yaml
-# Data planes own /var/lib/tollgate/dp (config cache); the control plane
-# /var/lib/tollgate/cp (its store). Both belong to the unprivileged user, so
+# Data planes own /var/lib/tollgate/dp (config cache, --state-dir); the
+# control plane /var/lib/tollgate/cp (its store and cluster CA); compose
+# mounts the published CA certificate at /var/lib/tollgate/ca and the join
+# tokens at /var/lib/tollgate/join. Both belong to the unprivileged user, so
 # named volumes mounted there start with the right owner.
 USER 65534:65534
 WORKDIR /var/lib/tollgate
-# 8000 proxy, 8100 data-plane status, 7070 admin API + config stream, 9090 control-plane metrics.
-EXPOSE 8000 8100 7070 9090
+# 8000 proxy, 8100 data-plane status, 7070 admin API, 7071 config stream, 9090 control-plane metrics.
+EXPOSE 8000 8100 7070 7071 9090
 HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 CMD ["tollgate-healthcheck"]
 ENTRYPOINT ["docker-entrypoint.sh"]
 CMD ["tollgate-dp", "--help"]

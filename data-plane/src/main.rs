@@ -90,6 +90,16 @@ struct Args {
         requires = "state_dir"
     )]
     join_token: Option<String>,
+    /// A file holding the join token (as --join-token, kept off the process
+    /// list and the environment); a missing file is fine once --state-dir
+    /// holds a certificate.
+    #[arg(
+        long,
+        env = "TOLLGATE_JOIN_TOKEN_FILE",
+        requires = "state_dir",
+        conflicts_with = "join_token"
+    )]
+    join_token_file: Option<PathBuf>,
     /// The name the control plane's stream certificate must carry.
     #[arg(long, env = "TOLLGATE_CONTROL_PLANE_SERVER_NAME",
           default_value = tollgate_shared::cluster_pki::SERVER_NAME)]
@@ -294,6 +304,20 @@ fn main() -> ExitCode {
         tracing::error!("--body-buffer-bytes must be at most 16 MiB");
         return ExitCode::from(2);
     }
+    let join_token = match (&args.join_token, &args.join_token_file) {
+        (_, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(text.trim().to_string()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!(path = %path.display(), "no --join-token-file; using the certificate in --state-dir");
+                None
+            }
+            Err(error) => {
+                tracing::error!("--join-token-file {}: {error}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        (token, None) => token.clone(),
+    };
     let config = DpConfig {
         control_plane: args.control_plane,
         listen: args.listen,
@@ -307,7 +331,7 @@ fn main() -> ExitCode {
         untrusted_headers,
         cluster_token: args.cluster_token.filter(|t| !t.is_empty()),
         state_dir: args.state_dir,
-        join_token: args.join_token.filter(|t| !t.is_empty()),
+        join_token: join_token.filter(|t| !t.is_empty()),
         control_plane_server_name: args.control_plane_server_name,
         max_header_bytes: args.max_header_bytes,
         max_headers: args.max_headers,

@@ -323,6 +323,23 @@ fn describe_tls_error(error: &tonic::transport::Error, tls: &TlsArgs) -> String 
     }
 }
 
+/// The innermost cause of a failed call, as text.
+pub fn innermost_cause(status: &tonic::Status) -> String {
+    let mut source: &dyn std::error::Error = status;
+    while let Some(next) = source.source() {
+        source = next;
+    }
+    source.to_string()
+}
+
+/// Whether a failure is the server's TLS alert about our certificate.
+pub fn tls_alert(cause: &str) -> bool {
+    cause.contains("alert")
+        || cause.contains("CertificateRequired")
+        || cause.contains("UnknownCA")
+        || cause.contains("BadCertificate")
+}
+
 /// The innermost cause of a transport error ("Connection refused"), which is
 /// what an operator can act on.
 fn describe_transport_error(error: &tonic::transport::Error) -> String {
