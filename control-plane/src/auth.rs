@@ -26,7 +26,8 @@ use crate::error::CpError;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Actor {
     /// The token's name; `bootstrap` for `--admin-token`, `local` for a
-    /// tokenless call on a loopback-only admin API.
+    /// tokenless call on a loopback-only admin API, `cert:<name>` for an
+    /// operator certificate.
     pub name: String,
     pub role: Role,
     /// The caller's address, when the listener knows it.
@@ -53,9 +54,19 @@ impl Actor {
             .unwrap_or_else(|| Actor::local(request.remote_addr()))
     }
 
-    /// Refuses the call unless the actor has at least `needed`.
+    /// Refuses the call unless the actor has at least `needed`; the message
+    /// names the operator certificate when one authenticated the call.
     pub fn require(&self, needed: Role, what: &str) -> Result<(), CpError> {
-        self.role.require(needed, what)
+        match (
+            self.role.require(needed, what),
+            self.name.strip_prefix("cert:"),
+        ) {
+            (Err(_), Some(operator)) => Err(CpError::PermissionDenied(format!(
+                "{what} needs role {needed}; the operator certificate of {operator:?} has role {}",
+                self.role
+            ))),
+            (result, _) => result,
+        }
     }
 
     /// The peer as text for logs and the audit log ("-" when unknown).

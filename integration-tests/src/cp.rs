@@ -84,6 +84,10 @@ pub struct CpOptions {
     pub nofile_limit: Option<u64>,
     /// More flags, appended as given (e.g. `--stream-tls`).
     pub args: Vec<String>,
+    /// Serve the admin API over TLS (`--admin-tls`, needs
+    /// `separate_stream_port`): the fixture's health checks, admin clients
+    /// and `tollgatectl` then trust the cluster CA (`https://`, `--ca-cert`).
+    pub admin_tls: bool,
 }
 
 /// A running `tollgate-cp`.
@@ -121,9 +125,33 @@ impl ControlPlane {
         self.port
     }
 
-    /// `http://127.0.0.1:<admin port>`.
+    /// `http://127.0.0.1:<admin port>` (`https://` with `admin_tls`).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.options.admin_tls {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The cluster CA certificate the server made in its data dir.
+    pub fn ca_path(&self) -> PathBuf {
+        self.data_dir().join("pki/ca.pem")
+    }
+
+    /// A channel to the TLS admin API trusting the cluster CA, presenting
+    /// `client` (certificate and key PEM) when given.
+    pub async fn admin_tls_channel(
+        &self,
+        client: Option<(&[u8], &[u8])>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let ca = std::fs::read(self.ca_path()).expect("the cluster CA");
+        let connector = crate::tls::GrpcTls {
+            config: std::sync::Arc::new(crate::tls::grpc_client_config(&ca, client)),
+            server_name: "localhost",
+        };
+        crate::tls::grpc_tls_channel(self.port, connector).await
     }
 
     /// Where data planes subscribe: the admin port unless separate.
@@ -159,6 +187,9 @@ impl ControlPlane {
         if let Some(port) = self.stream_port {
             args.push("--stream-listen".into());
             args.push(format!("127.0.0.1:{port}"));
+        }
+        if self.options.admin_tls {
+            args.push("--admin-tls".into());
         }
         args.extend(self.options.args.iter().cloned());
         args
@@ -231,13 +262,20 @@ impl ControlPlane {
 
     /// The overall health status, or `None` if it does not answer.
     pub async fn health(&self) -> Option<ServingStatus> {
-        let channel = Endpoint::from_shared(self.url())
-            .ok()?
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(2))
-            .connect()
-            .await
-            .ok()?;
+        let channel = if self.options.admin_tls {
+            if !self.ca_path().exists() {
+                return None;
+            }
+            self.admin_tls_channel(None).await.ok()?
+        } else {
+            Endpoint::from_shared(self.url())
+                .ok()?
+                .connect_timeout(Duration::from_millis(500))
+                .timeout(Duration::from_secs(2))
+                .connect()
+                .await
+                .ok()?
+        };
         let response = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: String::new(),
@@ -264,7 +302,14 @@ impl ControlPlane {
 
     /// An admin client carrying `token` (or none).
     pub async fn admin_with_token(&self, token: Option<&str>) -> Admin {
-        AdminClient::with_interceptor(Self::channel(self.url()).await, BearerToken::new(token))
+        let channel = if self.options.admin_tls {
+            self.admin_tls_channel(None)
+                .await
+                .expect("connect to tollgate-cp over TLS")
+        } else {
+            Self::channel(self.url()).await
+        };
+        AdminClient::with_interceptor(channel, BearerToken::new(token))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
@@ -332,8 +377,11 @@ impl ControlPlane {
             .env_remove("TOLLGATE_ADMIN_TOKEN")
             .env_remove("TOLLGATE_SERVER")
             .arg("--server")
-            .arg(self.url())
-            .args(args);
+            .arg(self.url());
+        if self.options.admin_tls {
+            command.arg("--ca-cert").arg(self.ca_path());
+        }
+        command.args(args);
         for (key, value) in env {
             command.env(key, value);
         }

@@ -446,3 +446,112 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&path, text).unwrap_or_else(|err| panic!("write {}: {err}", path.display()));
     path
 }
+
+impl Ca {
+    /// A client certificate naming an operator the way the control plane's
+    /// admin API reads it: a URI SAN `uri` (e.g.
+    /// `urn:tollgate:operator:bob:editor`), EKU `clientAuth`.
+    pub fn issue_operator(&self, cn: &str, uri: Option<&str>) -> Leaf {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("client key");
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        if let Some(uri) = uri {
+            params.subject_alt_names =
+                vec![rcgen::SanType::URI(uri.to_string().try_into().expect("uri"))];
+        }
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        set_validity(&mut params, -1, 365);
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("operator certificate");
+        Leaf {
+            fingerprint: hex::encode(Sha256::digest(cert.der())),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
+/// A rustls client config for gRPC (ALPN h2) trusting `ca_pem`, presenting
+/// `client` (certificate and key PEM) when given.
+pub fn grpc_client_config(ca_pem: &[u8], client: Option<(&[u8], &[u8])>) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem).expect("CA PEM"))
+        .expect("root");
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert)
+                    .collect::<Result<_, _>>()
+                    .expect("client certificate PEM"),
+                PrivateKeyDer::from_pem_slice(key).expect("client key PEM"),
+            )
+            .expect("client certificate and key"),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    config
+}
+
+/// Dials a gRPC server on 127.0.0.1 over TLS for tonic's
+/// `Endpoint::connect_with_connector` (tonic is built without TLS), checking
+/// the server's certificate for `server_name`.
+#[derive(Clone)]
+pub struct GrpcTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: &'static str,
+}
+
+type GrpcTlsStream = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tonic::codegen::Service<tonic::transport::Uri> for GrpcTls {
+    type Response = GrpcTlsStream;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<GrpcTlsStream, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: tonic::transport::Uri) -> Self::Future {
+        let config = self.config.clone();
+        let name = self.server_name;
+        Box::pin(async move {
+            let port = uri.port_u16().ok_or("port")?;
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            let name = rustls::pki_types::ServerName::try_from(name)?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok(TokioIo::new(tls))
+        })
+    }
+}
+
+/// A gRPC channel to `127.0.0.1:port` over TLS.
+pub async fn grpc_tls_channel(
+    port: u16,
+    connector: GrpcTls,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect_with_connector(connector)
+        .await
+}

@@ -136,14 +136,6 @@ impl<S> AdminGate<S> {
             }
         };
         if let Err(error) = actor.require(roles::required(call), call) {
-            let error = match actor.name.strip_prefix("cert:") {
-                Some(operator) => CpError::PermissionDenied(format!(
-                    "{call} needs role {}; the operator certificate of {operator:?} has role {}",
-                    roles::required(call),
-                    actor.role
-                )),
-                None => error,
-            };
             return Err(Refusal {
                 error,
                 reason: "permission_denied",

@@ -75,6 +75,8 @@ pub fn answered_by_non_grpc(status: &tonic::Status) -> bool {
         "while receiving response with status",
         "invalid content-type",
         "transport error",
+        // A TLS server (a TLS admin API) answering a plaintext client.
+        "h2 protocol error",
         // A data plane's proxy answers a gRPC call it has no route for as a
         // gRPC error of its own (`<error>: <message>`).
         "no_route: ",
@@ -323,21 +325,16 @@ fn describe_tls_error(error: &tonic::transport::Error, tls: &TlsArgs) -> String 
     }
 }
 
-/// The innermost cause of a failed call, as text.
-pub fn innermost_cause(status: &tonic::Status) -> String {
-    let mut source: &dyn std::error::Error = status;
-    while let Some(next) = source.source() {
-        source = next;
-    }
-    source.to_string()
-}
-
-/// Whether a failure is the server's TLS alert about our certificate.
-pub fn tls_alert(cause: &str) -> bool {
-    cause.contains("alert")
-        || cause.contains("CertificateRequired")
-        || cause.contains("UnknownCA")
-        || cause.contains("BadCertificate")
+/// Whether a call failed because the connection broke (as when a TLS
+/// server refuses the client's certificate after a TLS 1.3 handshake).
+pub fn broken_connection(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::Unknown | Code::Cancelled | Code::Unavailable | Code::Internal
+    ) && ["transport error", "operation was canceled", "h2 protocol", "connection"]
+        .iter()
+        .any(|sign| status.message().contains(sign))
 }
 
 /// The innermost cause of a transport error ("Connection refused"), which is

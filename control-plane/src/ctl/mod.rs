@@ -259,6 +259,7 @@ pub fn main() -> ExitCode {
     let mut out = stdout.lock();
     // `diff --exit-code`: 1 means "there are changes", so errors say 2.
     let server = client::server_url(&args.server);
+    let with_client_cert = args.tls.client_cert.is_some();
     let drift_check = matches!(
         args.command,
         Command::Diff {
@@ -271,29 +272,22 @@ pub fn main() -> ExitCode {
         Err(CpError::Drift) => ExitCode::from(1),
         Err(err) => {
             let _ = out.flush();
-            let cause = match &err {
-                CpError::Rpc(status) => client::innermost_cause(status.as_ref()),
-                _ => String::new(),
-            };
             match &err {
-                CpError::Rpc(_) if server.starts_with("https://") && client::tls_alert(&cause) => {
-                    eprintln!(
-                        "error: the admin API refused this TLS client ({cause}): --client-cert must \
-                         be an operator certificate from the cluster CA or --admin-client-ca, \
-                         not expired"
-                    )
-                }
                 CpError::Rpc(status)
-                    if server.starts_with("http://") && status.message().contains("h2 protocol") =>
+                    if server.starts_with("https://")
+                        && with_client_cert
+                        && client::broken_connection(status) =>
                 {
                     eprintln!(
-                        "error: {err} (if the admin API serves TLS, use https:// with --ca-cert)"
+                        "error: the admin API closed the connection ({err}): it refuses a client \
+                         certificate that is not an operator certificate from the cluster CA or \
+                         --admin-client-ca, or that has expired; check --client-cert"
                     )
                 }
                 CpError::Rpc(status) if client::answered_by_non_grpc(status) => eprintln!(
                     "error: {server} is not a Tollgate admin API (is it a data plane's proxy or \
                      status port? tollgate-cp's admin API listens on 127.0.0.1:7070 by default; \
-                     the answer was: {err})"
+                     if it serves TLS, use https:// with --ca-cert; the answer was: {err})"
                 ),
                 _ => eprintln!("error: {err}"),
             }
