@@ -81,34 +81,34 @@ pub async fn bind(config: CpConfig) -> Result<Bound, CpError> {
     let admin_tls = config.admin_tls();
     let (model, tokens, audit, pki, joins, operators, tls, admin_tls) =
         tokio::task::spawn_blocking(move || {
-        let model = Model::open_keeping(&data_dir, keep)?;
-        let tokens = TokenBook::open(model.side_tree(TOKENS_TREE)?, bootstrap.as_deref())?;
-        let audit = AuditLog::open(model.side_tree(AUDIT_TREE)?)?;
-        let pki = ClusterPki::open(&data_dir, cluster.ca.as_ref(), cluster.cert_ttl)?;
-        let joins = JoinBook::open(
-            model.side_tree(JOIN_TOKENS_TREE)?,
-            model.side_tree(REVOKED_TREE)?,
-        )?;
-        let operators = OperatorBook::open(
-            model.side_tree(OPERATOR_CERTS_TREE)?,
-            model.side_tree(REVOKED_OPERATORS_TREE)?,
-        )?;
-        let tls = stream_tls
-            .then(|| pki.server_config(cluster.server_cert.as_ref()))
-            .transpose()?;
-        let admin_tls = admin_tls
-            .then(|| {
-                pki.admin_server_config(
-                    admin_tls_settings.server_cert.as_ref(),
-                    admin_tls_settings.client_ca.as_deref(),
-                    &admin_tls_settings.extra_names,
-                )
-            })
-            .transpose()?;
-        Ok::<_, CpError>((model, tokens, audit, pki, joins, operators, tls, admin_tls))
-    })
-    .await
-    .map_err(|e| CpError::Internal(format!("opening the store failed: {e}")))??;
+            let model = Model::open_keeping(&data_dir, keep)?;
+            let tokens = TokenBook::open(model.side_tree(TOKENS_TREE)?, bootstrap.as_deref())?;
+            let audit = AuditLog::open(model.side_tree(AUDIT_TREE)?)?;
+            let pki = ClusterPki::open(&data_dir, cluster.ca.as_ref(), cluster.cert_ttl)?;
+            let joins = JoinBook::open(
+                model.side_tree(JOIN_TOKENS_TREE)?,
+                model.side_tree(REVOKED_TREE)?,
+            )?;
+            let operators = OperatorBook::open(
+                model.side_tree(OPERATOR_CERTS_TREE)?,
+                model.side_tree(REVOKED_OPERATORS_TREE)?,
+            )?;
+            let tls = stream_tls
+                .then(|| pki.server_config(cluster.server_cert.as_ref()))
+                .transpose()?;
+            let admin_tls = admin_tls
+                .then(|| {
+                    pki.admin_server_config(
+                        admin_tls_settings.server_cert.as_ref(),
+                        admin_tls_settings.client_ca.as_deref(),
+                        &admin_tls_settings.extra_names,
+                    )
+                })
+                .transpose()?;
+            Ok::<_, CpError>((model, tokens, audit, pki, joins, operators, tls, admin_tls))
+        })
+        .await
+        .map_err(|e| CpError::Internal(format!("opening the store failed: {e}")))??;
     let admin_listener = listen(config.admin_listen).await?;
     let stream_listener = match config.stream_listen {
         Some(addr) => Some(listen(addr).await?),

@@ -456,8 +456,9 @@ impl Ca {
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, cn);
         if let Some(uri) = uri {
-            params.subject_alt_names =
-                vec![rcgen::SanType::URI(uri.to_string().try_into().expect("uri"))];
+            params.subject_alt_names = vec![rcgen::SanType::URI(
+                uri.to_string().try_into().expect("uri"),
+            )];
         }
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
         set_validity(&mut params, -1, 365);

@@ -42,7 +42,11 @@ fn ok(what: &str, out: &Output) -> String {
 }
 
 fn refused(what: &str, out: &Output) -> String {
-    assert!(!out.status.success(), "{what} succeeded: {}", text(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "{what} succeeded: {}",
+        text(&out.stdout)
+    );
     text(&out.stderr)
 }
 
@@ -92,7 +96,9 @@ async fn operators_authenticate_with_client_certificates_over_tls() {
         ..CpOptions::default()
     })
     .await;
-    assert!(cp.logs().contains("(TLS; a token or an operator certificate"));
+    assert!(cp
+        .logs()
+        .contains("(TLS; a token or an operator certificate"));
 
     // A plaintext client on the TLS admin port gets nowhere, and is told why.
     let out = std::process::Command::new(bin_path("tollgatectl"))
@@ -149,7 +155,15 @@ async fn operators_authenticate_with_client_certificates_over_tls() {
     let out = ok(
         "create viewer",
         &cp.ctl(&[
-            "operators", "cert", "create", "vic", "--role", "viewer", "--ttl", "1h", "--out",
+            "operators",
+            "cert",
+            "create",
+            "vic",
+            "--role",
+            "viewer",
+            "--ttl",
+            "1h",
+            "--out",
             &ops.display().to_string(),
         ]),
     );
@@ -161,7 +175,15 @@ async fn operators_authenticate_with_client_certificates_over_tls() {
     ok(
         "create editor",
         &cp.ctl(&[
-            "operators", "cert", "create", "eddie", "--role", "editor", "--ttl", "1h", "--out",
+            "operators",
+            "cert",
+            "create",
+            "eddie",
+            "--role",
+            "editor",
+            "--ttl",
+            "1h",
+            "--out",
             &ops.display().to_string(),
         ]),
     );
@@ -212,10 +234,7 @@ async fn operators_authenticate_with_client_certificates_over_tls() {
     open.list(list_services())
         .await
         .expect("viewer lists over its open connection");
-    let out = ok(
-        "revoke",
-        &cp.ctl(&["operators", "cert", "revoke", "vic"]),
-    );
+    let out = ok("revoke", &cp.ctl(&["operators", "cert", "revoke", "vic"]));
     assert!(out.contains("revoked the certificate of \"vic\""), "{out}");
     let status = open
         .list(list_services())
@@ -358,7 +377,12 @@ async fn operators_authenticate_with_client_certificates_over_tls() {
     write(dir, "bob.key", &bob.key_pem);
     ok(
         "a team-CA editor writes",
-        &as_operator(&cp, dir, "bob", &["apply", "-f", &config_file(dir, "orders")]),
+        &as_operator(
+            &cp,
+            dir,
+            "bob",
+            &["apply", "-f", &config_file(dir, "orders")],
+        ),
     );
     let anon = byo.issue_operator("anon", None);
     write(dir, "anon.crt", &anon.cert_pem);
@@ -457,7 +481,10 @@ fn a_non_loopback_admin_api_needs_tls_unless_opted_out() {
     let stream = format!("0.0.0.0:{}", free_port());
     let (_dir, mut process) = start(&["--stream-listen", &stream]);
     let logs = wait_for_log(&mut process, "admin API listening");
-    assert!(logs.contains("(TLS; a token or an operator certificate"), "{logs}");
+    assert!(
+        logs.contains("(TLS; a token or an operator certificate"),
+        "{logs}"
+    );
     process.kill_9();
     // The explicit opt-out keeps the old plaintext behaviour.
     let (_dir, mut process) = start(&[
@@ -479,7 +506,10 @@ fn wait_for_log(process: &mut ChildProcess, needle: &str) -> String {
             return logs;
         }
         assert!(process.is_running(), "exited: {logs}");
-        assert!(std::time::Instant::now() < deadline, "no {needle:?} in {logs}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} in {logs}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -5,21 +5,17 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use tollgate_integration_tests::cp::{config_from_json, ControlPlane, CpOptions};
 use tollgate_integration_tests::dp::DataPlane;
 use tollgate_integration_tests::process::{bin_path, free_port, wait_until, ChildProcess};
+use tollgate_integration_tests::tls::{grpc_client_config, grpc_tls_channel, GrpcTls};
 use tollgate_integration_tests::upstream::Upstream;
 use tollgate_shared::proto::stream::config_stream_client::ConfigStreamClient;
 use tollgate_shared::proto::stream::{data_plane_message, DataPlaneMessage, Hello, JoinRequest};
-use tonic::transport::{Endpoint, Uri};
+use tonic::transport::Endpoint;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -92,50 +88,13 @@ async fn wait_connected(dp: &DataPlane, connected: bool) {
 /// presenting no client certificate.
 async fn channel_without_cert(cp: &ControlPlane) -> tonic::transport::Channel {
     let ca_pem = std::fs::read(cp.data_dir().join("pki/ca.pem")).expect("ca.pem");
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(&ca_pem).expect("ca"))
-        .expect("root");
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Endpoint::from_shared(format!("http://127.0.0.1:{}", cp.stream_port()))
-        .expect("endpoint")
-        .connect_with_connector(NoCert(Arc::new(config)))
+    let connector = GrpcTls {
+        config: Arc::new(grpc_client_config(&ca_pem, None)),
+        server_name: "tollgate-control-plane",
+    };
+    grpc_tls_channel(cp.stream_port(), connector)
         .await
         .expect("TLS without a client certificate connects")
-}
-
-#[derive(Clone)]
-struct NoCert(Arc<rustls::ClientConfig>);
-
-impl tonic::codegen::Service<Uri> for NoCert {
-    type Response = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let config = self.0.clone();
-        Box::pin(async move {
-            let port = uri.port_u16().ok_or("port")?;
-            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-            let name = ServerName::try_from("tollgate-control-plane")?;
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
-            Ok(TokioIo::new(tls))
-        })
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

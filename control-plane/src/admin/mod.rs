@@ -543,11 +543,7 @@ impl Admin for AdminService {
     ) -> Result<Response<RevokeOperatorCertResponse>, Status> {
         let actor = Actor::of(&request);
         let what = request.into_inner().name_or_serial;
-        let revoked = self
-            .cluster()?
-            .operators
-            .revoke(&what, &actor.name)
-            .await?;
+        let revoked = self.cluster()?.operators.revoke(&what, &actor.name).await?;
         let serials: Vec<&str> = revoked.iter().map(|c| c.serial.as_str()).collect();
         tracing::warn!(what = %what, ?serials, by = %actor.name, "operator certificate revoked");
         self.audit

@@ -140,7 +140,11 @@ impl TlsArgs {
                 .map_err(|e| flag_error("--ca-cert", ca_path, e))?;
         }
         if roots.is_empty() {
-            return Err(flag_error("--ca-cert", ca_path, "no certificate in the file"));
+            return Err(flag_error(
+                "--ca-cert",
+                ca_path,
+                "no certificate in the file",
+            ));
         }
         // ring, as the server side: no other C toolchain needed.
         #[allow(deprecated)]
@@ -165,11 +169,10 @@ impl TlsArgs {
                     ));
                 }
                 let key_pem = read_pem("--client-key", key_path)?;
-                let key: PrivateKeyDer<'static> =
-                    rustls_pki_types::pem::PemObject::from_pem_slice(key_pem.as_bytes())
-                        .map_err(|_| {
-                            flag_error("--client-key", key_path, "no private key in the file")
-                        })?;
+                let key: PrivateKeyDer<'static> = rustls_pki_types::pem::PemObject::from_pem_slice(
+                    key_pem.as_bytes(),
+                )
+                .map_err(|_| flag_error("--client-key", key_path, "no private key in the file"))?;
                 builder.with_client_auth_cert(chain, key).map_err(|e| {
                     flag_error(
                         "--client-key",
@@ -206,7 +209,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 impl tonic::codegen::Service<http::Uri> for TlsConnector {
     type Response = TokioIo<TlsStream<TcpStream>>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>>;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -247,7 +251,7 @@ pub async fn connect(server: &str, token: Option<&str>, tls: &TlsArgs) -> Result
         .map_err(|e| connect_error(format!("not a valid URL: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT);
-    let channel = if server.starts_with("https://") {
+    let channel = if let Some(rest) = server.strip_prefix("https://") {
         let uri: http::Uri = server
             .parse()
             .map_err(|e| connect_error(format!("not a valid URL: {e}")))?;
@@ -264,7 +268,7 @@ pub async fn connect(server: &str, token: Option<&str>, tls: &TlsArgs) -> Result
             server_name,
         };
         // tonic dials `http://` itself; the connector does the TLS.
-        let plain = format!("http://{}", &server["https://".len()..]);
+        let plain = format!("http://{rest}");
         Endpoint::from_shared(plain)
             .map_err(|e| connect_error(format!("not a valid URL: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
@@ -332,9 +336,14 @@ pub fn broken_connection(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
         Code::Unknown | Code::Cancelled | Code::Unavailable | Code::Internal
-    ) && ["transport error", "operation was canceled", "h2 protocol", "connection"]
-        .iter()
-        .any(|sign| status.message().contains(sign))
+    ) && [
+        "transport error",
+        "operation was canceled",
+        "h2 protocol",
+        "connection",
+    ]
+    .iter()
+    .any(|sign| status.message().contains(sign))
 }
 
 /// The innermost cause of a transport error ("Connection refused"), which is

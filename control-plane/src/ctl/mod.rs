@@ -535,9 +535,7 @@ pub async fn run(args: CtlArgs, out: &mut dyn Write) -> Result<(), CpError> {
             }
         }
         (Command::Tokens { command }, _, _) => access::tokens(&mut client, command, out).await,
-        (Command::Operators { command }, _, _) => {
-            operators::run(&mut client, command, out).await
-        }
+        (Command::Operators { command }, _, _) => operators::run(&mut client, command, out).await,
         (Command::Audit { since, output }, _, _) => {
             access::audit(&mut client, since, output, out).await
         }

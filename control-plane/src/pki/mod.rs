@@ -275,8 +275,8 @@ impl ClusterPki {
             "::1".to_string(),
         ];
         names.extend(extra_names.iter().cloned());
-        let mut params = CertificateParams::new(names)
-            .map_err(|e| startup(format!("--admin-tls-san: {e}")))?;
+        let mut params =
+            CertificateParams::new(names).map_err(|e| startup(format!("--admin-tls-san: {e}")))?;
         params
             .distinguished_name
             .push(DnType::CommonName, SERVER_NAME);
@@ -367,10 +367,10 @@ impl ClusterPki {
     ) -> Result<(String, i64), CpError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = name;
-        params.subject_alt_names = vec![SanType::URI(
-            uri.try_into()
-                .map_err(|_| CpError::BadRequest("csr_pem: unusable name".into()))?,
-        )];
+        params.subject_alt_names =
+            vec![SanType::URI(uri.try_into().map_err(|_| {
+                CpError::BadRequest("csr_pem: unusable name".into())
+            })?)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

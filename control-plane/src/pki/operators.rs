@@ -214,7 +214,11 @@ impl OperatorBook {
     /// The issued certificates (by name, then newest first) and the revoked
     /// serials issued elsewhere.
     pub fn list(&self) -> Result<pb::ListOperatorCertsResponse, CpError> {
-        let revoked = self.revoked.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let revoked = self
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut by_name: BTreeMap<(String, std::cmp::Reverse<i64>, String), pb::OperatorCert> =
             BTreeMap::new();
         let mut known = HashSet::new();

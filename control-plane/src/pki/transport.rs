@@ -114,9 +114,8 @@ impl TlsIncoming {
                 .and_then(|leaf| tollgate_shared::cluster_pki::node_id_of(leaf.as_ref()))
                 .map(Arc::from);
             if admin {
-                info.peer_operator = leaf.map(|leaf| {
-                    PeerOperator(Arc::new(super::operators::identify(leaf.as_ref())))
-                });
+                info.peer_operator = leaf
+                    .map(|leaf| PeerOperator(Arc::new(super::operators::identify(leaf.as_ref()))));
             }
             Some(TlsConn { inner: tls, info })
         })
