@@ -97,7 +97,7 @@ pub struct CpArgs {
     /// Serve the config stream over TLS with mutual authentication (cluster
     /// PKI): data planes join with a token and present their certificates.
     /// Always on when the stream listens beyond loopback; needs
-    /// --stream-listen (the admin API stays plaintext).
+    /// --stream-listen (a TLS listener serves one of the two APIs).
     #[arg(long, env = "TOLLGATE_STREAM_TLS")]
     pub stream_tls: bool,
 
