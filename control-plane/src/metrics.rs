@@ -46,7 +46,7 @@ use crate::dashboard::Dashboard;
 
 /// The admin API's methods (`proto/tollgate_admin.proto`), the only values
 /// the `method` label takes besides `other`.
-pub const ADMIN_METHODS: [&str; 22] = [
+pub const ADMIN_METHODS: [&str; 23] = [
     "Create",
     "Update",
     "Get",
@@ -69,6 +69,7 @@ pub const ADMIN_METHODS: [&str; 22] = [
     "CreateOperatorCert",
     "ListOperatorCerts",
     "RevokeOperatorCert",
+    "GetStats",
 ];
 
 /// How long a scraper may take to send its request head.
