@@ -45,7 +45,7 @@ pub use tollgate_proxy::DpError;
 
 use tollgate_proxy::body::BodyLimits;
 use tollgate_proxy::handler::{ProxyState, RequestLimits};
-use tollgate_proxy::server::ServerSettings;
+use tollgate_proxy::server::{Listeners, ServerSettings};
 use tollgate_proxy::snapshot::cluster_identity::ClusterIdentity;
 use tollgate_proxy::snapshot::subscribe::{ConnectionState, Subscriber, UsageReports};
 use tollgate_proxy::snapshot::{Applier, ConfigCache, SnapshotStore};
@@ -57,21 +57,30 @@ use tollgate_proxy::{server, shutdown};
 #[derive(Debug)]
 pub struct DataPlane {
     config: DpConfig,
-    proxy_listener: TcpListener,
-    tls_listener: Option<TcpListener>,
+    proxy_listener: Listeners,
+    tls_listener: Option<Listeners>,
     status_listener: TcpListener,
     proxy_addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
     status_addr: SocketAddr,
-    workers: usize,
 }
 
 impl DataPlane {
-    /// Binds the proxy and status listeners (port 0 picks a free port).
+    /// Binds the proxy and status listeners (port 0 picks a free port), for
+    /// one proxy worker.
     pub async fn bind(config: DpConfig) -> Result<DataPlane, DpError> {
-        let proxy_listener = server::bind("proxy", config.listen).await?;
+        DataPlane::bind_workers(config, 1).await
+    }
+
+    /// Binds the listeners for `workers` proxy workers (at least one), each
+    /// with its own single-threaded runtime and its own listening socket
+    /// (see [`proxy::server`]); the first is the runtime
+    /// [`DataPlane::serve`] runs on.
+    pub async fn bind_workers(config: DpConfig, workers: usize) -> Result<DataPlane, DpError> {
+        let workers = workers.max(1);
+        let proxy_listener = Listeners::bind("proxy", config.listen, workers).await?;
         let tls_listener = match config.tls_listen {
-            Some(addr) => Some(server::bind("tls", addr).await?),
+            Some(addr) => Some(Listeners::bind("tls", addr, workers).await?),
             None => None,
         };
         let status_listener = server::bind("status", config.status_listen).await?;
@@ -88,16 +97,12 @@ impl DataPlane {
             proxy_addr,
             tls_addr,
             status_addr,
-            workers: 1,
         })
     }
 
-    /// Serves the proxy on `workers` threads, each with its own
-    /// single-threaded runtime (see [`proxy::server`]); the first is the
-    /// runtime [`DataPlane::serve`] runs on. The default is 1.
-    pub fn with_workers(mut self, workers: usize) -> DataPlane {
-        self.workers = workers.max(1);
-        self
+    /// How many proxy workers this data plane serves on.
+    pub fn workers(&self) -> usize {
+        self.proxy_listener.workers()
     }
 
     pub fn proxy_addr(&self) -> SocketAddr {
@@ -124,7 +129,6 @@ impl DataPlane {
             proxy_addr,
             tls_addr,
             status_addr,
-            workers,
         } = self;
         let mut node_id = config
             .node_id
@@ -279,7 +283,6 @@ impl DataPlane {
         let tls_task = tls_listener.map(|listener| {
             tokio::spawn(server::serve_workers(
                 listener,
-                workers,
                 state.clone(),
                 ServerSettings {
                     tls: true,
@@ -290,7 +293,6 @@ impl DataPlane {
         });
         let proxy_task = tokio::spawn(server::serve_workers(
             proxy_listener,
-            workers,
             state,
             settings,
             stop_rx,
@@ -360,7 +362,7 @@ async fn cluster_identity(
 /// Runs a data plane with `workers` proxy workers until SIGTERM or SIGINT,
 /// then drains and returns.
 pub async fn run(config: DpConfig, workers: usize) -> Result<(), DpError> {
-    let data_plane = DataPlane::bind(config).await?.with_workers(workers);
+    let data_plane = DataPlane::bind_workers(config, workers).await?;
     let signals = shutdown::Signals::install()?;
     let signal = async move {
         let name = signals.recv().await;

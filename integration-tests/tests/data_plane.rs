@@ -19,7 +19,7 @@ use tollgate_integration_tests::cp::ControlPlane;
 use tollgate_integration_tests::dp::{
     raw_get, raw_http, refusing_port, response_json, DataPlane, WAIT,
 };
-use tollgate_integration_tests::process::wait_until;
+use tollgate_integration_tests::process::{bin_path, free_port, wait_until, ChildProcess};
 use tollgate_integration_tests::upstream::{filler, RawBehaviour, RawUpstream, Upstream};
 use tollgate_shared::model::GatewayConfig;
 use tollgate_shared::proto::admin as admin_pb;
@@ -1771,4 +1771,118 @@ async fn connections_beyond_the_cap_get_503_overloaded() {
     })
     .await;
     assert_eq!(served_by(&response.json()), "capped");
+}
+
+/// The proxy-worker count of `tollgate_connections_accepted_total`, by worker.
+async fn accepted_by_worker(dp: &DataPlane) -> HashMap<String, f64> {
+    let url = dp.status_url("/metrics");
+    let text = reqwest::get(&url)
+        .await
+        .unwrap_or_else(|err| panic!("GET {url}: {err}"))
+        .text()
+        .await
+        .expect("metrics body");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("metrics parse");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "tollgate_connections_accepted_total")
+        .filter_map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => {
+                Some((s.labels.get("worker")?.to_string(), v))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_each_accept_on_their_own_socket_and_restart_on_the_port() {
+    let up = Upstream::start("spread").await;
+    let value = json!({
+        "services": [service_to("svc", &up)],
+        "routes": [{"name": "r", "service": "svc", "paths": ["/"]}],
+    });
+    let workers = ["--worker-threads".to_string(), "2".to_string()];
+    let (cp, mut dp) = gateway("dp-two-workers", value, &workers).await;
+
+    // 64 connections, one request each: the kernel spreads them over both
+    // workers' sockets (a hash of the addresses: all on one worker would be a
+    // 1 in 2^63 chance).
+    const CONNECTIONS: usize = 64;
+    for i in 0..CONNECTIONS {
+        let response = raw_get(dp.addr(), "spread.test", &format!("/c{i}"))
+            .await
+            .expect("a response");
+        assert_eq!(response.status, 200, "connection {i}");
+    }
+    let accepted = accepted_by_worker(&dp).await;
+    let (first, second) = (
+        accepted.get("0").copied().unwrap_or(0.0),
+        accepted.get("1").copied().unwrap_or(0.0),
+    );
+    assert!(
+        first + second >= CONNECTIONS as f64,
+        "accepted by worker: {accepted:?}"
+    );
+    assert!(
+        first >= 4.0 && second >= 4.0,
+        "both workers accept connections: {accepted:?}"
+    );
+
+    // A second data plane on the same port is refused (SO_REUSEPORT does not
+    // let it join by mistake) and the first keeps every connection.
+    let mut intruder = ChildProcess::spawn(
+        "tollgate-dp[intruder]",
+        &bin_path("tollgate-dp"),
+        &[
+            "--control-plane".to_string(),
+            format!("http://127.0.0.1:{}", cp.port()),
+            "--listen".to_string(),
+            dp.addr().to_string(),
+            "--status-listen".to_string(),
+            format!("127.0.0.1:{}", free_port()),
+            "--worker-threads".to_string(),
+            "2".to_string(),
+        ],
+        &[],
+    );
+    let exit = tokio::task::block_in_place(|| intruder.wait_exit(Duration::from_secs(20)))
+        .expect("a second data plane on the same port exits");
+    assert!(!exit.success(), "exit status {exit:?}");
+    for i in 0..16 {
+        let response = raw_get(dp.addr(), "spread.test", &format!("/after{i}")).await;
+        assert_eq!(response.map(|r| r.status), Some(200), "request {i}");
+    }
+
+    // Drain and exit, then a new process binds the same port again at once
+    // (a restart) and serves on both workers.
+    let addr = dp.addr();
+    dp.sigterm();
+    let exit = tokio::task::block_in_place(|| dp.wait_exit(Duration::from_secs(20)))
+        .expect("data plane exits after SIGTERM");
+    assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
+    let _restarted = ChildProcess::spawn(
+        "tollgate-dp[restarted]",
+        &bin_path("tollgate-dp"),
+        &[
+            "--control-plane".to_string(),
+            format!("http://127.0.0.1:{}", cp.port()),
+            "--listen".to_string(),
+            addr.to_string(),
+            "--status-listen".to_string(),
+            format!("127.0.0.1:{}", free_port()),
+            "--worker-threads".to_string(),
+            "2".to_string(),
+        ],
+        &[],
+    );
+    let response = wait_until("the restarted data plane to serve", WAIT, || async {
+        raw_get(addr, "spread.test", "/again")
+            .await
+            .filter(|r| r.status == 200)
+    })
+    .await;
+    assert_eq!(served_by(&response.json()), "spread");
 }

@@ -23,10 +23,21 @@
 //! one multi-threaded runtime with one worker, this cut CPU per request by
 //! about a tenth: no work-stealing queues, no cross-thread wake-ups. Worker 0
 //! is the caller's runtime (which also runs the data plane's background
-//! tasks); the others accept on duplicates of the same listening socket, so
-//! binding keeps its usual semantics (no `SO_REUSEPORT`: a second process
-//! cannot join the port by mistake) and the kernel hands each new connection
-//! to whichever worker accepts first. The connection cap is shared.
+//! tasks).
+//!
+//! Listening sockets ([`Listeners`]): with one worker, one ordinary socket.
+//! With several, each worker accepts on its own socket, all bound to the same
+//! address with `SO_REUSEPORT`, so the kernel spreads new connections across
+//! the workers by a hash of the connection's addresses. One shared socket
+//! (what this did before) let whichever worker woke first take the
+//! connection: epoll wakes the most recently waiting thread, so under load a
+//! busy worker kept winning and the spread was lopsided (measured in
+//! docs/performance.md). So that a second process cannot join the port by
+//! mistake, binding first tries the address with an ordinary socket and fails
+//! if anything holds it; the connection cap stays shared. On shutdown every
+//! worker closes its socket at the same moment; a connection the kernel had
+//! queued on one but not yet handed over is refused, as it was when the one
+//! shared socket closed.
 //!
 //! TLS (`--tls-listen`, [`ServerSettings::tls`]): the same accept loop, then
 //! a rustls handshake bounded by the header-read timeout, with the server
@@ -116,72 +127,119 @@ fn builder(state: &ProxyState, settings: &ServerSettings) -> auto::Builder<Tokio
     builder
 }
 
-/// Serves on `workers` threads (at least one: the caller's runtime) until
-/// `shutdown` turns true, then drains connections for at most
-/// `settings.drain_timeout` and returns when every worker has.
+/// The proxy's listening sockets: one per worker (see the module docs).
+#[derive(Debug)]
+pub struct Listeners {
+    /// Worker 0's, registered on the runtime that bound it.
+    first: TcpListener,
+    /// The other workers' (bound with `SO_REUSEPORT`), registered on their
+    /// own runtimes when they start.
+    others: Vec<std::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `workers` sockets (at least one) to `addr`. Port 0 picks a free
+    /// port for the first; the others join that one.
+    pub async fn bind(
+        what: &'static str,
+        addr: SocketAddr,
+        workers: usize,
+    ) -> Result<Listeners, crate::error::DpError> {
+        let error = |source| crate::error::DpError::Bind { what, addr, source };
+        if workers <= 1 {
+            return Ok(Listeners {
+                first: bind(what, addr).await?,
+                others: Vec::new(),
+            });
+        }
+        if addr.port() != 0 {
+            // Anything already on the address (another tollgate-dp with
+            // its own SO_REUSEPORT sockets included) makes this fail here.
+            drop(std::net::TcpListener::bind(addr).map_err(error)?);
+        }
+        let first = reuse_port_socket(addr).map_err(error)?;
+        let addr = first.local_addr().map_err(error)?;
+        let others = (1..workers)
+            .map(|_| reuse_port_socket(addr))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(error)?;
+        Ok(Listeners {
+            first: TcpListener::from_std(first).map_err(error)?,
+            others,
+        })
+    }
+
+    /// The bound address (the same for every socket).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.first.local_addr()
+    }
+
+    /// How many workers these sockets are for.
+    pub fn workers(&self) -> usize {
+        1 + self.others.len()
+    }
+}
+
+/// A non-blocking listening socket on `addr` with `SO_REUSEADDR` (as tokio
+/// sets it) and `SO_REUSEPORT`, with tokio's backlog.
+fn reuse_port_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Serves on one worker per socket of `listeners` (worker 0 on the caller's
+/// runtime, the others on a thread and runtime each) until `shutdown` turns
+/// true, then drains connections for at most `settings.drain_timeout` and
+/// returns when every worker has.
 pub async fn serve_workers(
-    listener: TcpListener,
-    workers: usize,
+    listeners: Listeners,
     state: Arc<ProxyState>,
     settings: ServerSettings,
     shutdown: watch::Receiver<bool>,
 ) {
     let connection_slots = Arc::clone(&settings.connection_slots);
     let mut finished = Vec::new();
-    let mut listener = listener;
-    if workers > 1 {
-        match listener.into_std() {
-            Ok(shared) => {
-                for index in 1..workers {
-                    match spawn_worker(
-                        index,
-                        &shared,
-                        &state,
-                        &settings,
-                        &connection_slots,
-                        &shutdown,
-                    ) {
-                        Ok(done) => finished.push(done),
-                        Err(err) => {
-                            tracing::warn!(error = %err, worker = index, "cannot start a proxy worker; serving with fewer");
-                            break;
-                        }
-                    }
-                }
-                listener = match TcpListener::from_std(shared) {
-                    Ok(listener) => listener,
-                    Err(err) => {
-                        tracing::error!(error = %err, "cannot register the proxy listener");
-                        for done in finished {
-                            let _ = done.await;
-                        }
-                        return;
-                    }
-                };
-            }
+    let Listeners { first, others } = listeners;
+    for (index, listener) in (1..).zip(others) {
+        match spawn_worker(
+            index,
+            listener,
+            &state,
+            &settings,
+            &connection_slots,
+            &shutdown,
+        ) {
+            Ok(done) => finished.push(done),
             Err(err) => {
-                tracing::error!(error = %err, "cannot share the proxy listener");
-                return;
+                // The sockets left are closed here, so the kernel stops
+                // sending connections their way.
+                tracing::warn!(error = %err, worker = index, "cannot start a proxy worker; serving with fewer");
+                break;
             }
         }
     }
-    serve(listener, state, settings, connection_slots, shutdown).await;
+    serve(0, first, state, settings, connection_slots, shutdown).await;
     for done in finished {
         let _ = done.await;
     }
 }
 
 /// Starts proxy worker `index` on its own thread and runtime, accepting on
-/// a duplicate of `listener`; the receiver resolves when it has drained.
+/// `listener`; the receiver resolves when it has drained.
 fn spawn_worker(
     index: usize,
-    listener: &std::net::TcpListener,
+    listener: std::net::TcpListener,
     state: &Arc<ProxyState>,
     settings: &ServerSettings,
     connection_slots: &Arc<Semaphore>,
     shutdown: &watch::Receiver<bool>,
 ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
-    let listener = listener.try_clone()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -197,7 +255,7 @@ fn spawn_worker(
         .spawn(move || {
             runtime.block_on(async move {
                 match TcpListener::from_std(listener) {
-                    Ok(listener) => serve(listener, state, settings, slots, shutdown).await,
+                    Ok(listener) => serve(index, listener, state, settings, slots, shutdown).await,
                     Err(err) => {
                         tracing::warn!(error = %err, worker = index, "cannot register the proxy listener");
                     }
@@ -213,6 +271,7 @@ fn spawn_worker(
 /// One worker's accept loop: serves until `shutdown` turns true, then drains
 /// its connections for at most `settings.drain_timeout`.
 async fn serve(
+    worker: usize,
     listener: TcpListener,
     state: Arc<ProxyState>,
     settings: ServerSettings,
@@ -221,6 +280,7 @@ async fn serve(
 ) {
     let builder = Arc::new(builder(&state, &settings));
     let graceful = GracefulShutdown::new();
+    let accepts = metrics::global().worker_accepts(worker);
 
     loop {
         if *shutdown.borrow() {
@@ -239,6 +299,7 @@ async fn serve(
                 }
             },
         };
+        accepts.inc();
         let Ok(slot) = connection_slots.clone().try_acquire_owned() else {
             // A plaintext 503 means nothing to a TLS client: that one is
             // simply closed (a handshake costs more than the answer is worth).

@@ -213,6 +213,11 @@ struct HandshakeLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: u32,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CertificateLabels {
     certificate: Label,
 }
@@ -320,6 +325,9 @@ pub struct Metrics {
     registry: Registry,
     families: Arc<Families>,
     open_connections: Gauge,
+    /// `tollgate_connections_accepted_total{worker}`: one series per proxy
+    /// worker, resolved once when the worker starts ([`Metrics::worker_accepts`]).
+    connections_accepted: Family<WorkerLabels, Counter>,
     config_version: Family<StoreLabels, Gauge>,
     config_age: ConfigAge,
     config_compiles: Family<CompileLabels, Counter>,
@@ -380,6 +388,7 @@ impl Metrics {
     pub fn new() -> Arc<Self> {
         let families = Arc::new(Families::default());
         let open_connections = Gauge::default();
+        let connections_accepted = Family::<WorkerLabels, Counter>::default();
         let config_version = Family::<StoreLabels, Gauge>::default();
         let config_age = ConfigAge::new();
         let config_compiles = Family::<CompileLabels, Counter>::default();
@@ -437,6 +446,12 @@ impl Metrics {
             "open_connections",
             "Client connections currently open",
             open_connections.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "Client connections accepted, by proxy worker (--worker-threads): \
+             how evenly the listening sockets spread connections",
+            connections_accepted.clone(),
         );
         registry.register(
             "rate_limit_decisions",
@@ -545,6 +560,7 @@ impl Metrics {
             registry,
             families,
             open_connections,
+            connections_accepted,
             config_version,
             config_age,
             config_compiles,
@@ -686,6 +702,16 @@ impl Metrics {
         ConnectionGuard {
             gauge: self.open_connections.clone(),
         }
+    }
+
+    /// The accepted-connections counter of proxy worker `worker` (0 is the
+    /// first), created once per worker; each accept is then one atomic add.
+    pub fn worker_accepts(&self, worker: usize) -> Counter {
+        self.connections_accepted
+            .get_or_create(&WorkerLabels {
+                worker: u32::try_from(worker).unwrap_or(u32::MAX),
+            })
+            .clone()
     }
 
     /// Records that a config went into service.
@@ -1421,7 +1447,14 @@ mod tests {
         metrics.config_applied("store-a", 7);
         metrics.config_applied("store-b", 9);
         metrics.access_log_dropped().inc_by(4);
+        let accepts = metrics.worker_accepts(1);
+        accepts.inc();
+        metrics.worker_accepts(1).inc();
         let s = samples(&metrics.render());
+        assert_eq!(
+            s.get(r#"tollgate_connections_accepted_total{worker="1"}"#),
+            Some(&2.0)
+        );
         assert_eq!(s.get("tollgate_open_connections"), Some(&1.0));
         assert_eq!(s.get("tollgate_control_plane_connected"), Some(&1.0));
         assert_eq!(
