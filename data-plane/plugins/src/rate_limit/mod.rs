@@ -124,11 +124,29 @@ impl ScopeValue<'_> {
             | ScopeValue::Credential(v)
             | ScopeValue::Route(v)
             | ScopeValue::Service(v) => push_key_part(key, v),
+            ScopeValue::Ip(IpAddr::V4(ip)) => push_ipv4(key, *ip),
             ScopeValue::Ip(ip) => {
                 let _ = write!(key, "{ip}");
             }
             ScopeValue::Header(v) => push_hashed(key, v),
         }
+    }
+}
+
+/// `ip` in dotted decimal, as its `Display` writes it, without the
+/// formatter (a tenth of its instructions, on every `policy: redis` check).
+fn push_ipv4(key: &mut String, ip: std::net::Ipv4Addr) {
+    for (index, octet) in ip.octets().into_iter().enumerate() {
+        if index > 0 {
+            key.push('.');
+        }
+        if octet >= 100 {
+            key.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            key.push(char::from(b'0' + octet / 10 % 10));
+        }
+        key.push(char::from(b'0' + octet % 10));
     }
 }
 

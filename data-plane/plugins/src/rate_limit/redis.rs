@@ -641,8 +641,12 @@ impl Inner {
             RateLimitAlgorithm::SlidingWindow => 1,
             RateLimitAlgorithm::Gcra => 2,
         };
-        let mut command = redis::cmd("EVALSHA");
+        // Eight arguments: the name, the 40-byte SHA, the key and five
+        // numbers of at most 20 digits; sized once, so building the command
+        // allocates twice (its bytes and its argument ends) and never grows.
+        let mut command = redis::Cmd::with_capacity(8, 7 + 40 + 1 + key.len() + 4 * 20 + 1);
         command
+            .arg("EVALSHA")
             .arg(self.script.get_hash())
             .arg(1)
             .arg(key)
@@ -650,7 +654,9 @@ impl Inner {
             .arg(params.limit)
             .arg(params.window_us)
             .arg(params.burst);
-        let reply: Vec<i64> = match command.query_async(connection).await {
+        // One bulk string (see check.lua), parsed here: decoding one RESP
+        // value instead of an array of four halves the client's reply work.
+        let reply: redis::Value = match command.query_async(connection).await {
             Ok(reply) => reply,
             Err(err) if err.kind() == ErrorKind::NoScriptError => {
                 self.load_script(connection).await?;
@@ -658,33 +664,49 @@ impl Inner {
             }
             Err(err) => return Err(err.into()),
         };
-        let [allowed, a, b, c] = reply[..] else {
-            return Err(CallError::Reply(format!(
-                "{} values, expected 4",
-                reply.len()
-            )));
+        let Some([allowed, a, b, c]) = check_reply(&reply) else {
+            return Err(CallError::Reply(format!("{reply:?}")));
         };
-        let number = |value: i64| u64::try_from(value).unwrap_or(0);
         Ok(match params.algorithm {
             RateLimitAlgorithm::SlidingWindow => sliding_decision(
                 params,
                 &SlidingOutcome {
                     allowed: allowed == 1,
-                    previous: number(a),
-                    current: number(b),
-                    elapsed_us: number(c).min(params.window_us),
+                    previous: a,
+                    current: b,
+                    elapsed_us: c.min(params.window_us),
                 },
             ),
             RateLimitAlgorithm::Gcra => gcra_decision(
                 params,
                 &GcraOutcome {
                     allowed: allowed == 1,
-                    tat_us: number(a),
-                    now_us: number(b),
+                    tat_us: a,
+                    now_us: b,
                 },
             ),
         })
     }
+}
+
+/// The four numbers of a `check.lua` answer (`"allowed a b c"`, decimal,
+/// separated by one space); `None` for anything else.
+fn check_reply(reply: &redis::Value) -> Option<[u64; 4]> {
+    let redis::Value::BulkString(bytes) = reply else {
+        return None;
+    };
+    let mut numbers = [0u64; 4];
+    let mut fields = bytes.split(|&b| b == b' ');
+    for number in &mut numbers {
+        let field = fields.next()?;
+        if field.is_empty() || field.len() > 19 || !field.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        *number = field
+            .iter()
+            .fold(0u64, |n, &digit| n * 10 + u64::from(digit - b'0'));
+    }
+    fields.next().is_none().then_some(numbers)
 }
 
 /// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the
@@ -783,6 +805,29 @@ mod tests {
             redact_url("redis://:hunter2@a:1,redis://:hunter2@b:2/"),
             "redis://:***@a:1,redis://:***@b:2/"
         );
+    }
+
+    #[test]
+    fn check_replies_parse_only_the_scripts_shape() {
+        let bulk = |text: &str| redis::Value::BulkString(text.as_bytes().to_vec());
+        assert_eq!(check_reply(&bulk("1 0 5 123")), Some([1, 0, 5, 123]));
+        assert_eq!(
+            check_reply(&bulk("0 1765000000000000 1765000000000001 0")),
+            Some([0, 1_765_000_000_000_000, 1_765_000_000_000_001, 0])
+        );
+        for bad in [
+            "",
+            "1 2 3",
+            "1 2 3 4 5",
+            "1  2 3 4",
+            "1 -2 3 4",
+            "1 2 3 4 ",
+            "a 2 3 4",
+            "1 99999999999999999999 3 4",
+        ] {
+            assert_eq!(check_reply(&bulk(bad)), None, "{bad:?}");
+        }
+        assert_eq!(check_reply(&redis::Value::Int(1)), None);
     }
 
     #[test]

@@ -521,3 +521,25 @@ async fn batched_counts_locally_and_syncs_to_redis() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[test]
+fn ipv4_key_parts_are_written_as_display_writes_them() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut ips: Vec<std::net::Ipv4Addr> = vec![
+        [0, 0, 0, 0].into(),
+        [255, 255, 255, 255].into(),
+        [10, 0, 99, 100].into(),
+        [127, 0, 0, 1].into(),
+    ];
+    for _ in 0..10_000 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        ips.push(std::net::Ipv4Addr::from((seed >> 16) as u32));
+    }
+    for ip in ips {
+        let mut key = String::from("p:");
+        super::push_ipv4(&mut key, ip);
+        assert_eq!(key, format!("p:{ip}"));
+    }
+}
