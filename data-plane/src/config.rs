@@ -60,6 +60,9 @@ pub struct DpConfig {
     pub body_buffer_bytes: usize,
     /// Longest a response write may make no progress (slow readers).
     pub send_timeout: Duration,
+    /// HTTP/1 upstream requests on our own client (`--upstream-http1
+    /// native`) rather than hyper's.
+    pub upstream_http1_native: bool,
     /// Deadline for in-flight requests after SIGTERM.
     pub drain_timeout: Duration,
     /// Open client connections beyond which new ones get a 503.
@@ -114,6 +117,7 @@ impl Default for DpConfig {
             body_min_rate_grace: Duration::from_secs(10),
             body_buffer_bytes: 64 * 1024,
             send_timeout: Duration::from_secs(60),
+            upstream_http1_native: true,
             drain_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             access_log: AccessLogTarget::Stdout,

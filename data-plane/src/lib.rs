@@ -77,6 +77,7 @@ impl DataPlane {
     /// (see [`proxy::server`]); the first is the runtime
     /// [`DataPlane::serve`] runs on.
     pub async fn bind_workers(config: DpConfig, workers: usize) -> Result<DataPlane, DpError> {
+        tollgate_proxy::http1_client::set_native(config.upstream_http1_native);
         let workers = workers.max(1);
         let proxy_listener = Listeners::bind("proxy", config.listen, workers).await?;
         let tls_listener = match config.tls_listen {

@@ -146,6 +146,15 @@ struct Args {
     /// milliseconds (a client that stops reading is disconnected).
     #[arg(long, env = "TOLLGATE_SEND_TIMEOUT_MS", default_value_t = 60_000)]
     send_timeout_ms: u64,
+    /// The HTTP/1 upstream client: `native` (our own, driven by the
+    /// request's task) or `hyper` (hyper's, the fallback).
+    #[arg(
+        long,
+        env = "TOLLGATE_UPSTREAM_HTTP1",
+        default_value = "native",
+        value_parser = ["native", "hyper"]
+    )]
+    upstream_http1: String,
     /// Deadline for in-flight requests after SIGTERM, in seconds.
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT_S", default_value_t = 30)]
     drain_timeout_s: u64,
@@ -343,6 +352,7 @@ fn main() -> ExitCode {
         body_min_rate_grace: Duration::from_millis(args.body_min_rate_grace_ms),
         body_buffer_bytes: args.body_buffer_bytes,
         send_timeout: Duration::from_millis(args.send_timeout_ms),
+        upstream_http1_native: args.upstream_http1 == "native",
         drain_timeout: Duration::from_secs(args.drain_timeout_s),
         max_connections: args.max_connections,
         access_log: args.access_log,

@@ -30,7 +30,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::pool::PooledBody;
+use crate::pool::{BodyReadError, PooledBody};
 
 /// A response body as sent to the client.
 #[derive(Debug)]
@@ -55,7 +55,7 @@ impl ResponseBody {
     /// the caller can still answer 502 (what haproxy does) rather than send
     /// a head and then cut the connection. Never waits: a frame that has not
     /// arrived is left to the normal streaming.
-    pub fn upstream(mut body: PooledBody) -> Result<ResponseBody, hyper::Error> {
+    pub fn upstream(mut body: PooledBody) -> Result<ResponseBody, BodyReadError> {
         // A body of known length cannot have broken framing in its first
         // frame (a short one is cut later, and logged then): only chunked
         // bodies are worth the look.
@@ -74,12 +74,12 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyReadError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyReadError>>> {
         match self.get_mut() {
             ResponseBody::Empty => Poll::Ready(None),
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),

@@ -43,6 +43,7 @@ pub mod forward;
 pub mod h2;
 pub mod handler;
 pub mod health;
+pub mod http1_client;
 pub mod observe;
 pub mod parse_errors;
 pub mod pool;

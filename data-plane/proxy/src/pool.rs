@@ -1,5 +1,8 @@
-//! Keep-alive connections to upstream targets, pooled by us on top of
-//! hyper's bare HTTP/1 client connection (`hyper::client::conn::http1`).
+//! Keep-alive connections to upstream targets, pooled by us on top of our
+//! own HTTP/1.1 client connection ([`crate::http1_client`], for requests
+//! with no body or a buffered one) or hyper's bare one
+//! (`hyper::client::conn::http1`: streaming bodies, upgrades, and every
+//! request with `--upstream-http1 hyper`).
 //!
 //! Why we own the pool instead of using hyper-util's legacy `Client`: under
 //! a profiler that client was the largest single cost of a proxied request
@@ -16,9 +19,11 @@
 //!
 //! A connection's life:
 //! - opened on demand: TCP connect within the service's connect timeout,
-//!   `TCP_NODELAY`, keepalive probes, HTTP/1.1 handshake, and its I/O task
-//!   spawned on the runtime;
-//! - the response body ([`PooledBody`]) carries the connection's sender;
+//!   `TCP_NODELAY`, keepalive probes, then (hyper's) an HTTP/1.1 handshake
+//!   and its I/O task spawned on the runtime, or (ours) nothing more: the
+//!   request's task drives it;
+//! - the response body ([`PooledBody`]) carries the connection (or hyper's
+//!   sender);
 //!   once the body has been read to its end, the sender goes back to the
 //!   idle list of the shard of the thread that finished it. A body dropped
 //!   early (the client went away), a failed exchange, or a response refused
@@ -31,7 +36,9 @@
 //! - [`maintain`] advances the coarse clock idle times are measured with and
 //!   closes connections idle for longer than [`IDLE_TIMEOUT`];
 //! - a request that could not even be written to a reused connection (the
-//!   upstream closed it while idle) is retried once on a new connection.
+//!   upstream closed it while idle) is retried once on a new connection;
+//!   an idle connection of ours is checked for a close (or unasked bytes)
+//!   without waiting before it is reused.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -51,6 +58,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::body::UpstreamBody;
+use crate::http1_client;
 use crate::upstream::ClientCache;
 use crate::upstream::{classify, DisplayChain};
 use tollgate_plugin_api::RefusalKind;
@@ -89,8 +97,23 @@ pub(crate) fn shard_count() -> usize {
 
 type Sender = SendRequest<UpstreamBody>;
 
+/// An idle connection: hyper's (its sender) or ours.
+enum Conn {
+    Hyper(Sender),
+    Native(http1_client::Connection),
+}
+
+impl Conn {
+    fn is_closed(&self) -> bool {
+        match self {
+            Conn::Hyper(sender) => sender.is_closed(),
+            Conn::Native(_) => false,
+        }
+    }
+}
+
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     /// [`CLOCK`] when it was returned.
     since: u32,
 }
@@ -182,7 +205,8 @@ impl TargetConnections {
         &self.shards[index]
     }
 
-    /// The most recently returned ready connection of this thread's shard.
+    /// The most recently returned ready hyper connection of this thread's
+    /// shard.
     fn checkout(&self) -> Option<Sender> {
         let now = CLOCK.load(Ordering::Relaxed);
         let mut idle = self.shard().lock();
@@ -190,10 +214,16 @@ impl TargetConnections {
         while i > 0 {
             i -= 1;
             let entry = &idle[i];
-            if entry.sender.is_ready() && !entry.expired(now) {
-                return Some(idle.swap_remove(i).sender);
+            let Conn::Hyper(sender) = &entry.conn else {
+                continue;
+            };
+            if sender.is_ready() && !entry.expired(now) {
+                if let Conn::Hyper(sender) = idle.swap_remove(i).conn {
+                    return Some(sender);
+                }
+                return None;
             }
-            if entry.sender.is_closed() || entry.expired(now) {
+            if sender.is_closed() || entry.expired(now) {
                 // Entries above `i` were already looked at, so the one
                 // swapped into `i` needs no second look.
                 drop(idle.swap_remove(i));
@@ -202,15 +232,39 @@ impl TargetConnections {
         None
     }
 
+    /// The most recently returned connection of ours of this thread's
+    /// shard that the upstream has not closed.
+    fn checkout_native(&self) -> Option<http1_client::Connection> {
+        let now = CLOCK.load(Ordering::Relaxed);
+        let mut idle = self.shard().lock();
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            let expired = idle[i].expired(now);
+            let Conn::Native(conn) = &mut idle[i].conn else {
+                continue;
+            };
+            if !expired && conn.is_reusable() {
+                if let Conn::Native(conn) = idle.swap_remove(i).conn {
+                    return Some(conn);
+                }
+                return None;
+            }
+            // Closed by the upstream, unasked bytes, or expired.
+            drop(idle.swap_remove(i));
+        }
+        None
+    }
+
     /// Returns a connection whose last exchange completed.
-    fn put(&self, sender: Sender) {
-        if sender.is_closed() {
+    fn put(&self, conn: Conn) {
+        if conn.is_closed() {
             return;
         }
         let since = CLOCK.load(Ordering::Relaxed);
         let mut idle = self.shard().lock();
         if idle.len() < MAX_IDLE_PER_SHARD {
-            idle.push(Idle { sender, since });
+            idle.push(Idle { conn, since });
         }
     }
 
@@ -224,7 +278,7 @@ impl TargetConnections {
                 }
                 let (keep, expired) = std::mem::take(&mut *idle)
                     .into_iter()
-                    .partition(|entry| !entry.expired(now) && !entry.sender.is_closed());
+                    .partition(|entry| !entry.expired(now) && !entry.conn.is_closed());
                 *idle = keep;
                 expired
             };
@@ -382,6 +436,9 @@ impl TargetConnections {
         self: &Arc<Self>,
         request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, SendFailure> {
+        if http1_client::takes(&request) {
+            return self.send_native(request).await;
+        }
         // The connect paths are boxed: they are rare, and keeping them out
         // of this future keeps it small to create and move per request.
         let (sender, result) = match self.checkout() {
@@ -397,11 +454,8 @@ impl TargetConnections {
         };
         match result {
             Ok(response) => Ok(response.map(|body| PooledBody {
-                inner: body,
-                checkin: Some(Checkin {
-                    sender,
-                    target: Arc::clone(self),
-                }),
+                inner: Inner::Hyper(body, Some(sender)),
+                target: Some(Arc::clone(self)),
             })),
             Err(err) => {
                 let kind = classify(&err);
@@ -409,6 +463,73 @@ impl TargetConnections {
                 Err(SendFailure { kind, unsent: None })
             }
         }
+    }
+}
+
+impl TargetConnections {
+    /// Sends `request` on one of our connections: a pooled one the upstream
+    /// has not closed, or a new one. A request not written on a reused
+    /// connection is retried once on a new one, as with hyper's.
+    async fn send_native(
+        self: &Arc<Self>,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, SendFailure> {
+        let request = match self.checkout_native() {
+            Some(conn) => match conn.send(request).await {
+                Ok(response) => return Ok(self.pooled_native(response)),
+                Err(http1_client::SendError {
+                    error,
+                    unsent: Some(request),
+                }) => {
+                    tracing::debug!(upstream = %self.address, error = %DisplayChain(&error), "pooled upstream connection was closed; retrying on a new one");
+                    request
+                }
+                Err(http1_client::SendError {
+                    error,
+                    unsent: None,
+                }) => return Err(self.native_failure(&error)),
+            },
+            None => request,
+        };
+        // Rare, and kept out of this future so it stays small.
+        let conn = match Box::pin(self.connect_native()).await {
+            Ok(conn) => conn,
+            Err(kind) => {
+                return Err(SendFailure {
+                    kind,
+                    unsent: Some(request),
+                })
+            }
+        };
+        match conn.send(request).await {
+            Ok(response) => Ok(self.pooled_native(response)),
+            Err(failed) => Err(self.native_failure(&failed.error)),
+        }
+    }
+
+    fn pooled_native(
+        self: &Arc<Self>,
+        response: Response<http1_client::ResponseBody>,
+    ) -> Response<PooledBody> {
+        response.map(|body| PooledBody {
+            inner: Inner::Native(body),
+            target: Some(Arc::clone(self)),
+        })
+    }
+
+    fn native_failure(&self, error: &http1_client::Error) -> SendFailure {
+        let kind = error.refusal();
+        tracing::debug!(upstream = %self.address, error = %DisplayChain(error), ?kind, "upstream request failed");
+        SendFailure { kind, unsent: None }
+    }
+
+    /// A new connection of ours (TCP, TLS when the target has it).
+    async fn connect_native(&self) -> Result<http1_client::Connection, RefusalKind> {
+        let stream = self.tcp().await?;
+        Ok(match &self.tls {
+            None => http1_client::Connection::new(stream),
+            Some(tls) => http1_client::Connection::new(self.tls_handshake(tls, stream).await?),
+        })
     }
 }
 
@@ -477,25 +598,30 @@ impl TargetConnections {
     }
 }
 
-/// A connection on its way back to its idle list.
-struct Checkin {
-    sender: Sender,
-    target: Arc<TargetConnections>,
-}
-
 /// An upstream response body that returns its connection to the pool once
 /// it has been read to its end (see the module doc).
 pub struct PooledBody {
-    inner: Incoming,
-    checkin: Option<Checkin>,
+    inner: Inner,
+    /// Where the connection goes back to; `None` when it must not.
+    target: Option<Arc<TargetConnections>>,
+}
+
+/// The body as hyper's connection or ours reads it.
+enum Inner {
+    /// hyper's body, and its connection's sender while pooled.
+    Hyper(Incoming, Option<Sender>),
+    /// Ours: the body owns its connection.
+    Native(http1_client::ResponseBody),
 }
 
 impl fmt::Debug for PooledBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PooledBody")
-            .field("inner", &self.inner)
-            .field("pooled", &self.checkin.is_some())
-            .finish()
+        let mut debug = f.debug_struct("PooledBody");
+        match &self.inner {
+            Inner::Hyper(body, _) => debug.field("inner", body),
+            Inner::Native(body) => debug.field("inner", body),
+        };
+        debug.field("pooled", &self.target.is_some()).finish()
     }
 }
 
@@ -503,33 +629,70 @@ impl PooledBody {
     /// A body whose connection is not pooled (HTTP/2 streams, upgrades).
     pub fn unpooled(inner: Incoming) -> Self {
         PooledBody {
-            inner,
-            checkin: None,
+            inner: Inner::Hyper(inner, None),
+            target: None,
         }
     }
 
     /// Keeps the connection out of the pool: it closes when the body drops.
     pub fn discard_connection(&mut self) {
-        self.checkin = None;
+        self.target = None;
     }
 
     fn release(&mut self) {
-        if let Some(checkin) = self.checkin.take() {
-            checkin.target.put(checkin.sender);
+        let Some(target) = self.target.take() else {
+            return;
+        };
+        let conn = match &mut self.inner {
+            Inner::Hyper(_, sender) => sender.take().map(Conn::Hyper),
+            Inner::Native(body) => body.take_connection().map(Conn::Native),
+        };
+        if let Some(conn) = conn {
+            target.put(conn);
+        }
+    }
+}
+
+/// Why an upstream response body could not be read: hyper's error or ours
+/// (both are causes for [`crate::upstream::classify`]).
+#[derive(Debug)]
+pub enum BodyReadError {
+    Hyper(hyper::Error),
+    Native(http1_client::Error),
+}
+
+impl fmt::Display for BodyReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("reading the upstream response body failed")
+    }
+}
+
+impl std::error::Error for BodyReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BodyReadError::Hyper(err) => Some(err),
+            BodyReadError::Native(err) => Some(err),
         }
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyReadError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyReadError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let polled = match &mut this.inner {
+            Inner::Hyper(body, _) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|frame| frame.map_err(BodyReadError::Hyper))),
+            Inner::Native(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|frame| frame.map_err(BodyReadError::Native))),
+        };
         match &polled {
             Poll::Ready(None) => this.release(),
             Poll::Ready(Some(Err(_))) => this.discard_connection(),
@@ -539,11 +702,17 @@ impl Body for PooledBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Hyper(body, _) => body.is_end_stream(),
+            Inner::Native(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Hyper(body, _) => body.size_hint(),
+            Inner::Native(body) => body.size_hint(),
+        }
     }
 }
 
@@ -551,7 +720,7 @@ impl Drop for PooledBody {
     fn drop(&mut self) {
         // hyper stops polling a body once it reports its end (and never
         // polls an empty one): that is a complete exchange too.
-        if self.inner.is_end_stream() {
+        if self.is_end_stream() {
             self.release();
         }
     }

@@ -514,6 +514,9 @@ fn parse_content_length(value: &HeaderValue) -> Option<u64> {
 pub fn classify(err: &(dyn StdError + 'static)) -> RefusalKind {
     let mut source: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(cause) = source {
+        if let Some(native) = cause.downcast_ref::<crate::http1_client::Error>() {
+            return native.refusal();
+        }
         if let Some(body) = cause.downcast_ref::<BodyError>() {
             return match body {
                 BodyError::TooLarge { .. } => RefusalKind::BodyTooLarge,
