@@ -270,6 +270,8 @@ impl Connection {
                 framing: head.framing,
                 keep_alive: head.keep_alive && !request_close,
                 clean: true,
+                yielded: false,
+                deferred: None,
             },
         ))
     }
@@ -528,6 +530,10 @@ pub struct ResponseBody {
     keep_alive: bool,
     /// No error so far.
     clean: bool,
+    /// Data was returned since the body last answered `Pending`.
+    yielded: bool,
+    /// An error held back for one poll (see [`ResponseBody::fail`]).
+    deferred: Option<io::Error>,
 }
 
 impl fmt::Debug for ResponseBody {
@@ -550,7 +556,23 @@ impl ResponseBody {
         conn.read_buf.is_empty().then_some(conn)
     }
 
-    fn fail(&mut self, err: io::Error) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+    /// Ends the body with `err`. When data was just returned, the error
+    /// waits for one more poll: a server (hyper's) writes the response head
+    /// and the data it got only when the body answers `Pending`, and drops
+    /// what it holds unwritten on an error; this way a body cut by the
+    /// upstream reaches the client as the head and the bytes that arrived,
+    /// then a cut (as with hyper's client, whose errors arrive through a
+    /// channel, a wake-up later).
+    fn fail(
+        &mut self,
+        err: io::Error,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        if std::mem::take(&mut self.yielded) {
+            self.deferred = Some(err);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         self.framing = Framing::Done;
         self.clean = false;
         self.conn = None;
@@ -574,6 +596,34 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = self.get_mut();
+        if let Some(err) = this.deferred.take() {
+            return this.fail(err, cx);
+        }
+        let polled = this.poll_data(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => this.yielded = true,
+            Poll::Pending => this.yielded = false,
+            Poll::Ready(_) => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Done) && self.deferred.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Done => SizeHint::with_exact(0),
+            Framing::Chunked(_) | Framing::Close => SizeHint::default(),
+        }
+    }
+}
+
+impl ResponseBody {
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = self;
         loop {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -606,7 +656,7 @@ impl Body for ResponseBody {
                         return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
                     }
                     Ok(Step::More) => {}
-                    Err(err) => return this.fail(err),
+                    Err(err) => return this.fail(err, cx),
                 },
             }
             // Nothing buffered to decode: read more.
@@ -620,28 +670,19 @@ impl Body for ResponseBody {
                         return Poll::Ready(None);
                     }
                     Framing::Chunked(decoder) if !decoder.in_data() => {
-                        return this.fail(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "unexpected EOF during chunk size line",
-                        ))
+                        return this.fail(
+                            io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "unexpected EOF during chunk size line",
+                            ),
+                            cx,
+                        )
                     }
-                    _ => return this.fail(incomplete()),
+                    _ => return this.fail(incomplete(), cx),
                 },
                 Ok(_) => {}
-                Err(err) => return this.fail(err),
+                Err(err) => return this.fail(err, cx),
             }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        matches!(self.framing, Framing::Done)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.framing {
-            Framing::Length(n) => SizeHint::with_exact(n),
-            Framing::Done => SizeHint::with_exact(0),
-            Framing::Chunked(_) | Framing::Close => SizeHint::default(),
         }
     }
 }
