@@ -16,6 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use super::*;
 
+/// Header or trailer fields in order: name, value.
+type Fields = Vec<(String, Vec<u8>)>;
+
 /// What a client made of a response.
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {
@@ -24,10 +27,10 @@ enum Outcome {
     Response {
         status: u16,
         reason: Option<Vec<u8>>,
-        headers: Vec<(String, Vec<u8>)>,
+        headers: Fields,
         /// `None`: the body was refused or cut.
         body: Option<Vec<u8>>,
-        trailers: Vec<(String, Vec<u8>)>,
+        trailers: Fields,
     },
 }
 
@@ -51,7 +54,7 @@ async fn upstream(mut io: DuplexStream, bytes: Vec<u8>) {
     }
 }
 
-fn fields(headers: &http::HeaderMap) -> Vec<(String, Vec<u8>)> {
+fn fields(headers: &http::HeaderMap) -> Fields {
     headers
         .iter()
         .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
@@ -59,7 +62,7 @@ fn fields(headers: &http::HeaderMap) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Reads the body to its end: its bytes and trailers, or `None` on error.
-async fn collect<B>(mut body: B) -> (Option<Vec<u8>>, Vec<(String, Vec<u8>)>)
+async fn collect<B>(mut body: B) -> (Option<Vec<u8>>, Fields)
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
@@ -81,14 +84,24 @@ where
     (Some(data), trailers)
 }
 
-fn outcome_of<B>(response: http::Response<B>) -> (u16, Option<Vec<u8>>, Vec<(String, Vec<u8>)>, B) {
+async fn outcome<B>(response: http::Response<B>) -> Outcome
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
     let reason = response
         .extensions()
         .get::<hyper::ext::ReasonPhrase>()
         .map(|reason| reason.as_bytes().to_vec());
     let status = response.status().as_u16();
     let headers = fields(response.headers());
-    (status, reason, headers, response.into_body())
+    let (body, trailers) = collect(response.into_body()).await;
+    Outcome::Response {
+        status,
+        reason,
+        headers,
+        body,
+        trailers,
+    }
 }
 
 async fn with_hyper(bytes: Vec<u8>, method: Method) -> Outcome {
@@ -109,15 +122,7 @@ async fn with_hyper(bytes: Vec<u8>, method: Method) -> Outcome {
     let Ok(response) = sender.send_request(request).await else {
         return Outcome::Refused;
     };
-    let (status, reason, headers, body) = outcome_of(response);
-    let (body, trailers) = collect(body).await;
-    Outcome::Response {
-        status,
-        reason,
-        headers,
-        body,
-        trailers,
-    }
+    outcome(response).await
 }
 
 async fn with_ours(bytes: Vec<u8>, method: Method) -> Outcome {
@@ -131,15 +136,7 @@ async fn with_ours(bytes: Vec<u8>, method: Method) -> Outcome {
     let Ok(response) = Connection::new(client).send(request).await else {
         return Outcome::Refused;
     };
-    let (status, reason, headers, body) = outcome_of(response);
-    let (body, trailers) = collect(body).await;
-    Outcome::Response {
-        status,
-        reason,
-        headers,
-        body,
-        trailers,
-    }
+    outcome(response).await
 }
 
 fn both(bytes: &[u8], method: &Method) -> (Outcome, Outcome) {
