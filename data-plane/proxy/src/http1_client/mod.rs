@@ -50,6 +50,8 @@ use tollgate_plugin_api::RefusalKind;
 
 /// Header fields allowed in a response head (hyper's default).
 const MAX_HEADERS: usize = 100;
+/// Header fields tried first.
+const FEW_HEADERS: usize = 24;
 /// The most bytes a response head may take (hyper's default read buffer
 /// limit).
 const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
@@ -339,10 +341,21 @@ fn encode_request(buf: &mut Vec<u8>, request: &Request<UpstreamBody>) {
 /// One response head from the front of `buf` (consumed when complete or
 /// interim).
 fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Parsed, Error> {
+    // Most heads have a handful of fields: a small array first (less to
+    // initialise per response), hyper's limit when it is not enough.
+    match parse_head_with::<FEW_HEADERS>(buf, is_head) {
+        Err(Error::Head(httparse::Error::TooManyHeaders)) => {
+            parse_head_with::<MAX_HEADERS>(buf, is_head)
+        }
+        parsed => parsed,
+    }
+}
+
+fn parse_head_with<const N: usize>(buf: &mut BytesMut, is_head: bool) -> Result<Parsed, Error> {
     // Offsets of each field's name and value in the head.
-    let mut fields = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut fields = [(0u32, 0u32, 0u32, 0u32); N];
     let (len, code, reason, version, count) = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = [httparse::EMPTY_HEADER; N];
         let mut response = httparse::Response::new(&mut headers);
         let len = match response.parse(buf) {
             Ok(httparse::Status::Complete(len)) => len,

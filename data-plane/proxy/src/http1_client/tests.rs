@@ -333,7 +333,22 @@ fn known_cases_agree() {
         b"HTTP/1.1 200 Fine\r\nContent-Length: 2\r\n\r\nok",
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r",
     ];
-    for bytes in cases {
+    // Around the two header arrays (24 first, then hyper's 100).
+    let many = |n: usize| {
+        let mut bytes = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..n {
+            bytes.extend_from_slice(format!("x-h{i}: {i}\r\n").as_bytes());
+        }
+        bytes.extend_from_slice(b"Content-Length: 2\r\n\r\nok");
+        bytes
+    };
+    let many: Vec<Vec<u8>> = [22, 23, 24, 60, 98, 99, 100, 150].map(many).into();
+    let cases: Vec<&[u8]> = cases
+        .iter()
+        .copied()
+        .chain(many.iter().map(Vec::as_slice))
+        .collect();
+    for bytes in &cases {
         for method in [Method::GET, Method::HEAD] {
             let (theirs, ours) = both(bytes, &method);
             assert_eq!(
