@@ -146,8 +146,13 @@ pub struct SendError {
 }
 
 /// One HTTP/1.1 connection: the stream and its buffers, reused across
-/// requests.
+/// requests. One pointer (the state is boxed once per connection), so the
+/// response body that carries it stays small to move.
 pub struct Connection {
+    state: Box<State>,
+}
+
+struct State {
     io: Box<dyn Io>,
     read_buf: BytesMut,
     write_buf: Vec<u8>,
@@ -156,7 +161,7 @@ pub struct Connection {
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
-            .field("buffered", &self.read_buf.len())
+            .field("buffered", &self.state.read_buf.len())
             .finish_non_exhaustive()
     }
 }
@@ -165,7 +170,8 @@ impl fmt::Debug for Connection {
 #[derive(Debug)]
 enum Framing {
     Length(u64),
-    Chunked(Chunked),
+    /// Boxed: only chunked bodies pay for the decoder's state.
+    Chunked(Box<Chunked>),
     /// Read until the upstream closes.
     Close,
     /// Read to its end (or failed).
@@ -188,23 +194,25 @@ enum Parsed {
 impl Connection {
     pub fn new(io: impl Io) -> Self {
         Connection {
-            io: Box::new(io),
-            read_buf: BytesMut::new(),
-            write_buf: Vec::new(),
+            state: Box::new(State {
+                io: Box::new(io),
+                read_buf: BytesMut::new(),
+                write_buf: Vec::new(),
+            }),
         }
     }
 
     /// Whether an idle connection can take a request: the upstream has not
     /// closed it and sent nothing unasked. Never waits.
     pub fn is_reusable(&mut self) -> bool {
-        if !self.read_buf.is_empty() {
+        if !self.state.read_buf.is_empty() {
             return false;
         }
         let mut cx = Context::from_waker(futures::task::noop_waker_ref());
         let mut byte = [0u8; 1];
         let mut buf = ReadBuf::new(&mut byte);
         matches!(
-            Pin::new(&mut self.io).poll_read(&mut cx, &mut buf),
+            Pin::new(&mut self.state.io).poll_read(&mut cx, &mut buf),
             Poll::Pending
         )
     }
@@ -212,10 +220,10 @@ impl Connection {
     /// Reads more into the read buffer: the number of bytes read, 0 at the
     /// end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 2 {
-            self.read_buf.reserve(READ_CHUNK);
+        if self.state.read_buf.capacity() - self.state.read_buf.len() < READ_CHUNK / 2 {
+            self.state.read_buf.reserve(READ_CHUNK);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf)
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.state.io), cx, &mut self.state.read_buf)
     }
 
     /// Sends `request` and waits for its response head. The body is read
@@ -230,11 +238,11 @@ impl Connection {
             .get_all(CONNECTION)
             .iter()
             .any(|value| has_token(value, "close"));
-        self.write_buf.clear();
-        encode_request(&mut self.write_buf, &request);
+        self.state.write_buf.clear();
+        encode_request(&mut self.state.write_buf, &request);
         // The first write tells whether the connection still takes bytes:
         // failing there, nothing was sent and the request can go elsewhere.
-        let written = match self.io.write(&self.write_buf).await {
+        let written = match self.state.io.write(&self.state.write_buf).await {
             Ok(0) => {
                 return Err(SendError {
                     error: Error::Write(io::ErrorKind::WriteZero.into()),
@@ -251,8 +259,11 @@ impl Connection {
         };
         drop(request);
         let rest = async {
-            self.io.write_all(&self.write_buf[written..]).await?;
-            self.io.flush().await
+            self.state
+                .io
+                .write_all(&self.state.write_buf[written..])
+                .await?;
+            self.state.io.flush().await
         };
         if let Err(err) = rest.await {
             return Err(SendError {
@@ -280,13 +291,13 @@ impl Connection {
 
     async fn read_head(&mut self, is_head: bool) -> Result<Head, Error> {
         loop {
-            if !self.read_buf.is_empty() {
-                match parse_head(&mut self.read_buf, is_head)? {
+            if !self.state.read_buf.is_empty() {
+                match parse_head(&mut self.state.read_buf, is_head)? {
                     Parsed::Complete(head) => return Ok(head),
                     Parsed::Interim => continue,
                     Parsed::Partial => {}
                 }
-                if self.read_buf.len() >= MAX_HEAD_BYTES {
+                if self.state.read_buf.len() >= MAX_HEAD_BYTES {
                     return Err(Error::TooLarge);
                 }
             }
@@ -468,7 +479,7 @@ fn framing(
             .and_then(|value| value.rsplit(',').next())
             .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
         return Ok(if chunked {
-            Framing::Chunked(Chunked::new())
+            Framing::Chunked(Box::new(Chunked::new()))
         } else {
             Framing::Close
         });
@@ -566,7 +577,7 @@ impl ResponseBody {
             return None;
         }
         let conn = self.conn.take()?;
-        conn.read_buf.is_empty().then_some(conn)
+        conn.state.read_buf.is_empty().then_some(conn)
     }
 
     /// Ends the body with `err`. When data was just returned, the error
@@ -644,11 +655,11 @@ impl ResponseBody {
             match &mut this.framing {
                 Framing::Done => return Poll::Ready(None),
                 Framing::Length(remaining) => {
-                    if !conn.read_buf.is_empty() {
+                    if !conn.state.read_buf.is_empty() {
                         let take = usize::try_from(*remaining)
                             .unwrap_or(usize::MAX)
-                            .min(conn.read_buf.len());
-                        let data = conn.read_buf.split_to(take).freeze();
+                            .min(conn.state.read_buf.len());
+                        let data = conn.state.read_buf.split_to(take).freeze();
                         *remaining -= take as u64;
                         if *remaining == 0 {
                             this.framing = Framing::Done;
@@ -657,12 +668,12 @@ impl ResponseBody {
                     }
                 }
                 Framing::Close => {
-                    if !conn.read_buf.is_empty() {
-                        let data = conn.read_buf.split().freeze();
+                    if !conn.state.read_buf.is_empty() {
+                        let data = conn.state.read_buf.split().freeze();
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                 }
-                Framing::Chunked(decoder) => match decoder.decode(&mut conn.read_buf) {
+                Framing::Chunked(decoder) => match decoder.decode(&mut conn.state.read_buf) {
                     Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                     Ok(Step::End(trailers)) => {
                         this.framing = Framing::Done;
