@@ -420,14 +420,24 @@ fn parse_head_with<const N: usize>(buf: &mut BytesMut, is_head: bool) -> Result<
     let mut headers = HeaderMap::with_capacity(count);
     let mut keep_alive = version == Version::HTTP_11;
     let mut saw_close = false;
+    let mut length = Length::Absent;
+    let mut chunked: Option<bool> = None;
     for &(name_start, name_end, value_start, value_end) in &fields[..count] {
         let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
             .map_err(|_| Error::Framing("invalid header name"))?;
         let value =
             HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
                 .map_err(|_| Error::Framing("invalid header value"))?;
-        if name == CONNECTION {
-            if saw_close || has_token(&value, "close") {
+        if name == CONTENT_LENGTH {
+            length = length.and(&value);
+        } else if name == TRANSFER_ENCODING {
+            // Only the last field's last coding counts (as hyper).
+            chunked = Some(last_coding_is_chunked(&value));
+        } else if name == CONNECTION {
+            if value.as_bytes().eq_ignore_ascii_case(b"keep-alive") {
+                // The common answer, without the token scan.
+                keep_alive = keep_alive || !saw_close;
+            } else if saw_close || has_token(&value, "close") {
                 saw_close = true;
                 keep_alive = false;
             } else if !keep_alive {
@@ -436,7 +446,7 @@ fn parse_head_with<const N: usize>(buf: &mut BytesMut, is_head: bool) -> Result<
         }
         headers.append(name, value);
     }
-    let framing = framing(code, is_head, version, &headers)?;
+    let framing = framing(code, is_head, version, chunked, length)?;
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -457,34 +467,30 @@ fn parse_head_with<const N: usize>(buf: &mut BytesMut, is_head: bool) -> Result<
     }))
 }
 
-/// The body's framing (RFC 9112 section 6.3, as hyper's client decides it).
+/// The body's framing (RFC 9112 section 6.3, as hyper's client decides
+/// it), from the `Transfer-Encoding` seen (`Some(last coding is chunked)`)
+/// and the `Content-Length` values.
 fn framing(
     code: u16,
     is_head: bool,
     version: Version,
-    headers: &HeaderMap,
+    chunked: Option<bool>,
+    length: Length,
 ) -> Result<Framing, Error> {
     if matches!(code, 101 | 204 | 304) || is_head {
         return Ok(Framing::Done);
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
+    if let Some(chunked) = chunked {
         if version == Version::HTTP_10 {
             return Err(Error::Framing("Transfer-Encoding in an HTTP/1.0 response"));
         }
-        let chunked = headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
         return Ok(if chunked {
             Framing::Chunked(Box::new(Chunked::new()))
         } else {
             Framing::Close
         });
     }
-    match content_length(headers) {
+    match length {
         Length::Valid(n) if n <= u64::MAX - 2 => Ok(if n == 0 {
             Framing::Done
         } else {
@@ -495,6 +501,16 @@ fn framing(
     }
 }
 
+/// Whether the last coding of a `Transfer-Encoding` value is `chunked`.
+fn last_coding_is_chunked(value: &HeaderValue) -> bool {
+    value
+        .to_str()
+        .ok()
+        .and_then(|value| value.rsplit(',').next())
+        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+}
+
+#[derive(Clone, Copy)]
 enum Length {
     Absent,
     Valid(u64),
@@ -504,8 +520,20 @@ enum Length {
 /// Every `Content-Length` value, as hyper reads them: comma lists allowed,
 /// all equal, digits only.
 fn content_length(headers: &HeaderMap) -> Length {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
+    headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .fold(Length::Absent, Length::and)
+}
+
+impl Length {
+    /// The length after one more `Content-Length` field.
+    fn and(self, value: &HeaderValue) -> Length {
+        let mut length = match self {
+            Length::Invalid => return Length::Invalid,
+            Length::Absent => None,
+            Length::Valid(n) => Some(n),
+        };
         let Ok(text) = value.to_str() else {
             return Length::Invalid;
         };
@@ -533,8 +561,8 @@ fn content_length(headers: &HeaderMap) -> Length {
                 Some(_) => {}
             }
         }
+        length.map_or(Length::Absent, Length::Valid)
     }
-    length.map_or(Length::Absent, Length::Valid)
 }
 
 /// Whether a comma-separated header value has `token` (case-insensitive).
