@@ -112,6 +112,13 @@ impl Conn {
     }
 }
 
+/// What [`TargetConnections::take_idle`] does with one idle entry.
+enum Verdict {
+    Take,
+    Keep,
+    Drop,
+}
+
 struct Idle {
     conn: Conn,
     /// [`CLOCK`] when it was returned.
@@ -205,55 +212,60 @@ impl TargetConnections {
         &self.shards[index]
     }
 
-    /// The most recently returned ready hyper connection of this thread's
-    /// shard.
-    fn checkout(&self) -> Option<Sender> {
-        let now = CLOCK.load(Ordering::Relaxed);
-        let mut idle = self.shard().lock();
-        let mut i = idle.len();
-        while i > 0 {
-            i -= 1;
-            let entry = &idle[i];
-            let Conn::Hyper(sender) = &entry.conn else {
-                continue;
-            };
-            if sender.is_ready() && !entry.expired(now) {
-                if let Conn::Hyper(sender) = idle.swap_remove(i).conn {
-                    return Some(sender);
-                }
-                return None;
-            }
-            if sender.is_closed() || entry.expired(now) {
-                // Entries above `i` were already looked at, so the one
-                // swapped into `i` needs no second look.
-                drop(idle.swap_remove(i));
-            }
-        }
-        None
-    }
-
-    /// The most recently returned connection of ours of this thread's
-    /// shard that the upstream has not closed.
-    fn checkout_native(&self) -> Option<http1_client::Connection> {
+    /// Walks this thread's shard from the most recently returned
+    /// connection, dropping the entries `judge` condemns, and takes the
+    /// first it accepts. `judge` sees the connection and whether it outlived
+    /// the idle timeout.
+    fn take_idle(&self, judge: impl Fn(&mut Conn, bool) -> Verdict) -> Option<Conn> {
         let now = CLOCK.load(Ordering::Relaxed);
         let mut idle = self.shard().lock();
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
             let expired = idle[i].expired(now);
-            let Conn::Native(conn) = &mut idle[i].conn else {
-                continue;
-            };
-            if !expired && conn.is_reusable() {
-                if let Conn::Native(conn) = idle.swap_remove(i).conn {
-                    return Some(conn);
-                }
-                return None;
+            match judge(&mut idle[i].conn, expired) {
+                Verdict::Take => return Some(idle.swap_remove(i).conn),
+                // Entries above `i` were already looked at, so the one
+                // swapped into `i` needs no second look.
+                Verdict::Drop => drop(idle.swap_remove(i)),
+                Verdict::Keep => {}
             }
-            // Closed by the upstream, unasked bytes, or expired.
-            drop(idle.swap_remove(i));
         }
         None
+    }
+
+    /// The most recently returned ready hyper connection of this thread's
+    /// shard.
+    fn checkout(&self) -> Option<Sender> {
+        let conn = self.take_idle(|conn, expired| match conn {
+            Conn::Hyper(sender) if sender.is_ready() && !expired => Verdict::Take,
+            Conn::Hyper(sender) if sender.is_closed() || expired => Verdict::Drop,
+            _ => Verdict::Keep,
+        })?;
+        match conn {
+            Conn::Hyper(sender) => Some(sender),
+            Conn::Native(_) => None,
+        }
+    }
+
+    /// The most recently returned connection of ours of this thread's
+    /// shard that the upstream has not closed.
+    fn checkout_native(&self) -> Option<http1_client::Connection> {
+        let conn = self.take_idle(|conn, expired| match conn {
+            Conn::Native(conn) => {
+                if !expired && conn.is_reusable() {
+                    Verdict::Take
+                } else {
+                    // Closed by the upstream, unasked bytes, or expired.
+                    Verdict::Drop
+                }
+            }
+            Conn::Hyper(_) => Verdict::Keep,
+        })?;
+        match conn {
+            Conn::Native(conn) => Some(conn),
+            Conn::Hyper(_) => None,
+        }
     }
 
     /// Returns a connection whose last exchange completed.
